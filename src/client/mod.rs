@@ -1,0 +1,3 @@
+//! Rust client (placeholder while the core lands).
+pub struct CacheClient;
+pub struct ClientConfig;

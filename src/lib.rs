@@ -1,0 +1,32 @@
+//! dnd-cache: a thread-per-core cache server speaking a binary protobuf
+//! protocol, and its Rust client.
+//!
+//! The request path reads top to bottom: socket ([`server`]) → frame decoder
+//! ([`protocol`]) → [`ops::Op`] → [`router`] → shard store ([`shard`]) →
+//! response encoder ([`protocol`]).
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod key;
+pub mod ops;
+pub mod pattern;
+pub mod protocol;
+pub mod router;
+pub mod server;
+pub mod shard;
+
+/// Messages generated from `proto/cache.proto` by prost. The server's hot
+/// path uses the hand-written zero-copy codec in [`protocol::binary`]; these
+/// types serve the client, tests and cold paths, and the codec is checked
+/// against them by property tests.
+pub mod proto {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/dnd.cache.v1.rs"));
+}
+
+pub use client::{CacheClient, ClientConfig};
+pub use error::{ClientError, Status};
+
+/// Version reported in the handshake and by `--version`.
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every test of the project: the Rust workspace (unit, property and
+# integration tests, benches compiled in test mode), then each suite script in
+# tests/suites/ (client libraries, deployment checks, ...) in name order.
+#
+# Installs what the tests need when it is missing, so it works on a clean
+# Debian machine: `bash tests/run-all.sh`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+need_apt=()
+have() { command -v "$1" >/dev/null 2>&1; }
+for suite in tests/suites/*.sh; do
+  [ -e "$suite" ] || continue
+  # A suite names the Debian packages it needs on a line "# needs: pkg cmd".
+  while read -r pkg cmd; do
+    have "$cmd" || need_apt+=("$pkg")
+  done < <(sed -n 's/^# needs: \([^ ]*\) \([^ ]*\)$/\1 \2/p' "$suite")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing: ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+echo "== cargo test (workspace)"
+# One release build of the server serves the integration tests and suites.
+cargo build --release --workspace --bins
+export DND_CACHE_SERVER_BIN="$PWD/target/release/cache-server"
+export DND_LOADGEN_BIN="$PWD/target/release/loadgen"
+cargo test --workspace --all-targets
+
+for suite in tests/suites/*.sh; do
+  [ -e "$suite" ] || continue
+  echo "== suite $suite"
+  bash "$suite"
+done
+echo "== all tests passed"
