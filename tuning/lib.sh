@@ -221,6 +221,11 @@ irq_affinity() {
   cpulist_expand "$l"
 }
 
+# thp_selected "always [madvise] never" -> madvise (a bare word passes through)
+thp_selected() {
+  if [[ $1 =~ \[([^]]*)\] ]]; then echo "${BASH_REMATCH[1]}"; else echo "$1"; fi
+}
+
 # irqbalance_running: true if irqbalance runs (fixtures: a marker file).
 irqbalance_running() {
   if [ -n "$R" ]; then [ -e "$R/run/irqbalance.running" ]; else pgrep -x irqbalance >/dev/null 2>&1; fi
