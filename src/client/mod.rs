@@ -1,3 +1,3 @@
-//! Rust client (placeholder while the core lands).
+//! Rust client (being written).
 pub struct CacheClient;
 pub struct ClientConfig;
