@@ -23,8 +23,7 @@ use std::process::{Child, Command, Stdio};
 
 use bytes::Bytes;
 use dnd_cache::proto::{
-    CacheConnection, CacheOperation, CacheResponse, Entry, Handshake, ItemResult, Metadata,
-    Options,
+    CacheConnection, CacheOperation, CacheResponse, Entry, Handshake, ItemResult, Metadata, Options,
 };
 use prost::Message;
 use serde_json::{json, Map, Value};
@@ -186,7 +185,11 @@ fn connections() -> Vec<(&'static str, CacheConnection)> {
     vec![
         (
             "connection_minimal",
-            CacheConnection { service_id: "svc".into(), protocol_version: 1, ..Default::default() },
+            CacheConnection {
+                service_id: "svc".into(),
+                protocol_version: 1,
+                ..Default::default()
+            },
         ),
         (
             "connection_full",
@@ -217,7 +220,11 @@ fn operations() -> Vec<(&'static str, CacheOperation)> {
     vec![
         (
             "get",
-            CacheOperation { operation: "get".into(), key: b(b"k1"), ..Default::default() },
+            CacheOperation {
+                operation: "get".into(),
+                key: b(b"k1"),
+                ..Default::default()
+            },
         ),
         (
             "set_ttl",
@@ -226,7 +233,10 @@ fn operations() -> Vec<(&'static str, CacheOperation)> {
                 key: b(b"character:1234"),
                 value: b(b"{\"name\":\"Aria\",\"level\":7}"),
                 ttl: 3600,
-                options: Some(Options { consistency: "eventual".into(), ..Default::default() }),
+                options: Some(Options {
+                    consistency: "eventual".into(),
+                    ..Default::default()
+                }),
                 correlation_id: "c-42".into(),
                 ..Default::default()
             },
@@ -254,8 +264,16 @@ fn operations() -> Vec<(&'static str, CacheOperation)> {
             CacheOperation {
                 operation: "set_many".into(),
                 entries: vec![
-                    Entry { key: b(b"a"), value: b(b"1"), ttl: 0 },
-                    Entry { key: b(b"b"), value: b(b""), ttl: 60 },
+                    Entry {
+                        key: b(b"a"),
+                        value: b(b"1"),
+                        ttl: 0,
+                    },
+                    Entry {
+                        key: b(b"b"),
+                        value: b(b""),
+                        ttl: 60,
+                    },
                 ],
                 ttl: 300,
                 ..Default::default()
@@ -276,7 +294,13 @@ fn operations() -> Vec<(&'static str, CacheOperation)> {
 
 fn responses() -> Vec<(&'static str, CacheResponse)> {
     vec![
-        ("miss", CacheResponse { status: 1, ..Default::default() }),
+        (
+            "miss",
+            CacheResponse {
+                status: 1,
+                ..Default::default()
+            },
+        ),
         ("empty", CacheResponse::default()),
         (
             "hit",
@@ -315,10 +339,22 @@ fn responses() -> Vec<(&'static str, CacheResponse)> {
                         key: b(b"char:1"),
                         status: 0,
                         data: b(b"v1"),
-                        metadata: Some(Metadata { created_at: 1, expires_at: 0, version: 2 }),
+                        metadata: Some(Metadata {
+                            created_at: 1,
+                            expires_at: 0,
+                            version: 2,
+                        }),
                     },
-                    ItemResult { key: b(b"char:2"), status: 1, ..Default::default() },
-                    ItemResult { key: b(b"char:3"), status: 2, ..Default::default() },
+                    ItemResult {
+                        key: b(b"char:2"),
+                        status: 1,
+                        ..Default::default()
+                    },
+                    ItemResult {
+                        key: b(b"char:3"),
+                        status: 2,
+                        ..Default::default()
+                    },
                 ],
                 truncated: true,
                 ..Default::default()
@@ -326,7 +362,11 @@ fn responses() -> Vec<(&'static str, CacheResponse)> {
         ),
         (
             "error",
-            CacheResponse { status: 102, data: b(b"insufficient permissions"), ..Default::default() },
+            CacheResponse {
+                status: 102,
+                data: b(b"insufficient permissions"),
+                ..Default::default()
+            },
         ),
     ]
 }
@@ -364,12 +404,21 @@ fn decode_only_vectors() -> Vec<Value> {
     let (_, hit) = responses().into_iter().find(|(n, _)| *n == "hit").unwrap();
     let (_, hs) = responses().into_iter().find(|(n, _)| *n == "handshake").unwrap();
     let mut out = Vec::new();
-    for (name, m) in [("hit_with_unknown_fields", hit), ("handshake_with_unknown_fields", hs)] {
+    for (name, m) in [
+        ("hit_with_unknown_fields", hit),
+        ("handshake_with_unknown_fields", hs),
+    ] {
         let mut encoded = unknown_fields();
         encoded.extend(m.encode_to_vec());
         encoded.extend(unknown_fields());
-        assert_eq!(CacheResponse::decode(&encoded[..]).unwrap(), m, "prost skips unknown fields");
-        out.push(json!({"name": name, "type": "CacheResponse", "fields": response_json(&m), "hex": hex(&encoded)}));
+        assert_eq!(
+            CacheResponse::decode(&encoded[..]).unwrap(),
+            m,
+            "prost skips unknown fields"
+        );
+        out.push(
+            json!({"name": name, "type": "CacheResponse", "fields": response_json(&m), "hex": hex(&encoded)}),
+        );
     }
     out
 }
@@ -378,7 +427,10 @@ fn decode_only_vectors() -> Vec<Value> {
 /// 129-240 bytes, and long inputs of one block, several blocks and a partial
 /// last stripe (a block is 1024 bytes with the default secret).
 fn xxh3_vectors() -> Vec<Value> {
-    let lengths = [0usize, 1, 2, 3, 4, 7, 8, 9, 15, 16, 17, 32, 33, 64, 65, 96, 97, 128, 129, 200, 240, 241, 255, 256, 1023, 1024, 1025, 2048, 4099];
+    let lengths = [
+        0usize, 1, 2, 3, 4, 7, 8, 9, 15, 16, 17, 32, 33, 64, 65, 96, 97, 128, 129, 200, 240, 241, 255, 256,
+        1023, 1024, 1025, 2048, 4099,
+    ];
     let seeds = [0u64, 1, 0x9E37_79B9_7F4A_7C15, u64::MAX, 0x0000_0000_DEAD_BEEF];
     let mut out = Vec::new();
     for (i, &len) in lengths.iter().enumerate() {
@@ -390,10 +442,18 @@ fn xxh3_vectors() -> Vec<Value> {
             out.push(json!({"input_hex": hex(&input), "seed": seed.to_string(), "hash": hash.to_string()}));
         }
     }
-    for key in ["character:1234", "campaign:1234", "char:1", "k1", "image:metadata:0001"] {
+    for key in [
+        "character:1234",
+        "campaign:1234",
+        "char:1",
+        "k1",
+        "image:metadata:0001",
+    ] {
         for seed in [0u64, 42, 0x0123_4567_89AB_CDEF] {
             let hash = xxh3_64_with_seed(key.as_bytes(), seed);
-            out.push(json!({"input_hex": hex(key.as_bytes()), "seed": seed.to_string(), "hash": hash.to_string()}));
+            out.push(
+                json!({"input_hex": hex(key.as_bytes()), "seed": seed.to_string(), "hash": hash.to_string()}),
+            );
         }
     }
     out
@@ -431,15 +491,28 @@ fn golden_file_matches_prost_and_xxhash_rust() {
 #[test]
 fn golden_hex_decodes_back_to_the_same_messages() {
     for (name, m) in connections() {
-        assert_eq!(CacheConnection::decode(&m.encode_to_vec()[..]).unwrap(), m, "{name}");
+        assert_eq!(
+            CacheConnection::decode(&m.encode_to_vec()[..]).unwrap(),
+            m,
+            "{name}"
+        );
     }
     for (name, m) in operations() {
-        assert_eq!(CacheOperation::decode(&m.encode_to_vec()[..]).unwrap(), m, "{name}");
+        assert_eq!(
+            CacheOperation::decode(&m.encode_to_vec()[..]).unwrap(),
+            m,
+            "{name}"
+        );
     }
     // The protocol page's example bytes are those of the golden vectors.
     let doc: Value = serde_json::from_str(&golden_document()).unwrap();
     let find = |n: &str| {
-        doc["messages"].as_array().unwrap().iter().find(|v| v["name"] == n).unwrap()["hex"]
+        doc["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == n)
+            .unwrap()["hex"]
             .as_str()
             .unwrap()
             .to_string()
@@ -513,7 +586,16 @@ fn rust_get(stream: &mut TcpStream, key: &[u8]) -> Option<Vec<u8>> {
 /// Starts the release server on ephemeral ports; returns it and its address.
 fn start_server(bin: &str) -> (Child, String) {
     let mut child = Command::new(bin)
-        .args(["--bind", "127.0.0.1", "--port", "0", "--shard-port-base", "0", "--shards", "2"])
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--shard-port-base",
+            "0",
+            "--shards",
+            "2",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -569,7 +651,10 @@ fn interop_peer() {
     let (mut server, addr) = start_server(&bin);
     let mut stream = connect(&addr);
     rust_set(&mut stream, b"rust:roundtrip", b"\x00\xffvalue");
-    assert_eq!(rust_get(&mut stream, b"rust:roundtrip").as_deref(), Some(&b"\x00\xffvalue"[..]));
+    assert_eq!(
+        rust_get(&mut stream, b"rust:roundtrip").as_deref(),
+        Some(&b"\x00\xffvalue"[..])
+    );
     assert_eq!(rust_get(&mut stream, b"rust:absent"), None);
     server.kill().ok();
     server.wait().ok();

@@ -111,6 +111,14 @@ func (b *breaker) record(success bool) {
 	}
 }
 
+// abandon frees the probe slot of a request that ended without an outcome
+// (canceled, or refused for reasons that say nothing about the server).
+func (b *breaker) abandon() {
+	b.mu.Lock()
+	b.probing = false
+	b.mu.Unlock()
+}
+
 func (b *breaker) open(now time.Time) {
 	b.state, b.openedAt, b.buckets = StateOpen, now, b.buckets[:0]
 }

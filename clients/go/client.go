@@ -409,7 +409,7 @@ func (c *Client) withRetries(ctx context.Context, attempt func() (*wire.CacheRes
 			if !errors.As(err, &e) || !e.Retryable() {
 				// A canceled context or a refused handshake says nothing
 				// about the server's health.
-				c.breaker.record(true)
+				c.breaker.abandon()
 				return nil, err
 			}
 			c.breaker.record(false)

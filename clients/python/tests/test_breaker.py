@@ -82,3 +82,13 @@ def test_half_open_probe_failure_reopens() -> None:
     assert not breaker.allow()
     clock.now += 5
     assert breaker.allow()
+
+
+def test_abandoned_probe_frees_the_slot() -> None:
+    breaker, clock = make()
+    feed(breaker, [False] * 20)
+    clock.now += 5
+    assert breaker.allow()
+    breaker.abandon()
+    assert breaker.state == HALF_OPEN
+    assert breaker.allow()  # another probe may go

@@ -93,6 +93,13 @@ class CircuitBreaker:
             if total >= self.min_requests and failures >= self.threshold * total:
                 self._open(now)
 
+    def abandon(self) -> None:
+        """A request let through ended without an outcome (interrupted, or
+        refused before reaching the server's health): frees the probe slot
+        without counting anything."""
+        with self._lock:
+            self._probe_in_flight = False
+
     def _open(self, now: float) -> None:
         self._state = OPEN
         self._opened_at = now

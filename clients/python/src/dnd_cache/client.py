@@ -257,7 +257,8 @@ class CacheClient:
                 answer = attempt()
             except CacheError as exc:
                 if not exc.retryable:
-                    self.breaker.record(True)
+                    # A refused handshake or a bad key says nothing about health.
+                    self.breaker.abandon()
                     raise
                 self.breaker.record(False)
                 if isinstance(exc, CacheConnectionError):
@@ -266,6 +267,9 @@ class CacheClient:
                     raise
                 self._backoff(n)
                 continue
+            except BaseException:
+                self.breaker.abandon()
+                raise
             error = error_for_status(answer.status) if answer.status else None
             if error is not None and error.retryable:
                 self.breaker.record(False)

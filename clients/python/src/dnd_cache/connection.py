@@ -52,7 +52,7 @@ class Connection:
         try:
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._sock.settimeout(connect_timeout)
-            self._sock.sendall(wire.frame(hello))
+            self._send(wire.frame(hello))
             answer = self._read_response()
             if answer.status != 0:
                 raise error_for_status(answer.status, answer.data.decode("utf-8", "replace"))
@@ -69,7 +69,7 @@ class Connection:
     def roundtrip(self, ops: Sequence[wire.CacheOperation]) -> List[wire.CacheResponse]:
         """Sends every operation at once (pipelined), then reads their answers."""
         try:
-            self._sock.sendall(b"".join(wire.frame(op) for op in ops))
+            self._send(b"".join(wire.frame(op) for op in ops))
             answers = [self._read_response() for _ in ops]
         except BaseException:
             self.close()
@@ -85,6 +85,14 @@ class Connection:
             self._sock.close()
         except (OSError, AttributeError):
             pass
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self._sock.sendall(data)
+        except socket.timeout as exc:
+            raise OperationTimeoutError(f"send blocked for {self._request_timeout}s", status=0) from exc
+        except OSError as exc:
+            raise CacheConnectionError(f"connection lost: {exc}") from exc
 
     def _read_response(self) -> wire.CacheResponse:
         header = self._read_exact(4)
