@@ -245,6 +245,10 @@ fn merge_every_shard(
                 let msg = format!("shard {shard} did not answer");
                 return ResponseEncoder::error(out, e.status(), &msg, corr);
             }
+            if let Some(refused) = ok().find(|r| r.status != 0) {
+                let status = Status::from_u32(refused.status).unwrap_or(Status::Unavailable);
+                return ResponseEncoder::simple(out, status, &refused.data, None, corr);
+            }
             let frame = ResponseEncoder::begin(out);
             let mut n = 0;
             let mut truncated = false;

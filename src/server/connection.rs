@@ -221,6 +221,11 @@ impl Cycle {
                 }
             }
             Reach::MultiKey if shard.count > 1 => self.route_multi(rt, &op, kind, now_us, start),
+            Reach::EveryShard if kind == OpKind::Pattern && !crate::pattern::is_valid_pattern(op.key) => {
+                let message = "pattern must be 1-1024 bytes";
+                ResponseEncoder::error(&mut self.out, Status::InvalidKey, message, op.correlation_id);
+                self.push_local(start);
+            }
             Reach::EveryShard if shard.count > 1 => {
                 for (owner, frames) in self.forward.iter_mut().enumerate() {
                     if owner != shard.id {

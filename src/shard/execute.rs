@@ -9,7 +9,6 @@ use super::{Shard, DEFAULT_PATTERN_LIMIT, MAX_BATCH_KEYS, MAX_PATTERN_LIMIT};
 use crate::error::Status;
 use crate::key::{is_valid_key, key_hash};
 use crate::ops::OpKind;
-use crate::pattern::MAX_PATTERN_BYTES;
 use crate::protocol::binary::{EntryView, Meta, OpView, ResponseEncoder};
 
 /// Message of a CACHE_004 response.
@@ -145,7 +144,7 @@ impl Shard {
     }
 
     fn execute_pattern(&self, op: &OpView<'_>, now_us: u64, out: &mut Vec<u8>) {
-        if op.key.is_empty() || op.key.len() > MAX_PATTERN_BYTES {
+        if !crate::pattern::is_valid_pattern(op.key) {
             return ResponseEncoder::error(
                 out,
                 Status::InvalidKey,
