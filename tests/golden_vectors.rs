@@ -593,8 +593,13 @@ fn start_server(bin: &str) -> (Child, String) {
             "0",
             "--shard-port-base",
             "0",
+            "--http-port",
+            "0",
             "--shards",
             "2",
+            "--no-pin",
+            "--max-memory",
+            "64MiB",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
