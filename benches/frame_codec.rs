@@ -35,10 +35,17 @@ fn decode(c: &mut Criterion) {
     let mut g = c.benchmark_group("decode");
     g.throughput(Throughput::Elements(1));
     for (name, body) in [("get", get_request()), ("set_100b", set_request())] {
-        g.bench_function(format!("ours/{name}"), |b| b.iter(|| decode_operation(black_box(&body)).unwrap().key.len()));
+        g.bench_function(format!("ours/{name}"), |b| {
+            b.iter(|| decode_operation(black_box(&body)).unwrap().key.len())
+        });
         let bytes = Bytes::from(body.clone());
         g.bench_function(format!("prost/{name}"), |b| {
-            b.iter(|| proto::CacheOperation::decode(black_box(bytes.clone())).unwrap().key.len())
+            b.iter(|| {
+                proto::CacheOperation::decode(black_box(bytes.clone()))
+                    .unwrap()
+                    .key
+                    .len()
+            })
         });
     }
     g.finish();
@@ -48,7 +55,11 @@ fn encode(c: &mut Criterion) {
     let mut g = c.benchmark_group("encode_response");
     g.throughput(Throughput::Elements(1));
     let value = vec![7u8; 100];
-    let meta = Meta { created_at_ms: 1_764_000_000_000, expires_at_ms: 1_764_003_600_000, version: 1_764_000_000_000_123 };
+    let meta = Meta {
+        created_at_ms: 1_764_000_000_000,
+        expires_at_ms: 1_764_003_600_000,
+        version: 1_764_000_000_000_123,
+    };
     let mut out = Vec::with_capacity(4096);
     g.bench_function("ours/hit_100b", |b| {
         b.iter(|| {
@@ -67,7 +78,11 @@ fn encode(c: &mut Criterion) {
     let resp = proto::CacheResponse {
         status: 0,
         data: Bytes::from(value.clone()),
-        metadata: Some(proto::Metadata { created_at: meta.created_at_ms, expires_at: meta.expires_at_ms, version: meta.version }),
+        metadata: Some(proto::Metadata {
+            created_at: meta.created_at_ms,
+            expires_at: meta.expires_at_ms,
+            version: meta.version,
+        }),
         ..Default::default()
     };
     g.bench_function("prost/hit_100b", |b| {

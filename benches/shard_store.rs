@@ -15,7 +15,12 @@ const KEYS: usize = 1_000_000;
 const SEED: u64 = 42;
 
 fn config() -> StoreConfig {
-    StoreConfig { seed: SEED, memory_limit_bytes: 1 << 30, max_item_bytes: 1 << 20, default_ttl_s: 0 }
+    StoreConfig {
+        seed: SEED,
+        memory_limit_bytes: 1 << 30,
+        max_item_bytes: 1 << 20,
+        default_ttl_s: 0,
+    }
 }
 
 fn key(i: usize) -> String {
@@ -27,9 +32,14 @@ fn store_ops(c: &mut Criterion) {
     let value = [7u8; 100];
     for i in 0..KEYS {
         let k = key(i);
-        store.set(key_hash(k.as_bytes(), SEED), k.as_bytes(), &value, 0, 1).unwrap();
+        store
+            .set(key_hash(k.as_bytes(), SEED), k.as_bytes(), &value, 0, 1)
+            .unwrap();
     }
-    let keys: Vec<(u64, String)> = (0..4096).map(|i| key(i * 241 % KEYS)).map(|k| (key_hash(k.as_bytes(), SEED), k)).collect();
+    let keys: Vec<(u64, String)> = (0..4096)
+        .map(|i| key(i * 241 % KEYS))
+        .map(|k| (key_hash(k.as_bytes(), SEED), k))
+        .collect();
     let mut g = c.benchmark_group("store_1m_keys");
     g.throughput(Throughput::Elements(1));
     let mut i = 0;
@@ -47,14 +57,25 @@ fn store_ops(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) & 4095;
             let (h, k) = &keys[i];
-            store.set(*h, k.as_bytes(), black_box(&value), 0, 3).unwrap().version
+            store
+                .set(*h, k.as_bytes(), black_box(&value), 0, 3)
+                .unwrap()
+                .version
         })
     });
     g.finish();
 }
 
 fn execute_path(c: &mut Criterion) {
-    let shard = Shard::new(0, 1, ShardLimits { max_frame_bytes: 16 << 20, max_item_bytes: 1 << 20 }, config());
+    let shard = Shard::new(
+        0,
+        1,
+        ShardLimits {
+            max_frame_bytes: 16 << 20,
+            max_item_bytes: 1 << 20,
+        },
+        config(),
+    );
     let set = dnd_cache::proto::CacheOperation {
         operation: "set".into(),
         key: key(1).into_bytes().into(),
@@ -62,8 +83,12 @@ fn execute_path(c: &mut Criterion) {
         ..Default::default()
     }
     .encode_to_vec();
-    let get = dnd_cache::proto::CacheOperation { operation: "get".into(), key: key(1).into_bytes().into(), ..Default::default() }
-        .encode_to_vec();
+    let get = dnd_cache::proto::CacheOperation {
+        operation: "get".into(),
+        key: key(1).into_bytes().into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
     let mut out = Vec::with_capacity(4096);
     let mut g = c.benchmark_group("execute");
     g.throughput(Throughput::Elements(1));

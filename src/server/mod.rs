@@ -102,7 +102,10 @@ impl StopHandle {
     pub fn all_shards_alive(&self, max_age: Duration) -> bool {
         let now = now_ms();
         let max_age = max_age.as_millis() as u64;
-        self.0.heartbeats.iter().all(|h| now.saturating_sub(h.load(Ordering::Relaxed)) <= max_age)
+        self.0
+            .heartbeats
+            .iter()
+            .all(|h| now.saturating_sub(h.load(Ordering::Relaxed)) <= max_age)
     }
 }
 
