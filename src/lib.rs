@@ -15,6 +15,7 @@ pub mod protocol;
 pub mod router;
 pub mod server;
 pub mod shard;
+pub mod slab;
 
 /// Messages generated from `proto/cache.proto` by prost. The server's hot
 /// path uses the hand-written zero-copy codec in [`protocol::binary`]; these

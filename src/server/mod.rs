@@ -49,9 +49,10 @@ pub struct ShardRuntime {
 /// How long shutdown waits for connections to finish what they were doing.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Interval and budget of the background reclaim of expired items: at most
-/// `SWEEP_BUDGET` index entries every `SWEEP_INTERVAL`, i.e. 200,000
-/// entries a second per shard, each pass well under a millisecond.
+/// Interval and budget of the background upkeep of each store: at most
+/// `SWEEP_BUDGET` index entries checked for expiry every `SWEEP_INTERVAL`,
+/// i.e. 200,000 entries a second per shard, each pass well under a
+/// millisecond; and at most one page moved between size classes per tick.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(10);
 const SWEEP_BUDGET: usize = 2_000;
 
@@ -136,6 +137,7 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
             memory_limit_bytes: per_shard_memory,
             max_item_bytes: config.max_item_bytes,
             default_ttl_s: config.ttl_default_s,
+            eviction: config.eviction,
         };
         let limits = ShardLimits {
             max_frame_bytes: config.max_frame_bytes,
@@ -277,11 +279,17 @@ async fn refuse_connection(mut stream: glommio::net::TcpStream) {
     let _ = stream.close().await;
 }
 
+/// Store upkeep: expired items, page moves between size classes, budget.
 async fn sweep_loop(rt: Rc<ShardRuntime>) {
+    let mut tick = 0u64;
     while !rt.shutdown.is_fired() {
         glommio::timer::sleep(SWEEP_INTERVAL).await;
+        tick += 1;
         let now = crate::shard::clock::unix_now_us();
-        rt.shard.store.borrow_mut().sweep_expired(now, SWEEP_BUDGET);
+        rt.shard
+            .store
+            .borrow_mut()
+            .maintain(now, SWEEP_BUDGET, tick % 10 == 0);
     }
 }
 

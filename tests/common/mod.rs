@@ -43,7 +43,11 @@ impl TestServer {
     }
 
     pub fn start_with_args(args: &[&str]) -> TestServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cache-server"))
+        // tests/run-all.sh points this at the release build: the binary
+        // that ships, and faster; plain `cargo test` uses the debug build.
+        let bin = std::env::var("DND_CACHE_SERVER_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_cache-server").into());
+        let mut child = Command::new(bin)
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
