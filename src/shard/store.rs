@@ -17,7 +17,7 @@ use crate::protocol::binary::Meta;
 use crate::slab::{Slab, Victim};
 
 /// Number of index sub-tables per shard (a power of two).
-pub const SUBTABLES: usize = 1024;
+pub const SUBTABLES: usize = 4096;
 
 /// Result of a read.
 pub enum Lookup<'a> {
