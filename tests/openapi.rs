@@ -13,7 +13,9 @@ use dnd_cache::rest::response::http_status;
 use dnd_cache::rest::ROUTES;
 use serde_json::Value;
 
-const METHODS: [&str; 8] = ["get", "put", "post", "delete", "head", "patch", "options", "trace"];
+const METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "head", "patch", "options", "trace",
+];
 
 /// (path, method) → documented status codes.
 fn documented() -> Vec<(String, String, BTreeSet<u16>)> {
@@ -28,7 +30,10 @@ fn documented() -> Vec<(String, String, BTreeSet<u16>)> {
                 .as_object()
                 .expect("responses")
                 .keys()
-                .map(|c| c.parse().unwrap_or_else(|_| panic!("{path} {method}: status {c}")))
+                .map(|c| {
+                    c.parse()
+                        .unwrap_or_else(|_| panic!("{path} {method}: status {c}"))
+                })
                 .collect();
             out.push((path.clone(), method.to_string(), codes));
         }
@@ -45,7 +50,10 @@ fn documented_routes_are_exactly_the_served_routes() {
         .collect();
     let undocumented: Vec<_> = served.difference(&doc).collect();
     let unserved: Vec<_> = doc.difference(&served).collect();
-    assert!(undocumented.is_empty(), "served but not in docs/openapi.yaml: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "served but not in docs/openapi.yaml: {undocumented:?}"
+    );
     assert!(unserved.is_empty(), "documented but not served: {unserved:?}");
 }
 
@@ -77,7 +85,12 @@ fn every_documented_operation_answers_with_a_documented_status() {
             ("post", "/api/v2/cache/batch") => br#"{"operations": [{"op": "get", "key": "openapi:k"}]}"#,
             _ => b"",
         };
-        let r = c.request(&method.to_uppercase(), &target, &[("Content-Type", "application/json")], body);
+        let r = c.request(
+            &method.to_uppercase(),
+            &target,
+            &[("Content-Type", "application/json")],
+            body,
+        );
         assert!(
             codes.contains(&r.status),
             "{method} {path} answered {} (documented: {codes:?}): {}",
@@ -88,7 +101,11 @@ fn every_documented_operation_answers_with_a_documented_status() {
         // Errors documented for the key path are actually produced.
         if path == "/api/v2/cache/{key}" {
             let bad = c.request(&method.to_uppercase(), "/api/v2/cache/a%20b", &[], body);
-            assert!(codes.contains(&bad.status) && bad.status == 400, "{method}: {}", bad.status);
+            assert!(
+                codes.contains(&bad.status) && bad.status == 400,
+                "{method}: {}",
+                bad.status
+            );
         }
     }
 }
