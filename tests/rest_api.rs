@@ -112,7 +112,12 @@ fn core_statuses_map_to_http_statuses() {
         std::thread::sleep(Duration::from_millis(1010));
         let mut burst = Vec::new();
         for i in 99_700..100_000 {
-            burst.extend(HttpConn::encode("GET", &format!("/api/v2/cache/ttl{round}:{i}"), &[], b""));
+            burst.extend(HttpConn::encode(
+                "GET",
+                &format!("/api/v2/cache/ttl{round}:{i}"),
+                &[],
+                b"",
+            ));
         }
         c.send_raw(&burst);
         for _ in 0..300 {
