@@ -58,6 +58,12 @@ pub struct Cli {
     /// Fixed hash seed (default: random per start). For reproducible benchmarks.
     #[arg(long, hide = true)]
     pub hash_seed: Option<u64>,
+    /// REST: milliseconds a request (head, plus 1 s per MiB of body) may take to arrive.
+    #[arg(long, hide = true, default_value_t = 10_000)]
+    pub http_request_timeout_ms: u64,
+    /// REST: milliseconds an idle keep-alive connection stays open.
+    #[arg(long, hide = true, default_value_t = 30_000)]
+    pub http_idle_timeout_ms: u64,
 }
 
 /// Validated settings the server runs with.
@@ -77,6 +83,9 @@ pub struct ServerConfig {
     pub max_memory_bytes: usize,
     pub eviction: EvictionPolicy,
     pub hash_seed: Option<u64>,
+    /// REST deadlines (docs/rest.md).
+    pub http_request_timeout: std::time::Duration,
+    pub http_idle_timeout: std::time::Duration,
 }
 
 /// A setting that cannot be used, with the flag it came from.
@@ -179,6 +188,8 @@ impl ServerConfig {
             max_memory_bytes,
             eviction,
             hash_seed: cli.hash_seed,
+            http_request_timeout: std::time::Duration::from_millis(cli.http_request_timeout_ms.max(1)),
+            http_idle_timeout: std::time::Duration::from_millis(cli.http_idle_timeout_ms.max(1)),
         })
     }
 }

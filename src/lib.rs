@@ -12,6 +12,7 @@ pub mod key;
 pub mod ops;
 pub mod pattern;
 pub mod protocol;
+pub mod rest;
 pub mod router;
 pub mod server;
 pub mod shard;

@@ -3,8 +3,11 @@
 mod assemble;
 pub mod connection;
 mod handshake;
+pub mod http;
 mod inbuf;
 mod listener;
+mod metrics_endpoint;
+mod rest;
 pub mod shutdown;
 
 use std::cell::Cell;
@@ -35,6 +38,10 @@ pub struct ServerInfo {
     /// Per shard: unix milliseconds of its last heartbeat (every 50 ms while
     /// its executor runs), for the systemd watchdog.
     pub heartbeats: Vec<AtomicU64>,
+    /// Set once every shard serves (REST `/health/ready`).
+    pub started: AtomicBool,
+    /// Limits and deadlines of the REST port.
+    pub http: http::HttpSettings,
 }
 
 /// The tasks of one shard share this.
@@ -60,6 +67,7 @@ const SWEEP_BUDGET: usize = 2_000;
 pub struct RunningServer {
     pub binary_addr: SocketAddr,
     pub shard_ports: Vec<u16>,
+    pub http_addr: SocketAddr,
     info: Arc<ServerInfo>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
 }
@@ -69,10 +77,11 @@ impl RunningServer {
     pub fn listening_line(&self) -> String {
         let ports: Vec<String> = self.shard_ports.iter().map(u16::to_string).collect();
         format!(
-            "LISTENING binary={} shards={} shard_ports={}",
+            "LISTENING binary={} shards={} shard_ports={} http={}",
             self.binary_addr,
             self.shard_ports.len(),
-            ports.join(",")
+            ports.join(","),
+            self.http_addr
         )
     }
 
@@ -121,6 +130,12 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         open_connections: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
         heartbeats: (0..shards).map(|_| AtomicU64::new(now_ms())).collect(),
+        started: AtomicBool::new(false),
+        http: http::HttpSettings {
+            request_timeout: config.http_request_timeout,
+            idle_timeout: config.http_idle_timeout,
+            max_body_bytes: config.max_frame_bytes,
+        },
     });
     let seed = config.hash_seed.unwrap_or_else(random_seed);
     let per_shard_memory = config.max_memory_bytes / shards;
@@ -129,9 +144,11 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
     let mut threads = Vec::with_capacity(shards);
     let mut public = listeners.public.into_iter();
     let mut own = listeners.own.into_iter();
+    let mut http_fds = listeners.http.into_iter();
     for (id, &cpu) in config.cpus.iter().enumerate() {
         let public_fd = public.next().expect("one public listener per shard");
         let own_fd = own.next().expect("one shard listener per shard");
+        let http_fd = http_fds.next().expect("one HTTP listener per shard");
         let store = StoreConfig {
             seed,
             memory_limit_bytes: per_shard_memory,
@@ -161,7 +178,7 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
                     shutdown: ShutdownSignal::default(),
                     open_connections: Cell::new(0),
                 });
-                run_shard(rt, public_fd, own_fd, ready).await;
+                run_shard(rt, public_fd, own_fd, http_fd, ready).await;
             })
             .map_err(|e| anyhow::anyhow!("starting shard {id} on CPU {cpu}: {e}"))?;
         threads.push(handle);
@@ -174,10 +191,12 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
             Err(_) => anyhow::bail!("a shard stopped during start"),
         }
     }
+    info.started.store(true, Ordering::Release);
     info!(shards, seed, "all shards serving");
     Ok(RunningServer {
         binary_addr: listeners.public_addr,
         shard_ports: listeners.shard_ports,
+        http_addr: listeners.http_addr,
         info,
         threads,
     })
@@ -187,14 +206,17 @@ async fn run_shard(
     rt: Rc<ShardRuntime>,
     public_fd: OwnedFd,
     own_fd: OwnedFd,
+    http_fd: OwnedFd,
     ready: mpsc::Sender<Result<usize, String>>,
 ) {
     // SAFETY: each fd is a bound, listening TCP socket created by
     // `listener::bind_all` and owned by this shard alone.
     let public = unsafe { glommio::net::TcpListener::from_raw_fd(public_fd.into_raw_fd()) };
     let own = unsafe { glommio::net::TcpListener::from_raw_fd(own_fd.into_raw_fd()) };
-    let accept_public = glommio::spawn_local(accept_loop(rt.clone(), public));
-    let accept_own = glommio::spawn_local(accept_loop(rt.clone(), own));
+    let http = unsafe { glommio::net::TcpListener::from_raw_fd(http_fd.into_raw_fd()) };
+    let accept_public = glommio::spawn_local(accept_loop(rt.clone(), public, Front::Binary));
+    let accept_own = glommio::spawn_local(accept_loop(rt.clone(), own, Front::Binary));
+    let accept_http = glommio::spawn_local(accept_loop(rt.clone(), http, Front::Http));
     glommio::spawn_local(sweep_loop(rt.clone())).detach();
     let _ = ready.send(Ok(rt.shard.id));
 
@@ -206,6 +228,7 @@ async fn run_shard(
     rt.shutdown.fire();
     accept_public.await;
     accept_own.await;
+    accept_http.await;
     // Connections finish the cycle in flight, then close. Other shards may
     // still forward work here until their own connections are done.
     let deadline = Instant::now() + SHUTDOWN_GRACE;
@@ -215,7 +238,15 @@ async fn run_shard(
     info!(shard = rt.shard.id, "shard stopped");
 }
 
-async fn accept_loop(rt: Rc<ShardRuntime>, listener: glommio::net::TcpListener) {
+/// The protocol a listener serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Front {
+    Binary,
+    /// REST and health over HTTP/1.1.
+    Http,
+}
+
+async fn accept_loop(rt: Rc<ShardRuntime>, listener: glommio::net::TcpListener, front: Front) {
     let mut shutdown = rt.shutdown.wait();
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -245,7 +276,10 @@ async fn accept_loop(rt: Rc<ShardRuntime>, listener: glommio::net::TcpListener) 
         if open >= rt.server.max_connections {
             rt.server.open_connections.fetch_sub(1, Ordering::SeqCst);
             rt.shard.counters.borrow_mut().connections_refused += 1;
-            glommio::spawn_local(refuse_connection(stream)).detach();
+            match front {
+                Front::Binary => glommio::spawn_local(refuse_connection(stream)).detach(),
+                Front::Http => glommio::spawn_local(http::refuse(stream)).detach(),
+            };
             continue;
         }
         {
@@ -256,7 +290,10 @@ async fn accept_loop(rt: Rc<ShardRuntime>, listener: glommio::net::TcpListener) 
         rt.open_connections.set(rt.open_connections.get() + 1);
         let conn_rt = rt.clone();
         glommio::spawn_local(async move {
-            connection::serve(conn_rt.clone(), stream).await;
+            match front {
+                Front::Binary => connection::serve(conn_rt.clone(), stream).await,
+                Front::Http => http::serve(conn_rt.clone(), stream).await,
+            }
             conn_rt.open_connections.set(conn_rt.open_connections.get() - 1);
             conn_rt.shard.counters.borrow_mut().connections_open -= 1;
             conn_rt.server.open_connections.fetch_sub(1, Ordering::SeqCst);

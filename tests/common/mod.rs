@@ -2,6 +2,8 @@
 //! loopback ports and talks to it over real TCP.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -15,6 +17,8 @@ pub struct TestServer {
     pub child: Child,
     pub addr: SocketAddr,
     pub shard_ports: Vec<u16>,
+    /// The REST port (`http=` of the LISTENING line).
+    pub http: SocketAddr,
     pub line: String,
 }
 
@@ -71,10 +75,12 @@ impl TestServer {
             .split(',')
             .map(|p| p.parse().unwrap())
             .collect();
+        let http: SocketAddr = field("http").parse().unwrap();
         TestServer {
             child,
             addr,
             shard_ports,
+            http,
             line,
         }
     }
