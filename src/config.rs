@@ -64,6 +64,11 @@ pub struct Cli {
     /// REST: milliseconds an idle keep-alive connection stays open.
     #[arg(long, hide = true, default_value_t = 30_000)]
     pub http_idle_timeout_ms: u64,
+
+    // ---- security (issue 5): auth, TLS, encryption at rest, compression ----
+    #[command(flatten, next_help_heading = "Security")]
+    pub security: crate::security::SecurityArgs,
+    // ---- end of security ----
 }
 
 /// Validated settings the server runs with.
@@ -86,6 +91,8 @@ pub struct ServerConfig {
     /// REST deadlines (docs/rest.md).
     pub http_request_timeout: std::time::Duration,
     pub http_idle_timeout: std::time::Duration,
+    /// Auth, TLS, encryption at rest, compression (loaded files included).
+    pub security: crate::security::SecurityConfig,
 }
 
 /// A setting that cannot be used, with the flag it came from.
@@ -174,6 +181,7 @@ impl ServerConfig {
                 return Err(invalid("--shard-port-base", "shard ports overlap --port"));
             }
         }
+        let security = crate::security::SecurityConfig::from_args(&cli.security, cli.bind)?;
         Ok(ServerConfig {
             bind: cli.bind,
             port: cli.port,
@@ -190,6 +198,7 @@ impl ServerConfig {
             hash_seed: cli.hash_seed,
             http_request_timeout: std::time::Duration::from_millis(cli.http_request_timeout_ms.max(1)),
             http_idle_timeout: std::time::Duration::from_millis(cli.http_idle_timeout_ms.max(1)),
+            security,
         })
     }
 }

@@ -5,7 +5,9 @@
 //! ([`protocol`]) → [`ops::Op`] → [`router`] → shard store ([`shard`]) →
 //! response encoder ([`protocol`]).
 
+pub mod auth;
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod error;
 pub mod key;
@@ -14,6 +16,7 @@ pub mod pattern;
 pub mod protocol;
 pub mod rest;
 pub mod router;
+pub mod security;
 pub mod server;
 pub mod shard;
 pub mod slab;

@@ -46,7 +46,11 @@ fn main() -> anyhow::Result<()> {
     start_watchdog(stop.clone());
     for signal in signals.forever() {
         match signal {
-            SIGHUP => warn!("SIGHUP: nothing to reload yet (configuration comes from flags)"),
+            SIGHUP => match server.reload_auth() {
+                Ok(report) if report.enabled => info!(generation = report.generation, keys = report.keys.len(), "SIGHUP: JWT keys reloaded"),
+                Ok(_) => info!("SIGHUP: nothing to reload (auth off; other settings come from flags)"),
+                Err(e) => warn!(error = %e, "SIGHUP: JWT key reload failed; the keys in use stay"),
+            },
             _ => {
                 info!(signal, "stopping: finishing requests in flight");
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);

@@ -110,6 +110,9 @@ pub struct RequestHead {
     pub content_type: Option<String>,
     /// `Accept`, lower case.
     pub accept: Option<String>,
+    /// The credentials of `Authorization: Bearer <token>` (the token only;
+    /// an empty string for any other scheme).
+    pub bearer: Option<String>,
 }
 
 /// Finds and parses request heads in a connection's buffered bytes.
@@ -188,6 +191,7 @@ fn interpret(req: &httparse::Request<'_, '_>, max_body: usize) -> Result<Request
     let mut expect_continue = false;
     let mut content_type = None;
     let mut accept = None;
+    let mut bearer = None;
     for h in req.headers.iter() {
         let name = h.name.to_ascii_lowercase();
         let value = || {
@@ -229,6 +233,12 @@ fn interpret(req: &httparse::Request<'_, '_>, max_body: usize) -> Result<Request
                 content_type = Some(media.trim().to_ascii_lowercase());
             }
             "accept" => accept = Some(value()?.to_ascii_lowercase()),
+            "authorization" => {
+                if bearer.is_some() {
+                    return Err(HttpError::bad("more than one Authorization"));
+                }
+                bearer = Some(bearer_token(value()?).to_string());
+            }
             _ => {}
         }
     }
@@ -268,7 +278,17 @@ fn interpret(req: &httparse::Request<'_, '_>, max_body: usize) -> Result<Request
         expect_continue,
         content_type,
         accept,
+        bearer,
     })
+}
+
+/// The token of `Bearer <token>` (scheme case-insensitive, RFC 6750); ""
+/// for any other scheme.
+fn bearer_token(value: &str) -> &str {
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => "",
+    }
 }
 
 /// `Content-Length`: one or more digits and nothing else (no sign, no list).

@@ -75,6 +75,7 @@ pub fn encode_sub_operation(op: &OpView<'_>, kind: OpKind, owners: &[u16], owner
     out.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
     put_bytes_field(out, 1, kind.name().as_bytes());
     put_varint_field(out, 4, u64::from(op.ttl));
+    crate::codec::put_write_options(out, op.options.compression, op.options.encryption);
     let mine = owners.iter().map(|&o| o as usize == owner);
     if kind == OpKind::SetMany {
         for (entry, mine) in op.raw_entries().zip(mine) {

@@ -13,7 +13,9 @@ use tracing::debug;
 use super::assemble::{self, Job};
 use super::handshake::{self, HandshakeOutcome};
 use super::inbuf::InBuf;
+use super::tls::Transport;
 use super::ShardRuntime;
+use crate::auth::Grant;
 use crate::error::Status;
 use crate::key::{is_valid_key, key_hash, owner_of};
 use crate::ops::{OpKind, Reach};
@@ -54,22 +56,38 @@ pub struct Dispatcher {
     jobs: Vec<Job>,
     needs_assembly: bool,
     close_after_write: bool,
+    /// What the connection's credentials allow (checked per request).
+    grant: Grant,
+    /// Codec options the handshake set for every write.
+    write_compression: bool,
+    write_encryption: bool,
 }
 
-pub async fn serve(rt: Rc<ShardRuntime>, mut stream: TcpStream) {
+pub async fn serve(rt: Rc<ShardRuntime>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(WRITE_STALL_TIMEOUT));
+    match rt.server.tls.clone() {
+        None => serve_stream(rt, stream).await,
+        Some(config) => {
+            if let Some(tls) = super::tls::accept(&config, stream).await {
+                serve_stream(rt, tls).await
+            }
+        }
+    }
+}
+
+async fn serve_stream<S: Transport>(rt: Rc<ShardRuntime>, mut stream: S) {
     let mut inbuf = InBuf::new();
     let mut out = Vec::with_capacity(4096);
-    match handshake::run(&rt, &mut stream, &mut inbuf, &mut out).await {
-        HandshakeOutcome::Accepted => {}
+    let session = match handshake::run(&rt, &mut stream, &mut inbuf, &mut out).await {
+        HandshakeOutcome::Accepted(session) => session,
         HandshakeOutcome::Refused => {
             let _ = stream.write_all(&out).await;
             let _ = stream.close().await;
             return;
         }
         HandshakeOutcome::Gone => return,
-    }
+    };
     if stream.write_all(&out).await.is_err() {
         return;
     }
@@ -77,6 +95,8 @@ pub async fn serve(rt: Rc<ShardRuntime>, mut stream: TcpStream) {
 
     let mut cycle = Dispatcher::new(rt.shard.count);
     cycle.out = out;
+    cycle.set_grant(session.grant);
+    cycle.set_write_options(session.compression, session.encryption);
     let mut shutdown = rt.shutdown.wait();
     let max_frame = rt.shard.limits.max_frame_bytes;
     loop {
@@ -126,7 +146,28 @@ impl Dispatcher {
             jobs: Vec::new(),
             needs_assembly: false,
             close_after_write: false,
+            grant: Grant::NONE,
+            write_compression: false,
+            write_encryption: false,
         }
+    }
+
+    /// What the requests that follow may do (after a handshake, or per REST
+    /// request). A new dispatcher allows only open operations.
+    pub fn set_grant(&mut self, grant: Grant) {
+        self.grant = grant;
+    }
+
+    /// The grant in force.
+    pub fn grant(&self) -> Grant {
+        self.grant
+    }
+
+    /// Codec options applied to every write that follows, on top of each
+    /// request's own `options`.
+    pub fn set_write_options(&mut self, compression: bool, encryption: bool) {
+        self.write_compression = compression;
+        self.write_encryption = encryption;
     }
 
     /// The response frames of the last [`Dispatcher::run`], in order.
@@ -203,7 +244,7 @@ impl Dispatcher {
     fn route(&mut self, rt: &ShardRuntime, frame: &[u8], now_us: u64) {
         let shard = &rt.shard;
         let start = self.out.len();
-        let op = match decode_operation(&frame[FRAME_HEADER_BYTES..]) {
+        let mut op = match decode_operation(&frame[FRAME_HEADER_BYTES..]) {
             Ok(op) => op,
             Err(e) => {
                 shard.counters.borrow_mut().protocol_errors += 1;
@@ -222,6 +263,19 @@ impl Dispatcher {
             );
             return self.push_local(start);
         };
+        // ---- security: permission (and token expiry), one branch ----
+        let need = crate::auth::required(kind);
+        if !self.grant.allows(need, now_us) {
+            let (status, message) = self.grant.refusal(need, now_us);
+            ResponseEncoder::error(&mut self.out, status, message, op.correlation_id);
+            return self.push_local(start);
+        }
+        let conn_options = self.write_compression | self.write_encryption;
+        if conn_options {
+            op.options.compression |= self.write_compression;
+            op.options.encryption |= self.write_encryption;
+        }
+        // ---- end of security ----
         if !matches!(op.options.consistency, b"" | b"strong" | b"eventual") {
             let message = "options.consistency must be \"strong\" or \"eventual\"";
             ResponseEncoder::error(&mut self.out, Status::Malformed, message, op.correlation_id);
@@ -240,7 +294,12 @@ impl Dispatcher {
                     shard.execute_single(&op, kind, hash, now_us, &mut self.out);
                     self.push_local(start);
                 } else {
-                    self.forward[owner].extend_from_slice(frame);
+                    if conn_options && kind == OpKind::Set {
+                        let (c, e) = (op.options.compression, op.options.encryption);
+                        crate::codec::append_frame_with_options(frame, c, e, &mut self.forward[owner]);
+                    } else {
+                        self.forward[owner].extend_from_slice(frame);
+                    }
                     self.steps.push(Step::Remote { owner: owner as u16 });
                     self.needs_assembly = true;
                     shard.counters.borrow_mut().forwarded_ops += 1;

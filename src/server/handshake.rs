@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
-use glommio::net::TcpStream;
 use prost::Message;
 
 use super::connection::encode_frame;
 use super::inbuf::InBuf;
+use super::tls::Transport;
 use super::ShardRuntime;
+use crate::auth::Grant;
 use crate::error::Status;
 use crate::ops::OpKind;
 use crate::proto;
@@ -24,17 +25,28 @@ pub const MAX_SERVICE_ID_BYTES: usize = 128;
 
 pub enum HandshakeOutcome {
     /// The answer is in `out`; go on serving.
-    Accepted,
+    Accepted(Session),
     /// An error answer is in `out`; send it and close.
     Refused,
     /// The peer went away.
     Gone,
 }
 
+/// What the handshake settled for the rest of the connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Session {
+    /// What the `auth_token` allows (everything when auth is off).
+    pub grant: Grant,
+    /// `options.compression` / `options.encryption` of the handshake:
+    /// applied to every write of the connection.
+    pub compression: bool,
+    pub encryption: bool,
+}
+
 /// Reads and checks the handshake, leaving the answer in `out`.
-pub async fn run(
+pub async fn run<S: Transport>(
     rt: &ShardRuntime,
-    stream: &mut TcpStream,
+    stream: &mut S,
     inbuf: &mut InBuf,
     out: &mut Vec<u8>,
 ) -> HandshakeOutcome {
@@ -134,6 +146,22 @@ fn answer(rt: &ShardRuntime, hello: &proto::CacheConnection, out: &mut Vec<u8>) 
             );
         }
     }
+    // ---- security (issue 5): credentials and connection-wide codec options ----
+    let (compression, encryption) = hello
+        .options
+        .as_ref()
+        .map_or((false, false), |o| (o.compression, o.encryption));
+    if encryption && !rt.shard.codec.borrow().can_encrypt() {
+        return refuse(out, Status::Malformed, crate::codec::CodecError::NoKey.message());
+    }
+    let grant = match rt
+        .auth
+        .authenticate(hello.auth_token.as_bytes(), Some(&hello.service_id))
+    {
+        Ok(grant) => grant,
+        Err(e) => return refuse(out, Status::InvalidCredentials, &format!("invalid credentials: {e}")),
+    };
+    // ---- end of security ----
     let info = &rt.server;
     let response = proto::CacheResponse {
         status: 0,
@@ -151,7 +179,11 @@ fn answer(rt: &ShardRuntime, hello: &proto::CacheConnection, out: &mut Vec<u8>) 
         ..Default::default()
     };
     encode_frame(&response, out);
-    HandshakeOutcome::Accepted
+    HandshakeOutcome::Accepted(Session {
+        grant,
+        compression,
+        encryption,
+    })
 }
 
 fn refuse(out: &mut Vec<u8>, status: Status, message: &str) -> HandshakeOutcome {

@@ -9,7 +9,6 @@
 //! its first byte, plus one second per MiB of body, else 408 and close. A
 //! dribbling client cannot hold a connection longer than that.
 
-use std::net::Shutdown;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +19,7 @@ use super::connection::{Dispatcher, WRITE_STALL_TIMEOUT};
 use super::inbuf::InBuf;
 use super::rest::{self, BatchJob, Outcome, Reply};
 use super::shutdown::Wait;
+use super::tls::Transport;
 use super::ShardRuntime;
 use crate::error::Status;
 use crate::protocol::http::{
@@ -52,13 +52,13 @@ enum Read {
     Shutdown,
 }
 
-struct Conn {
-    stream: TcpStream,
+struct Conn<S> {
+    stream: S,
     inbuf: InBuf,
     shutdown: Wait,
 }
 
-impl Conn {
+impl<S: Transport> Conn<S> {
     /// Reads once (room for `want` buffered bytes), unless `deadline`
     /// passes or the shard shuts down first.
     async fn read(&mut self, want: usize, deadline: Instant) -> Read {
@@ -119,7 +119,9 @@ impl Conn {
     }
 
     async fn linger_close(mut self) {
-        let _ = self.stream.shutdown(Shutdown::Write).await;
+        // Ends our half (glommio's close is shutdown(Write); over TLS a
+        // close_notify goes first).
+        let _ = self.stream.close().await;
         let deadline = Instant::now() + Duration::from_millis(500);
         let mut sink = [0u8; 4096];
         loop {
@@ -142,6 +144,17 @@ impl Conn {
 pub async fn serve(rt: Rc<ShardRuntime>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(WRITE_STALL_TIMEOUT));
+    match rt.server.tls.clone() {
+        None => serve_stream(rt, stream).await,
+        Some(config) => {
+            if let Some(tls) = super::tls::accept(&config, stream).await {
+                serve_stream(rt, tls).await
+            }
+        }
+    }
+}
+
+async fn serve_stream<S: Transport>(rt: Rc<ShardRuntime>, stream: S) {
     let settings = rt.server.http.clone();
     let mut conn = Conn {
         stream,
@@ -209,8 +222,8 @@ pub async fn serve(rt: Rc<ShardRuntime>, stream: TcpStream) {
 
 /// Reads the body `head` announces. `Err(None)`: the client went away or
 /// the server is stopping; `Err(Some(e))`: answer `e` and close.
-async fn read_body(
-    conn: &mut Conn,
+async fn read_body<S: Transport>(
+    conn: &mut Conn<S>,
     head: &RequestHead,
     started: Instant,
     settings: &HttpSettings,
@@ -258,7 +271,7 @@ async fn read_body(
 }
 
 /// Tells a client that sent `Expect: 100-continue` to send its body.
-async fn send_continue(conn: &mut Conn, head: &RequestHead) -> Result<(), Option<HttpError>> {
+async fn send_continue<S: Transport>(conn: &mut Conn<S>, head: &RequestHead) -> Result<(), Option<HttpError>> {
     if head.expect_continue {
         let line = format!("HTTP/1.{} 100 Continue\r\n\r\n", head.minor_version);
         conn.stream.write_all(line.as_bytes()).await.map_err(|_| None)?;
@@ -269,10 +282,10 @@ async fn send_continue(conn: &mut Conn, head: &RequestHead) -> Result<(), Option
 /// Runs a batch through the dispatcher cycle by cycle, writing its answer
 /// as it goes (chunked for HTTP/1.1, until close for HTTP/1.0), so that a
 /// batch of large values is never held whole in memory.
-async fn stream_batch(
+async fn stream_batch<S: Transport>(
     rt: &ShardRuntime,
     d: &mut Dispatcher,
-    conn: &mut Conn,
+    conn: &mut Conn<S>,
     head: &RequestHead,
     keep_alive: bool,
     job: BatchJob,
@@ -340,7 +353,7 @@ async fn stream_batch(
     Ok(())
 }
 
-async fn send_piece(conn: &mut Conn, out: &mut Vec<u8>, piece: &[u8], chunked: bool) -> std::io::Result<()> {
+async fn send_piece<S: Transport>(conn: &mut Conn<S>, out: &mut Vec<u8>, piece: &[u8], chunked: bool) -> std::io::Result<()> {
     if !chunked {
         return conn.stream.write_all(piece).await;
     }

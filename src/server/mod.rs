@@ -9,6 +9,7 @@ mod listener;
 mod metrics_endpoint;
 mod rest;
 pub mod shutdown;
+pub mod tls;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -42,6 +43,10 @@ pub struct ServerInfo {
     pub started: AtomicBool,
     /// Limits and deadlines of the REST port.
     pub http: http::HttpSettings,
+    /// TLS for both listeners (`--tls-cert`, `--tls-key`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// JWT keys, shared with every shard's [`ShardRuntime::auth`].
+    pub auth: Arc<crate::auth::AuthHub>,
 }
 
 /// The tasks of one shard share this.
@@ -51,6 +56,8 @@ pub struct ShardRuntime {
     pub server: Arc<ServerInfo>,
     pub shutdown: ShutdownSignal,
     pub open_connections: Cell<usize>,
+    /// This shard's copy of the JWT verifier.
+    pub auth: crate::auth::ShardAuth,
 }
 
 /// How long shutdown waits for connections to finish what they were doing.
@@ -88,6 +95,11 @@ impl RunningServer {
     /// A handle that stops the server from any thread.
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle(self.info.clone())
+    }
+
+    /// Re-reads the JWT key files (SIGHUP); the keys in use stay on error.
+    pub fn reload_auth(&self) -> Result<crate::auth::hub::AuthReload, String> {
+        self.info.auth.reload()
     }
 
     /// Waits until every shard has stopped.
@@ -136,6 +148,8 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
             idle_timeout: config.http_idle_timeout,
             max_body_bytes: config.max_frame_bytes,
         },
+        tls: config.security.tls.clone(),
+        auth: config.security.auth.clone(),
     });
     let seed = config.hash_seed.unwrap_or_else(random_seed);
     let per_shard_memory = config.max_memory_bytes / shards;
@@ -161,6 +175,7 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
             max_item_bytes: config.max_item_bytes,
         };
         let (plan, info, ready) = (plan.clone(), info.clone(), ready_tx.clone());
+        let codec = config.security.codec.clone();
         let placement = if config.pin {
             Placement::Fixed(cpu)
         } else {
@@ -169,7 +184,9 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         let builder = LocalExecutorBuilder::new(placement).name(&format!("shard-{id}"));
         let handle = builder
             .spawn(move || async move {
-                let shard = Rc::new(Shard::new(id, shards, limits, store));
+                let codec = crate::codec::ValueCodec::new(&codec, limits.max_item_bytes);
+                let shard = Rc::new(Shard::new(id, shards, limits, store).with_codec(codec));
+                let auth = crate::auth::ShardAuth::new(info.auth.clone());
                 let router = Router::join(shard.clone(), plan).await;
                 let rt = Rc::new(ShardRuntime {
                     shard,
@@ -177,6 +194,7 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
                     server: info,
                     shutdown: ShutdownSignal::default(),
                     open_connections: Cell::new(0),
+                    auth,
                 });
                 run_shard(rt, public_fd, own_fd, http_fd, ready).await;
             })
@@ -277,9 +295,15 @@ async fn accept_loop(rt: Rc<ShardRuntime>, listener: glommio::net::TcpListener, 
             rt.server.open_connections.fetch_sub(1, Ordering::SeqCst);
             rt.shard.counters.borrow_mut().connections_refused += 1;
             match front {
-                Front::Binary => glommio::spawn_local(refuse_connection(stream)).detach(),
-                Front::Http => glommio::spawn_local(http::refuse(stream)).detach(),
-            };
+                // Over TLS a plain-text refusal is noise: just close.
+                _ if rt.server.tls.is_some() => drop(stream),
+                Front::Binary => {
+                    glommio::spawn_local(refuse_connection(stream)).detach();
+                }
+                Front::Http => {
+                    glommio::spawn_local(http::refuse(stream)).detach();
+                }
+            }
             continue;
         }
         {

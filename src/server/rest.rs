@@ -99,6 +99,9 @@ pub async fn handle(rt: &ShardRuntime, d: &mut Dispatcher, head: &RequestHead, b
         Ok(q) => q,
         Err(e) => return rest_error(e, None, ""),
     };
+    if let Err(reply) = authorize(rt, d, head, &route) {
+        return Outcome::Reply(reply);
+    }
     match handle_route(rt, d, head, body, route, &query).await {
         Ok(outcome) => outcome,
         Err((e, key, op)) => rest_error(e, key.as_deref(), op),
@@ -106,6 +109,50 @@ pub async fn handle(rt: &ShardRuntime, d: &mut Dispatcher, head: &RequestHead, b
 }
 
 type Failure = (RestError, Option<Vec<u8>>, &'static str);
+
+// ---- security (issue 5): credentials of each request ----
+
+/// Sets the dispatcher's grant from `Authorization: Bearer`. Health
+/// endpoints stay open; anything else needs a valid token when auth is on
+/// (401 AUTH_001 without one); the permission itself is checked where the
+/// operation is routed (403 AUTH_002).
+fn authorize(rt: &ShardRuntime, d: &mut Dispatcher, head: &RequestHead, route: &Route) -> Result<(), Reply> {
+    use crate::auth::Grant;
+    if !rt.auth.enabled() {
+        d.set_grant(Grant::UNRESTRICTED);
+        return Ok(());
+    }
+    if matches!(route, Route::Live | Route::Ready | Route::CacheHealth) {
+        d.set_grant(Grant::NONE);
+        return Ok(());
+    }
+    let token = head.bearer.as_deref().unwrap_or_default();
+    match rt.auth.authenticate(token.as_bytes(), None) {
+        Ok(grant) => {
+            d.set_grant(grant);
+            Ok(())
+        }
+        Err(e) => {
+            d.set_grant(Grant::NONE);
+            let message = format!("invalid credentials: {e}");
+            Err(error_reply(401, Status::InvalidCredentials, &message, None, ""))
+        }
+    }
+}
+
+/// `POST /api/v2/cache/reload`, which needs `cache:reload`.
+fn reload(rt: &ShardRuntime, d: &Dispatcher) -> Result<Outcome, Failure> {
+    let grant = d.grant();
+    let need = crate::auth::CACHE_RELOAD;
+    if !grant.allows(need, unix_now_us()) {
+        let (status, message) = grant.refusal(need, unix_now_us());
+        return Err((RestError::of(status, message), None, "reload"));
+    }
+    let auth = rt.server.auth.reload();
+    Ok(json_reply(200, response::success_with(&reload_report(auth))))
+}
+
+// ---- end of security ----
 
 async fn handle_route(
     rt: &ShardRuntime,
@@ -177,7 +224,7 @@ async fn handle_route(
             }
             answer(kind, &resp, false, None)
         }
-        Route::Reload => Ok(json_reply(200, response::success_with(&reload_report()))),
+        Route::Reload => reload(rt, d),
         Route::Live => Ok(json_reply(
             200,
             json!({ "status": "live" }).to_string().into_bytes(),
@@ -187,6 +234,9 @@ async fn handle_route(
             let resp = execute(rt, d, &request::admin_operation(OpKind::Stats))
                 .await
                 .map_err(|e| (e, None, "stats"))?;
+            if resp.status != 0 {
+                return answer(OpKind::Stats, &resp, false, None);
+            }
             let stats: serde_json::Value = serde_json::from_slice(&resp.data).unwrap_or_default();
             Ok(Outcome::Reply(Reply {
                 status: 200,
@@ -238,16 +288,22 @@ fn readiness(rt: &ShardRuntime) -> Outcome {
 /// not ready (heartbeats come every 50 ms).
 const READY_HEARTBEAT_AGE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// What `POST /api/v2/cache/reload` reloads: nothing yet (configuration
-/// comes from flags); the deployment work fills this in.
-fn reload_report() -> serde_json::Value {
+/// What `POST /api/v2/cache/reload` reloads: the JWT key files (other
+/// configuration comes from flags; the deployment work fills this in).
+fn reload_report(auth: Result<crate::auth::hub::AuthReload, String>) -> serde_json::Value {
+    let (reloaded, auth) = match auth {
+        Ok(report) if report.enabled => (json!(["auth_keys"]), json!(report)),
+        Ok(report) => (json!([]), json!(report)),
+        Err(e) => (json!([]), json!({ "error": e })),
+    };
     json!({
-        "reloaded": [],
+        "reloaded": reloaded,
+        "auth": auth,
         "requires_restart": [
             "bind", "port", "shard_port_base", "http_port", "shards", "cpus", "pin",
             "ttl_default", "max_frame_bytes", "max_item_bytes", "max_connections", "max_memory"
         ],
-        "message": "nothing to reload: every setting comes from command-line flags and needs a restart"
+        "message": "JWT key files are re-read; other settings come from command-line flags and need a restart"
     })
 }
 

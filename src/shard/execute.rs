@@ -4,12 +4,13 @@
 
 use serde_json::json;
 
-use super::store::{Lookup, WriteError};
+use super::item::ItemView;
+use super::store::{Lookup, Store, WriteError};
 use super::{Shard, DEFAULT_PATTERN_LIMIT, MAX_BATCH_KEYS, MAX_PATTERN_LIMIT};
 use crate::error::Status;
 use crate::key::{is_valid_key, key_hash};
 use crate::ops::OpKind;
-use crate::protocol::binary::{EntryView, Meta, OpView, ResponseEncoder};
+use crate::protocol::binary::{EntryView, Meta, OpView, OptionsView, ResponseEncoder};
 
 /// Message of a CACHE_004 response.
 pub const INVALID_KEY_MESSAGE: &str = "key must be 1-250 bytes without control characters or spaces";
@@ -54,15 +55,16 @@ impl Shard {
         let mut store = self.store.borrow_mut();
         match kind {
             OpKind::Get => match store.get(hash, op.key, now_us) {
-                Lookup::Hit(item) => {
-                    ResponseEncoder::simple(out, Status::Ok, item.value(), Some(&item.meta()), corr)
-                }
+                Lookup::Hit(item) => self.with_value(item, |value| match value {
+                    Ok(value) => ResponseEncoder::simple(out, Status::Ok, value, Some(&item.meta()), corr),
+                    Err((status, message)) => ResponseEncoder::error(out, status, message, corr),
+                }),
                 Lookup::Expired => ResponseEncoder::error(out, Status::Expired, "key expired", corr),
                 Lookup::Miss => ResponseEncoder::simple(out, Status::NotFound, b"", None, corr),
             },
-            OpKind::Set => match store.set(hash, op.key, op.value, op.ttl, now_us) {
+            OpKind::Set => match self.write_item(&mut store, hash, op.key, op.value, op.ttl, &op.options, now_us) {
                 Ok(meta) => ResponseEncoder::simple(out, Status::Ok, b"", Some(&meta), corr),
-                Err(e) => ResponseEncoder::error(out, Status::StorageFull, write_error_message(e), corr),
+                Err((status, message)) => ResponseEncoder::error(out, status, message, corr),
             },
             _ => {
                 let status = if store.delete(hash, op.key) {
@@ -99,9 +101,12 @@ impl Shard {
                         continue;
                     }
                     match store.get(key_hash(key, self.seed), key, now_us) {
-                        Lookup::Hit(item) => {
-                            ResponseEncoder::put_item(out, key, Status::Ok, item.value(), Some(&item.meta()))
-                        }
+                        Lookup::Hit(item) => self.with_value(item, |value| match value {
+                            Ok(value) => ResponseEncoder::put_item(out, key, Status::Ok, value, Some(&item.meta())),
+                            Err((status, message)) => {
+                                ResponseEncoder::put_item(out, key, status, message.as_bytes(), None)
+                            }
+                        }),
                         Lookup::Expired => ResponseEncoder::put_item(out, key, Status::Expired, b"", None),
                         Lookup::Miss => ResponseEncoder::put_item(out, key, Status::NotFound, b"", None),
                     }
@@ -126,15 +131,12 @@ impl Shard {
                         continue;
                     }
                     let ttl = if ttl == 0 { op.ttl } else { ttl };
-                    match store.set(key_hash(key, self.seed), key, value, ttl, now_us) {
+                    let hash = key_hash(key, self.seed);
+                    match self.write_item(&mut store, hash, key, value, ttl, &op.options, now_us) {
                         Ok(meta) => ResponseEncoder::put_item(out, key, Status::Ok, b"", Some(&meta)),
-                        Err(e) => ResponseEncoder::put_item(
-                            out,
-                            key,
-                            Status::StorageFull,
-                            write_error_message(e).as_bytes(),
-                            None,
-                        ),
+                        Err((status, message)) => {
+                            ResponseEncoder::put_item(out, key, status, message.as_bytes(), None)
+                        }
                     }
                 }
             }
@@ -162,8 +164,14 @@ impl Shard {
                 return false;
             }
             found += 1;
-            let value = if op.with_values { item.value() } else { b"" };
-            ResponseEncoder::put_item(out, item.key(), Status::Ok, value, Some(&item.meta()));
+            if !op.with_values {
+                ResponseEncoder::put_item(out, item.key(), Status::Ok, b"", Some(&item.meta()));
+                return true;
+            }
+            self.with_value(item, |value| match value {
+                Ok(value) => ResponseEncoder::put_item(out, item.key(), Status::Ok, value, Some(&item.meta())),
+                Err((status, message)) => ResponseEncoder::put_item(out, item.key(), status, message.as_bytes(), None),
+            });
             true
         });
         ResponseEncoder::put_summary(out, Status::Ok, op.correlation_id, truncated);
@@ -221,6 +229,58 @@ pub fn pattern_limit(requested: u32) -> usize {
         n => n.min(MAX_PATTERN_LIMIT),
     }
 }
+
+// ---- value codec hooks (compression, encryption at rest: crate::codec) ----
+
+impl Shard {
+    /// Stores a value, through the codec when the write asks for it, its
+    /// connection did, or the server always transforms values. Without any
+    /// of these (the default) this costs one branch.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn write_item(
+        &self,
+        store: &mut Store,
+        hash: u64,
+        key: &[u8],
+        value: &[u8],
+        ttl: u32,
+        options: &OptionsView<'_>,
+        now_us: u64,
+    ) -> Result<Meta, (Status, &'static str)> {
+        if !(self.codec_eager | options.encryption | options.compression) {
+            return store.set(hash, key, value, ttl, now_us).map_err(write_failure);
+        }
+        let mut codec = self.codec.borrow_mut();
+        let (stored, flags) = codec
+            .encode(key, value, options.compression, options.encryption)
+            .map_err(|e| (e.status(), e.message()))?;
+        store
+            .set_flagged(hash, key, stored, ttl, flags, now_us)
+            .map_err(write_failure)
+    }
+
+    /// Calls `f` with the client's bytes of a stored item: the record's own
+    /// bytes unless its codec bits are set (one branch), else decoded into
+    /// the shard's scratch buffers.
+    #[inline]
+    fn with_value<R>(&self, item: ItemView<'_>, f: impl FnOnce(Result<&[u8], (Status, &'static str)>) -> R) -> R {
+        let flags = item.codec_flags();
+        if flags == 0 {
+            return f(Ok(item.value()));
+        }
+        let mut codec = self.codec.borrow_mut();
+        f(codec
+            .decode(item.key(), flags, item.value())
+            .map_err(|e| (e.status(), e.message())))
+    }
+}
+
+fn write_failure(e: WriteError) -> (Status, &'static str) {
+    (Status::StorageFull, write_error_message(e))
+}
+
+// ---- end of value codec hooks ----
 
 fn write_error_message(e: WriteError) -> &'static str {
     match e {

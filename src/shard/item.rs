@@ -32,6 +32,17 @@ const PAD_SHIFT: u32 = 62;
 pub const MAX_TTL_S: u32 = (1 << 30) - 1;
 const TTL_MASK: u32 = MAX_TTL_S;
 
+/// The two codec bits (bit 30 compressed, bit 31 encrypted) of the TTL
+/// word, as a number 0..=3; their meaning belongs to [`crate::codec`].
+const CODEC_SHIFT: u32 = 30;
+
+/// Sets the codec bits of a record written by [`write_record`].
+#[inline]
+pub fn set_codec_flags(chunk: &mut [u8], flags: u32) {
+    let word = u32::from_le_bytes(chunk[8..12].try_into().expect("header")) & TTL_MASK;
+    chunk[8..12].copy_from_slice(&(word | (flags << CODEC_SHIFT)).to_le_bytes());
+}
+
 /// Bytes a record needs at least (its chunk may be larger).
 #[inline]
 pub const fn record_len(key_len: usize, value_len: usize) -> usize {
@@ -95,6 +106,18 @@ impl<'a> ItemView<'a> {
     #[inline]
     pub fn ttl_s(&self) -> u32 {
         u32::from_le_bytes(self.chunk[8..12].try_into().expect("header")) & TTL_MASK
+    }
+
+    /// The codec bits (see [`set_codec_flags`]); 0 = the value is stored
+    /// as the client sent it.
+    #[inline]
+    pub fn codec_flags(&self) -> u32 {
+        u32::from_le_bytes(self.chunk[8..12].try_into().expect("header")) >> CODEC_SHIFT
+    }
+
+    /// The whole record as it lies in the slab (tests of encryption at rest).
+    pub fn record_bytes(&self) -> &'a [u8] {
+        self.chunk
     }
 
     #[inline]
@@ -173,6 +196,10 @@ mod tests {
         assert!(!v.is_expired(1_700_000_060_123_455));
         assert!(v.is_expired(1_700_000_060_123_456));
         assert!(!v.was_accessed());
+        assert_eq!(v.codec_flags(), 0);
+        set_codec_flags(&mut buf, 3);
+        let v = ItemView::new(&buf);
+        assert_eq!((v.codec_flags(), v.ttl_s(), v.value()), (3, 60, &b"value"[..]));
     }
 
     #[test]

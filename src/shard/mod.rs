@@ -37,6 +37,10 @@ pub struct Shard {
     pub counters: RefCell<ShardCounters>,
     /// Set when the server is shutting down.
     pub draining: Cell<bool>,
+    /// Compression and encryption at rest (see [`crate::codec`]).
+    pub codec: RefCell<crate::codec::ValueCodec>,
+    /// Whether writes that ask for nothing still go through the codec.
+    pub codec_eager: bool,
 }
 
 impl Shard {
@@ -49,7 +53,16 @@ impl Shard {
             store: RefCell::new(Store::new(store)),
             counters: RefCell::new(ShardCounters::default()),
             draining: Cell::new(false),
+            codec: RefCell::new(crate::codec::ValueCodec::off(limits.max_item_bytes)),
+            codec_eager: false,
         }
+    }
+
+    /// This shard with its value codec (server start).
+    pub fn with_codec(mut self, codec: crate::codec::ValueCodec) -> Self {
+        self.codec_eager = codec.eager();
+        self.codec = RefCell::new(codec);
+        self
     }
 
     /// Whether this shard owns a key hash.

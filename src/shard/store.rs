@@ -9,7 +9,7 @@
 use hashbrown::HashTable;
 
 use super::clock::HybridClock;
-use super::item::{record_len, write_record, ItemId, ItemView};
+use super::item::{record_len, set_codec_flags, write_record, ItemId, ItemView};
 use super::stats::StoreStats;
 use crate::key::key_hash;
 use crate::pattern::glob_match;
@@ -196,12 +196,21 @@ impl Store {
 
     /// Stores a key, replacing any previous item. `ttl_s` 0 means the
     /// default TTL.
-    pub fn set(
+    #[inline]
+    pub fn set(&mut self, hash: u64, key: &[u8], value: &[u8], ttl_s: u32, now_us: u64) -> Result<Meta, WriteError> {
+        self.set_flagged(hash, key, value, ttl_s, 0, now_us)
+    }
+
+    /// [`Store::set`] of a value transformed by a value codec, recording
+    /// the codec's `flags` (0..=3) in the item header. The store does not
+    /// interpret them.
+    pub fn set_flagged(
         &mut self,
         hash: u64,
         key: &[u8],
         value: &[u8],
         ttl_s: u32,
+        flags: u32,
         now_us: u64,
     ) -> Result<Meta, WriteError> {
         if key.len() + value.len() > self.config.max_item_bytes {
@@ -220,6 +229,9 @@ impl Store {
             })?;
         let version = self.clock.tick(now_us);
         write_record(self.items.record_mut(new_id), version, ttl_s, key, value);
+        if flags != 0 {
+            set_codec_flags(self.items.record_mut(new_id), flags);
+        }
         let meta = self.view(new_id).meta();
 
         let items = &self.items;
