@@ -111,7 +111,10 @@ impl std::fmt::Debug for Verifier {
 /// string (OAuth `scope` style).
 #[derive(Deserialize)]
 struct Claims {
-    exp: u64,
+    /// Required (jsonwebtoken checks); optional here so that its absence is
+    /// reported as such rather than as bad JSON.
+    #[serde(default)]
+    exp: Option<u64>,
     #[serde(default)]
     service_id: Option<String>,
     #[serde(default)]
@@ -224,12 +227,13 @@ fn grant_of(claims: &Claims, service_id: Option<&str>) -> Result<Grant, AuthErro
             return Err(AuthError::ServiceMismatch);
         }
     }
+    let exp = claims.exp.ok_or_else(|| AuthError::Claims("missing exp".into()))?;
     let permissions = claims.permissions.bits(permission_bits)
         | claims.scope.bits(permission_bits)
         | claims.roles.bits(role_bits);
     Ok(Grant {
         permissions,
-        expires_us: claims.exp.saturating_add(LEEWAY_S).saturating_mul(1_000_000),
+        expires_us: exp.saturating_add(LEEWAY_S).saturating_mul(1_000_000),
         authenticated: true,
     })
 }
