@@ -10,6 +10,8 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod hostile;
 pub mod key;
 pub mod ops;
 pub mod pattern;

@@ -183,6 +183,18 @@ impl Verifier {
         Ok(Verifier { keys })
     }
 
+    /// One HS256 key without a kid, from bytes (fuzzing and tests).
+    pub fn with_hs256_secret(secret: &[u8], settings: &AuthSettings) -> Verifier {
+        Verifier {
+            keys: vec![Key {
+                kid: None,
+                alg: Algorithm::HS256,
+                key: DecodingKey::from_secret(secret),
+                validation: validation(Algorithm::HS256, settings),
+            }],
+        }
+    }
+
     /// Number of keys.
     pub fn key_count(&self) -> usize {
         self.keys.len()
