@@ -18,7 +18,10 @@ const KEYS: usize = 1024;
 
 /// A 1 KiB JSON document like the services store (compresses about 3:1).
 fn value(i: usize) -> Vec<u8> {
-    let mut doc = format!(r#"{{"id":{i},"name":"character {i}","class":"ranger","level":{},"stats":{{"str":12,"dex":17,"con":14,"int":10,"wis":15,"cha":8}},"inventory":["#, i % 20);
+    let mut doc = format!(
+        r#"{{"id":{i},"name":"character {i}","class":"ranger","level":{},"stats":{{"str":12,"dex":17,"con":14,"int":10,"wis":15,"cha":8}},"inventory":["#,
+        i % 20
+    );
     let mut n = 0;
     while doc.len() < 1000 {
         doc.push_str(&format!(r#"{{"item":"arrow","qty":{n}}},"#));

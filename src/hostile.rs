@@ -23,7 +23,11 @@ pub fn binary_frames(data: &[u8]) {
     let mut rest = data;
     let mut first = true;
     loop {
-        let max = if first { HANDSHAKE_MAX_FRAME_BYTES } else { MAX_BYTES };
+        let max = if first {
+            HANDSHAKE_MAX_FRAME_BYTES
+        } else {
+            MAX_BYTES
+        };
         match check_frame(rest, max) {
             Ok(FrameStatus::Complete { len }) => {
                 assert!(len <= max && FRAME_HEADER_BYTES + len <= rest.len());

@@ -47,7 +47,11 @@ fn main() -> anyhow::Result<()> {
     for signal in signals.forever() {
         match signal {
             SIGHUP => match server.reload_auth() {
-                Ok(report) if report.enabled => info!(generation = report.generation, keys = report.keys.len(), "SIGHUP: JWT keys reloaded"),
+                Ok(report) if report.enabled => info!(
+                    generation = report.generation,
+                    keys = report.keys.len(),
+                    "SIGHUP: JWT keys reloaded"
+                ),
                 Ok(_) => info!("SIGHUP: nothing to reload (auth off; other settings come from flags)"),
                 Err(e) => warn!(error = %e, "SIGHUP: JWT key reload failed; the keys in use stay"),
             },

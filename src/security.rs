@@ -88,8 +88,16 @@ impl SecurityConfig {
     /// file they name.
     pub fn from_args(args: &SecurityArgs, bind: IpAddr) -> Result<SecurityConfig, ConfigError> {
         let settings = AuthSettings {
-            hs256_secret_files: args.auth_hs256_secret_file.iter().map(|s| parse_key_spec(s)).collect(),
-            public_key_files: args.auth_public_key_file.iter().map(|s| parse_key_spec(s)).collect(),
+            hs256_secret_files: args
+                .auth_hs256_secret_file
+                .iter()
+                .map(|s| parse_key_spec(s))
+                .collect(),
+            public_key_files: args
+                .auth_public_key_file
+                .iter()
+                .map(|s| parse_key_spec(s))
+                .collect(),
             issuer: args.auth_issuer.clone(),
             audience: args.auth_audience.clone(),
         };
@@ -149,7 +157,11 @@ impl SecurityConfig {
             tls,
             codec: CodecSettings {
                 key,
-                encrypt_prefixes: args.encrypt_prefix.iter().map(|p| p.as_bytes().to_vec()).collect(),
+                encrypt_prefixes: args
+                    .encrypt_prefix
+                    .iter()
+                    .map(|p| p.as_bytes().to_vec())
+                    .collect(),
                 compression,
                 compression_threshold: args.compression_threshold,
             },
@@ -160,7 +172,11 @@ impl SecurityConfig {
 
 /// Protected mode: without authentication the server listens on loopback
 /// only, unless told otherwise in so many words.
-pub fn check_protected_mode(auth_enabled: bool, insecure_no_auth: bool, bind: IpAddr) -> Result<(), ConfigError> {
+pub fn check_protected_mode(
+    auth_enabled: bool,
+    insecure_no_auth: bool,
+    bind: IpAddr,
+) -> Result<(), ConfigError> {
     if auth_enabled || insecure_no_auth || bind.is_loopback() {
         return Ok(());
     }
@@ -201,14 +217,24 @@ mod tests {
 
     #[test]
     fn codec_flags() {
-        assert_eq!(config(&["--encrypt-prefix", "x:"]).unwrap_err().flag, "--encrypt-prefix");
-        assert_eq!(config(&["--compression", "gzip"]).unwrap_err().flag, "--compression");
         assert_eq!(
-            config(&["--encryption-key-file", "/nonexistent"]).unwrap_err().flag,
+            config(&["--encrypt-prefix", "x:"]).unwrap_err().flag,
+            "--encrypt-prefix"
+        );
+        assert_eq!(
+            config(&["--compression", "gzip"]).unwrap_err().flag,
+            "--compression"
+        );
+        assert_eq!(
+            config(&["--encryption-key-file", "/nonexistent"])
+                .unwrap_err()
+                .flag,
             "--encryption-key-file"
         );
         assert_eq!(
-            config(&["--auth-public-key-file", "/nonexistent"]).unwrap_err().flag,
+            config(&["--auth-public-key-file", "/nonexistent"])
+                .unwrap_err()
+                .flag,
             "--auth-public-key-file"
         );
     }

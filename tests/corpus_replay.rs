@@ -16,11 +16,18 @@ use dnd_cache::proto::CacheConnection;
 use prost::Message;
 
 fn corpus(dir: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus").join(dir);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/corpus")
+        .join(dir);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
         .collect();
     files.sort();
     assert!(files.len() >= 20, "corpus {} present", dir.display());
@@ -75,7 +82,11 @@ fn replay_all(server: &mut TestServer, token: &str) {
         assert!(server.is_running(), "server died on {name}");
         let got = connect(server, token).call(&get(b"canary"));
         assert_eq!((got.status, &got.data[..]), (0, &b"alive"[..]), "after {name}");
-        assert_eq!(HttpConn::open(server.http).get("/health/live").status, 200, "after {name}");
+        assert_eq!(
+            HttpConn::open(server.http).get("/health/live").status,
+            200,
+            "after {name}"
+        );
     };
     for (name, bytes) in corpus("binary") {
         replay(server.addr, &bytes);
@@ -94,7 +105,11 @@ fn replay_all(server: &mut TestServer, token: &str) {
         replay(server.addr, &bytes);
         check(server, &name);
     }
-    assert_eq!(keeper.call(&get(b"canary")).status, 0, "an open connection is unaffected");
+    assert_eq!(
+        keeper.call(&get(b"canary")).status,
+        0,
+        "an open connection is unaffected"
+    );
 }
 
 #[test]

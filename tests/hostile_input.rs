@@ -4,8 +4,8 @@
 
 use dnd_cache::hostile;
 use dnd_cache::proto::{CacheConnection, CacheOperation, Entry, Options};
-use prost::Message;
 use proptest::prelude::*;
+use prost::Message;
 
 fn frame(body: &[u8]) -> Vec<u8> {
     let mut out = (body.len() as u32).to_be_bytes().to_vec();

@@ -47,7 +47,12 @@ fn claims(extra: serde_json::Value) -> serde_json::Value {
 
 fn hs256(c: &serde_json::Value) -> String {
     let secret = std::fs::read(key_path("hs256.secret")).unwrap();
-    encode(&Header::new(Algorithm::HS256), c, &EncodingKey::from_secret(&secret)).unwrap()
+    encode(
+        &Header::new(Algorithm::HS256),
+        c,
+        &EncodingKey::from_secret(&secret),
+    )
+    .unwrap()
 }
 
 fn rs256(kid: &str, private: &str, c: &serde_json::Value) -> String {
@@ -77,7 +82,12 @@ fn bad_tokens() -> Vec<(&'static str, String)> {
         ),
         (
             "HS/RS confusion",
-            encode(&confused, &claims(json!({})), &EncodingKey::from_secret(&rsa_public)).unwrap(),
+            encode(
+                &confused,
+                &claims(json!({})),
+                &EncodingKey::from_secret(&rsa_public),
+            )
+            .unwrap(),
         ),
         ("wrong audience", hs256(&claims(json!({"aud": "billing"})))),
         ("wrong issuer", hs256(&claims(json!({"iss": "mallory"})))),
@@ -135,7 +145,11 @@ fn binary_protocol_checks_tokens_and_permissions() {
     for (name, token) in bad_tokens() {
         let mut raw = Raw::open(server.addr);
         let answer = hello(&mut raw, &token, None);
-        assert_eq!(answer.status, Status::InvalidCredentials as u32, "{name}: {answer:?}");
+        assert_eq!(
+            answer.status,
+            Status::InvalidCredentials as u32,
+            "{name}: {answer:?}"
+        );
         raw.send(&get(b"canary"));
         assert!(raw.is_closed_within(Duration::from_secs(3)), "{name}: closed");
     }
@@ -154,14 +168,25 @@ fn binary_protocol_checks_tokens_and_permissions() {
             let answer = r.call(&set(key, b"overwritten", 0));
             assert_eq!(answer.status, Status::Forbidden as u32, "{answer:?}");
         }
-        assert_eq!(r.call(&keys_op("delete_many", &[b"canary".to_vec()])).status, Status::Forbidden as u32);
+        assert_eq!(
+            r.call(&keys_op("delete_many", &[b"canary".to_vec()])).status,
+            Status::Forbidden as u32
+        );
         assert_eq!(r.call(&op("flush", b"")).status, Status::Forbidden as u32);
         assert_eq!(r.call(&op("stats", b"")).status, Status::Forbidden as u32);
         assert_eq!(r.call(&op("health", b"")).status, 0, "health is open");
         let got = r.call(&get(b"canary"));
-        assert_eq!((got.status, &got.data[..]), (0, &b"alive"[..]), "kept the connection");
+        assert_eq!(
+            (got.status, &got.data[..]),
+            (0, &b"alive"[..]),
+            "kept the connection"
+        );
         for key in [b"k0", b"k1", b"k2", b"k3"] {
-            assert_eq!(r.call(&get(key)).status, Status::NotFound as u32, "nothing written");
+            assert_eq!(
+                r.call(&get(key)).status,
+                Status::NotFound as u32,
+                "nothing written"
+            );
         }
     }
     // Roles (ICD 7.2): "write" grants cache:write and cache:delete.
@@ -171,7 +196,10 @@ fn binary_protocol_checks_tokens_and_permissions() {
     assert_eq!(w.call(&op("delete", b"w")).status, 0);
     assert_eq!(w.call(&get(b"w")).status, Status::Forbidden as u32);
     // RS256 with its kid.
-    let mut rs = authed(server.addr, &rs256("rsa-1", "rsa-private.pem", &claims(json!({}))));
+    let mut rs = authed(
+        server.addr,
+        &rs256("rsa-1", "rsa-private.pem", &claims(json!({}))),
+    );
     assert_eq!(rs.call(&get(b"canary")).status, 0);
 }
 
@@ -213,7 +241,12 @@ fn rest_checks_bearer_tokens_and_permissions() {
     }
     let r = h.get("/api/v2/cache/canary");
     assert_eq!((r.status, r.error_code()), (401, "AUTH_001".into()), "no header");
-    let r = h.request("GET", "/api/v2/cache/canary", &[("Authorization", "Basic dXNlcjpwdw==")], b"");
+    let r = h.request(
+        "GET",
+        "/api/v2/cache/canary",
+        &[("Authorization", "Basic dXNlcjpwdw==")],
+        b"",
+    );
     assert_eq!(r.status, 401, "another scheme");
 
     let reader = bearer(&hs256(&claims(json!({"scope": "cache:read"}))));
@@ -227,7 +260,11 @@ fn rest_checks_bearer_tokens_and_permissions() {
         ("POST", "/api/v2/cache/reload"),
     ] {
         let r = h.request(method, path, &[("Authorization", &reader)], b"");
-        assert_eq!((r.status, r.error_code()), (403, "AUTH_002".into()), "{method} {path}");
+        assert_eq!(
+            (r.status, r.error_code()),
+            (403, "AUTH_002".into()),
+            "{method} {path}"
+        );
     }
     let r = h.request("GET", "/api/v2/cache/canary", &[("Authorization", &reader)], b"");
     assert_eq!(r.status, 200);
@@ -236,7 +273,11 @@ fn rest_checks_bearer_tokens_and_permissions() {
         assert_eq!(h.get(path).status, 200, "{path} stays open");
     }
     let metrics = bearer(&hs256(&claims(json!({"scope": "metrics:read"}))));
-    assert_eq!(h.request("GET", "/health/metrics", &[("Authorization", &metrics)], b"").status, 200);
+    assert_eq!(
+        h.request("GET", "/health/metrics", &[("Authorization", &metrics)], b"")
+            .status,
+        200
+    );
 }
 
 #[test]
@@ -246,22 +287,38 @@ fn reload_rotates_keys_by_kid() {
     std::fs::copy(key_path("rsa-public.pem"), &active).unwrap();
     let spec = format!("2024={}", active.display());
     let mut server = TestServer::start(&["--auth-public-key-file", &spec]);
-    let old = rs256("2024", "rsa-private.pem", &claims(json!({"iss": null, "aud": null})));
-    let new = rs256("2024", "rsa2-private.pem", &claims(json!({"iss": null, "aud": null})));
+    let old = rs256(
+        "2024",
+        "rsa-private.pem",
+        &claims(json!({"iss": null, "aud": null})),
+    );
+    let new = rs256(
+        "2024",
+        "rsa2-private.pem",
+        &claims(json!({"iss": null, "aud": null})),
+    );
     authed(server.addr, &old);
     assert_eq!(hello(&mut Raw::open(server.addr), &new, None).status, 101);
 
     // REST reload, allowed by cache:reload.
     std::fs::copy(key_path("rsa2-public.pem"), &active).unwrap();
     let mut h = HttpConn::open(server.http);
-    let r = h.request("POST", "/api/v2/cache/reload", &[("Authorization", &bearer(&old))], b"");
+    let r = h.request(
+        "POST",
+        "/api/v2/cache/reload",
+        &[("Authorization", &bearer(&old))],
+        b"",
+    );
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let data = &r.json()["cache_response"]["data"];
     assert_eq!(data["reloaded"], json!(["auth_keys"]));
     assert_eq!(data["auth"]["keys"][0], json!(["2024", "RS256"]));
     for shard in 0..2 {
         authed(server.shard_addr(shard), &new);
-        assert_eq!(hello(&mut Raw::open(server.shard_addr(shard)), &old, None).status, 101);
+        assert_eq!(
+            hello(&mut Raw::open(server.shard_addr(shard)), &old, None).status,
+            101
+        );
     }
 
     // SIGHUP does the same.
@@ -282,10 +339,21 @@ fn reload_rotates_keys_by_kid() {
 
 #[test]
 fn protected_mode_refuses_a_public_bind_without_auth() {
-    let bin = std::env::var("DND_CACHE_SERVER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cache-server").into());
+    let bin =
+        std::env::var("DND_CACHE_SERVER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cache-server").into());
     let run = |args: &[&str]| {
         Command::new(&bin)
-            .args(["--port", "0", "--shard-port-base", "0", "--http-port", "0", "--no-pin", "--shards", "1"])
+            .args([
+                "--port",
+                "0",
+                "--shard-port-base",
+                "0",
+                "--http-port",
+                "0",
+                "--no-pin",
+                "--shards",
+                "1",
+            ])
             .args(["--max-memory", "16MiB"])
             .args(args)
             .stdout(Stdio::null())
@@ -296,7 +364,10 @@ fn protected_mode_refuses_a_public_bind_without_auth() {
     let out = run(&["--bind", "0.0.0.0"]);
     assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--insecure-no-auth") && stderr.contains("--bind"), "{stderr}");
+    assert!(
+        stderr.contains("--insecure-no-auth") && stderr.contains("--bind"),
+        "{stderr}"
+    );
     let short = temp_dir("short").join("short.secret");
     std::fs::write(&short, "too short").unwrap();
     let out = run(&["--auth-hs256-secret-file", short.to_str().unwrap()]);
@@ -304,8 +375,20 @@ fn protected_mode_refuses_a_public_bind_without_auth() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 32"));
     // With --insecure-no-auth it serves.
     let server = TestServer::start_with_args(&[
-        "--bind", "0.0.0.0", "--insecure-no-auth", "--port", "0", "--shard-port-base", "0", "--http-port", "0",
-        "--no-pin", "--shards", "1", "--max-memory", "16MiB",
+        "--bind",
+        "0.0.0.0",
+        "--insecure-no-auth",
+        "--port",
+        "0",
+        "--shard-port-base",
+        "0",
+        "--http-port",
+        "0",
+        "--no-pin",
+        "--shards",
+        "1",
+        "--max-memory",
+        "16MiB",
     ]);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], server.addr.port()));
     assert_eq!(Raw::handshaken(addr).call(&op("health", b"")).status, 0);
@@ -319,7 +402,9 @@ fn temp_dir(name: &str) -> PathBuf {
 
 /// Key and value bytes held by all shards.
 fn payload_bytes(raw: &mut Raw) -> u64 {
-    stats(raw)["total"]["payload_bytes"].as_u64().expect("total.payload_bytes")
+    stats(raw)["total"]["payload_bytes"]
+        .as_u64()
+        .expect("total.payload_bytes")
 }
 
 #[test]
@@ -327,7 +412,12 @@ fn encryption_and_compression_through_every_shard() {
     let dir = temp_dir("enc");
     let key = dir.join("key.hex");
     std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
-    let server = TestServer::start(&["--encryption-key-file", key.to_str().unwrap(), "--encrypt-prefix", "secret:"]);
+    let server = TestServer::start(&[
+        "--encryption-key-file",
+        key.to_str().unwrap(),
+        "--encrypt-prefix",
+        "secret:",
+    ]);
 
     // Connection-wide encryption, on shard 0's port: half of the keys are
     // owned by shard 1 and forwarded there.
@@ -348,7 +438,9 @@ fn encryption_and_compression_through_every_shard() {
         let key = format!("enc{i}");
         assert_eq!(c.call(&set(key.as_bytes(), &value, 0)).status, 0);
     }
-    let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..8).map(|i| (format!("many{i}").into_bytes(), value.clone())).collect();
+    let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..8)
+        .map(|i| (format!("many{i}").into_bytes(), value.clone()))
+        .collect();
     assert_eq!(c.call(&set_many(&entries, 0)).status, 0);
     let stored = payload_bytes(&mut plain) - before;
     let plain_size: u64 = (0..8).map(|i| format!("enc{i}").len() as u64 + 100).sum::<u64>()
@@ -358,7 +450,10 @@ fn encryption_and_compression_through_every_shard() {
         let got = plain.call(&get(format!("enc{i}").as_bytes()));
         assert_eq!(&got.data[..], &value[..], "decrypted for any reader");
     }
-    let got = plain.call(&keys_op("get_many", &entries.iter().map(|e| e.0.clone()).collect::<Vec<_>>()));
+    let got = plain.call(&keys_op(
+        "get_many",
+        &entries.iter().map(|e| e.0.clone()).collect::<Vec<_>>(),
+    ));
     assert!(got.items.iter().all(|i| i.status == 0 && i.data[..] == value[..]));
 
     // Per-request compression saves space; prefixes force encryption.
@@ -413,7 +508,9 @@ mod tls {
     fn client_config(cert_der: Vec<u8>) -> Arc<rustls::ClientConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(rustls::pki_types::CertificateDer::from(cert_der)).unwrap();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(cert_der))
+            .unwrap();
         Arc::new(
             rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
@@ -435,7 +532,10 @@ mod tls {
             .expect("TLS handshake")
     }
 
-    async fn frame<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S, body: &[u8]) -> CacheResponse {
+    async fn frame<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        s: &mut S,
+        body: &[u8],
+    ) -> CacheResponse {
         let mut out = (body.len() as u32).to_be_bytes().to_vec();
         out.extend_from_slice(body);
         s.write_all(&out).await.unwrap();
@@ -453,9 +553,17 @@ mod tls {
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
         std::fs::write(&cert, certified.cert.pem()).unwrap();
         std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
-        let server = TestServer::start(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+        let server = TestServer::start(&[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ]);
         let config = client_config(certified.cert.der().to_vec());
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             // Binary protocol.
             let mut s = connect(&config, server.addr).await;
@@ -465,7 +573,12 @@ mod tls {
                 ..Default::default()
             };
             assert_eq!(frame(&mut s, &hello.encode_to_vec()).await.status, 0);
-            assert_eq!(frame(&mut s, &set(b"t", b"over tls", 0).encode_to_vec()).await.status, 0);
+            assert_eq!(
+                frame(&mut s, &set(b"t", b"over tls", 0).encode_to_vec())
+                    .await
+                    .status,
+                0
+            );
             let got = frame(&mut s, &get(b"t").encode_to_vec()).await;
             assert_eq!(&got.data[..], b"over tls");
 

@@ -239,7 +239,9 @@ fn grant_of(claims: &Claims, service_id: Option<&str>) -> Result<Grant, AuthErro
             return Err(AuthError::ServiceMismatch);
         }
     }
-    let exp = claims.exp.ok_or_else(|| AuthError::Claims("missing exp".into()))?;
+    let exp = claims
+        .exp
+        .ok_or_else(|| AuthError::Claims("missing exp".into()))?;
     let permissions = claims.permissions.bits(permission_bits)
         | claims.scope.bits(permission_bits)
         | claims.roles.bits(role_bits);

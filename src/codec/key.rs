@@ -26,9 +26,8 @@ impl EncryptionKey {
     /// Reads `--encryption-key-file`: exactly 32 raw bytes, or 64 hex
     /// digits (a final newline allowed).
     pub fn load(path: &Path) -> Result<EncryptionKey, String> {
-        let mut data = Zeroizing::new(
-            std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?,
-        );
+        let mut data =
+            Zeroizing::new(std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?);
         EncryptionKey::parse(&data).map_err(|reason| {
             data.zeroize();
             format!("{}: {reason}", path.display())

@@ -217,7 +217,12 @@ impl ValueCodec {
     }
 
     /// The client's bytes of a stored value with codec `flags`.
-    pub fn decode<'a>(&'a mut self, key: &[u8], flags: u32, stored: &'a [u8]) -> Result<&'a [u8], CodecError> {
+    pub fn decode<'a>(
+        &'a mut self,
+        key: &[u8],
+        flags: u32,
+        stored: &'a [u8],
+    ) -> Result<&'a [u8], CodecError> {
         let ValueCodec {
             cipher,
             opened,
@@ -256,7 +261,10 @@ fn seeded_rng() -> ChaCha20Rng {
 /// `len ‖ lz4(value)` into `out`; false when that is not shorter.
 fn pack(value: &[u8], out: &mut Vec<u8>) -> bool {
     out.clear();
-    out.resize(LEN_BYTES + lz4_flex::block::get_maximum_output_size(value.len()), 0);
+    out.resize(
+        LEN_BYTES + lz4_flex::block::get_maximum_output_size(value.len()),
+        0,
+    );
     out[..LEN_BYTES].copy_from_slice(&(value.len() as u32).to_le_bytes());
     match lz4_flex::block::compress_into(value, &mut out[LEN_BYTES..]) {
         Ok(n) if LEN_BYTES + n < value.len() => {
@@ -296,7 +304,14 @@ fn with_aad<R>(key: &[u8], flags: u32, f: impl FnOnce(&[u8]) -> R) -> R {
     f(&aad[..2 + key.len()])
 }
 
-fn seal(cipher: &XChaCha20Poly1305, rng: &mut ChaCha20Rng, key: &[u8], flags: u32, bytes: &[u8], out: &mut Vec<u8>) {
+fn seal(
+    cipher: &XChaCha20Poly1305,
+    rng: &mut ChaCha20Rng,
+    key: &[u8],
+    flags: u32,
+    bytes: &[u8],
+    out: &mut Vec<u8>,
+) {
     out.clear();
     out.resize(NONCE_BYTES, 0);
     rng.fill_bytes(&mut out[..NONCE_BYTES]);
@@ -311,7 +326,13 @@ fn seal(cipher: &XChaCha20Poly1305, rng: &mut ChaCha20Rng, key: &[u8], flags: u3
     out.extend_from_slice(&tag);
 }
 
-fn open(cipher: &XChaCha20Poly1305, key: &[u8], flags: u32, stored: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
+fn open(
+    cipher: &XChaCha20Poly1305,
+    key: &[u8],
+    flags: u32,
+    stored: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
     if stored.len() < SEAL_OVERHEAD {
         return Err(CodecError::Corrupt);
     }
@@ -321,7 +342,9 @@ fn open(cipher: &XChaCha20Poly1305, key: &[u8], flags: u32, stored: &[u8], out: 
     let tag = Tag::from(<[u8; TAG_BYTES]>::try_from(tag).expect("16 bytes"));
     out.clear();
     out.extend_from_slice(body);
-    with_aad(key, flags, |aad| cipher.decrypt_in_place_detached(&nonce, aad, out, &tag))
+    with_aad(key, flags, |aad| {
+        cipher.decrypt_in_place_detached(&nonce, aad, out, &tag)
+    })
     .map_err(|_| {
         out.clear();
         CodecError::Corrupt

@@ -53,8 +53,15 @@ fn encryption_round_trips_and_hides_the_value() {
 #[test]
 fn ciphertext_fails_closed_when_moved_or_altered() {
     let mut c = codec();
-    let stored = c.encode(b"campaign:1", b"hit points 42", false, true).unwrap().0.to_vec();
-    assert_eq!(c.decode(b"campaign:2", ENCRYPTED, &stored), Err(CodecError::Corrupt));
+    let stored = c
+        .encode(b"campaign:1", b"hit points 42", false, true)
+        .unwrap()
+        .0
+        .to_vec();
+    assert_eq!(
+        c.decode(b"campaign:2", ENCRYPTED, &stored),
+        Err(CodecError::Corrupt)
+    );
     assert_eq!(
         c.decode(b"campaign:1", ENCRYPTED | COMPRESSED, &stored),
         Err(CodecError::Corrupt),
@@ -62,8 +69,14 @@ fn ciphertext_fails_closed_when_moved_or_altered() {
     );
     let mut flipped = stored.clone();
     flipped[30] ^= 1;
-    assert_eq!(c.decode(b"campaign:1", ENCRYPTED, &flipped), Err(CodecError::Corrupt));
-    assert_eq!(c.decode(b"campaign:1", ENCRYPTED, &stored[..10]), Err(CodecError::Corrupt));
+    assert_eq!(
+        c.decode(b"campaign:1", ENCRYPTED, &flipped),
+        Err(CodecError::Corrupt)
+    );
+    assert_eq!(
+        c.decode(b"campaign:1", ENCRYPTED, &stored[..10]),
+        Err(CodecError::Corrupt)
+    );
     let mut other = ValueCodec::new(
         &CodecSettings {
             key: Some(Arc::new(EncryptionKey::from_bytes([8u8; 32]))),
@@ -71,8 +84,14 @@ fn ciphertext_fails_closed_when_moved_or_altered() {
         },
         MAX_ITEM,
     );
-    assert_eq!(other.decode(b"campaign:1", ENCRYPTED, &stored), Err(CodecError::Corrupt));
-    assert_eq!(ValueCodec::off(MAX_ITEM).decode(b"campaign:1", ENCRYPTED, &stored), Err(CodecError::Corrupt));
+    assert_eq!(
+        other.decode(b"campaign:1", ENCRYPTED, &stored),
+        Err(CodecError::Corrupt)
+    );
+    assert_eq!(
+        ValueCodec::off(MAX_ITEM).decode(b"campaign:1", ENCRYPTED, &stored),
+        Err(CodecError::Corrupt)
+    );
 }
 
 #[test]
@@ -96,13 +115,24 @@ fn compression_saves_space_and_round_trips() {
 fn compression_is_kept_only_when_it_helps() {
     let mut c = codec();
     let small = vec![b'a'; DEFAULT_COMPRESSION_THRESHOLD];
-    assert_eq!(c.encode(b"k", &small, true, false).unwrap().1, 0, "at the threshold");
+    assert_eq!(
+        c.encode(b"k", &small, true, false).unwrap().1,
+        0,
+        "at the threshold"
+    );
     let mut random = vec![0u8; 4096];
     rand_chacha::rand_core::RngCore::fill_bytes(&mut seeded_rng(), &mut random);
-    assert_eq!(c.encode(b"k", &random, true, false).unwrap().1, 0, "incompressible");
+    assert_eq!(
+        c.encode(b"k", &random, true, false).unwrap().1,
+        0,
+        "incompressible"
+    );
     let mut always = ValueCodec::new(&settings(CompressionMode::Always), MAX_ITEM);
     assert!(always.eager());
-    assert_eq!(always.encode(b"k", &compressible(), false, false).unwrap().1, COMPRESSED);
+    assert_eq!(
+        always.encode(b"k", &compressible(), false, false).unwrap().1,
+        COMPRESSED
+    );
     let mut off = ValueCodec::new(&settings(CompressionMode::Off), MAX_ITEM);
     assert_eq!(off.encode(b"k", &compressible(), true, false).unwrap().1, 0);
 }
@@ -255,12 +285,19 @@ mod through_the_store {
         let s = shard(CompressionMode::Requested);
         let secret = b"the lich's phylactery is hidden in the well";
         assert_eq!(run(&s, set("npc:1", secret, false, true)).status, 0);
-        assert_eq!(run(&s, set("secret:2", secret, false, false)).status, 0, "prefix forces it");
+        assert_eq!(
+            run(&s, set("secret:2", secret, false, false)).status,
+            0,
+            "prefix forces it"
+        );
         let recs = records(&s);
         assert_eq!(recs.len(), 2);
         for (bytes, flags) in &recs {
             assert_eq!(*flags, ENCRYPTED);
-            assert!(!bytes.windows(11).any(|w| w == b"phylactery "), "plain value in the slab");
+            assert!(
+                !bytes.windows(11).any(|w| w == b"phylactery "),
+                "plain value in the slab"
+            );
         }
         for key in ["npc:1", "secret:2"] {
             let r = run(&s, get(key));
@@ -306,6 +343,10 @@ mod through_the_store {
         let r = run(&s, set("k", b"v", false, true));
         assert_eq!(r.status, Status::Malformed.code_number());
         assert!(String::from_utf8_lossy(&r.data).contains("--encryption-key-file"));
-        assert_eq!(run(&s, get("k")).status, Status::NotFound.code_number(), "nothing written");
+        assert_eq!(
+            run(&s, get("k")).status,
+            Status::NotFound.code_number(),
+            "nothing written"
+        );
     }
 }

@@ -159,7 +159,13 @@ fn answer(rt: &ShardRuntime, hello: &proto::CacheConnection, out: &mut Vec<u8>) 
         .authenticate(hello.auth_token.as_bytes(), Some(&hello.service_id))
     {
         Ok(grant) => grant,
-        Err(e) => return refuse(out, Status::InvalidCredentials, &format!("invalid credentials: {e}")),
+        Err(e) => {
+            return refuse(
+                out,
+                Status::InvalidCredentials,
+                &format!("invalid credentials: {e}"),
+            )
+        }
     };
     // ---- end of security ----
     let info = &rt.server;

@@ -271,7 +271,10 @@ async fn read_body<S: Transport>(
 }
 
 /// Tells a client that sent `Expect: 100-continue` to send its body.
-async fn send_continue<S: Transport>(conn: &mut Conn<S>, head: &RequestHead) -> Result<(), Option<HttpError>> {
+async fn send_continue<S: Transport>(
+    conn: &mut Conn<S>,
+    head: &RequestHead,
+) -> Result<(), Option<HttpError>> {
     if head.expect_continue {
         let line = format!("HTTP/1.{} 100 Continue\r\n\r\n", head.minor_version);
         conn.stream.write_all(line.as_bytes()).await.map_err(|_| None)?;
@@ -353,7 +356,12 @@ async fn stream_batch<S: Transport>(
     Ok(())
 }
 
-async fn send_piece<S: Transport>(conn: &mut Conn<S>, out: &mut Vec<u8>, piece: &[u8], chunked: bool) -> std::io::Result<()> {
+async fn send_piece<S: Transport>(
+    conn: &mut Conn<S>,
+    out: &mut Vec<u8>,
+    piece: &[u8],
+    chunked: bool,
+) -> std::io::Result<()> {
     if !chunked {
         return conn.stream.write_all(piece).await;
     }

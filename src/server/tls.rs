@@ -21,7 +21,8 @@ impl<S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin> Transport fo
 /// (TLS 1.2 and 1.3, rustls' safe defaults, no client certificates).
 pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
     let cert_pem = std::fs::read(cert).map_err(|e| format!("reading {}: {e}", cert.display()))?;
-    let key_pem = zeroize::Zeroizing::new(std::fs::read(key).map_err(|e| format!("reading {}: {e}", key.display()))?);
+    let key_pem =
+        zeroize::Zeroizing::new(std::fs::read(key).map_err(|e| format!("reading {}: {e}", key.display()))?);
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_pem[..])
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: {e}", cert.display()))?;

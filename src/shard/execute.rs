@@ -62,10 +62,12 @@ impl Shard {
                 Lookup::Expired => ResponseEncoder::error(out, Status::Expired, "key expired", corr),
                 Lookup::Miss => ResponseEncoder::simple(out, Status::NotFound, b"", None, corr),
             },
-            OpKind::Set => match self.write_item(&mut store, hash, op.key, op.value, op.ttl, &op.options, now_us) {
-                Ok(meta) => ResponseEncoder::simple(out, Status::Ok, b"", Some(&meta), corr),
-                Err((status, message)) => ResponseEncoder::error(out, status, message, corr),
-            },
+            OpKind::Set => {
+                match self.write_item(&mut store, hash, op.key, op.value, op.ttl, &op.options, now_us) {
+                    Ok(meta) => ResponseEncoder::simple(out, Status::Ok, b"", Some(&meta), corr),
+                    Err((status, message)) => ResponseEncoder::error(out, status, message, corr),
+                }
+            }
             _ => {
                 let status = if store.delete(hash, op.key) {
                     Status::Ok
@@ -102,7 +104,9 @@ impl Shard {
                     }
                     match store.get(key_hash(key, self.seed), key, now_us) {
                         Lookup::Hit(item) => self.with_value(item, |value| match value {
-                            Ok(value) => ResponseEncoder::put_item(out, key, Status::Ok, value, Some(&item.meta())),
+                            Ok(value) => {
+                                ResponseEncoder::put_item(out, key, Status::Ok, value, Some(&item.meta()))
+                            }
                             Err((status, message)) => {
                                 ResponseEncoder::put_item(out, key, status, message.as_bytes(), None)
                             }
@@ -169,8 +173,12 @@ impl Shard {
                 return true;
             }
             self.with_value(item, |value| match value {
-                Ok(value) => ResponseEncoder::put_item(out, item.key(), Status::Ok, value, Some(&item.meta())),
-                Err((status, message)) => ResponseEncoder::put_item(out, item.key(), status, message.as_bytes(), None),
+                Ok(value) => {
+                    ResponseEncoder::put_item(out, item.key(), Status::Ok, value, Some(&item.meta()))
+                }
+                Err((status, message)) => {
+                    ResponseEncoder::put_item(out, item.key(), status, message.as_bytes(), None)
+                }
             });
             true
         });
@@ -264,7 +272,11 @@ impl Shard {
     /// bytes unless its codec bits are set (one branch), else decoded into
     /// the shard's scratch buffers.
     #[inline]
-    fn with_value<R>(&self, item: ItemView<'_>, f: impl FnOnce(Result<&[u8], (Status, &'static str)>) -> R) -> R {
+    fn with_value<R>(
+        &self,
+        item: ItemView<'_>,
+        f: impl FnOnce(Result<&[u8], (Status, &'static str)>) -> R,
+    ) -> R {
         let flags = item.codec_flags();
         if flags == 0 {
             return f(Ok(item.value()));

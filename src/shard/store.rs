@@ -197,7 +197,14 @@ impl Store {
     /// Stores a key, replacing any previous item. `ttl_s` 0 means the
     /// default TTL.
     #[inline]
-    pub fn set(&mut self, hash: u64, key: &[u8], value: &[u8], ttl_s: u32, now_us: u64) -> Result<Meta, WriteError> {
+    pub fn set(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        value: &[u8],
+        ttl_s: u32,
+        now_us: u64,
+    ) -> Result<Meta, WriteError> {
         self.set_flagged(hash, key, value, ttl_s, 0, now_us)
     }
 

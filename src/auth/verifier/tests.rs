@@ -55,9 +55,13 @@ fn claims(extra: serde_json::Value) -> serde_json::Value {
 }
 
 fn hs(c: &serde_json::Value) -> Vec<u8> {
-    encode(&Header::new(Algorithm::HS256), c, &EncodingKey::from_secret(&secret()))
-        .unwrap()
-        .into_bytes()
+    encode(
+        &Header::new(Algorithm::HS256),
+        c,
+        &EncodingKey::from_secret(&secret()),
+    )
+    .unwrap()
+    .into_bytes()
 }
 
 fn signed(alg: Algorithm, kid: &str, private: &str, c: &serde_json::Value) -> Vec<u8> {
@@ -98,8 +102,13 @@ fn valid_tokens_of_every_algorithm_grant_their_scopes() {
 #[test]
 fn roles_and_permissions_claims_add_up() {
     let v = verifier();
-    let t = hs(&claims(json!({"scope": null, "roles": ["read"], "permissions": ["cache:delete"]})));
-    assert_eq!(v.verify(&t, None).unwrap().permissions, CACHE_READ | METRICS_READ | CACHE_DELETE);
+    let t = hs(&claims(
+        json!({"scope": null, "roles": ["read"], "permissions": ["cache:delete"]}),
+    ));
+    assert_eq!(
+        v.verify(&t, None).unwrap().permissions,
+        CACHE_READ | METRICS_READ | CACHE_DELETE
+    );
     let t = hs(&claims(json!({"scope": null})));
     assert_eq!(v.verify(&t, None).unwrap().permissions, 0);
 }
@@ -115,8 +124,14 @@ fn bad_tokens_are_refused_with_their_reason() {
         (hs(&claims(json!({"nbf": now() + 300}))), AuthError::NotYetValid),
         (hs(&claims(json!({"aud": "billing"}))), AuthError::Audience),
         (hs(&claims(json!({"iss": "mallory"}))), AuthError::Issuer),
-        (hs(&claims(json!({"exp": null}))), AuthError::Claims("missing exp".into())),
-        (hs(&claims(json!({"aud": null}))), AuthError::Claims("missing aud".into())),
+        (
+            hs(&claims(json!({"exp": null}))),
+            AuthError::Claims("missing exp".into()),
+        ),
+        (
+            hs(&claims(json!({"aud": null}))),
+            AuthError::Claims("missing aud".into()),
+        ),
         // Signed by another RSA key under a configured kid.
         (
             signed(Algorithm::RS256, "rsa-1", "rsa2-private.pem", &claims(json!({}))),
@@ -141,14 +156,24 @@ fn a_wrong_hmac_secret_is_refused() {
         &EncodingKey::from_secret(&[7u8; 40]),
     )
     .unwrap();
-    assert_eq!(verifier().verify(other.as_bytes(), None), Err(AuthError::Signature));
+    assert_eq!(
+        verifier().verify(other.as_bytes(), None),
+        Err(AuthError::Signature)
+    );
 }
 
 #[test]
 fn alg_none_is_refused() {
     let b64 = |v: &serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-    let token = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&claims(json!({}))));
-    assert_eq!(verifier().verify(token.as_bytes(), None), Err(AuthError::Malformed));
+    let token = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&claims(json!({})))
+    );
+    assert_eq!(
+        verifier().verify(token.as_bytes(), None),
+        Err(AuthError::Malformed)
+    );
 }
 
 #[test]
@@ -202,7 +227,13 @@ fn short_secrets_and_wrong_files_refuse_to_load() {
 
 #[test]
 fn key_specs() {
-    assert_eq!(parse_key_spec("k1=/etc/a.pem"), (Some("k1".into()), PathBuf::from("/etc/a.pem")));
-    assert_eq!(parse_key_spec("/etc/a=b.pem"), (None, PathBuf::from("/etc/a=b.pem")));
+    assert_eq!(
+        parse_key_spec("k1=/etc/a.pem"),
+        (Some("k1".into()), PathBuf::from("/etc/a.pem"))
+    );
+    assert_eq!(
+        parse_key_spec("/etc/a=b.pem"),
+        (None, PathBuf::from("/etc/a=b.pem"))
+    );
     assert_eq!(parse_key_spec("a.pem"), (None, PathBuf::from("a.pem")));
 }
