@@ -248,21 +248,16 @@ mod tests {
              cluster:\n    nodes: 3\n    zones: [\"us-east-1a\", \"us-east-1b\"]\n    replication: 2\n  \
              policies:\n    eviction: lru\n    ttl_default: 3600\n    max_memory: \"75%\"\n",
         );
-        assert_eq!(
-            a,
-            [
-                "--service-id",
-                "cache_service",
-                "--environment",
-                "production",
-                "--eviction",
-                "lru",
-                "--ttl-default",
-                "3600",
-                "--max-memory",
-                "75%"
-            ]
-        );
+        let mut pairs: Vec<(String, String)> = a.chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect();
+        pairs.sort();
+        let expected = [
+            ("--environment", "production"),
+            ("--eviction", "lru"),
+            ("--max-memory", "75%"),
+            ("--service-id", "cache_service"),
+            ("--ttl-default", "3600"),
+        ];
+        assert_eq!(pairs, expected.map(|(f, v)| (f.to_string(), v.to_string())));
     }
 
     #[test]
