@@ -215,7 +215,7 @@ fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 /// Most memory one shard can manage (32,768 pages of 1 MiB).
-pub const MAX_SHARD_MEMORY: usize = crate::slab::MAX_PAGES * crate::slab::PAGE_BYTES;
+pub const MAX_SHARD_MEMORY: usize = crate::slab::MAX_PAGES * crate::slab::MAX_PAGE_BYTES;
 
 /// Largest number of shards.
 pub const MAX_SHARDS: usize = 256;

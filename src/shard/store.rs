@@ -239,6 +239,7 @@ impl Store {
                 if grows {
                     self.index_bytes = self.index_bytes + table.allocation_size() - before;
                     self.items.set_index_bytes(self.index_bytes);
+                    self.release_over_budget(Some(new_id), now_us);
                 }
                 None
             }
@@ -282,6 +283,10 @@ impl Store {
     /// evictions.
     fn evict(&mut self, id: ItemId, now_us: u64) {
         self.unindex(id, now_us);
+        if !self.view(id).is_expired(now_us) {
+            // Evicting for its own writes is what makes a class ask for pages.
+            self.items.note_eviction(id);
+        }
         self.items.free(id);
     }
 
@@ -294,7 +299,6 @@ impl Store {
             self.stats.expired_evicted += 1;
         } else {
             self.stats.evictions += 1;
-            self.items.note_eviction(id);
         }
         if let Ok(entry) = self.tables[subtable_of(hash)].find_entry(table_hash(hash), |&x| x == id) {
             entry.remove();
@@ -322,14 +326,24 @@ impl Store {
     /// pressure that drives page moves (call it every ~100 ms).
     pub fn maintain(&mut self, now_us: u64, budget: usize, decay: bool) {
         self.sweep_expired(now_us, budget);
-        if let Some((page, to_class)) = self.items.rebalance_move() {
-            self.empty_page(page, Some(to_class), now_us);
+        for _ in 0..self.items.pages_per_rebalance() {
+            match self.items.rebalance_move() {
+                Some((page, to_class)) => self.empty_page(page, Some(to_class), now_us),
+                None => break,
+            }
         }
         if decay {
             self.items.decay_pressure();
         }
+        self.release_over_budget(None, now_us);
+    }
+
+    /// Releases pages while the index has grown the total past the budget,
+    /// sparing the page of `keep` (the item being written).
+    fn release_over_budget(&mut self, keep: Option<ItemId>, now_us: u64) {
+        let spared = keep.and_then(|id| self.items.page_of(id));
         while self.items.over_budget() {
-            match self.items.page_to_release() {
+            match self.items.page_to_release(spared) {
                 Some(page) => self.empty_page(page, None, now_us),
                 None => break,
             }
