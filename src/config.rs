@@ -1,0 +1,309 @@
+//! The server's settings: command-line flags (clap), validated into a
+//! [`ServerConfig`]. Errors name the flag and say why.
+
+use std::net::IpAddr;
+
+use clap::Parser;
+
+/// Command line of `cache-server`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cache-server",
+    version,
+    about = "dnd-cache: a thread-per-core cache server"
+)]
+pub struct Cli {
+    /// Address every listener binds to.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+    /// Binary protocol port, served by every shard (SO_REUSEPORT); 0 picks a free port.
+    #[arg(long, default_value_t = 7000)]
+    pub port: u16,
+    /// Shard i also listens on this port + i (shard-aware clients); 0 picks free ports.
+    #[arg(long, default_value_t = 7100)]
+    pub shard_port_base: u16,
+    /// REST/health port; 0 picks a free port.
+    #[arg(long, default_value_t = 8000)]
+    pub http_port: u16,
+    /// Number of shards, pinned to CPUs 0..N-1 (default: one per CPU).
+    #[arg(long, conflicts_with = "cpus")]
+    pub shards: Option<usize>,
+    /// CPUs to run one shard each on, e.g. "0,1" or "0-3,8".
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// Do not pin shard threads to their CPUs (shared hosts, tests).
+    #[arg(long)]
+    pub no_pin: bool,
+    /// TTL in seconds for writes that give none (0 = keep until evicted).
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_default: u32,
+    /// Largest frame accepted, in bytes (size suffixes allowed).
+    #[arg(long, default_value = "16MiB")]
+    pub max_frame_bytes: String,
+    /// Largest key + value accepted, in bytes (size suffixes allowed).
+    #[arg(long, default_value = "1MiB")]
+    pub max_item_bytes: String,
+    /// Most client connections open at once, over all shards.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Memory for items: bytes ("512MiB", "4GiB") or a share of physical memory ("75%").
+    #[arg(long, default_value = "75%")]
+    pub max_memory: String,
+    /// Fixed hash seed (default: random per start). For reproducible benchmarks.
+    #[arg(long, hide = true)]
+    pub hash_seed: Option<u64>,
+}
+
+/// Validated settings the server runs with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub bind: IpAddr,
+    pub port: u16,
+    pub shard_port_base: u16,
+    pub http_port: u16,
+    /// One shard per entry, pinned to that CPU.
+    pub cpus: Vec<usize>,
+    pub pin: bool,
+    pub ttl_default_s: u32,
+    pub max_frame_bytes: usize,
+    pub max_item_bytes: usize,
+    pub max_connections: usize,
+    pub max_memory_bytes: usize,
+    pub hash_seed: Option<u64>,
+}
+
+/// A setting that cannot be used, with the flag it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {flag}: {reason}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+/// Largest number of shards.
+pub const MAX_SHARDS: usize = 256;
+
+impl ServerConfig {
+    pub fn from_cli(cli: &Cli) -> Result<ServerConfig, ConfigError> {
+        let online = online_cpus();
+        let cpus = match (&cli.cpus, cli.shards) {
+            (Some(list), _) => parse_cpu_list(list).map_err(|r| invalid("--cpus", r))?,
+            (None, Some(n)) => {
+                if n == 0 || n > MAX_SHARDS {
+                    return Err(invalid("--shards", format!("must be 1 to {MAX_SHARDS}")));
+                }
+                (0..n).map(|i| online[i % online.len()]).collect()
+            }
+            (None, None) => online.clone(),
+        };
+        if cpus.len() > MAX_SHARDS {
+            return Err(invalid("--cpus", format!("at most {MAX_SHARDS} shards")));
+        }
+        if !cli.no_pin {
+            if let Some(cpu) = cpus.iter().find(|c| !online.contains(c)) {
+                return Err(invalid(
+                    "--cpus",
+                    format!("CPU {cpu} is not available (online: {online:?})"),
+                ));
+            }
+        }
+        let max_frame_bytes =
+            parse_size(&cli.max_frame_bytes).map_err(|r| invalid("--max-frame-bytes", r))?;
+        if !(1024..=(1 << 30)).contains(&max_frame_bytes) {
+            return Err(invalid("--max-frame-bytes", "must be between 1KiB and 1GiB"));
+        }
+        let max_item_bytes = parse_size(&cli.max_item_bytes).map_err(|r| invalid("--max-item-bytes", r))?;
+        if max_item_bytes == 0 || max_item_bytes + 1024 > max_frame_bytes {
+            return Err(invalid(
+                "--max-item-bytes",
+                "must be above 0 and at least 1KiB below --max-frame-bytes",
+            ));
+        }
+        let max_memory_bytes = parse_memory(&cli.max_memory).map_err(|r| invalid("--max-memory", r))?;
+        if max_memory_bytes / cpus.len() < (1 << 20) {
+            return Err(invalid("--max-memory", "must give each shard at least 1MiB"));
+        }
+        if cli.max_connections == 0 {
+            return Err(invalid("--max-connections", "must be at least 1"));
+        }
+        if cli.port != 0 && cli.shard_port_base != 0 {
+            let base = usize::from(cli.shard_port_base);
+            if base + cpus.len() > 65536 {
+                return Err(invalid("--shard-port-base", "shard ports would pass 65535"));
+            }
+            if (base..base + cpus.len()).contains(&usize::from(cli.port)) {
+                return Err(invalid("--shard-port-base", "shard ports overlap --port"));
+            }
+        }
+        Ok(ServerConfig {
+            bind: cli.bind,
+            port: cli.port,
+            shard_port_base: cli.shard_port_base,
+            http_port: cli.http_port,
+            cpus,
+            pin: !cli.no_pin,
+            ttl_default_s: cli.ttl_default,
+            max_frame_bytes,
+            max_item_bytes,
+            max_connections: cli.max_connections,
+            max_memory_bytes,
+            hash_seed: cli.hash_seed,
+        })
+    }
+}
+
+/// CPUs this process may run on.
+pub fn online_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| libc::CPU_ISSET(c, &set))
+                .collect();
+            if !cpus.is_empty() {
+                return cpus;
+            }
+        }
+    }
+    (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+}
+
+/// Parses "0,1", "0-3,8".
+pub fn parse_cpu_list(list: &str) -> Result<Vec<usize>, String> {
+    let mut cpus = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (lo, hi) = match part.split_once('-') {
+            Some((lo, hi)) => (lo.trim(), hi.trim()),
+            None => (part, part),
+        };
+        let lo: usize = lo
+            .parse()
+            .map_err(|_| format!("{part:?} is not a CPU number or range"))?;
+        let hi: usize = hi
+            .parse()
+            .map_err(|_| format!("{part:?} is not a CPU number or range"))?;
+        if lo > hi || hi >= 4096 {
+            return Err(format!("{part:?} is not a valid range"));
+        }
+        for c in lo..=hi {
+            if cpus.contains(&c) {
+                return Err(format!("CPU {c} is listed twice"));
+            }
+            cpus.push(c);
+        }
+    }
+    if cpus.is_empty() {
+        return Err("no CPU listed".into());
+    }
+    Ok(cpus)
+}
+
+/// Parses a byte size: "1048576", "512KiB", "64MiB", "4GiB", "1G", "10MB".
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 512MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?} (use B, KiB, MiB, GiB, TiB)")),
+    };
+    n.checked_mul(mult)
+        .and_then(|b| usize::try_from(b).ok())
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// Parses a memory budget: a size, or a percentage of physical memory.
+pub fn parse_memory(text: &str) -> Result<usize, String> {
+    match text.trim().strip_suffix('%') {
+        Some(pct) => {
+            let pct: f64 = pct
+                .trim()
+                .parse()
+                .map_err(|_| format!("{text:?} is not a percentage"))?;
+            if !(pct > 0.0 && pct <= 100.0) {
+                return Err("a percentage must be above 0 and at most 100".into());
+            }
+            Ok((physical_memory_bytes() as f64 * pct / 100.0) as usize)
+        }
+        None => parse_size(text),
+    }
+}
+
+/// Physical memory of the host.
+pub fn physical_memory_bytes() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages > 0 && page > 0 {
+        (pages as usize).saturating_mul(page as usize)
+    } else {
+        1 << 30
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("12XB").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999999999999").is_err());
+        assert!(parse_memory("75%").unwrap() > 0);
+        assert!(parse_memory("0%").is_err());
+        assert!(parse_memory("101%").is_err());
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0,1"), Ok(vec![0, 1]));
+        assert_eq!(parse_cpu_list("0-3,8"), Ok(vec![0, 1, 2, 3, 8]));
+        assert!(parse_cpu_list("1,1").is_err());
+        assert!(parse_cpu_list("3-1").is_err());
+        assert!(parse_cpu_list("x").is_err());
+        assert!(parse_cpu_list("").is_err());
+    }
+
+    #[test]
+    fn flags_are_validated_with_their_name() {
+        let cli = Cli::parse_from(["cache-server", "--shards", "0"]);
+        assert_eq!(ServerConfig::from_cli(&cli).unwrap_err().flag, "--shards");
+        let cli = Cli::parse_from(["cache-server", "--max-memory", "lots"]);
+        assert_eq!(ServerConfig::from_cli(&cli).unwrap_err().flag, "--max-memory");
+        let cli = Cli::parse_from(["cache-server", "--max-item-bytes", "32MiB"]);
+        assert_eq!(ServerConfig::from_cli(&cli).unwrap_err().flag, "--max-item-bytes");
+        let cli = Cli::parse_from(["cache-server", "--shards", "1", "--port", "7100"]);
+        assert_eq!(
+            ServerConfig::from_cli(&cli).unwrap_err().flag,
+            "--shard-port-base"
+        );
+        let cli = Cli::parse_from(["cache-server", "--shards", "2", "--max-memory", "64MiB"]);
+        let config = ServerConfig::from_cli(&cli).unwrap();
+        assert_eq!(config.cpus.len(), 2);
+        assert_eq!(config.max_memory_bytes, 64 << 20);
+    }
+}

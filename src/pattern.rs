@@ -9,6 +9,11 @@
 /// Longest pattern accepted, in bytes.
 pub const MAX_PATTERN_BYTES: usize = 1024;
 
+/// Whether a pattern is acceptable: 1 to 1024 bytes.
+pub fn is_valid_pattern(pattern: &[u8]) -> bool {
+    !pattern.is_empty() && pattern.len() <= MAX_PATTERN_BYTES
+}
+
 /// Whether `key` matches the glob `pattern`.
 pub fn glob_match(pattern: &[u8], key: &[u8]) -> bool {
     let (mut p, mut k) = (0usize, 0usize);

@@ -6,8 +6,8 @@
 //! tests check that both agree.
 
 use super::wire::{
-    bytes_field_len, put_bytes_field, put_tag, put_varint, put_varint_field, varint_field_len,
-    varint_len, WireError, WireReader, WIRE_LEN, WIRE_VARINT,
+    bytes_field_len, put_bytes_field, put_tag, put_varint, put_varint_field, varint_field_len, varint_len,
+    WireError, WireReader, WIRE_LEN, WIRE_VARINT,
 };
 use crate::error::Status;
 
@@ -56,7 +56,10 @@ pub struct EntryView<'a> {
 
 /// Decodes a `CacheOperation` body (the frame without its length prefix).
 pub fn decode_operation(body: &[u8]) -> Result<OpView<'_>, WireError> {
-    let mut op = OpView { message: body, ..OpView::default() };
+    let mut op = OpView {
+        message: body,
+        ..OpView::default()
+    };
     let mut r = WireReader::new(body);
     while !r.is_empty() {
         let (field, wt) = r.read_tag()?;
@@ -89,6 +92,11 @@ impl<'a> OpView<'a> {
         repeated_field(self.message, 6)
     }
 
+    /// The encoded `entries` of `set_many`, in order, as they came.
+    pub fn raw_entries(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        repeated_field(self.message, 7)
+    }
+
     /// The `entries` of `set_many`, in order. They were validated by
     /// [`decode_operation`].
     pub fn entries(&self) -> impl Iterator<Item = EntryView<'a>> + 'a {
@@ -112,7 +120,8 @@ fn repeated_field(message: &[u8], field: u32) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-fn decode_entry(body: &[u8]) -> Result<EntryView<'_>, WireError> {
+/// Decodes one encoded `Entry`.
+pub fn decode_entry(body: &[u8]) -> Result<EntryView<'_>, WireError> {
     let mut e = EntryView::default();
     let mut r = WireReader::new(body);
     while !r.is_empty() {
@@ -179,7 +188,13 @@ impl ResponseEncoder {
     /// A whole response: status, data, optional metadata, echoed
     /// correlation id.
     #[inline]
-    pub fn simple(out: &mut Vec<u8>, status: Status, data: &[u8], meta: Option<&Meta>, correlation_id: &[u8]) {
+    pub fn simple(
+        out: &mut Vec<u8>,
+        status: Status,
+        data: &[u8],
+        meta: Option<&Meta>,
+        correlation_id: &[u8],
+    ) {
         let frame = Self::begin(out);
         put_varint_field(out, 1, u64::from(status.code_number()));
         put_bytes_field(out, 2, data);
@@ -218,7 +233,10 @@ impl ResponseEncoder {
             let n = meta_body_len(m);
             varint_len(4 << 3) + varint_len(n as u64) + n
         });
-        let len = bytes_field_len(1, key.len()) + varint_field_len(2, status) + bytes_field_len(3, data.len()) + meta_len;
+        let len = bytes_field_len(1, key.len())
+            + varint_field_len(2, status)
+            + bytes_field_len(3, data.len())
+            + meta_len;
         put_tag(out, 6, WIRE_LEN);
         put_varint(out, len as u64);
         put_bytes_field(out, 1, key);
@@ -231,7 +249,7 @@ impl ResponseEncoder {
 
     /// Patches the length of a frame started with [`ResponseEncoder::begin`].
     #[inline]
-    pub fn finish(out: &mut Vec<u8>, frame: OpenFrame) {
+    pub fn finish(out: &mut [u8], frame: OpenFrame) {
         let len = (out.len() - frame.start - 4) as u32;
         out[frame.start..frame.start + 4].copy_from_slice(&len.to_be_bytes());
     }
@@ -239,7 +257,9 @@ impl ResponseEncoder {
 
 #[inline]
 fn meta_body_len(m: &Meta) -> usize {
-    varint_field_len(1, m.created_at_ms) + varint_field_len(2, m.expires_at_ms) + varint_field_len(3, m.version)
+    varint_field_len(1, m.created_at_ms)
+        + varint_field_len(2, m.expires_at_ms)
+        + varint_field_len(3, m.version)
 }
 
 #[inline]
@@ -256,8 +276,8 @@ mod tests {
     use super::*;
     use crate::proto;
     use bytes::Bytes;
-    use prost::Message;
     use proptest::prelude::*;
+    use prost::Message;
 
     fn arb_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
         proptest::collection::vec(any::<u8>(), 0..max)
@@ -276,27 +296,33 @@ mod tests {
             any::<u32>(),
             any::<bool>(),
         )
-            .prop_map(|(operation, key, value, ttl, options, keys, entries, correlation_id, limit, with_values)| {
-                proto::CacheOperation {
-                    operation,
-                    key: key.into(),
-                    value: value.into(),
-                    ttl,
-                    options: options.map(|(compression, encryption, consistency)| proto::Options {
-                        compression,
-                        encryption,
-                        consistency,
-                    }),
-                    keys: keys.into_iter().map(Bytes::from).collect(),
-                    entries: entries
-                        .into_iter()
-                        .map(|(k, v, ttl)| proto::Entry { key: k.into(), value: v.into(), ttl })
-                        .collect(),
-                    correlation_id,
-                    limit,
-                    with_values,
-                }
-            })
+            .prop_map(
+                |(operation, key, value, ttl, options, keys, entries, correlation_id, limit, with_values)| {
+                    proto::CacheOperation {
+                        operation,
+                        key: key.into(),
+                        value: value.into(),
+                        ttl,
+                        options: options.map(|(compression, encryption, consistency)| proto::Options {
+                            compression,
+                            encryption,
+                            consistency,
+                        }),
+                        keys: keys.into_iter().map(Bytes::from).collect(),
+                        entries: entries
+                            .into_iter()
+                            .map(|(k, v, ttl)| proto::Entry {
+                                key: k.into(),
+                                value: v.into(),
+                                ttl,
+                            })
+                            .collect(),
+                        correlation_id,
+                        limit,
+                        with_values,
+                    }
+                },
+            )
     }
 
     proptest! {
@@ -390,9 +416,20 @@ mod tests {
 
     #[test]
     fn documented_example_bytes() {
-        let op = proto::CacheOperation { operation: "get".into(), key: Bytes::from_static(b"k1"), ..Default::default() };
-        assert_eq!(op.encode_to_vec(), [0x0a, 0x03, b'g', b'e', b't', 0x12, 0x02, b'k', b'1']);
-        let hs = proto::CacheConnection { service_id: "svc".into(), protocol_version: 1, ..Default::default() };
+        let op = proto::CacheOperation {
+            operation: "get".into(),
+            key: Bytes::from_static(b"k1"),
+            ..Default::default()
+        };
+        assert_eq!(
+            op.encode_to_vec(),
+            [0x0a, 0x03, b'g', b'e', b't', 0x12, 0x02, b'k', b'1']
+        );
+        let hs = proto::CacheConnection {
+            service_id: "svc".into(),
+            protocol_version: 1,
+            ..Default::default()
+        };
         assert_eq!(hs.encode_to_vec(), [0x0a, 0x03, b's', b'v', b'c', 0x30, 0x01]);
         let mut out = Vec::new();
         ResponseEncoder::simple(&mut out, Status::NotFound, b"", None, b"");
@@ -402,10 +439,19 @@ mod tests {
     #[test]
     fn wrong_wire_type_is_an_error() {
         // field 2 (key) sent as a varint.
-        assert_eq!(decode_operation(&[0x10, 0x01]).unwrap_err(), WireError::WrongWireType(2));
+        assert_eq!(
+            decode_operation(&[0x10, 0x01]).unwrap_err(),
+            WireError::WrongWireType(2)
+        );
         // truncated length.
-        assert_eq!(decode_operation(&[0x12, 0x05, b'a']).unwrap_err(), WireError::Truncated);
+        assert_eq!(
+            decode_operation(&[0x12, 0x05, b'a']).unwrap_err(),
+            WireError::Truncated
+        );
         // invalid UTF-8 correlation id.
-        assert_eq!(decode_operation(&[0x42, 0x01, 0xff]).unwrap_err(), WireError::InvalidUtf8);
+        assert_eq!(
+            decode_operation(&[0x42, 0x01, 0xff]).unwrap_err(),
+            WireError::InvalidUtf8
+        );
     }
 }

@@ -42,7 +42,10 @@ pub fn check_frame(buf: &[u8], max_frame: usize) -> Result<FrameStatus, FrameErr
         if looks_like_http(buf) {
             return Err(FrameError::LooksLikeHttp);
         }
-        return Err(FrameError::TooLarge { declared: len, limit: max_frame });
+        return Err(FrameError::TooLarge {
+            declared: len,
+            limit: max_frame,
+        });
     }
     let total = FRAME_HEADER_BYTES + len;
     if buf.len() >= total {
@@ -55,8 +58,9 @@ pub fn check_frame(buf: &[u8], max_frame: usize) -> Result<FrameStatus, FrameErr
 /// HTTP methods as the first bytes of a stream: such a "length" is always
 /// far over any frame limit, so this only refines the error message.
 fn looks_like_http(buf: &[u8]) -> bool {
-    const METHODS: [&[u8]; 9] =
-        [b"GET ", b"PUT ", b"POST", b"HEAD", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC"];
+    const METHODS: [&[u8]; 9] = [
+        b"GET ", b"PUT ", b"POST", b"HEAD", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC",
+    ];
     METHODS.iter().any(|m| buf.starts_with(m))
 }
 
@@ -75,10 +79,28 @@ mod tests {
         let mut buf = Vec::new();
         write_frame(&mut buf, b"hello");
         assert_eq!(check_frame(&buf, 100), Ok(FrameStatus::Complete { len: 5 }));
-        assert_eq!(check_frame(&buf[..6], 100), Ok(FrameStatus::Incomplete { needed: Some(9) }));
-        assert_eq!(check_frame(&buf[..3], 100), Ok(FrameStatus::Incomplete { needed: None }));
-        assert_eq!(check_frame(&buf, 4), Err(FrameError::TooLarge { declared: 5, limit: 4 }));
-        assert_eq!(check_frame(b"GET / HTTP/1.1\r\n", 1 << 24), Err(FrameError::LooksLikeHttp));
-        assert_eq!(check_frame(&[0, 0, 0, 0], 0), Ok(FrameStatus::Complete { len: 0 }));
+        assert_eq!(
+            check_frame(&buf[..6], 100),
+            Ok(FrameStatus::Incomplete { needed: Some(9) })
+        );
+        assert_eq!(
+            check_frame(&buf[..3], 100),
+            Ok(FrameStatus::Incomplete { needed: None })
+        );
+        assert_eq!(
+            check_frame(&buf, 4),
+            Err(FrameError::TooLarge {
+                declared: 5,
+                limit: 4
+            })
+        );
+        assert_eq!(
+            check_frame(b"GET / HTTP/1.1\r\n", 1 << 24),
+            Err(FrameError::LooksLikeHttp)
+        );
+        assert_eq!(
+            check_frame(&[0, 0, 0, 0], 0),
+            Ok(FrameStatus::Complete { len: 0 })
+        );
     }
 }

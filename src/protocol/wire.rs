@@ -140,6 +140,15 @@ pub fn put_bytes_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
     }
 }
 
+/// One element of a repeated length-delimited field: written even when
+/// empty, since every element counts.
+#[inline]
+pub fn put_repeated_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    put_tag(out, field, WIRE_LEN);
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
 /// A varint field, skipped when zero (proto3 default).
 #[inline]
 pub fn put_varint_field(out: &mut Vec<u8>, field: u32, v: u64) {
@@ -200,7 +209,10 @@ mod tests {
     #[test]
     fn overlong_varint_is_refused() {
         let bytes = [0xffu8; 11];
-        assert_eq!(WireReader::new(&bytes).read_varint(), Err(WireError::VarintTooLong));
+        assert_eq!(
+            WireReader::new(&bytes).read_varint(),
+            Err(WireError::VarintTooLong)
+        );
         let ten = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
         assert_eq!(WireReader::new(&ten).read_varint(), Err(WireError::VarintTooLong));
         let max = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];

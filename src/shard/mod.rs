@@ -1,1 +1,60 @@
+//! One shard: a pinned executor's exclusive partition of the key space, and
+//! the code that runs operations on it.
 
+pub mod clock;
+pub mod execute;
+pub mod item;
+pub mod stats;
+pub mod store;
+
+use std::cell::{Cell, RefCell};
+
+use stats::ShardCounters;
+use store::{Store, StoreConfig};
+
+/// Largest number of keys in one batch operation.
+pub const MAX_BATCH_KEYS: usize = 10_000;
+
+/// Default and largest `limit` of a pattern operation.
+pub const DEFAULT_PATTERN_LIMIT: usize = 1_000;
+pub const MAX_PATTERN_LIMIT: usize = 100_000;
+
+/// Limits every shard applies.
+#[derive(Debug, Clone, Copy)]
+pub struct ShardLimits {
+    pub max_frame_bytes: usize,
+    pub max_item_bytes: usize,
+}
+
+/// A shard's state, shared by the tasks of its executor (never across
+/// threads).
+pub struct Shard {
+    pub id: usize,
+    pub count: usize,
+    pub seed: u64,
+    pub limits: ShardLimits,
+    pub store: RefCell<Store>,
+    pub counters: RefCell<ShardCounters>,
+    /// Set when the server is shutting down.
+    pub draining: Cell<bool>,
+}
+
+impl Shard {
+    pub fn new(id: usize, count: usize, limits: ShardLimits, store: StoreConfig) -> Self {
+        Shard {
+            id,
+            count,
+            seed: store.seed,
+            limits,
+            store: RefCell::new(Store::new(store)),
+            counters: RefCell::new(ShardCounters::default()),
+            draining: Cell::new(false),
+        }
+    }
+
+    /// Whether this shard owns a key hash.
+    #[inline]
+    pub fn owns(&self, hash: u64) -> bool {
+        crate::key::owner_of(hash, self.count) == self.id
+    }
+}

@@ -1,0 +1,334 @@
+//! Splitting batch and every-shard operations across shards, and merging
+//! the shards' answers into the one response the client gets. This is the
+//! cold path (batch and admin operations): clarity over cycles.
+
+use prost::Message;
+use serde_json::{json, Map, Value};
+
+use crate::error::Status;
+use crate::key::{is_valid_key, key_hash, owner_of};
+use crate::ops::OpKind;
+use crate::proto;
+use crate::protocol::binary::{decode_entry, OpView, ResponseEncoder};
+use crate::protocol::frame::FRAME_HEADER_BYTES;
+use crate::protocol::wire::{put_bytes_field, put_repeated_bytes, put_varint_field};
+use crate::router::ForwardError;
+use crate::shard::execute::{meta_of, pattern_limit};
+
+/// Reads response frames one after another out of an owner's reply batch.
+pub struct ReplyCursor {
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl ReplyCursor {
+    pub fn new(buf: Vec<u8>) -> Self {
+        ReplyCursor { buf, pos: 0 }
+    }
+
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
+
+    fn next_frame(&mut self) -> Option<&[u8]> {
+        let header = self.buf.get(self.pos..self.pos + FRAME_HEADER_BYTES)?;
+        let len = u32::from_be_bytes(header.try_into().ok()?) as usize;
+        let end = self.pos + FRAME_HEADER_BYTES + len;
+        let frame = self.buf.get(self.pos..end)?;
+        self.pos = end;
+        Some(frame)
+    }
+}
+
+/// The next whole response frame from an owner, or why there is none.
+pub fn next_reply(reply: &mut Option<Result<ReplyCursor, ForwardError>>) -> Result<&[u8], ForwardError> {
+    match reply {
+        Some(Ok(cursor)) => cursor.next_frame().ok_or(ForwardError::Unavailable),
+        Some(Err(e)) => Err(*e),
+        None => Err(ForwardError::Unavailable),
+    }
+}
+
+/// The owner shard of each item of a batch operation; invalid keys stay on
+/// this shard, which answers CACHE_004 for them.
+pub fn owners_of_items(op: &OpView<'_>, kind: OpKind, seed: u64, shards: usize, here: usize) -> Vec<u16> {
+    let owner = |key: &[u8]| {
+        if is_valid_key(key) {
+            owner_of(key_hash(key, seed), shards) as u16
+        } else {
+            here as u16
+        }
+    };
+    if kind == OpKind::SetMany {
+        op.raw_entries()
+            .map(|e| owner(decode_entry(e).map(|e| e.key).unwrap_or_default()))
+            .collect()
+    } else {
+        op.keys().map(owner).collect()
+    }
+}
+
+/// Appends, as one frame, the part of batch operation `op` that `owner`
+/// holds: the same operation with only that owner's keys or entries.
+pub fn encode_sub_operation(op: &OpView<'_>, kind: OpKind, owners: &[u16], owner: usize, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
+    put_bytes_field(out, 1, kind.name().as_bytes());
+    put_varint_field(out, 4, u64::from(op.ttl));
+    let mine = owners.iter().map(|&o| o as usize == owner);
+    if kind == OpKind::SetMany {
+        for (entry, mine) in op.raw_entries().zip(mine) {
+            if mine {
+                put_repeated_bytes(out, 7, entry);
+            }
+        }
+    } else {
+        for (key, mine) in op.keys().zip(mine) {
+            if mine {
+                put_repeated_bytes(out, 6, key);
+            }
+        }
+    }
+    let len = (out.len() - start - FRAME_HEADER_BYTES) as u32;
+    out[start..start + FRAME_HEADER_BYTES].copy_from_slice(&len.to_be_bytes());
+}
+
+/// A request answered by several shards.
+pub enum Job {
+    MultiKey {
+        correlation_id: Vec<u8>,
+        keys: Vec<Vec<u8>>,
+        owners: Vec<u16>,
+        local_reply: Option<Vec<u8>>,
+    },
+    EveryShard {
+        kind: OpKind,
+        correlation_id: Vec<u8>,
+        limit: usize,
+        local_reply: Vec<u8>,
+    },
+}
+
+impl Job {
+    pub fn multi_key(kind: OpKind, op: &OpView<'_>, owners: Vec<u16>, local_reply: Option<Vec<u8>>) -> Job {
+        let keys = if kind == OpKind::SetMany {
+            op.raw_entries()
+                .map(|e| decode_entry(e).map(|e| e.key.to_vec()).unwrap_or_default())
+                .collect()
+        } else {
+            op.keys().map(<[u8]>::to_vec).collect()
+        };
+        Job::MultiKey {
+            correlation_id: op.correlation_id.to_vec(),
+            keys,
+            owners,
+            local_reply,
+        }
+    }
+
+    pub fn every_shard(kind: OpKind, op: &OpView<'_>, local_reply: Vec<u8>) -> Job {
+        Job::EveryShard {
+            kind,
+            correlation_id: op.correlation_id.to_vec(),
+            limit: pattern_limit(op.limit),
+            local_reply,
+        }
+    }
+
+    /// Takes this job's answers from the shards' replies and appends the
+    /// merged response frame to `out`.
+    pub fn merge(
+        &self,
+        here: usize,
+        replies: &mut [Option<Result<ReplyCursor, ForwardError>>],
+        out: &mut Vec<u8>,
+    ) {
+        match self {
+            Job::MultiKey {
+                correlation_id,
+                keys,
+                owners,
+                local_reply,
+            } => {
+                let mut per_owner: Vec<Result<std::vec::IntoIter<proto::ItemResult>, ForwardError>> =
+                    (0..replies.len()).map(|_| Ok(Vec::new().into_iter())).collect();
+                for (owner, slot) in per_owner.iter_mut().enumerate() {
+                    if !owners.iter().any(|&o| o as usize == owner) {
+                        continue;
+                    }
+                    let frame = if owner == here {
+                        local_reply.as_deref().ok_or(ForwardError::Unavailable)
+                    } else {
+                        next_reply(&mut replies[owner])
+                    };
+                    *slot = frame.map(|f| decode_response(f).items.into_iter());
+                }
+                let frame = ResponseEncoder::begin(out);
+                for (key, &owner) in keys.iter().zip(owners) {
+                    match &mut per_owner[owner as usize] {
+                        Ok(items) => match items.next() {
+                            Some(item) => {
+                                let status = Status::from_u32(item.status).unwrap_or(Status::Unavailable);
+                                let meta = meta_of(item.metadata.as_ref());
+                                ResponseEncoder::put_item(out, &item.key, status, &item.data, meta.as_ref());
+                            }
+                            None => ResponseEncoder::put_item(
+                                out,
+                                key,
+                                Status::Unavailable,
+                                b"missing answer",
+                                None,
+                            ),
+                        },
+                        Err(e) => ResponseEncoder::put_item(
+                            out,
+                            key,
+                            e.status(),
+                            b"owner shard did not answer",
+                            None,
+                        ),
+                    }
+                }
+                ResponseEncoder::put_summary(out, Status::Ok, correlation_id, false);
+                ResponseEncoder::finish(out, frame);
+            }
+            Job::EveryShard {
+                kind,
+                correlation_id,
+                limit,
+                local_reply,
+            } => {
+                let mut answers: Vec<(usize, Result<proto::CacheResponse, ForwardError>)> = Vec::new();
+                for (shard, reply) in replies.iter_mut().enumerate() {
+                    let answer = if shard == here {
+                        Ok(decode_response(local_reply))
+                    } else {
+                        next_reply(reply).map(decode_response)
+                    };
+                    answers.push((shard, answer));
+                }
+                merge_every_shard(*kind, correlation_id, *limit, &answers, out);
+            }
+        }
+    }
+}
+
+fn decode_response(frame: &[u8]) -> proto::CacheResponse {
+    proto::CacheResponse::decode(frame.get(FRAME_HEADER_BYTES..).unwrap_or_default()).unwrap_or_else(|_| {
+        proto::CacheResponse {
+            status: Status::Unavailable.code_number(),
+            data: "undecodable shard answer".into(),
+            ..Default::default()
+        }
+    })
+}
+
+fn json_of(resp: &proto::CacheResponse) -> Value {
+    serde_json::from_slice(&resp.data).unwrap_or(Value::Null)
+}
+
+fn merge_every_shard(
+    kind: OpKind,
+    corr: &[u8],
+    limit: usize,
+    answers: &[(usize, Result<proto::CacheResponse, ForwardError>)],
+    out: &mut Vec<u8>,
+) {
+    let failed: Vec<(usize, ForwardError)> = answers
+        .iter()
+        .filter_map(|(s, a)| a.as_ref().err().map(|e| (*s, *e)))
+        .collect();
+    let ok = || answers.iter().filter_map(|(_, a)| a.as_ref().ok());
+    match kind {
+        OpKind::Pattern => {
+            if let Some((shard, e)) = failed.first() {
+                let msg = format!("shard {shard} did not answer");
+                return ResponseEncoder::error(out, e.status(), &msg, corr);
+            }
+            if let Some(refused) = ok().find(|r| r.status != 0) {
+                let status = Status::from_u32(refused.status).unwrap_or(Status::Unavailable);
+                return ResponseEncoder::simple(out, status, &refused.data, None, corr);
+            }
+            let frame = ResponseEncoder::begin(out);
+            let mut n = 0;
+            let mut truncated = false;
+            for resp in ok() {
+                truncated |= resp.truncated;
+                for item in &resp.items {
+                    if n == limit {
+                        truncated = true;
+                        break;
+                    }
+                    let meta = meta_of(item.metadata.as_ref());
+                    ResponseEncoder::put_item(out, &item.key, Status::Ok, &item.data, meta.as_ref());
+                    n += 1;
+                }
+            }
+            ResponseEncoder::put_summary(out, Status::Ok, corr, truncated);
+            ResponseEncoder::finish(out, frame);
+        }
+        OpKind::Flush => {
+            if let Some((shard, e)) = failed.first() {
+                let msg = format!("shard {shard} did not answer; the other shards were flushed");
+                return ResponseEncoder::error(out, e.status(), &msg, corr);
+            }
+            let flushed: u64 = ok().map(|r| json_of(r)["flushed"].as_u64().unwrap_or(0)).sum();
+            let body = json!({ "flushed": flushed }).to_string();
+            ResponseEncoder::simple(out, Status::Ok, body.as_bytes(), None, corr);
+        }
+        OpKind::Stats => {
+            let mut shards = Vec::new();
+            let mut total = Map::new();
+            for (shard, answer) in answers {
+                match answer {
+                    Ok(resp) => {
+                        let v = json_of(resp);
+                        if let Value::Object(fields) = &v {
+                            for (name, value) in fields {
+                                if name == "shard" {
+                                    continue;
+                                }
+                                if let Some(n) = value.as_u64() {
+                                    let sum = total.get(name).and_then(Value::as_u64).unwrap_or(0) + n;
+                                    total.insert(name.clone(), json!(sum));
+                                }
+                            }
+                        }
+                        shards.push(v);
+                    }
+                    Err(e) => shards.push(json!({ "shard": shard, "error": Status::from(*e).code() })),
+                }
+            }
+            let body = json!({
+                "server_version": crate::SERVER_VERSION,
+                "shard_count": answers.len(),
+                "total": total,
+                "shards": shards,
+            })
+            .to_string();
+            ResponseEncoder::simple(out, Status::Ok, body.as_bytes(), None, corr);
+        }
+        _ => {
+            let healthy = ok().filter(|r| r.status == 0).count();
+            let status = if healthy == answers.len() {
+                "ok"
+            } else {
+                "degraded"
+            };
+            let body = json!({
+                "status": status,
+                "shards": answers.len(),
+                "shards_ok": healthy,
+                "server_version": crate::SERVER_VERSION,
+            })
+            .to_string();
+            ResponseEncoder::simple(out, Status::Ok, body.as_bytes(), None, corr);
+        }
+    }
+}
+
+impl From<ForwardError> for Status {
+    fn from(e: ForwardError) -> Status {
+        e.status()
+    }
+}

@@ -1,0 +1,356 @@
+//! One binary-protocol connection: the handshake, then cycles of
+//! read → decode → route (execute here or batch for the owner) → forward →
+//! assemble answers in request order → one write.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+use prost::Message;
+use tracing::debug;
+
+use super::assemble::{self, Job};
+use super::handshake::{self, HandshakeOutcome};
+use super::inbuf::InBuf;
+use super::ShardRuntime;
+use crate::error::Status;
+use crate::key::{is_valid_key, key_hash, owner_of};
+use crate::ops::{OpKind, Reach};
+use crate::protocol::binary::{decode_operation, OpView, ResponseEncoder};
+use crate::protocol::frame::{check_frame, FrameError, FrameStatus, FRAME_HEADER_BYTES};
+use crate::router::ForwardError;
+use crate::shard::clock::unix_now_us;
+
+/// Most requests handled per read cycle, and the output size after which a
+/// cycle stops taking new requests: together they bound what a connection
+/// buffers for a client that sends faster than it reads.
+const MAX_OPS_PER_CYCLE: usize = 1024;
+const OUT_SOFT_CAP: usize = 4 << 20;
+
+/// A write that makes no progress for this long closes the connection.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where one request's answer comes from, in request order.
+#[derive(Clone, Copy)]
+enum Step {
+    /// Already encoded in `out[start..end]`.
+    Local { start: u32, end: u32 },
+    /// The next answer in the owner's reply batch.
+    Remote { owner: u16 },
+    /// A batch or every-shard operation, merged from several shards.
+    Job { index: u32 },
+}
+
+/// Per-connection buffers, reused from one cycle to the next.
+struct Cycle {
+    out: Vec<u8>,
+    assembled: Vec<u8>,
+    steps: Vec<Step>,
+    /// Request frames for each owner shard.
+    forward: Vec<Vec<u8>>,
+    jobs: Vec<Job>,
+    needs_assembly: bool,
+    close_after_write: bool,
+}
+
+pub async fn serve(rt: Rc<ShardRuntime>, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(WRITE_STALL_TIMEOUT));
+    let mut inbuf = InBuf::new();
+    let mut out = Vec::with_capacity(4096);
+    match handshake::run(&rt, &mut stream, &mut inbuf, &mut out).await {
+        HandshakeOutcome::Accepted => {}
+        HandshakeOutcome::Refused => {
+            let _ = stream.write_all(&out).await;
+            let _ = stream.close().await;
+            return;
+        }
+        HandshakeOutcome::Gone => return,
+    }
+    if stream.write_all(&out).await.is_err() {
+        return;
+    }
+    out.clear();
+
+    let shards = rt.shard.count;
+    let mut cycle = Cycle {
+        out,
+        assembled: Vec::new(),
+        steps: Vec::with_capacity(64),
+        forward: (0..shards).map(|_| Vec::new()).collect(),
+        jobs: Vec::new(),
+        needs_assembly: false,
+        close_after_write: false,
+    };
+    let mut shutdown = rt.shutdown.wait();
+    let max_frame = rt.shard.limits.max_frame_bytes;
+    loop {
+        // Read until at least one whole frame (or an error to report) is here.
+        let want = match check_frame(inbuf.data(), max_frame) {
+            Ok(FrameStatus::Complete { .. }) | Err(_) => None,
+            Ok(FrameStatus::Incomplete { needed }) => Some(needed.unwrap_or(FRAME_HEADER_BYTES)),
+        };
+        if let Some(want) = want {
+            if rt.shutdown.is_fired() {
+                break;
+            }
+            let read = inbuf.read_from(&mut stream, want);
+            let stop = async {
+                (&mut shutdown).await;
+                Ok(0)
+            };
+            match futures_lite::future::or(read, stop).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+        cycle.run(&rt, &mut inbuf).await;
+        if stream.write_all(&cycle.out).await.is_err() {
+            break;
+        }
+        cycle.out.clear();
+        if cycle.out.capacity() > 2 * OUT_SOFT_CAP {
+            cycle.out = Vec::with_capacity(4096);
+        }
+        inbuf.shrink_if_idle();
+        if cycle.close_after_write || rt.shard.draining.get() {
+            break;
+        }
+    }
+    let _ = stream.close().await;
+}
+
+impl Cycle {
+    /// Handles every whole frame buffered (within the cycle's bounds) and
+    /// leaves their answers, in order, in `self.out`.
+    async fn run(&mut self, rt: &ShardRuntime, inbuf: &mut InBuf) {
+        let now_us = unix_now_us();
+        let max_frame = rt.shard.limits.max_frame_bytes;
+        let mut ops = 0usize;
+        while ops < MAX_OPS_PER_CYCLE && self.out.len() < OUT_SOFT_CAP {
+            let data = inbuf.data();
+            match check_frame(data, max_frame) {
+                Ok(FrameStatus::Complete { len }) => {
+                    let frame = &data[..FRAME_HEADER_BYTES + len];
+                    self.route(rt, frame, now_us);
+                    inbuf.consume(FRAME_HEADER_BYTES + len);
+                    ops += 1;
+                }
+                Ok(FrameStatus::Incomplete { .. }) => break,
+                Err(e) => {
+                    // The stream cannot be resynchronised: answer and close.
+                    let start = self.out.len();
+                    let message = match e {
+                        FrameError::LooksLikeHttp => {
+                            "an HTTP request was sent to the binary port".to_string()
+                        }
+                        e => e.to_string(),
+                    };
+                    ResponseEncoder::error(&mut self.out, Status::FrameTooLarge, &message, b"");
+                    self.push_local(start);
+                    rt.shard.counters.borrow_mut().protocol_errors += 1;
+                    self.close_after_write = true;
+                    inbuf.consume(inbuf.data().len());
+                    break;
+                }
+            }
+        }
+        rt.shard.counters.borrow_mut().requests += ops as u64;
+        if self.needs_assembly {
+            self.forward_and_assemble(rt, now_us).await;
+        }
+        self.steps.clear();
+        self.jobs.clear();
+        self.needs_assembly = false;
+    }
+
+    #[inline]
+    fn push_local(&mut self, start: usize) {
+        self.steps.push(Step::Local {
+            start: start as u32,
+            end: self.out.len() as u32,
+        });
+    }
+
+    /// Decides where one request runs; runs it now if that is here.
+    fn route(&mut self, rt: &ShardRuntime, frame: &[u8], now_us: u64) {
+        let shard = &rt.shard;
+        let start = self.out.len();
+        let op = match decode_operation(&frame[FRAME_HEADER_BYTES..]) {
+            Ok(op) => op,
+            Err(e) => {
+                shard.counters.borrow_mut().protocol_errors += 1;
+                let message = format!("not a valid CacheOperation: {e}");
+                ResponseEncoder::error(&mut self.out, Status::Malformed, &message, b"");
+                return self.push_local(start);
+            }
+        };
+        let Some(kind) = OpKind::parse(op.operation) else {
+            let message = format!("unknown operation {:?}", String::from_utf8_lossy(op.operation));
+            ResponseEncoder::error(
+                &mut self.out,
+                Status::UnknownOperation,
+                &message,
+                op.correlation_id,
+            );
+            return self.push_local(start);
+        };
+        if !matches!(op.options.consistency, b"" | b"strong" | b"eventual") {
+            let message = "options.consistency must be \"strong\" or \"eventual\"";
+            ResponseEncoder::error(&mut self.out, Status::Malformed, message, op.correlation_id);
+            return self.push_local(start);
+        }
+        match kind.reach() {
+            Reach::SingleKey => {
+                if !is_valid_key(op.key) {
+                    let message = crate::shard::execute::INVALID_KEY_MESSAGE;
+                    ResponseEncoder::error(&mut self.out, Status::InvalidKey, message, op.correlation_id);
+                    return self.push_local(start);
+                }
+                let hash = key_hash(op.key, shard.seed);
+                let owner = owner_of(hash, shard.count);
+                if owner == shard.id {
+                    shard.execute_single(&op, kind, hash, now_us, &mut self.out);
+                    self.push_local(start);
+                } else {
+                    self.forward[owner].extend_from_slice(frame);
+                    self.steps.push(Step::Remote { owner: owner as u16 });
+                    self.needs_assembly = true;
+                    shard.counters.borrow_mut().forwarded_ops += 1;
+                }
+            }
+            Reach::MultiKey if shard.count > 1 => self.route_multi(rt, &op, kind, now_us, start),
+            Reach::EveryShard if kind == OpKind::Pattern && !crate::pattern::is_valid_pattern(op.key) => {
+                let message = "pattern must be 1-1024 bytes";
+                ResponseEncoder::error(&mut self.out, Status::InvalidKey, message, op.correlation_id);
+                self.push_local(start);
+            }
+            Reach::EveryShard if shard.count > 1 => {
+                for (owner, frames) in self.forward.iter_mut().enumerate() {
+                    if owner != shard.id {
+                        frames.extend_from_slice(frame);
+                    }
+                }
+                let mut local = Vec::new();
+                shard.execute_local(&op, kind, now_us, &mut local);
+                self.jobs.push(Job::every_shard(kind, &op, local));
+                self.steps.push(Step::Job {
+                    index: (self.jobs.len() - 1) as u32,
+                });
+                self.needs_assembly = true;
+            }
+            Reach::MultiKey | Reach::EveryShard => {
+                shard.execute_local(&op, kind, now_us, &mut self.out);
+                self.push_local(start);
+            }
+        }
+    }
+
+    /// Splits a batch operation by owner: one sub-operation per owner, the
+    /// local one run now, the others forwarded; merged in key order later.
+    fn route_multi(&mut self, rt: &ShardRuntime, op: &OpView<'_>, kind: OpKind, now_us: u64, start: usize) {
+        let shard = &rt.shard;
+        let count = if kind == OpKind::SetMany {
+            op.entry_count
+        } else {
+            op.key_count
+        };
+        if count > crate::shard::MAX_BATCH_KEYS {
+            ResponseEncoder::error(
+                &mut self.out,
+                Status::BatchTooLarge,
+                "more than 10000 keys",
+                op.correlation_id,
+            );
+            return self.push_local(start);
+        }
+        let owners = assemble::owners_of_items(op, kind, shard.seed, shard.count, shard.id);
+        if owners.iter().all(|&o| o as usize == shard.id) {
+            shard.execute_local(op, kind, now_us, &mut self.out);
+            return self.push_local(start);
+        }
+        let mut local_reply = None;
+        for owner in 0..shard.count {
+            if !owners.iter().any(|&o| o as usize == owner) {
+                continue;
+            }
+            if owner == shard.id {
+                let mut sub = Vec::new();
+                assemble::encode_sub_operation(op, kind, &owners, owner, &mut sub);
+                let mut reply = Vec::new();
+                match decode_operation(&sub[FRAME_HEADER_BYTES..]) {
+                    Ok(sub_op) => shard.execute_local(&sub_op, kind, now_us, &mut reply),
+                    Err(_) => ResponseEncoder::error(&mut reply, Status::Malformed, "malformed request", b""),
+                }
+                local_reply = Some(reply);
+            } else {
+                assemble::encode_sub_operation(op, kind, &owners, owner, &mut self.forward[owner]);
+            }
+        }
+        self.jobs.push(Job::multi_key(kind, op, owners, local_reply));
+        self.steps.push(Step::Job {
+            index: (self.jobs.len() - 1) as u32,
+        });
+        self.needs_assembly = true;
+        shard.counters.borrow_mut().forwarded_ops += 1;
+    }
+
+    /// Sends every owner its batch, waits for all, and rebuilds `out` with
+    /// every answer in request order.
+    async fn forward_and_assemble(&mut self, rt: &ShardRuntime, now_us: u64) {
+        let router = &rt.router;
+        let mut pending = Vec::with_capacity(rt.shard.count);
+        for owner in 0..rt.shard.count {
+            if !self.forward[owner].is_empty() {
+                let frames = std::mem::replace(&mut self.forward[owner], router.take_buffer());
+                pending.push((owner, router.start_forward(owner, frames, now_us).await));
+            }
+        }
+        let mut replies: Vec<Option<Result<assemble::ReplyCursor, ForwardError>>> =
+            (0..rt.shard.count).map(|_| None).collect();
+        for (owner, started) in pending {
+            let result = match started {
+                Ok(p) => p.wait().await.map(assemble::ReplyCursor::new),
+                Err(e) => Err(e),
+            };
+            replies[owner] = Some(result);
+        }
+
+        self.assembled.clear();
+        for step in &self.steps {
+            match *step {
+                Step::Local { start, end } => self
+                    .assembled
+                    .extend_from_slice(&self.out[start as usize..end as usize]),
+                Step::Remote { owner } => match assemble::next_reply(&mut replies[owner as usize]) {
+                    Ok(frame) => self.assembled.extend_from_slice(frame),
+                    Err(e) => ResponseEncoder::error(
+                        &mut self.assembled,
+                        e.status(),
+                        "owner shard did not answer",
+                        b"",
+                    ),
+                },
+                Step::Job { index } => {
+                    self.jobs[index as usize].merge(rt.shard.id, &mut replies, &mut self.assembled)
+                }
+            }
+        }
+        std::mem::swap(&mut self.out, &mut self.assembled);
+        for reply in replies.into_iter().flatten().flatten() {
+            router.give_buffer(reply.into_buffer());
+        }
+        if self.assembled.capacity() > 2 * OUT_SOFT_CAP {
+            self.assembled = Vec::new();
+        }
+        debug!(shard = rt.shard.id, "assembled forwarded answers");
+    }
+}
+
+/// Encodes a prost message as one frame.
+pub fn encode_frame<M: Message>(msg: &M, out: &mut Vec<u8>) {
+    let len = msg.encoded_len();
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    msg.encode(out).expect("Vec grows as needed");
+}

@@ -1,0 +1,283 @@
+//! Starting the shards, their listeners and accept loops; stopping them.
+
+mod assemble;
+pub mod connection;
+mod handshake;
+mod inbuf;
+mod listener;
+pub mod shutdown;
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use glommio::{LocalExecutorBuilder, Placement};
+use tracing::{info, warn};
+
+use crate::config::ServerConfig;
+use crate::router::{MeshPlan, Router};
+use crate::shard::store::StoreConfig;
+use crate::shard::{Shard, ShardLimits};
+use shutdown::ShutdownSignal;
+
+/// What every shard knows about the server; immutable after start except
+/// the connection count (touched on accept and close only).
+pub struct ServerInfo {
+    pub shard_ports: Vec<u16>,
+    pub max_connections: usize,
+    pub open_connections: AtomicUsize,
+    /// Set by [`RunningServer::shutdown`]; each shard polls it.
+    pub stopping: AtomicBool,
+}
+
+/// The tasks of one shard share this.
+pub struct ShardRuntime {
+    pub shard: Rc<Shard>,
+    pub router: Rc<Router>,
+    pub server: Arc<ServerInfo>,
+    pub shutdown: ShutdownSignal,
+    pub open_connections: Cell<usize>,
+}
+
+/// How long shutdown waits for connections to finish what they were doing.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Interval and budget of the background reclaim of expired items: at most
+/// `SWEEP_BUDGET` index entries every `SWEEP_INTERVAL`, i.e. 200,000
+/// entries a second per shard, each pass well under a millisecond.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(10);
+const SWEEP_BUDGET: usize = 2_000;
+
+/// A started server.
+pub struct RunningServer {
+    pub binary_addr: SocketAddr,
+    pub shard_ports: Vec<u16>,
+    info: Arc<ServerInfo>,
+    threads: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// The line a script reads to learn where the server listens.
+    pub fn listening_line(&self) -> String {
+        let ports: Vec<String> = self.shard_ports.iter().map(u16::to_string).collect();
+        format!(
+            "LISTENING binary={} shards={} shard_ports={}",
+            self.binary_addr,
+            self.shard_ports.len(),
+            ports.join(",")
+        )
+    }
+
+    /// A handle that stops the server from any thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.info.clone())
+    }
+
+    /// Waits until every shard has stopped.
+    pub fn wait(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Stops a running server: listeners close, connections finish the
+/// requests in flight and close, shards exit.
+#[derive(Clone)]
+pub struct StopHandle(Arc<ServerInfo>);
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.0.stopping.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Binds every listener, starts one pinned executor per shard, and returns
+/// once every shard accepts connections.
+pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
+    let shards = config.cpus.len();
+    let listeners = listener::bind_all(config)?;
+    let info = Arc::new(ServerInfo {
+        shard_ports: listeners.shard_ports.clone(),
+        max_connections: config.max_connections,
+        open_connections: AtomicUsize::new(0),
+        stopping: AtomicBool::new(false),
+    });
+    let seed = config.hash_seed.unwrap_or_else(random_seed);
+    let per_shard_memory = config.max_memory_bytes / shards;
+    let plan = MeshPlan::new(shards);
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
+    let mut threads = Vec::with_capacity(shards);
+    let mut public = listeners.public.into_iter();
+    let mut own = listeners.own.into_iter();
+    for (id, &cpu) in config.cpus.iter().enumerate() {
+        let public_fd = public.next().expect("one public listener per shard");
+        let own_fd = own.next().expect("one shard listener per shard");
+        let store = StoreConfig {
+            seed,
+            memory_limit_bytes: per_shard_memory,
+            max_item_bytes: config.max_item_bytes,
+            default_ttl_s: config.ttl_default_s,
+        };
+        let limits = ShardLimits {
+            max_frame_bytes: config.max_frame_bytes,
+            max_item_bytes: config.max_item_bytes,
+        };
+        let (plan, info, ready) = (plan.clone(), info.clone(), ready_tx.clone());
+        let placement = if config.pin {
+            Placement::Fixed(cpu)
+        } else {
+            Placement::Unbound
+        };
+        let builder = LocalExecutorBuilder::new(placement).name(&format!("shard-{id}"));
+        let handle = builder
+            .spawn(move || async move {
+                let shard = Rc::new(Shard::new(id, shards, limits, store));
+                let router = Router::join(shard.clone(), plan).await;
+                let rt = Rc::new(ShardRuntime {
+                    shard,
+                    router,
+                    server: info,
+                    shutdown: ShutdownSignal::default(),
+                    open_connections: Cell::new(0),
+                });
+                run_shard(rt, public_fd, own_fd, ready).await;
+            })
+            .map_err(|e| anyhow::anyhow!("starting shard {id} on CPU {cpu}: {e}"))?;
+        threads.push(handle);
+    }
+    drop(ready_tx);
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => anyhow::bail!(e),
+            Err(_) => anyhow::bail!("a shard stopped during start"),
+        }
+    }
+    info!(shards, seed, "all shards serving");
+    Ok(RunningServer {
+        binary_addr: listeners.public_addr,
+        shard_ports: listeners.shard_ports,
+        info,
+        threads,
+    })
+}
+
+async fn run_shard(
+    rt: Rc<ShardRuntime>,
+    public_fd: OwnedFd,
+    own_fd: OwnedFd,
+    ready: mpsc::Sender<Result<usize, String>>,
+) {
+    // SAFETY: each fd is a bound, listening TCP socket created by
+    // `listener::bind_all` and owned by this shard alone.
+    let public = unsafe { glommio::net::TcpListener::from_raw_fd(public_fd.into_raw_fd()) };
+    let own = unsafe { glommio::net::TcpListener::from_raw_fd(own_fd.into_raw_fd()) };
+    let accept_public = glommio::spawn_local(accept_loop(rt.clone(), public));
+    let accept_own = glommio::spawn_local(accept_loop(rt.clone(), own));
+    glommio::spawn_local(sweep_loop(rt.clone())).detach();
+    let _ = ready.send(Ok(rt.shard.id));
+
+    while !rt.server.stopping.load(Ordering::Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+    rt.shard.draining.set(true);
+    rt.shutdown.fire();
+    accept_public.await;
+    accept_own.await;
+    // Connections finish the cycle in flight, then close. Other shards may
+    // still forward work here until their own connections are done.
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while rt.server.open_connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    info!(shard = rt.shard.id, "shard stopped");
+}
+
+async fn accept_loop(rt: Rc<ShardRuntime>, listener: glommio::net::TcpListener) {
+    let mut shutdown = rt.shutdown.wait();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accept = async { Some(listener.accept().await) };
+        let stop = async {
+            (&mut shutdown).await;
+            None
+        };
+        let Some(result) = futures_lite::future::or(accept, stop).await else {
+            return;
+        };
+        let stream = match result {
+            Ok(stream) => {
+                backoff = Duration::from_millis(5);
+                stream
+            }
+            Err(e) => {
+                // Out of file descriptors (or similar): back off instead of
+                // spinning on an accept that fails at once.
+                warn!(error = %e, "accept failed; backing off");
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let open = rt.server.open_connections.fetch_add(1, Ordering::SeqCst);
+        if open >= rt.server.max_connections {
+            rt.server.open_connections.fetch_sub(1, Ordering::SeqCst);
+            rt.shard.counters.borrow_mut().connections_refused += 1;
+            glommio::spawn_local(refuse_connection(stream)).detach();
+            continue;
+        }
+        {
+            let mut c = rt.shard.counters.borrow_mut();
+            c.connections_accepted += 1;
+            c.connections_open += 1;
+        }
+        rt.open_connections.set(rt.open_connections.get() + 1);
+        let conn_rt = rt.clone();
+        glommio::spawn_local(async move {
+            connection::serve(conn_rt.clone(), stream).await;
+            conn_rt.open_connections.set(conn_rt.open_connections.get() - 1);
+            conn_rt.shard.counters.borrow_mut().connections_open -= 1;
+            conn_rt.server.open_connections.fetch_sub(1, Ordering::SeqCst);
+        })
+        .detach();
+    }
+}
+
+/// Answers CACHE_009 and closes, without waiting for a handshake.
+async fn refuse_connection(mut stream: glommio::net::TcpStream) {
+    use futures_lite::AsyncWriteExt;
+    let mut out = Vec::new();
+    let response = crate::proto::CacheResponse {
+        status: crate::error::Status::TooManyConnections.code_number(),
+        data: "too many connections".into(),
+        ..Default::default()
+    };
+    connection::encode_frame(&response, &mut out);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.close().await;
+}
+
+async fn sweep_loop(rt: Rc<ShardRuntime>) {
+    while !rt.shutdown.is_fired() {
+        glommio::timer::sleep(SWEEP_INTERVAL).await;
+        let now = crate::shard::clock::unix_now_us();
+        rt.shard.store.borrow_mut().sweep_expired(now, SWEEP_BUDGET);
+    }
+}
+
+/// A seed no client can predict, fixed for this server start.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}

@@ -1,0 +1,224 @@
+//! Running a decoded operation on this shard's store and encoding its
+//! response. The caller has routed the operation here: nothing in this file
+//! looks at key ownership.
+
+use serde_json::json;
+
+use super::store::{Lookup, WriteError};
+use super::{Shard, DEFAULT_PATTERN_LIMIT, MAX_BATCH_KEYS, MAX_PATTERN_LIMIT};
+use crate::error::Status;
+use crate::key::{is_valid_key, key_hash};
+use crate::ops::OpKind;
+use crate::protocol::binary::{EntryView, Meta, OpView, ResponseEncoder};
+
+/// Message of a CACHE_004 response.
+pub const INVALID_KEY_MESSAGE: &str = "key must be 1-250 bytes without control characters or spaces";
+
+impl Shard {
+    /// Executes `op` on this shard and appends exactly one response frame
+    /// to `out`.
+    pub fn execute_local(&self, op: &OpView<'_>, kind: OpKind, now_us: u64, out: &mut Vec<u8>) {
+        let corr = op.correlation_id;
+        match kind {
+            OpKind::Get | OpKind::Set | OpKind::Delete => {
+                if !is_valid_key(op.key) {
+                    return ResponseEncoder::error(out, Status::InvalidKey, INVALID_KEY_MESSAGE, corr);
+                }
+                self.execute_single(op, kind, key_hash(op.key, self.seed), now_us, out)
+            }
+            OpKind::GetMany | OpKind::DeleteMany | OpKind::SetMany => {
+                self.execute_batch(op, kind, now_us, out)
+            }
+            OpKind::Pattern => self.execute_pattern(op, now_us, out),
+            OpKind::Flush => {
+                let flushed = self.store.borrow_mut().flush();
+                let body = json!({ "flushed": flushed }).to_string();
+                ResponseEncoder::simple(out, Status::Ok, body.as_bytes(), None, corr)
+            }
+            OpKind::Stats => {
+                let body = self.stats_json().to_string();
+                ResponseEncoder::simple(out, Status::Ok, body.as_bytes(), None, corr)
+            }
+            OpKind::Health => {
+                let body = json!({ "status": "ok", "shard": self.id }).to_string();
+                ResponseEncoder::simple(out, Status::Ok, body.as_bytes(), None, corr)
+            }
+        }
+    }
+
+    /// Executes `get`, `set` or `delete` of a valid key whose hash the
+    /// caller computed (once, for routing and lookup alike).
+    #[inline]
+    pub fn execute_single(&self, op: &OpView<'_>, kind: OpKind, hash: u64, now_us: u64, out: &mut Vec<u8>) {
+        let corr = op.correlation_id;
+        let mut store = self.store.borrow_mut();
+        match kind {
+            OpKind::Get => match store.get(hash, op.key, now_us) {
+                Lookup::Hit(item) => {
+                    ResponseEncoder::simple(out, Status::Ok, item.value(), Some(&item.meta()), corr)
+                }
+                Lookup::Expired => ResponseEncoder::error(out, Status::Expired, "key expired", corr),
+                Lookup::Miss => ResponseEncoder::simple(out, Status::NotFound, b"", None, corr),
+            },
+            OpKind::Set => match store.set(hash, op.key, op.value, op.ttl, now_us) {
+                Ok(meta) => ResponseEncoder::simple(out, Status::Ok, b"", Some(&meta), corr),
+                Err(e) => ResponseEncoder::error(out, Status::StorageFull, write_error_message(e), corr),
+            },
+            _ => {
+                let status = if store.delete(hash, op.key) {
+                    Status::Ok
+                } else {
+                    Status::NotFound
+                };
+                ResponseEncoder::simple(out, status, b"", None, corr)
+            }
+        }
+    }
+
+    fn execute_batch(&self, op: &OpView<'_>, kind: OpKind, now_us: u64, out: &mut Vec<u8>) {
+        let count = if kind == OpKind::SetMany {
+            op.entry_count
+        } else {
+            op.key_count
+        };
+        if count > MAX_BATCH_KEYS {
+            return ResponseEncoder::error(
+                out,
+                Status::BatchTooLarge,
+                "more than 10000 keys",
+                op.correlation_id,
+            );
+        }
+        let frame = ResponseEncoder::begin(out);
+        let mut store = self.store.borrow_mut();
+        match kind {
+            OpKind::GetMany => {
+                for key in op.keys() {
+                    if !is_valid_key(key) {
+                        ResponseEncoder::put_item(out, key, Status::InvalidKey, b"", None);
+                        continue;
+                    }
+                    match store.get(key_hash(key, self.seed), key, now_us) {
+                        Lookup::Hit(item) => {
+                            ResponseEncoder::put_item(out, key, Status::Ok, item.value(), Some(&item.meta()))
+                        }
+                        Lookup::Expired => ResponseEncoder::put_item(out, key, Status::Expired, b"", None),
+                        Lookup::Miss => ResponseEncoder::put_item(out, key, Status::NotFound, b"", None),
+                    }
+                }
+            }
+            OpKind::DeleteMany => {
+                for key in op.keys() {
+                    let status = if !is_valid_key(key) {
+                        Status::InvalidKey
+                    } else if store.delete(key_hash(key, self.seed), key) {
+                        Status::Ok
+                    } else {
+                        Status::NotFound
+                    };
+                    ResponseEncoder::put_item(out, key, status, b"", None);
+                }
+            }
+            _ => {
+                for EntryView { key, value, ttl } in op.entries() {
+                    if !is_valid_key(key) {
+                        ResponseEncoder::put_item(out, key, Status::InvalidKey, b"", None);
+                        continue;
+                    }
+                    let ttl = if ttl == 0 { op.ttl } else { ttl };
+                    match store.set(key_hash(key, self.seed), key, value, ttl, now_us) {
+                        Ok(meta) => ResponseEncoder::put_item(out, key, Status::Ok, b"", Some(&meta)),
+                        Err(e) => ResponseEncoder::put_item(
+                            out,
+                            key,
+                            Status::StorageFull,
+                            write_error_message(e).as_bytes(),
+                            None,
+                        ),
+                    }
+                }
+            }
+        }
+        ResponseEncoder::put_summary(out, Status::Ok, op.correlation_id, false);
+        ResponseEncoder::finish(out, frame);
+    }
+
+    fn execute_pattern(&self, op: &OpView<'_>, now_us: u64, out: &mut Vec<u8>) {
+        if !crate::pattern::is_valid_pattern(op.key) {
+            return ResponseEncoder::error(
+                out,
+                Status::InvalidKey,
+                "pattern must be 1-1024 bytes",
+                op.correlation_id,
+            );
+        }
+        let limit = pattern_limit(op.limit);
+        let frame = ResponseEncoder::begin(out);
+        let mut found = 0usize;
+        let mut truncated = false;
+        self.store.borrow().scan(op.key, now_us, |item| {
+            if found == limit {
+                truncated = true;
+                return false;
+            }
+            found += 1;
+            let value = if op.with_values { item.value() } else { b"" };
+            ResponseEncoder::put_item(out, item.key(), Status::Ok, value, Some(&item.meta()));
+            true
+        });
+        ResponseEncoder::put_summary(out, Status::Ok, op.correlation_id, truncated);
+        ResponseEncoder::finish(out, frame);
+    }
+
+    /// This shard's counters as a JSON object.
+    pub fn stats_json(&self) -> serde_json::Value {
+        let store = self.store.borrow();
+        let s = store.stats;
+        let c = *self.counters.borrow();
+        json!({
+            "shard": self.id,
+            "items": store.len(),
+            "bytes": store.used_bytes(),
+            "memory_limit_bytes": store.config().memory_limit_bytes,
+            "hits": s.hits,
+            "misses": s.misses,
+            "sets": s.sets,
+            "deletes": s.deletes,
+            "evictions": s.evictions,
+            "expirations": s.expired_on_access + s.expired_swept,
+            "rejected_writes": s.rejected_writes,
+            "flushed": s.flushed,
+            "connections_open": c.connections_open,
+            "connections_accepted": c.connections_accepted,
+            "connections_refused": c.connections_refused,
+            "requests": c.requests,
+            "forwarded_ops": c.forwarded_ops,
+            "forwarded_batches": c.forwarded_batches,
+            "protocol_errors": c.protocol_errors,
+        })
+    }
+}
+
+/// The `limit` of a pattern request, defaulted and clamped.
+pub fn pattern_limit(requested: u32) -> usize {
+    match requested as usize {
+        0 => DEFAULT_PATTERN_LIMIT,
+        n => n.min(MAX_PATTERN_LIMIT),
+    }
+}
+
+fn write_error_message(e: WriteError) -> &'static str {
+    match e {
+        WriteError::Full => "storage full",
+        WriteError::TooLarge => "item larger than max_item_bytes",
+    }
+}
+
+/// Metadata helper for tests and merges.
+pub fn meta_of(m: Option<&crate::proto::Metadata>) -> Option<Meta> {
+    m.map(|m| Meta {
+        created_at_ms: m.created_at,
+        expires_at_ms: m.expires_at,
+        version: m.version,
+    })
+}

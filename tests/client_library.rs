@@ -1,0 +1,123 @@
+//! The Rust client `dnd_cache::CacheClient` against the real server.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestServer;
+use dnd_cache::{CacheClient, ClientConfig, ClientError, Status};
+
+fn config(server: &TestServer) -> ClientConfig {
+    ClientConfig::new("character_service").address(server.addr.to_string())
+}
+
+#[tokio::test]
+async fn set_get_delete_and_batches_through_the_client() {
+    let server = TestServer::start(&["--shards", "3"]);
+    let client = CacheClient::connect(config(&server)).await.unwrap();
+    let meta = client.set("character:1234", b"{\"hp\":12}", 3600).await.unwrap();
+    assert!(meta.version > 0);
+    assert_eq!(
+        client.get("character:1234").await.unwrap().as_deref(),
+        Some(&b"{\"hp\":12}"[..])
+    );
+    let item = client.get_item("character:1234").await.unwrap().unwrap();
+    assert_eq!(item.metadata, meta);
+    assert!(client.delete("character:1234").await.unwrap());
+    assert!(!client.delete("character:1234").await.unwrap());
+    assert_eq!(client.get("character:1234").await.unwrap(), None);
+
+    let entries: Vec<(String, String)> = (0..20).map(|i| (format!("char:{i}"), format!("v{i}"))).collect();
+    let results = client.set_many(&entries, 60).await.unwrap();
+    assert!(results.iter().all(|r| r.status == 0));
+    let keys: Vec<String> = (0..22).map(|i| format!("char:{i}")).collect();
+    let values = client.get_many(&keys).await.unwrap();
+    for (i, v) in values.iter().enumerate() {
+        if i < 20 {
+            assert_eq!(v.as_deref(), Some(format!("v{i}").as_bytes()));
+        } else {
+            assert_eq!(*v, None);
+        }
+    }
+    let mut found = client.pattern("char:1*", 0).await.unwrap();
+    found.sort();
+    assert_eq!(found.len(), 11);
+    assert_eq!(client.delete_many(&keys).await.unwrap(), 20);
+    assert_eq!(client.stats().await.unwrap()["total"]["items"], 0);
+    assert_eq!(client.health().await.unwrap()["status"], "ok");
+    client.set("x", "y", 0).await.unwrap();
+    assert_eq!(client.flush().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn errors_carry_the_icd_code() {
+    let server = TestServer::start(&["--max-item-bytes", "2KiB"]);
+    let client = CacheClient::connect(config(&server)).await.unwrap();
+    match client.set("big", vec![0u8; 4096], 0).await {
+        Err(e @ ClientError::Server { .. }) => {
+            assert_eq!(e.status(), Some(Status::StorageFull));
+            assert!(e.to_string().starts_with("CACHE_003"));
+        }
+        other => panic!("expected CACHE_003, got {other:?}"),
+    }
+    assert!(matches!(
+        client.get("bad key").await,
+        Err(ClientError::InvalidRequest(_))
+    ));
+}
+
+#[tokio::test]
+async fn concurrent_calls_are_pipelined_and_shard_aware() {
+    let server = TestServer::start(&["--shards", "4"]);
+    let client = CacheClient::connect(config(&server)).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..200 {
+                let key = format!("campaign:{t}:{i}");
+                client.set(&key, key.as_bytes(), 0).await.unwrap();
+                assert_eq!(client.get(&key).await.unwrap().as_deref(), Some(key.as_bytes()));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats["total"]["items"], 1600);
+    assert_eq!(
+        stats["total"]["forwarded_ops"], 0,
+        "the client sends every key to its owner"
+    );
+}
+
+#[tokio::test]
+async fn connect_failures_time_out_and_retry_then_report() {
+    // A port nobody listens on: connect is refused, retried 3 times, then an I/O error.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let mut cfg = ClientConfig::new("svc").address(addr.to_string());
+    cfg.connect_timeout = Duration::from_millis(500);
+    assert!(matches!(CacheClient::connect(cfg).await, Err(ClientError::Io(_))));
+}
+
+#[tokio::test]
+async fn the_client_reconnects_after_the_server_closes_its_connection() {
+    let server = TestServer::start(&["--shards", "1"]);
+    let client = CacheClient::connect(config(&server).shard_aware(false))
+        .await
+        .unwrap();
+    client.set("k", "v", 0).await.unwrap();
+    drop(server);
+    // The server is gone: calls fail after the retries.
+    let err = client.get("k").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Io(_) | ClientError::Closed | ClientError::Timeout
+        ),
+        "{err:?}"
+    );
+}
