@@ -134,7 +134,6 @@ pub fn run(cfg: &LoadConfig, mode: Mode) -> anyhow::Result<RunOutput> {
     }
     let mut next_tick = start_ns + 1_000_000_000;
     let mut interval_start = start_ns;
-    let mut sent_progress = false;
     while handles.iter().any(|h| !h.is_finished()) {
         let mut wake = next_tick;
         if window_start_cpu.is_none() {
@@ -167,13 +166,11 @@ pub fn run(cfg: &LoadConfig, mode: Mode) -> anyhow::Result<RunOutput> {
                     "{}{phase}",
                     report::progress_line(elapsed_s, &interval, (now - interval_start) as f64 / 1e9)
                 );
-                sent_progress = true;
             }
             interval_start = now;
             next_tick += 1_000_000_000;
         }
     }
-    let _ = sent_progress;
     let mut results: Vec<WorkerResult> = Vec::with_capacity(threads);
     for h in handles {
         results.push(h.join().map_err(|_| anyhow::anyhow!("a worker panicked"))??);

@@ -233,11 +233,13 @@ impl Worker<'_> {
             let now = now_ns();
             if self.sending && self.should_stop(now) {
                 self.sending = false;
+                // Requests due inside the window that never went out.
+                let last_due = self.plan_stop_at.map_or(now, |t| t.saturating_sub(1)).min(now);
                 backlog = self
                     .conns
                     .iter()
                     .filter_map(|c| c.pacer.as_ref())
-                    .map(|p| p.backlog(now))
+                    .map(|p| p.backlog(last_due))
                     .sum();
                 drain_deadline = now + self.cfg.drain.as_nanos() as u64;
             }
@@ -253,7 +255,7 @@ impl Worker<'_> {
                     self.fill(c, now);
                 }
             }
-            let wake = self.next_wake(now, next_publish, drain_deadline);
+            let wake = self.next_wake(next_publish, drain_deadline);
             if wake <= now {
                 self.poll.poll(&mut events, Some(std::time::Duration::ZERO))?;
             } else {
@@ -298,7 +300,7 @@ impl Worker<'_> {
     /// When the loop must next wake without I/O: the earliest open-loop send
     /// of a connection with pipeline room, the progress tick, the end of the
     /// window, the drain deadline.
-    fn next_wake(&self, now: u64, next_publish: u64, drain_deadline: u64) -> u64 {
+    fn next_wake(&self, next_publish: u64, drain_deadline: u64) -> u64 {
         let mut wake = next_publish.min(drain_deadline);
         if self.sending {
             if let Some(stop) = self.plan_stop_at {
@@ -310,7 +312,7 @@ impl Worker<'_> {
                 }
             }
         }
-        wake.max(now.min(wake))
+        wake
     }
 
     fn arm_timer(&mut self, at_ns: u64) -> anyhow::Result<()> {
