@@ -63,8 +63,8 @@ pub struct WorkloadArgs {
     #[arg(long, short = 't', default_value_t = 1)]
     pub threads: usize,
     /// CPUs for the workers, e.g. `1` or `2-3` (worker i on the i-th, cycling).
-    #[arg(long, value_parser = crate::cpu::parse_cpu_list)]
-    pub cpus: Option<Vec<usize>>,
+    #[arg(long, value_parser = parse_cpus)]
+    pub cpus: Option<CpuList>,
     /// Requests in flight per connection.
     #[arg(long, short = 'P', default_value_t = 1)]
     pub pipeline: usize,
@@ -165,6 +165,15 @@ pub struct CapacityArgs {
     pub refine: u32,
 }
 
+/// A parsed `--cpus` list (a newtype: clap would take a bare `Vec` for a
+/// repeated flag).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+fn parse_cpus(s: &str) -> Result<CpuList, String> {
+    crate::cpu::parse_cpu_list(s).map(CpuList)
+}
+
 /// Parses `5`, `5s`, `1.5s`, `500ms`, `250us`, `2m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -218,7 +227,7 @@ impl WorkloadArgs {
             addr,
             connections: self.connections,
             threads: self.threads,
-            cpus: self.cpus.clone(),
+            cpus: self.cpus.as_ref().map(|c| c.0.clone()),
             pipeline: self.pipeline,
             ratio: self.ratio,
             keys: KeySpace::new(self.keys, &self.key_prefix, skew)?,
@@ -285,6 +294,8 @@ mod tests {
             "--rate",
             "10000",
             "--json",
+            "--cpus",
+            "1,3-4",
         ])
         .unwrap();
         let Command::Run(run) = cli.command else {
@@ -294,6 +305,7 @@ mod tests {
         let cfg = run.workload.to_config().unwrap();
         assert_eq!((cfg.connections, cfg.pipeline, cfg.keys.count()), (50, 16, 1000));
         assert_eq!(cfg.value_size, ValueSize { min: 100, max: 1000 });
+        assert_eq!(cfg.cpus, Some(vec![1, 3, 4]));
         let cli = Cli::try_parse_from([
             "loadgen",
             "capacity",
