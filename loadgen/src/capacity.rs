@@ -111,7 +111,8 @@ fn measure(cfg: &LoadConfig, plan: &CapacityPlan, rate: f64) -> anyhow::Result<S
         reason,
     };
     eprintln!(
-        "capacity: {:>10.0} ops/s target -> {:>10.0} achieved, p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us: {}",
+        "capacity: {:>10.0} ops/s target -> {:>10.0} achieved, \
+         p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us: {}",
         step.target_rate,
         step.ops_per_sec,
         step.p50_us,

@@ -217,6 +217,13 @@ impl Summary {
             },
             self.backlog,
         );
+        if self.backlog > 0 {
+            t += &format!(
+                "WARNING: the target fell behind: {} requests came due but never went out (pipelines \
+                 full); latency counts from the intended send times\n",
+                self.backlog
+            );
+        }
         t += &format!(
             "client CPU {:.3} s = {} us/op | server CPU {}\n",
             self.client_cpu_s,
