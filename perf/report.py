@@ -86,6 +86,15 @@ def curve_points(out, key):
     return sorted(pts)
 
 
+def us_label(us):
+    """10 µs, 1 ms, 100 ms, 1 s: short tick labels for a log axis."""
+    if us >= 1e6:
+        return f"{us / 1e6:g} s"
+    if us >= 1e3:
+        return f"{us / 1e3:g} ms"
+    return f"{us:g} µs"
+
+
 def svg(out):
     """p99 (solid) and p50 (dashed) latency against achieved throughput, log y."""
     import math
@@ -118,7 +127,7 @@ def svg(out):
     for d in range(ylo, yhi + 1):
         y = py(10**d)
         e.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{y}" y2="{y}" stroke="#ddd"/>')
-        e.append(f'<text x="{ml - 6}" y="{y + 4}" text-anchor="end">{10**d:,} µs</text>')
+        e.append(f'<text x="{ml - 6}" y="{y + 4}" text-anchor="end">{us_label(10**d)}</text>')
     for i in range(6):
         x = xmax * i / 5
         e.append(f'<line x1="{px(x)}" x2="{px(x)}" y1="{mt}" y2="{mt + ph}" stroke="#eee"/>')
