@@ -89,13 +89,14 @@ pub fn judge(
 fn measure(cfg: &LoadConfig, plan: &CapacityPlan, rate: f64) -> anyhow::Result<Step> {
     let out = runner::run(cfg, Mode::Open { rate })?;
     let s = crate::report::Summary::new(cfg, Mode::Open { rate }, "", &out);
+    let failures = s.errors + s.connections_lost;
     let reason = judge(
         plan,
         rate,
         s.ops_per_sec,
         s.latency_us.p99,
         s.latency_us.p999,
-        s.errors,
+        failures,
     );
     let step = Step {
         target_rate: rate,
@@ -103,7 +104,7 @@ fn measure(cfg: &LoadConfig, plan: &CapacityPlan, rate: f64) -> anyhow::Result<S
         p50_us: s.latency_us.p50,
         p99_us: s.latency_us.p99,
         p999_us: s.latency_us.p999,
-        errors: s.errors,
+        errors: failures,
         backlog: s.backlog,
         client_cpu_us_per_op: s.client_cpu_us_per_op,
         server_cpu_us_per_op: s.server_cpu_us_per_op,

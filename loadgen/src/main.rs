@@ -56,11 +56,17 @@ fn prefill(w: &WorkloadArgs, cfg: &LoadConfig) -> anyhow::Result<()> {
         out.window_ns as f64 / 1e9,
         errors
     );
-    anyhow::ensure!(errors == 0, "prefill failed: {:?}", out.stats.errors.sorted());
+    anyhow::ensure!(
+        errors == 0 && out.sockets_lost == 0,
+        "prefill failed: errors {:?}, {} connections lost",
+        out.stats.errors.sorted(),
+        out.sockets_lost
+    );
     Ok(())
 }
 
-/// `loadgen run`. Exit code 1 when any request failed, so scripts notice.
+/// `loadgen run`. Exit code 1 when any request failed or a connection was
+/// lost, so scripts notice.
 fn run(args: cli::RunArgs) -> anyhow::Result<i32> {
     let w = &args.workload;
     let cfg = w.to_config()?;
@@ -83,7 +89,11 @@ fn run(args: cli::RunArgs) -> anyhow::Result<i32> {
     } else {
         print!("{}", summary.table());
     }
-    Ok(if summary.errors > 0 { 1 } else { 0 })
+    Ok(if summary.errors > 0 || summary.connections_lost > 0 {
+        1
+    } else {
+        0
+    })
 }
 
 /// `loadgen capacity`.

@@ -72,6 +72,9 @@ pub struct Summary {
     pub errors_by_status: BTreeMap<String, u64>,
     /// Open loop: requests due but never sent because the server fell behind.
     pub backlog: u64,
+    /// Sockets the server closed (or that failed) before the run ended; the
+    /// run stops early when every connection is gone.
+    pub connections_lost: u64,
     pub latency_us: Latency,
     pub get_latency_us: Option<Latency>,
     pub set_latency_us: Option<Latency>,
@@ -136,6 +139,7 @@ impl Summary {
             errors: s.errors.total(),
             errors_by_status: s.errors.sorted().into_iter().collect(),
             backlog: out.backlog,
+            connections_lost: out.sockets_lost,
             latency_us: Latency::of(&s.all_latency()),
             get_latency_us: (s.gets > 0).then(|| Latency::of(&s.get_latency)),
             set_latency_us: (s.sets > 0).then(|| Latency::of(&s.set_latency)),
@@ -217,6 +221,12 @@ impl Summary {
             },
             self.backlog,
         );
+        if self.connections_lost > 0 {
+            t += &format!(
+                "ERROR: {} connections were closed during the run\n",
+                self.connections_lost
+            );
+        }
         if self.backlog > 0 {
             t += &format!(
                 "WARNING: the target fell behind: {} requests came due but never went out (pipelines \

@@ -43,6 +43,8 @@ pub struct RunOutput {
     pub client_cpu_ns: u64,
     /// CPU of `--server-pid` over the window.
     pub server_cpu_ns: Option<u64>,
+    /// Sockets the server closed (or that failed) during the run.
+    pub sockets_lost: u64,
     /// Shards the client routed to (shard-aware only).
     pub shards: Option<usize>,
 }
@@ -179,8 +181,9 @@ pub fn run(cfg: &LoadConfig, mode: Mode) -> anyhow::Result<RunOutput> {
     let window_end_cpu = window_end_cpu.unwrap_or_else(cpu_sample);
 
     let mut stats = Stats::default();
-    let (mut sent, mut backlog, mut last_answer) = (0, 0, measure_from);
+    let (mut sent, mut backlog, mut last_answer, mut sockets_lost) = (0, 0, measure_from, 0);
     for r in &results {
+        sockets_lost += r.sockets_lost;
         stats.merge(&r.stats);
         sent += r.sent;
         backlog += r.backlog;
@@ -201,6 +204,7 @@ pub fn run(cfg: &LoadConfig, mode: Mode) -> anyhow::Result<RunOutput> {
         window_ns,
         client_cpu_ns: window_end_cpu.0.saturating_sub(window_start_cpu.0),
         server_cpu_ns,
+        sockets_lost,
         shards: shard_map.map(|m| m.addrs.len()),
     })
 }

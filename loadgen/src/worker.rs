@@ -82,6 +82,8 @@ pub struct WorkerResult {
     pub backlog: u64,
     /// Time of the last answer.
     pub last_answer_ns: u64,
+    /// Sockets closed by the server or by an error before the run ended.
+    pub sockets_lost: u64,
 }
 
 /// A request in flight: when it was sent (or intended to be) and whether it
@@ -140,6 +142,7 @@ struct Worker<'a> {
     interval: Stats,
     sent: u64,
     last_answer_ns: u64,
+    sockets_lost: u64,
 }
 
 /// Runs one worker to completion.
@@ -216,6 +219,7 @@ pub fn run_worker(cfg: &LoadConfig, plan: WorkerPlan) -> anyhow::Result<WorkerRe
         interval: Stats::default(),
         sent: 0,
         last_answer_ns: 0,
+        sockets_lost: 0,
     };
     w.run(plan.start_ns, &plan.progress)
 }
@@ -276,13 +280,16 @@ impl Worker<'_> {
                 }
             }
         }
+        let lost_before_drain = self.sockets_lost;
         self.abandon_inflight(ErrLabel::new(b"timeout"));
+        self.sockets_lost = lost_before_drain;
         self.publish(progress);
         Ok(WorkerResult {
             stats: std::mem::take(&mut self.stats),
             sent: self.sent,
             backlog,
             last_answer_ns: self.last_answer_ns,
+            sockets_lost: self.sockets_lost,
         })
     }
 
@@ -561,6 +568,7 @@ impl Worker<'_> {
             return;
         }
         sock.alive = false;
+        self.sockets_lost += 1;
         let _ = self.poll.registry().deregister(&mut sock.stream);
         let _ = sock.stream.shutdown(std::net::Shutdown::Both);
         let conn = &mut self.conns[sock.conn];

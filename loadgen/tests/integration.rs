@@ -413,3 +413,45 @@ fn http_rest_target_counts_add_up() {
     let v = &store["character:042"];
     assert!((50..=500).contains(&v.len()));
 }
+
+#[test]
+fn a_server_that_dies_fails_the_run_instead_of_looking_idle() {
+    let Some(mut server) = start_cache_server(1) else {
+        return;
+    };
+    let addr = server.addr.to_string();
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "run",
+            "--addr",
+            &addr,
+            "--connections",
+            "3",
+            "--duration",
+            "20",
+            "--json",
+            "--quiet",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    server.child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let s: Value = serde_json::from_slice(&out.stdout).expect("summary even after the server died");
+    assert_eq!(out.status.code(), Some(1), "{s}");
+    assert_eq!(u(&s, "connections_lost"), 3, "{s}");
+    assert!(u(&s, "ops") > 0, "{s}");
+    // Every request sent is answered, or counted as lost with its connection.
+    let lost: u64 = ["conn_closed", "timeout", "protocol_error"]
+        .iter()
+        .map(|k| s["errors_by_status"][k].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(u(&s, "sent"), u(&s, "ops") + lost, "{s}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the run must stop once every connection is gone"
+    );
+}
