@@ -1,6 +1,7 @@
 //! `cache-server`: flags → config → start the shards → wait for a signal.
 
 use std::io::Write;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -9,6 +10,10 @@ use signal_hook::iterator::Signals;
 use tracing::{info, warn};
 
 use dnd_cache::config::{Cli, ServerConfig};
+
+/// Exit status for an unusable configuration (sysexits EX_CONFIG); the
+/// systemd unit does not restart on it.
+const EXIT_CONFIG: i32 = 78;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -23,7 +28,7 @@ fn main() -> anyhow::Result<()> {
         Ok(config) => config,
         Err(e) => {
             eprintln!("cache-server: {e}");
-            std::process::exit(2);
+            std::process::exit(EXIT_CONFIG);
         }
     };
     // Register before starting so a signal during start is not lost.
@@ -37,8 +42,8 @@ fn main() -> anyhow::Result<()> {
         stdout.flush()?;
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-
     let stop = server.stop_handle();
+    start_watchdog(stop.clone());
     for signal in signals.forever() {
         match signal {
             SIGHUP => warn!("SIGHUP: nothing to reload yet (configuration comes from flags)"),
@@ -53,4 +58,26 @@ fn main() -> anyhow::Result<()> {
     server.wait();
     info!("stopped");
     Ok(())
+}
+
+/// When systemd asks for a watchdog, pings it at half the interval, but only
+/// while every shard's executor is alive: a stuck shard gets the service
+/// restarted.
+fn start_watchdog(server: dnd_cache::server::StopHandle) {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let interval = Duration::from_micros(usec / 2);
+    std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || loop {
+            if server.all_shards_alive(interval) {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            } else {
+                warn!("a shard stopped answering: withholding the watchdog ping");
+            }
+            std::thread::sleep(interval);
+        })
+        .expect("spawn watchdog thread");
 }

@@ -42,8 +42,10 @@ enum Step {
     Job { index: u32 },
 }
 
-/// Per-connection buffers, reused from one cycle to the next.
-struct Cycle {
+/// Turns request frames into response frames, in order: runs what this
+/// shard owns, forwards the rest, merges. One per connection (binary or
+/// REST), its buffers reused from one cycle to the next.
+pub struct Dispatcher {
     out: Vec<u8>,
     assembled: Vec<u8>,
     steps: Vec<Step>,
@@ -73,16 +75,8 @@ pub async fn serve(rt: Rc<ShardRuntime>, mut stream: TcpStream) {
     }
     out.clear();
 
-    let shards = rt.shard.count;
-    let mut cycle = Cycle {
-        out,
-        assembled: Vec::new(),
-        steps: Vec::with_capacity(64),
-        forward: (0..shards).map(|_| Vec::new()).collect(),
-        jobs: Vec::new(),
-        needs_assembly: false,
-        close_after_write: false,
-    };
+    let mut cycle = Dispatcher::new(rt.shard.count);
+    cycle.out = out;
     let mut shutdown = rt.shutdown.wait();
     let max_frame = rt.shard.limits.max_frame_bytes;
     loop {
@@ -105,7 +99,8 @@ pub async fn serve(rt: Rc<ShardRuntime>, mut stream: TcpStream) {
                 Ok(_) => continue,
             }
         }
-        cycle.run(&rt, &mut inbuf).await;
+        let consumed = cycle.run(&rt, inbuf.data()).await;
+        inbuf.consume(consumed);
         if stream.write_all(&cycle.out).await.is_err() {
             break;
         }
@@ -121,20 +116,50 @@ pub async fn serve(rt: Rc<ShardRuntime>, mut stream: TcpStream) {
     let _ = stream.close().await;
 }
 
-impl Cycle {
-    /// Handles every whole frame buffered (within the cycle's bounds) and
-    /// leaves their answers, in order, in `self.out`.
-    async fn run(&mut self, rt: &ShardRuntime, inbuf: &mut InBuf) {
+impl Dispatcher {
+    pub fn new(shards: usize) -> Self {
+        Dispatcher {
+            out: Vec::with_capacity(4096),
+            assembled: Vec::new(),
+            steps: Vec::with_capacity(64),
+            forward: (0..shards).map(|_| Vec::new()).collect(),
+            jobs: Vec::new(),
+            needs_assembly: false,
+            close_after_write: false,
+        }
+    }
+
+    /// The response frames of the last [`Dispatcher::run`], in order.
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Forgets the output (keeping its buffer).
+    pub fn clear_output(&mut self) {
+        self.out.clear();
+    }
+
+    /// Whether the input had a framing error after which the stream must be
+    /// closed (the error answer is the last frame of the output).
+    pub fn must_close(&self) -> bool {
+        self.close_after_write
+    }
+
+    /// Handles the whole frames at the start of `input` (within the cycle's
+    /// bounds), appends their answers in order to the output, and returns
+    /// the number of input bytes consumed.
+    pub async fn run(&mut self, rt: &ShardRuntime, input: &[u8]) -> usize {
         let now_us = unix_now_us();
         let max_frame = rt.shard.limits.max_frame_bytes;
         let mut ops = 0usize;
+        let mut consumed = 0usize;
         while ops < MAX_OPS_PER_CYCLE && self.out.len() < OUT_SOFT_CAP {
-            let data = inbuf.data();
+            let data = &input[consumed..];
             match check_frame(data, max_frame) {
                 Ok(FrameStatus::Complete { len }) => {
                     let frame = &data[..FRAME_HEADER_BYTES + len];
                     self.route(rt, frame, now_us);
-                    inbuf.consume(FRAME_HEADER_BYTES + len);
+                    consumed += FRAME_HEADER_BYTES + len;
                     ops += 1;
                 }
                 Ok(FrameStatus::Incomplete { .. }) => break,
@@ -151,7 +176,7 @@ impl Cycle {
                     self.push_local(start);
                     rt.shard.counters.borrow_mut().protocol_errors += 1;
                     self.close_after_write = true;
-                    inbuf.consume(inbuf.data().len());
+                    consumed = input.len();
                     break;
                 }
             }
@@ -163,6 +188,7 @@ impl Cycle {
         self.steps.clear();
         self.jobs.clear();
         self.needs_assembly = false;
+        consumed
     }
 
     #[inline]

@@ -11,7 +11,7 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -30,8 +30,11 @@ pub struct ServerInfo {
     pub shard_ports: Vec<u16>,
     pub max_connections: usize,
     pub open_connections: AtomicUsize,
-    /// Set by [`RunningServer::shutdown`]; each shard polls it.
+    /// Set by [`StopHandle::stop`]; each shard polls it.
     pub stopping: AtomicBool,
+    /// Per shard: unix milliseconds of its last heartbeat (every 50 ms while
+    /// its executor runs), for the systemd watchdog.
+    pub heartbeats: Vec<AtomicU64>,
 }
 
 /// The tasks of one shard share this.
@@ -94,6 +97,16 @@ impl StopHandle {
     pub fn stop(&self) {
         self.0.stopping.store(true, Ordering::SeqCst);
     }
+
+    /// Whether every shard's executor has run within `max_age`.
+    pub fn all_shards_alive(&self, max_age: Duration) -> bool {
+        let now = now_ms();
+        let max_age = max_age.as_millis() as u64;
+        self.0
+            .heartbeats
+            .iter()
+            .all(|h| now.saturating_sub(h.load(Ordering::Relaxed)) <= max_age)
+    }
 }
 
 /// Binds every listener, starts one pinned executor per shard, and returns
@@ -106,6 +119,7 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         max_connections: config.max_connections,
         open_connections: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
+        heartbeats: (0..shards).map(|_| AtomicU64::new(now_ms())).collect(),
     });
     let seed = config.hash_seed.unwrap_or_else(random_seed);
     let per_shard_memory = config.max_memory_bytes / shards;
@@ -183,6 +197,7 @@ async fn run_shard(
     let _ = ready.send(Ok(rt.shard.id));
 
     while !rt.server.stopping.load(Ordering::Relaxed) {
+        rt.server.heartbeats[rt.shard.id].store(now_ms(), Ordering::Relaxed);
         glommio::timer::sleep(Duration::from_millis(50)).await;
     }
     rt.shard.draining.set(true);
@@ -268,6 +283,10 @@ async fn sweep_loop(rt: Rc<ShardRuntime>) {
         let now = crate::shard::clock::unix_now_us();
         rt.shard.store.borrow_mut().sweep_expired(now, SWEEP_BUDGET);
     }
+}
+
+fn now_ms() -> u64 {
+    crate::shard::clock::unix_now_us() / 1000
 }
 
 /// A seed no client can predict, fixed for this server start.

@@ -1,0 +1,3 @@
+module dnd/cache
+
+go 1.19
