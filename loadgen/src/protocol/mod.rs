@@ -8,6 +8,9 @@ pub mod http;
 pub mod memcache;
 pub mod resp;
 
+#[cfg(test)]
+mod proptests;
+
 use crate::stats::ErrLabel;
 
 /// What a request asked for; decides how its response is read and counted.
