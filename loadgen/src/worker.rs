@@ -384,6 +384,11 @@ impl Worker<'_> {
                     None => break,
                 },
             };
+            // The loop notices the end of the window only at its top; a
+            // refill after an answer must not send past it.
+            if self.plan_stop_at.is_some_and(|stop| sent_ns >= stop) {
+                break;
+            }
             let measured = sent_ns >= self.plan_measure_from;
             if measured {
                 match &mut self.quota_left {
