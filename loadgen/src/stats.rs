@@ -114,20 +114,32 @@ impl Default for Stats {
 }
 
 impl Stats {
-    /// Counts one answered request.
-    #[inline]
+    /// Counts one answered request with its latency (the worker batches
+    /// equal latencies through `count` and `record_latency` instead).
+    #[cfg(test)]
     pub fn record(&mut self, kind: Kind, outcome: Outcome, latency_ns: u64) {
+        self.count(kind, outcome);
+        self.record_latency(kind, latency_ns, 1);
+    }
+
+    /// Adds `n` answers of `kind` that took `latency_ns` each to the histogram
+    /// (their counts go through `count`).
+    #[inline]
+    pub fn record_latency(&mut self, kind: Kind, latency_ns: u64, n: u64) {
         let hist = match kind {
-            Kind::Get => {
-                self.gets += 1;
-                &mut self.get_latency
-            }
-            Kind::Set => {
-                self.sets += 1;
-                &mut self.set_latency
-            }
+            Kind::Get => &mut self.get_latency,
+            Kind::Set => &mut self.set_latency,
         };
-        hist.saturating_record(latency_ns.max(1));
+        let _ = hist.record_n(latency_ns.clamp(1, HIST_MAX_NS), n);
+    }
+
+    /// Counts one answered request, without its latency.
+    #[inline]
+    pub fn count(&mut self, kind: Kind, outcome: Outcome) {
+        match kind {
+            Kind::Get => self.gets += 1,
+            Kind::Set => self.sets += 1,
+        }
         match outcome {
             Outcome::Hit => self.hits += 1,
             Outcome::Miss => self.misses += 1,

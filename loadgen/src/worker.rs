@@ -116,6 +116,27 @@ struct Conn {
     alive: bool,
 }
 
+/// Consecutive answers with the same latency, recorded with one histogram
+/// update.
+struct LatencyRun {
+    kind: Kind,
+    latency_ns: u64,
+    measured: bool,
+    n: u64,
+}
+
+impl LatencyRun {
+    fn flush(&mut self, interval: &mut Stats, stats: &mut Stats) {
+        if self.n > 0 {
+            interval.record_latency(self.kind, self.latency_ns, self.n);
+            if self.measured {
+                stats.record_latency(self.kind, self.latency_ns, self.n);
+            }
+            self.n = 0;
+        }
+    }
+}
+
 /// Per-request generator state.
 struct RequestGen {
     rng: Rng,
@@ -518,30 +539,50 @@ impl Worker<'_> {
     /// when the socket had to be closed.
     fn match_answers(&mut self, si: usize, now: u64) -> bool {
         let sock = &mut self.sockets[si];
-        loop {
+        // Answers to requests sent together arrive together with the same
+        // latency: one histogram update per run of equal latencies.
+        let mut run = LatencyRun {
+            kind: Kind::Get,
+            latency_ns: 0,
+            measured: false,
+            n: 0,
+        };
+        let ok = loop {
             let Some(&front) = sock.inflight.front() else {
                 if sock.rstart < sock.rend {
                     eprintln!("loadgen: server sent bytes nobody asked for; closing the connection");
-                    self.kill(si, ErrLabel::new(b"protocol_error"));
-                    return false;
+                    break false;
                 }
-                break;
+                break true;
             };
             match self
                 .cfg
                 .codec
                 .parse(&sock.rbuf[sock.rstart..sock.rend], front.kind)
             {
-                Ok(Parsed::Incomplete) => break,
+                Ok(Parsed::Incomplete) => break true,
                 Ok(Parsed::Done { len, outcome }) => {
                     sock.rstart += len;
                     sock.inflight.pop_front();
                     self.conns[sock.conn].inflight -= 1;
-                    let latency = now.saturating_sub(front.sent_ns);
-                    self.interval.record(front.kind, outcome, latency);
+                    let latency_ns = now.saturating_sub(front.sent_ns);
+                    self.interval.count(front.kind, outcome);
                     if front.measured {
-                        self.stats.record(front.kind, outcome, latency);
+                        self.stats.count(front.kind, outcome);
                         self.last_answer_ns = now;
+                    }
+                    let same =
+                        (run.kind, run.latency_ns, run.measured) == (front.kind, latency_ns, front.measured);
+                    if run.n > 0 && same {
+                        run.n += 1;
+                    } else {
+                        run.flush(&mut self.interval, &mut self.stats);
+                        run = LatencyRun {
+                            kind: front.kind,
+                            latency_ns,
+                            measured: front.measured,
+                            n: 1,
+                        };
                     }
                 }
                 Err(e) => {
@@ -553,16 +594,20 @@ impl Worker<'_> {
                     if front.measured {
                         self.stats.errors.add(label, 1);
                     }
-                    self.kill(si, ErrLabel::new(b"conn_closed"));
-                    return false;
+                    break false;
                 }
             }
-        }
+        };
+        run.flush(&mut self.interval, &mut self.stats);
         if sock.rstart == sock.rend {
             sock.rstart = 0;
             sock.rend = 0;
         }
-        true
+        if !ok {
+            // Requests still in flight behind the bad answer are lost with it.
+            self.kill(si, ErrLabel::new(b"conn_closed"));
+        }
+        ok
     }
 
     /// Closes socket `si`: its requests in flight count as errors `label`,
