@@ -6,7 +6,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dnd_cache::key::key_hash;
 use dnd_cache::ops::OpKind;
 use dnd_cache::protocol::binary::decode_operation;
-use dnd_cache::shard::store::{Lookup, Store, StoreConfig};
+use dnd_cache::shard::store::{EvictionPolicy, Lookup, Store, StoreConfig};
 use dnd_cache::shard::{Shard, ShardLimits};
 use prost::Message;
 use std::hint::black_box;
@@ -20,6 +20,7 @@ fn config() -> StoreConfig {
         memory_limit_bytes: 1 << 30,
         max_item_bytes: 1 << 20,
         default_ttl_s: 0,
+        eviction: EvictionPolicy::Lru,
     }
 }
 

@@ -5,6 +5,8 @@ use std::net::IpAddr;
 
 use clap::Parser;
 
+use crate::shard::store::EvictionPolicy;
+
 /// Command line of `cache-server`.
 #[derive(Debug, Parser)]
 #[command(
@@ -49,9 +51,19 @@ pub struct Cli {
     /// Memory for items: bytes ("512MiB", "4GiB") or a share of physical memory ("75%").
     #[arg(long, default_value = "75%")]
     pub max_memory: String,
+    /// What a write that does not fit does: "lru" evicts the least recently
+    /// used items (CLOCK), "noeviction" refuses it with CACHE_003.
+    #[arg(long, default_value = "lru")]
+    pub eviction: String,
     /// Fixed hash seed (default: random per start). For reproducible benchmarks.
     #[arg(long, hide = true)]
     pub hash_seed: Option<u64>,
+    /// REST: milliseconds a request (head, plus 1 s per MiB of body) may take to arrive.
+    #[arg(long, hide = true, default_value_t = 10_000)]
+    pub http_request_timeout_ms: u64,
+    /// REST: milliseconds an idle keep-alive connection stays open.
+    #[arg(long, hide = true, default_value_t = 30_000)]
+    pub http_idle_timeout_ms: u64,
 }
 
 /// Validated settings the server runs with.
@@ -69,7 +81,11 @@ pub struct ServerConfig {
     pub max_item_bytes: usize,
     pub max_connections: usize,
     pub max_memory_bytes: usize,
+    pub eviction: EvictionPolicy,
     pub hash_seed: Option<u64>,
+    /// REST deadlines (docs/rest.md).
+    pub http_request_timeout: std::time::Duration,
+    pub http_idle_timeout: std::time::Duration,
 }
 
 /// A setting that cannot be used, with the flag it came from.
@@ -86,6 +102,9 @@ fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
         reason: reason.into(),
     }
 }
+
+/// Most memory one shard can manage (32,768 pages of 1 MiB).
+pub const MAX_SHARD_MEMORY: usize = crate::slab::MAX_PAGES * crate::slab::PAGE_BYTES;
 
 /// Largest number of shards.
 pub const MAX_SHARDS: usize = 256;
@@ -127,9 +146,22 @@ impl ServerConfig {
             ));
         }
         let max_memory_bytes = parse_memory(&cli.max_memory).map_err(|r| invalid("--max-memory", r))?;
-        if max_memory_bytes / cpus.len() < (1 << 20) {
-            return Err(invalid("--max-memory", "must give each shard at least 1MiB"));
+        let per_shard = max_memory_bytes / cpus.len();
+        if per_shard < (2 << 20) {
+            return Err(invalid("--max-memory", "must give each shard at least 2MiB"));
         }
+        if per_shard > MAX_SHARD_MEMORY {
+            return Err(invalid(
+                "--max-memory",
+                "at most 32GiB per shard: use more shards",
+            ));
+        }
+        let eviction = EvictionPolicy::parse(&cli.eviction).ok_or_else(|| {
+            invalid(
+                "--eviction",
+                format!("{:?} is not \"lru\" or \"noeviction\"", cli.eviction),
+            )
+        })?;
         if cli.max_connections == 0 {
             return Err(invalid("--max-connections", "must be at least 1"));
         }
@@ -154,7 +186,10 @@ impl ServerConfig {
             max_item_bytes,
             max_connections: cli.max_connections,
             max_memory_bytes,
+            eviction,
             hash_seed: cli.hash_seed,
+            http_request_timeout: std::time::Duration::from_millis(cli.http_request_timeout_ms.max(1)),
+            http_idle_timeout: std::time::Duration::from_millis(cli.http_idle_timeout_ms.max(1)),
         })
     }
 }
@@ -301,6 +336,8 @@ mod tests {
             ServerConfig::from_cli(&cli).unwrap_err().flag,
             "--shard-port-base"
         );
+        let cli = Cli::parse_from(["cache-server", "--shards", "1", "--eviction", "lfu"]);
+        assert_eq!(ServerConfig::from_cli(&cli).unwrap_err().flag, "--eviction");
         let cli = Cli::parse_from(["cache-server", "--shards", "2", "--max-memory", "64MiB"]);
         let config = ServerConfig::from_cli(&cli).unwrap();
         assert_eq!(config.cpus.len(), 2);

@@ -12,9 +12,11 @@ pub mod key;
 pub mod ops;
 pub mod pattern;
 pub mod protocol;
+pub mod rest;
 pub mod router;
 pub mod server;
 pub mod shard;
+pub mod slab;
 
 /// Messages generated from `proto/cache.proto` by prost. The server's hot
 /// path uses the hand-written zero-copy codec in [`protocol::binary`]; these

@@ -3,6 +3,7 @@
 
 pub mod binary;
 pub mod frame;
+pub mod http;
 pub mod wire;
 
 pub use binary::{decode_operation, OpView, ResponseEncoder};

@@ -252,7 +252,7 @@ impl Dispatcher {
                 ResponseEncoder::error(&mut self.out, Status::InvalidKey, message, op.correlation_id);
                 self.push_local(start);
             }
-            Reach::EveryShard if shard.count > 1 => {
+            Reach::EveryShard => {
                 for (owner, frames) in self.forward.iter_mut().enumerate() {
                     if owner != shard.id {
                         frames.extend_from_slice(frame);
@@ -266,7 +266,7 @@ impl Dispatcher {
                 });
                 self.needs_assembly = true;
             }
-            Reach::MultiKey | Reach::EveryShard => {
+            Reach::MultiKey => {
                 shard.execute_local(&op, kind, now_us, &mut self.out);
                 self.push_local(start);
             }

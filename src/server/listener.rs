@@ -19,6 +19,9 @@ pub struct Listeners {
     /// Each shard's own port.
     pub own: Vec<OwnedFd>,
     pub shard_ports: Vec<u16>,
+    /// One socket per shard on the REST port (SO_REUSEPORT group).
+    pub http: Vec<OwnedFd>,
+    pub http_addr: SocketAddr,
 }
 
 fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<Socket> {
@@ -64,10 +67,21 @@ pub fn bind_all(config: &ServerConfig) -> anyhow::Result<Listeners> {
         shard_ports.push(local_port(&socket)?);
         own.push(OwnedFd::from(socket));
     }
+    let mut http = Vec::with_capacity(shards);
+    let mut http_addr = SocketAddr::new(config.bind, config.http_port);
+    for i in 0..shards {
+        let socket = listen(http_addr, true).with_context(|| format!("binding the HTTP port {http_addr}"))?;
+        if i == 0 {
+            http_addr.set_port(local_port(&socket)?);
+        }
+        http.push(OwnedFd::from(socket));
+    }
     Ok(Listeners {
         public,
         public_addr,
         own,
         shard_ports,
+        http,
+        http_addr,
     })
 }

@@ -3,8 +3,11 @@
 mod assemble;
 pub mod connection;
 mod handshake;
+pub mod http;
 mod inbuf;
 mod listener;
+mod metrics_endpoint;
+mod rest;
 pub mod shutdown;
 
 use std::cell::Cell;
@@ -35,6 +38,10 @@ pub struct ServerInfo {
     /// Per shard: unix milliseconds of its last heartbeat (every 50 ms while
     /// its executor runs), for the systemd watchdog.
     pub heartbeats: Vec<AtomicU64>,
+    /// Set once every shard serves (REST `/health/ready`).
+    pub started: AtomicBool,
+    /// Limits and deadlines of the REST port.
+    pub http: http::HttpSettings,
 }
 
 /// The tasks of one shard share this.
@@ -49,9 +56,10 @@ pub struct ShardRuntime {
 /// How long shutdown waits for connections to finish what they were doing.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Interval and budget of the background reclaim of expired items: at most
-/// `SWEEP_BUDGET` index entries every `SWEEP_INTERVAL`, i.e. 200,000
-/// entries a second per shard, each pass well under a millisecond.
+/// Interval and budget of the background upkeep of each store: at most
+/// `SWEEP_BUDGET` index entries checked for expiry every `SWEEP_INTERVAL`,
+/// i.e. 200,000 entries a second per shard, each pass well under a
+/// millisecond; and at most one page moved between size classes per tick.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(10);
 const SWEEP_BUDGET: usize = 2_000;
 
@@ -59,6 +67,7 @@ const SWEEP_BUDGET: usize = 2_000;
 pub struct RunningServer {
     pub binary_addr: SocketAddr,
     pub shard_ports: Vec<u16>,
+    pub http_addr: SocketAddr,
     info: Arc<ServerInfo>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
 }
@@ -68,10 +77,11 @@ impl RunningServer {
     pub fn listening_line(&self) -> String {
         let ports: Vec<String> = self.shard_ports.iter().map(u16::to_string).collect();
         format!(
-            "LISTENING binary={} shards={} shard_ports={}",
+            "LISTENING binary={} shards={} shard_ports={} http={}",
             self.binary_addr,
             self.shard_ports.len(),
-            ports.join(",")
+            ports.join(","),
+            self.http_addr
         )
     }
 
@@ -120,6 +130,12 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         open_connections: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
         heartbeats: (0..shards).map(|_| AtomicU64::new(now_ms())).collect(),
+        started: AtomicBool::new(false),
+        http: http::HttpSettings {
+            request_timeout: config.http_request_timeout,
+            idle_timeout: config.http_idle_timeout,
+            max_body_bytes: config.max_frame_bytes,
+        },
     });
     let seed = config.hash_seed.unwrap_or_else(random_seed);
     let per_shard_memory = config.max_memory_bytes / shards;
@@ -128,14 +144,17 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
     let mut threads = Vec::with_capacity(shards);
     let mut public = listeners.public.into_iter();
     let mut own = listeners.own.into_iter();
+    let mut http_fds = listeners.http.into_iter();
     for (id, &cpu) in config.cpus.iter().enumerate() {
         let public_fd = public.next().expect("one public listener per shard");
         let own_fd = own.next().expect("one shard listener per shard");
+        let http_fd = http_fds.next().expect("one HTTP listener per shard");
         let store = StoreConfig {
             seed,
             memory_limit_bytes: per_shard_memory,
             max_item_bytes: config.max_item_bytes,
             default_ttl_s: config.ttl_default_s,
+            eviction: config.eviction,
         };
         let limits = ShardLimits {
             max_frame_bytes: config.max_frame_bytes,
@@ -159,7 +178,7 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
                     shutdown: ShutdownSignal::default(),
                     open_connections: Cell::new(0),
                 });
-                run_shard(rt, public_fd, own_fd, ready).await;
+                run_shard(rt, public_fd, own_fd, http_fd, ready).await;
             })
             .map_err(|e| anyhow::anyhow!("starting shard {id} on CPU {cpu}: {e}"))?;
         threads.push(handle);
@@ -172,10 +191,12 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
             Err(_) => anyhow::bail!("a shard stopped during start"),
         }
     }
+    info.started.store(true, Ordering::Release);
     info!(shards, seed, "all shards serving");
     Ok(RunningServer {
         binary_addr: listeners.public_addr,
         shard_ports: listeners.shard_ports,
+        http_addr: listeners.http_addr,
         info,
         threads,
     })
@@ -185,14 +206,17 @@ async fn run_shard(
     rt: Rc<ShardRuntime>,
     public_fd: OwnedFd,
     own_fd: OwnedFd,
+    http_fd: OwnedFd,
     ready: mpsc::Sender<Result<usize, String>>,
 ) {
     // SAFETY: each fd is a bound, listening TCP socket created by
     // `listener::bind_all` and owned by this shard alone.
     let public = unsafe { glommio::net::TcpListener::from_raw_fd(public_fd.into_raw_fd()) };
     let own = unsafe { glommio::net::TcpListener::from_raw_fd(own_fd.into_raw_fd()) };
-    let accept_public = glommio::spawn_local(accept_loop(rt.clone(), public));
-    let accept_own = glommio::spawn_local(accept_loop(rt.clone(), own));
+    let http = unsafe { glommio::net::TcpListener::from_raw_fd(http_fd.into_raw_fd()) };
+    let accept_public = glommio::spawn_local(accept_loop(rt.clone(), public, Front::Binary));
+    let accept_own = glommio::spawn_local(accept_loop(rt.clone(), own, Front::Binary));
+    let accept_http = glommio::spawn_local(accept_loop(rt.clone(), http, Front::Http));
     glommio::spawn_local(sweep_loop(rt.clone())).detach();
     let _ = ready.send(Ok(rt.shard.id));
 
@@ -204,6 +228,7 @@ async fn run_shard(
     rt.shutdown.fire();
     accept_public.await;
     accept_own.await;
+    accept_http.await;
     // Connections finish the cycle in flight, then close. Other shards may
     // still forward work here until their own connections are done.
     let deadline = Instant::now() + SHUTDOWN_GRACE;
@@ -213,7 +238,15 @@ async fn run_shard(
     info!(shard = rt.shard.id, "shard stopped");
 }
 
-async fn accept_loop(rt: Rc<ShardRuntime>, listener: glommio::net::TcpListener) {
+/// The protocol a listener serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Front {
+    Binary,
+    /// REST and health over HTTP/1.1.
+    Http,
+}
+
+async fn accept_loop(rt: Rc<ShardRuntime>, listener: glommio::net::TcpListener, front: Front) {
     let mut shutdown = rt.shutdown.wait();
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -243,7 +276,10 @@ async fn accept_loop(rt: Rc<ShardRuntime>, listener: glommio::net::TcpListener) 
         if open >= rt.server.max_connections {
             rt.server.open_connections.fetch_sub(1, Ordering::SeqCst);
             rt.shard.counters.borrow_mut().connections_refused += 1;
-            glommio::spawn_local(refuse_connection(stream)).detach();
+            match front {
+                Front::Binary => glommio::spawn_local(refuse_connection(stream)).detach(),
+                Front::Http => glommio::spawn_local(http::refuse(stream)).detach(),
+            };
             continue;
         }
         {
@@ -254,7 +290,10 @@ async fn accept_loop(rt: Rc<ShardRuntime>, listener: glommio::net::TcpListener) 
         rt.open_connections.set(rt.open_connections.get() + 1);
         let conn_rt = rt.clone();
         glommio::spawn_local(async move {
-            connection::serve(conn_rt.clone(), stream).await;
+            match front {
+                Front::Binary => connection::serve(conn_rt.clone(), stream).await,
+                Front::Http => http::serve(conn_rt.clone(), stream).await,
+            }
             conn_rt.open_connections.set(conn_rt.open_connections.get() - 1);
             conn_rt.shard.counters.borrow_mut().connections_open -= 1;
             conn_rt.server.open_connections.fetch_sub(1, Ordering::SeqCst);
@@ -277,11 +316,17 @@ async fn refuse_connection(mut stream: glommio::net::TcpStream) {
     let _ = stream.close().await;
 }
 
+/// Store upkeep: expired items, page moves between size classes, budget.
 async fn sweep_loop(rt: Rc<ShardRuntime>) {
+    let mut tick = 0u64;
     while !rt.shutdown.is_fired() {
         glommio::timer::sleep(SWEEP_INTERVAL).await;
+        tick += 1;
         let now = crate::shard::clock::unix_now_us();
-        rt.shard.store.borrow_mut().sweep_expired(now, SWEEP_BUDGET);
+        rt.shard
+            .store
+            .borrow_mut()
+            .maintain(now, SWEEP_BUDGET, tick % 10 == 0);
     }
 }
 

@@ -170,22 +170,37 @@ impl Shard {
         ResponseEncoder::finish(out, frame);
     }
 
-    /// This shard's counters as a JSON object.
+    /// This shard's counters and memory as a JSON object.
     pub fn stats_json(&self) -> serde_json::Value {
         let store = self.store.borrow();
         let s = store.stats;
         let c = *self.counters.borrow();
+        let slab = store.slab();
+        let items = store.len();
+        let payload = store.payload_bytes();
+        let used = store.used_bytes();
         json!({
             "shard": self.id,
-            "items": store.len(),
-            "bytes": store.used_bytes(),
-            "memory_limit_bytes": store.config().memory_limit_bytes,
+            "items": items,
+            "bytes": used,
+            "memory_limit_bytes": slab.limit_bytes(),
+            "memory_used_bytes": used,
+            "memory_index_bytes": store.index_bytes(),
+            "memory_pages": slab.live_pages(),
+            "memory_free_in_pages_bytes": slab.free_bytes_in_pages(),
+            "memory_large_bytes": slab.large_bytes(),
+            "large_items": slab.large_records(),
+            "payload_bytes": payload,
+            "overhead_per_item_bytes": if items == 0 { 0.0 } else { (used.saturating_sub(payload)) as f64 / items as f64 },
+            "pages_moved": slab.pages_moved(),
+            "eviction_policy": store.config().eviction.name(),
+            "slab_classes": slab.class_stats(),
             "hits": s.hits,
             "misses": s.misses,
             "sets": s.sets,
             "deletes": s.deletes,
             "evictions": s.evictions,
-            "expirations": s.expired_on_access + s.expired_swept,
+            "expirations": s.expired_on_access + s.expired_swept + s.expired_evicted,
             "rejected_writes": s.rejected_writes,
             "flushed": s.flushed,
             "connections_open": c.connections_open,

@@ -1,65 +1,80 @@
-//! The stored form of an item and the per-shard memory that holds items.
+//! The stored form of an item: one record holding a 12-byte header, the key
+//! and the value, in a slab chunk (see [`crate::slab`]).
 //!
-//! An item is one contiguous record: a 16-byte header, the key, the value.
-//! The index stores only an [`ItemId`]; the key lives in the record, so the
-//! index costs a few bytes per item.
+//! Header, little-endian:
+//! - bytes 0..8: `version_us` in bits 0..52 (microsecond hybrid clock of the
+//!   write, also its creation time), key length in bits 52..60, the CLOCK
+//!   accessed bit 60, the LONG flag bit 61, padding length in bits 62..64;
+//! - bytes 8..12: TTL in seconds in bits 0..30 (0 = never expires; TTLs
+//!   are capped at 2^30 - 1 s, about 34 years), bits 30 and 31 reserved for
+//!   value codecs (compression, encryption).
 //!
-//! Header (little-endian):
-//! - bytes 0..8: `version_us` in the low 52 bits (microsecond hybrid clock of
-//!   the write, also its creation time), key length in bits 52..60, flags in
-//!   bits 60..64;
-//! - bytes 8..12: TTL in seconds (0 = never expires);
-//! - bytes 12..16: value length.
+//! The value length is not stored when the chunk is at most 3 bytes longer
+//! than the record (the padding length says how much): the small items
+//! that dominate a cache then cost 12 bytes of header. Otherwise (LONG) a
+//! 4-byte value length follows the header.
 //!
-//! [`ItemMemory`] is the narrow interface between the store and the memory
-//! that holds records: the store never sees how records are laid out in
-//! memory.
+//! The index stores only an [`ItemId`]; the key lives in the record.
 
 use crate::protocol::binary::Meta;
+pub use crate::slab::ItemId;
+use crate::slab::ACCESSED_BIT;
 
-/// Bytes of the item header.
-pub const HEADER_BYTES: usize = 16;
+/// Bytes of the short header.
+pub const HEADER_BYTES: usize = 12;
 
 const VERSION_BITS: u32 = 52;
 const VERSION_MASK: u64 = (1 << VERSION_BITS) - 1;
+const LONG_BIT: u64 = 1 << 61;
+const PAD_SHIFT: u32 = 62;
 
-/// Handle of a stored record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ItemId(pub u32);
+/// Largest TTL stored, in seconds.
+pub const MAX_TTL_S: u32 = (1 << 30) - 1;
+const TTL_MASK: u32 = MAX_TTL_S;
 
-/// Size of the record for a key and value.
+/// Bytes a record needs at least (its chunk may be larger).
 #[inline]
 pub const fn record_len(key_len: usize, value_len: usize) -> usize {
     HEADER_BYTES + key_len + value_len
 }
 
-/// Writes header, key and value into a record of exactly `record_len` bytes.
+/// Writes an item into `chunk` (at least [`record_len`] bytes). The key is
+/// 1 to 255 bytes.
 #[inline]
-pub fn write_record(record: &mut [u8], version_us: u64, ttl_s: u32, key: &[u8], value: &[u8]) {
-    debug_assert!(key.len() <= 255 && record.len() == record_len(key.len(), value.len()));
-    let word0 = (version_us & VERSION_MASK) | ((key.len() as u64) << VERSION_BITS);
-    record[0..8].copy_from_slice(&word0.to_le_bytes());
-    record[8..12].copy_from_slice(&ttl_s.to_le_bytes());
-    record[12..16].copy_from_slice(&(value.len() as u32).to_le_bytes());
-    record[HEADER_BYTES..HEADER_BYTES + key.len()].copy_from_slice(key);
-    record[HEADER_BYTES + key.len()..].copy_from_slice(value);
+pub fn write_record(chunk: &mut [u8], version_us: u64, ttl_s: u32, key: &[u8], value: &[u8]) {
+    let needed = record_len(key.len(), value.len());
+    debug_assert!(!key.is_empty() && key.len() <= 255 && chunk.len() >= needed);
+    let pad = chunk.len() - needed;
+    let mut word0 = (version_us & VERSION_MASK) | ((key.len() as u64) << VERSION_BITS);
+    let key_at = if pad <= 3 {
+        word0 |= (pad as u64) << PAD_SHIFT;
+        HEADER_BYTES
+    } else {
+        word0 |= LONG_BIT;
+        chunk[12..16].copy_from_slice(&(value.len() as u32).to_le_bytes());
+        HEADER_BYTES + 4
+    };
+    chunk[0..8].copy_from_slice(&word0.to_le_bytes());
+    chunk[8..12].copy_from_slice(&(ttl_s.min(MAX_TTL_S)).to_le_bytes());
+    chunk[key_at..key_at + key.len()].copy_from_slice(key);
+    chunk[key_at + key.len()..key_at + key.len() + value.len()].copy_from_slice(value);
 }
 
 /// A read-only view of a record.
 #[derive(Clone, Copy)]
 pub struct ItemView<'a> {
-    record: &'a [u8],
+    chunk: &'a [u8],
 }
 
 impl<'a> ItemView<'a> {
     #[inline]
-    pub fn new(record: &'a [u8]) -> Self {
-        ItemView { record }
+    pub fn new(chunk: &'a [u8]) -> Self {
+        ItemView { chunk }
     }
 
     #[inline]
     fn word0(&self) -> u64 {
-        u64::from_le_bytes(self.record[0..8].try_into().expect("header"))
+        u64::from_le_bytes(self.chunk[0..8].try_into().expect("header"))
     }
 
     #[inline]
@@ -73,24 +88,44 @@ impl<'a> ItemView<'a> {
     }
 
     #[inline]
+    pub fn was_accessed(&self) -> bool {
+        self.word0() & ACCESSED_BIT != 0
+    }
+
+    #[inline]
     pub fn ttl_s(&self) -> u32 {
-        u32::from_le_bytes(self.record[8..12].try_into().expect("header"))
+        u32::from_le_bytes(self.chunk[8..12].try_into().expect("header")) & TTL_MASK
+    }
+
+    #[inline]
+    fn key_at(&self) -> usize {
+        if self.word0() & LONG_BIT != 0 {
+            HEADER_BYTES + 4
+        } else {
+            HEADER_BYTES
+        }
     }
 
     #[inline]
     pub fn value_len(&self) -> usize {
-        u32::from_le_bytes(self.record[12..16].try_into().expect("header")) as usize
+        let word0 = self.word0();
+        if word0 & LONG_BIT != 0 {
+            u32::from_le_bytes(self.chunk[12..16].try_into().expect("header")) as usize
+        } else {
+            self.chunk.len() - HEADER_BYTES - self.key_len() - (word0 >> PAD_SHIFT) as usize
+        }
     }
 
     #[inline]
     pub fn key(&self) -> &'a [u8] {
-        &self.record[HEADER_BYTES..HEADER_BYTES + self.key_len()]
+        let at = self.key_at();
+        &self.chunk[at..at + self.key_len()]
     }
 
     #[inline]
     pub fn value(&self) -> &'a [u8] {
-        let start = HEADER_BYTES + self.key_len();
-        &self.record[start..start + self.value_len()]
+        let start = self.key_at() + self.key_len();
+        &self.chunk[start..start + self.value_len()]
     }
 
     /// Microsecond at which the item expires; `None` = never.
@@ -119,101 +154,10 @@ impl<'a> ItemView<'a> {
     }
 }
 
-/// Why memory could not be had for a record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AllocError {
-    /// The shard's memory limit is reached.
-    Full,
-}
-
-/// Per-shard memory for item records, within a byte limit.
-///
-/// Every record is one allocation of exactly its size; the slots table maps
-/// [`ItemId`]s to records and recycles ids.
-pub struct ItemMemory {
-    slots: Vec<Option<Box<[u8]>>>,
-    free_ids: Vec<u32>,
-    used_bytes: usize,
-    limit_bytes: usize,
-}
-
-/// Bookkeeping bytes per slot, counted toward the limit.
-const SLOT_OVERHEAD: usize = std::mem::size_of::<Option<Box<[u8]>>>();
-
-impl ItemMemory {
-    pub fn new(limit_bytes: usize) -> Self {
-        ItemMemory {
-            slots: Vec::new(),
-            free_ids: Vec::new(),
-            used_bytes: 0,
-            limit_bytes,
-        }
-    }
-
-    /// Reserves a record of `len` bytes (zeroed).
-    pub fn alloc(&mut self, len: usize) -> Result<ItemId, AllocError> {
-        let cost = len + SLOT_OVERHEAD;
-        if self.used_bytes.saturating_add(cost) > self.limit_bytes {
-            return Err(AllocError::Full);
-        }
-        let record = vec![0u8; len].into_boxed_slice();
-        let id = match self.free_ids.pop() {
-            Some(id) => {
-                self.slots[id as usize] = Some(record);
-                id
-            }
-            None => {
-                let id = u32::try_from(self.slots.len()).map_err(|_| AllocError::Full)?;
-                self.slots.push(Some(record));
-                id
-            }
-        };
-        self.used_bytes += cost;
-        Ok(ItemId(id))
-    }
-
-    /// Releases a record.
-    pub fn free(&mut self, id: ItemId) {
-        if let Some(record) = self.slots.get_mut(id.0 as usize).and_then(Option::take) {
-            self.used_bytes -= record.len() + SLOT_OVERHEAD;
-            self.free_ids.push(id.0);
-        }
-    }
-
-    #[inline]
-    pub fn record(&self, id: ItemId) -> &[u8] {
-        self.slots[id.0 as usize].as_deref().expect("live item id")
-    }
-
-    #[inline]
-    pub fn record_mut(&mut self, id: ItemId) -> &mut [u8] {
-        self.slots[id.0 as usize].as_deref_mut().expect("live item id")
-    }
-
-    #[inline]
-    pub fn view(&self, id: ItemId) -> ItemView<'_> {
-        ItemView::new(self.record(id))
-    }
-
-    pub fn used_bytes(&self) -> usize {
-        self.used_bytes
-    }
-
-    pub fn limit_bytes(&self) -> usize {
-        self.limit_bytes
-    }
-
-    /// Drops every record.
-    pub fn clear(&mut self) {
-        self.slots.clear();
-        self.free_ids.clear();
-        self.used_bytes = 0;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn record_round_trips() {
@@ -228,19 +172,30 @@ mod tests {
         assert_eq!(v.meta().expires_at_ms, 1_700_000_060_123);
         assert!(!v.is_expired(1_700_000_060_123_455));
         assert!(v.is_expired(1_700_000_060_123_456));
+        assert!(!v.was_accessed());
     }
 
     #[test]
-    fn memory_counts_and_limits() {
-        let mut m = ItemMemory::new(1000);
-        let a = m.alloc(400).unwrap();
-        let b = m.alloc(400).unwrap();
-        assert_eq!(m.alloc(400), Err(AllocError::Full));
-        m.free(a);
-        let c = m.alloc(400).unwrap();
-        assert_eq!(c, a, "ids are recycled");
-        m.free(b);
-        m.free(c);
-        assert_eq!(m.used_bytes(), 0);
+    fn huge_ttls_are_capped() {
+        let mut buf = vec![0u8; record_len(1, 1)];
+        write_record(&mut buf, 5, u32::MAX, b"k", b"v");
+        assert_eq!(ItemView::new(&buf).ttl_s(), MAX_TTL_S);
+    }
+
+    proptest! {
+        #[test]
+        fn any_item_in_any_larger_chunk(key in proptest::collection::vec(any::<u8>(), 1..=255),
+                                        value in proptest::collection::vec(any::<u8>(), 0..600),
+                                        extra in 0usize..80, ttl in 0u32..MAX_TTL_S,
+                                        version in 0u64..(1 << 52)) {
+            let mut chunk = vec![0xAAu8; record_len(key.len(), value.len()) + extra];
+            write_record(&mut chunk, version, ttl, &key, &value);
+            let v = ItemView::new(&chunk);
+            prop_assert_eq!(v.key(), &key[..]);
+            prop_assert_eq!(v.value(), &value[..]);
+            prop_assert_eq!(v.ttl_s(), ttl);
+            prop_assert_eq!(v.version_us(), version);
+            prop_assert!(u64::from_le_bytes(chunk[..8].try_into().unwrap()) != 0, "a live record is never all-zero");
+        }
     }
 }

@@ -12,6 +12,8 @@ pub struct StoreStats {
     pub deletes: u64,
     pub expired_on_access: u64,
     pub expired_swept: u64,
+    /// Expired items reclaimed by eviction (they needed no eviction).
+    pub expired_evicted: u64,
     pub evictions: u64,
     pub rejected_writes: u64,
     pub flushed: u64,

@@ -9,14 +9,15 @@
 use hashbrown::HashTable;
 
 use super::clock::HybridClock;
-use super::item::{record_len, write_record, AllocError, ItemId, ItemMemory, ItemView};
+use super::item::{record_len, write_record, ItemId, ItemView};
 use super::stats::StoreStats;
 use crate::key::key_hash;
 use crate::pattern::glob_match;
 use crate::protocol::binary::Meta;
+use crate::slab::{Slab, Victim};
 
 /// Number of index sub-tables per shard (a power of two).
-pub const SUBTABLES: usize = 1024;
+pub const SUBTABLES: usize = 4096;
 
 /// Result of a read.
 pub enum Lookup<'a> {
@@ -35,6 +36,33 @@ pub enum WriteError {
     TooLarge,
 }
 
+/// What happens when a write does not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EvictionPolicy {
+    /// Evict the least recently used items (CLOCK approximation).
+    #[default]
+    Lru,
+    /// Refuse the write with CACHE_003; never drop a live item.
+    NoEviction,
+}
+
+impl EvictionPolicy {
+    pub fn parse(name: &str) -> Option<EvictionPolicy> {
+        match name {
+            "lru" => Some(EvictionPolicy::Lru),
+            "noeviction" => Some(EvictionPolicy::NoEviction),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EvictionPolicy::Lru => "lru",
+            EvictionPolicy::NoEviction => "noeviction",
+        }
+    }
+}
+
 /// Settings a store is built with.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreConfig {
@@ -43,11 +71,19 @@ pub struct StoreConfig {
     pub max_item_bytes: usize,
     /// Applied when a write gives TTL 0; 0 = never expire.
     pub default_ttl_s: u32,
+    pub eviction: EvictionPolicy,
 }
+
+/// Attempts at making room for one write before giving up.
+const MAX_EVICTIONS_PER_WRITE: usize = 64;
 
 pub struct Store {
     tables: Box<[HashTable<ItemId>]>,
-    items: ItemMemory,
+    items: Slab,
+    /// Bytes of the index tables' allocations.
+    index_bytes: usize,
+    /// Key and value bytes of the items held.
+    payload_bytes: usize,
     clock: HybridClock,
     config: StoreConfig,
     items_count: usize,
@@ -73,7 +109,9 @@ impl Store {
     pub fn new(config: StoreConfig) -> Self {
         Store {
             tables: (0..SUBTABLES).map(|_| HashTable::new()).collect(),
-            items: ItemMemory::new(config.memory_limit_bytes),
+            items: Slab::new(config.memory_limit_bytes),
+            index_bytes: 0,
+            payload_bytes: 0,
             clock: HybridClock::default(),
             config,
             items_count: 0,
@@ -95,15 +133,42 @@ impl Store {
         self.items_count == 0
     }
 
-    /// Bytes held by items and their bookkeeping.
+    /// Bytes held: slab pages, large records and the index.
     pub fn used_bytes(&self) -> usize {
         self.items.used_bytes()
+    }
+
+    /// The allocator, for statistics.
+    pub fn slab(&self) -> &Slab {
+        &self.items
+    }
+
+    /// Bytes of the index.
+    pub fn index_bytes(&self) -> usize {
+        self.index_bytes
+    }
+
+    /// Key and value bytes of the items held.
+    pub fn payload_bytes(&self) -> usize {
+        self.payload_bytes
+    }
+
+    fn payload_of(&self, id: ItemId) -> usize {
+        let item = self.view(id);
+        item.key_len() + item.value_len()
+    }
+
+    #[inline]
+    fn view(&self, id: ItemId) -> ItemView<'_> {
+        ItemView::new(self.items.record(id))
     }
 
     fn find(&self, hash: u64, key: &[u8]) -> Option<ItemId> {
         let items = &self.items;
         self.tables[subtable_of(hash)]
-            .find(table_hash(hash), |&id| items.view(id).key() == key)
+            .find(table_hash(hash), |&id| {
+                ItemView::new(items.record(id)).key() == key
+            })
             .copied()
     }
 
@@ -115,7 +180,7 @@ impl Store {
                 self.stats.misses += 1;
                 Lookup::Miss
             }
-            Some(id) if self.items.view(id).is_expired(now_us) => {
+            Some(id) if self.view(id).is_expired(now_us) => {
                 self.remove(hash, key);
                 self.stats.misses += 1;
                 self.stats.expired_on_access += 1;
@@ -123,7 +188,8 @@ impl Store {
             }
             Some(id) => {
                 self.stats.hits += 1;
-                Lookup::Hit(self.items.view(id))
+                self.items.touch(id);
+                Lookup::Hit(self.view(id))
             }
         }
     }
@@ -147,42 +213,127 @@ impl Store {
         } else {
             ttl_s
         };
-        let len = record_len(key.len(), value.len());
-        let new_id = match self.items.alloc(len) {
-            Ok(id) => id,
-            Err(AllocError::Full) => {
-                // Make room from expired items before refusing.
-                if self.sweep_expired(now_us, 4096) == 0 {
-                    self.stats.rejected_writes += 1;
-                    return Err(WriteError::Full);
-                }
-                self.items.alloc(len).map_err(|_| {
-                    self.stats.rejected_writes += 1;
-                    WriteError::Full
-                })?
-            }
-        };
+        let new_id = self
+            .allocate(record_len(key.len(), value.len()), now_us)
+            .inspect_err(|_| {
+                self.stats.rejected_writes += 1;
+            })?;
         let version = self.clock.tick(now_us);
         write_record(self.items.record_mut(new_id), version, ttl_s, key, value);
-        let meta = self.items.view(new_id).meta();
+        let meta = self.view(new_id).meta();
 
         let items = &self.items;
+        let seed = self.config.seed;
         let table = &mut self.tables[subtable_of(hash)];
-        let old = match table.find_mut(table_hash(hash), |&id| items.view(id).key() == key) {
+        let old = match table.find_mut(table_hash(hash), |&id| {
+            id != new_id && ItemView::new(items.record(id)).key() == key
+        }) {
             Some(slot) => Some(std::mem::replace(slot, new_id)),
             None => {
+                // Only a full table grows; account for its new allocation.
+                let grows = table.len() == table.capacity();
+                let before = if grows { table.allocation_size() } else { 0 };
                 table.insert_unique(table_hash(hash), new_id, |&id| {
-                    table_hash(key_hash(items.view(id).key(), self.config.seed))
+                    table_hash(key_hash(ItemView::new(items.record(id)).key(), seed))
                 });
+                if grows {
+                    self.index_bytes = self.index_bytes + table.allocation_size() - before;
+                    self.items.set_index_bytes(self.index_bytes);
+                }
                 None
             }
         };
         match old {
-            Some(old) => self.items.free(old),
+            Some(old) => {
+                self.payload_bytes -= self.payload_of(old);
+                self.items.free(old);
+            }
             None => self.items_count += 1,
         }
+        self.payload_bytes += key.len() + value.len();
         self.stats.sets += 1;
         Ok(meta)
+    }
+
+    /// Memory for a record, evicting under the LRU policy when needed.
+    fn allocate(&mut self, len: usize, now_us: u64) -> Result<ItemId, WriteError> {
+        for _ in 0..MAX_EVICTIONS_PER_WRITE {
+            if let Ok(id) = self.items.alloc(len) {
+                return Ok(id);
+            }
+            if self.config.eviction == EvictionPolicy::NoEviction {
+                // Only expired items may make room.
+                if self.sweep_expired(now_us, 4096) == 0 {
+                    return Err(WriteError::Full);
+                }
+                continue;
+            }
+            match self.items.choose_victim(len) {
+                Some(Victim::Item(id)) => self.evict(id, now_us),
+                Some(Victim::Page { page, to_class }) => self.empty_page(page, to_class, now_us),
+                None => return Err(WriteError::Full),
+            }
+        }
+        Err(WriteError::Full)
+    }
+
+    /// Drops an item chosen by the allocator: out of the index, then its
+    /// memory freed. Expired items count as expirations, others as
+    /// evictions.
+    fn evict(&mut self, id: ItemId, now_us: u64) {
+        self.unindex(id, now_us);
+        self.items.free(id);
+    }
+
+    /// Removes a record from the index and counts why it went.
+    fn unindex(&mut self, id: ItemId, now_us: u64) {
+        let item = self.view(id);
+        let hash = key_hash(item.key(), self.config.seed);
+        let payload = item.key_len() + item.value_len();
+        if item.is_expired(now_us) {
+            self.stats.expired_evicted += 1;
+        } else {
+            self.stats.evictions += 1;
+            self.items.note_eviction(id);
+        }
+        if let Ok(entry) = self.tables[subtable_of(hash)].find_entry(table_hash(hash), |&x| x == id) {
+            entry.remove();
+            self.items_count -= 1;
+            self.payload_bytes -= payload;
+        }
+    }
+
+    /// Evicts every record of a page, then moves the page to another class
+    /// or releases it.
+    fn empty_page(&mut self, page: u32, to_class: Option<usize>, now_us: u64) {
+        for id in self.items.live_records(page) {
+            self.unindex(id, now_us);
+        }
+        match to_class {
+            Some(class) => self.items.move_page(page, class),
+            None => self.items.release_page(page),
+        }
+    }
+
+    /// Background upkeep, bounded: reclaims expired items (at most about
+    /// `budget` index entries visited), moves at most one page toward the
+    /// class evicting the most when classes are out of balance, and releases
+    /// pages if the index grew past the budget. `decay` ages the eviction
+    /// pressure that drives page moves (call it every ~100 ms).
+    pub fn maintain(&mut self, now_us: u64, budget: usize, decay: bool) {
+        self.sweep_expired(now_us, budget);
+        if let Some((page, to_class)) = self.items.rebalance_move() {
+            self.empty_page(page, Some(to_class), now_us);
+        }
+        if decay {
+            self.items.decay_pressure();
+        }
+        while self.items.over_budget() {
+            match self.items.page_to_release() {
+                Some(page) => self.empty_page(page, None, now_us),
+                None => break,
+            }
+        }
     }
 
     /// Removes a key; whether it was there (expired or not).
@@ -196,12 +347,13 @@ impl Store {
 
     fn remove(&mut self, hash: u64, key: &[u8]) -> bool {
         let items = &self.items;
-        let Ok(entry) =
-            self.tables[subtable_of(hash)].find_entry(table_hash(hash), |&id| items.view(id).key() == key)
-        else {
+        let Ok(entry) = self.tables[subtable_of(hash)].find_entry(table_hash(hash), |&id| {
+            ItemView::new(items.record(id)).key() == key
+        }) else {
             return false;
         };
         let (id, _) = entry.remove();
+        self.payload_bytes -= self.payload_of(id);
         self.items.free(id);
         self.items_count -= 1;
         true
@@ -213,6 +365,9 @@ impl Store {
         for t in self.tables.iter_mut() {
             *t = HashTable::new();
         }
+        self.index_bytes = 0;
+        self.payload_bytes = 0;
+        self.items.set_index_bytes(0);
         self.items.clear();
         self.items_count = 0;
         self.stats.flushed += n as u64;
@@ -232,8 +387,11 @@ impl Store {
             let table = &mut self.tables[t];
             visited += table.len();
             let items = &mut self.items;
+            let payload = &mut self.payload_bytes;
             table.retain(|&mut id| {
-                if items.view(id).is_expired(now_us) {
+                let item = ItemView::new(items.record(id));
+                if item.is_expired(now_us) {
+                    *payload -= item.key_len() + item.value_len();
                     items.free(id);
                     reclaimed += 1;
                     false
@@ -252,7 +410,7 @@ impl Store {
     pub fn scan(&self, pattern: &[u8], now_us: u64, mut found: impl FnMut(ItemView<'_>) -> bool) {
         for table in self.tables.iter() {
             for &id in table.iter() {
-                let item = self.items.view(id);
+                let item = self.view(id);
                 if !item.is_expired(now_us) && glob_match(pattern, item.key()) && !found(item) {
                     return;
                 }
@@ -262,163 +420,4 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-    use std::collections::HashMap;
-
-    const SEED: u64 = 7;
-
-    fn store(limit: usize) -> Store {
-        Store::new(StoreConfig {
-            seed: SEED,
-            memory_limit_bytes: limit,
-            max_item_bytes: 1 << 20,
-            default_ttl_s: 0,
-        })
-    }
-
-    fn get(s: &mut Store, key: &[u8], now: u64) -> Option<Vec<u8>> {
-        match s.get(key_hash(key, SEED), key, now) {
-            Lookup::Hit(v) => Some(v.value().to_vec()),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn set_get_replace_delete() {
-        let mut s = store(1 << 20);
-        let h = key_hash(b"a", SEED);
-        let m1 = s.set(h, b"a", b"one", 0, 1_000).unwrap();
-        assert_eq!(get(&mut s, b"a", 2_000), Some(b"one".to_vec()));
-        let m2 = s.set(h, b"a", b"two", 0, 1_000).unwrap();
-        assert!(m2.version > m1.version);
-        assert_eq!(get(&mut s, b"a", 2_000), Some(b"two".to_vec()));
-        assert_eq!(s.len(), 1);
-        assert!(s.delete(h, b"a"));
-        assert!(!s.delete(h, b"a"));
-        assert_eq!(get(&mut s, b"a", 2_000), None);
-        assert_eq!(s.used_bytes(), 0);
-    }
-
-    #[test]
-    fn ttl_expires_and_reports_expired_once() {
-        let mut s = store(1 << 20);
-        let h = key_hash(b"t", SEED);
-        s.set(h, b"t", b"v", 1, 5_000).unwrap();
-        assert!(matches!(s.get(h, b"t", 1_004_999), Lookup::Hit(_)));
-        assert!(matches!(s.get(h, b"t", 1_005_000), Lookup::Expired));
-        assert!(matches!(s.get(h, b"t", 1_005_000), Lookup::Miss));
-    }
-
-    #[test]
-    fn sweep_reclaims_expired_items_and_memory() {
-        let mut s = store(1 << 24);
-        for i in 0..5000u32 {
-            let k = format!("k{i}");
-            s.set(
-                key_hash(k.as_bytes(), SEED),
-                k.as_bytes(),
-                b"v",
-                if i % 2 == 0 { 1 } else { 0 },
-                0,
-            )
-            .unwrap();
-        }
-        let before = s.used_bytes();
-        let mut reclaimed = 0;
-        for _ in 0..SUBTABLES {
-            reclaimed += s.sweep_expired(2_000_000, 100);
-        }
-        assert_eq!(reclaimed, 2500);
-        assert_eq!(s.len(), 2500);
-        assert!(s.used_bytes() < before);
-    }
-
-    #[test]
-    fn full_memory_refuses_writes_and_keeps_items() {
-        let mut s = store(10_000);
-        let mut stored = 0;
-        for i in 0..1000u32 {
-            let k = format!("key{i}");
-            match s.set(key_hash(k.as_bytes(), SEED), k.as_bytes(), &[1u8; 100], 0, 0) {
-                Ok(_) => stored += 1,
-                Err(e) => {
-                    assert_eq!(e, WriteError::Full);
-                    break;
-                }
-            }
-        }
-        assert!(stored > 10 && stored < 1000);
-        for i in 0..stored {
-            assert!(get(&mut s, format!("key{i}").as_bytes(), 0).is_some());
-        }
-    }
-
-    #[test]
-    fn item_larger_than_max_is_refused() {
-        let mut s = Store::new(StoreConfig {
-            seed: SEED,
-            memory_limit_bytes: 1 << 20,
-            max_item_bytes: 100,
-            default_ttl_s: 0,
-        });
-        assert_eq!(
-            s.set(key_hash(b"k", SEED), b"k", &[0; 100], 0, 0),
-            Err(WriteError::TooLarge)
-        );
-        assert!(s.set(key_hash(b"k", SEED), b"k", &[0; 99], 0, 0).is_ok());
-    }
-
-    #[test]
-    fn scan_finds_matching_live_keys() {
-        let mut s = store(1 << 20);
-        for k in ["character:1", "character:2", "campaign:1"] {
-            s.set(key_hash(k.as_bytes(), SEED), k.as_bytes(), b"v", 0, 0)
-                .unwrap();
-        }
-        let mut found = Vec::new();
-        s.scan(b"character:*", 0, |item| {
-            found.push(item.key().to_vec());
-            true
-        });
-        found.sort();
-        assert_eq!(found, vec![b"character:1".to_vec(), b"character:2".to_vec()]);
-    }
-
-    #[derive(Debug, Clone)]
-    enum ModelOp {
-        Set(u8, Vec<u8>),
-        Get(u8),
-        Delete(u8),
-    }
-
-    proptest! {
-        #[test]
-        fn behaves_like_a_map(ops in proptest::collection::vec(prop_oneof![
-            (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(k, v)| ModelOp::Set(k, v)),
-            any::<u8>().prop_map(ModelOp::Get),
-            any::<u8>().prop_map(ModelOp::Delete),
-        ], 1..400)) {
-            let mut s = store(1 << 24);
-            let mut model: HashMap<u8, Vec<u8>> = HashMap::new();
-            for op in ops {
-                match op {
-                    ModelOp::Set(k, v) => {
-                        let key = format!("k{k}");
-                        s.set(key_hash(key.as_bytes(), SEED), key.as_bytes(), &v, 0, 0).unwrap();
-                        model.insert(k, v);
-                    }
-                    ModelOp::Get(k) => {
-                        prop_assert_eq!(get(&mut s, format!("k{k}").as_bytes(), 0), model.get(&k).cloned());
-                    }
-                    ModelOp::Delete(k) => {
-                        let key = format!("k{k}");
-                        prop_assert_eq!(s.delete(key_hash(key.as_bytes(), SEED), key.as_bytes()), model.remove(&k).is_some());
-                    }
-                }
-                prop_assert_eq!(s.len(), model.len());
-            }
-        }
-    }
-}
+mod tests;

@@ -2,6 +2,8 @@
 //! loopback ports and talks to it over real TCP.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -15,6 +17,8 @@ pub struct TestServer {
     pub child: Child,
     pub addr: SocketAddr,
     pub shard_ports: Vec<u16>,
+    /// The REST port (`http=` of the LISTENING line).
+    pub http: SocketAddr,
     pub line: String,
 }
 
@@ -43,7 +47,11 @@ impl TestServer {
     }
 
     pub fn start_with_args(args: &[&str]) -> TestServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cache-server"))
+        // tests/run-all.sh points this at the release build: the binary
+        // that ships, and faster; plain `cargo test` uses the debug build.
+        let bin = std::env::var("DND_CACHE_SERVER_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_cache-server").into());
+        let mut child = Command::new(bin)
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -67,10 +75,12 @@ impl TestServer {
             .split(',')
             .map(|p| p.parse().unwrap())
             .collect();
+        let http: SocketAddr = field("http").parse().unwrap();
         TestServer {
             child,
             addr,
             shard_ports,
+            http,
             line,
         }
     }

@@ -1,0 +1,294 @@
+use super::*;
+use crate::slab::PAGE_BYTES;
+use proptest::prelude::*;
+use std::collections::HashMap;
+
+const SEED: u64 = 7;
+
+fn config(limit: usize, eviction: EvictionPolicy) -> StoreConfig {
+    StoreConfig {
+        seed: SEED,
+        memory_limit_bytes: limit,
+        max_item_bytes: 1 << 20,
+        default_ttl_s: 0,
+        eviction,
+    }
+}
+
+fn store(limit: usize) -> Store {
+    Store::new(config(limit, EvictionPolicy::NoEviction))
+}
+
+fn lru(limit: usize) -> Store {
+    Store::new(config(limit, EvictionPolicy::Lru))
+}
+
+fn put(s: &mut Store, key: &str, value: &[u8], ttl: u32, now: u64) -> Result<Meta, WriteError> {
+    s.set(key_hash(key.as_bytes(), SEED), key.as_bytes(), value, ttl, now)
+}
+
+fn get(s: &mut Store, key: &[u8], now: u64) -> Option<Vec<u8>> {
+    match s.get(key_hash(key, SEED), key, now) {
+        Lookup::Hit(v) => Some(v.value().to_vec()),
+        _ => None,
+    }
+}
+
+#[test]
+fn set_get_replace_delete() {
+    let mut s = store(8 << 20);
+    let h = key_hash(b"a", SEED);
+    let m1 = s.set(h, b"a", b"one", 0, 1_000).unwrap();
+    assert_eq!(get(&mut s, b"a", 2_000), Some(b"one".to_vec()));
+    let m2 = s.set(h, b"a", b"two", 0, 1_000).unwrap();
+    assert!(m2.version > m1.version);
+    assert_eq!(get(&mut s, b"a", 2_000), Some(b"two".to_vec()));
+    assert_eq!(s.len(), 1);
+    assert_eq!(s.payload_bytes(), 4);
+    assert!(s.delete(h, b"a"));
+    assert!(!s.delete(h, b"a"));
+    assert_eq!(get(&mut s, b"a", 2_000), None);
+    assert_eq!(s.payload_bytes(), 0);
+}
+
+#[test]
+fn ttl_expires_and_reports_expired_once() {
+    let mut s = store(8 << 20);
+    let h = key_hash(b"t", SEED);
+    s.set(h, b"t", b"v", 1, 5_000).unwrap();
+    assert!(matches!(s.get(h, b"t", 1_004_999), Lookup::Hit(_)));
+    assert!(matches!(s.get(h, b"t", 1_005_000), Lookup::Expired));
+    assert!(matches!(s.get(h, b"t", 1_005_000), Lookup::Miss));
+}
+
+#[test]
+fn sweep_reclaims_expired_items_and_their_memory() {
+    let mut s = store(16 << 20);
+    for i in 0..5000u32 {
+        put(
+            &mut s,
+            &format!("k{i}"),
+            &[1; 100],
+            if i % 2 == 0 { 1 } else { 0 },
+            0,
+        )
+        .unwrap();
+    }
+    let payload = s.payload_bytes();
+    let mut reclaimed = 0;
+    for _ in 0..SUBTABLES {
+        reclaimed += s.sweep_expired(2_000_000, 100);
+    }
+    assert_eq!(reclaimed, 2500);
+    assert_eq!(s.len(), 2500);
+    assert_eq!(s.payload_bytes(), payload / 2);
+    // The freed chunks are reused: another 2,500 items need no new page.
+    let pages = s.slab().live_pages();
+    for i in 0..2500u32 {
+        put(&mut s, &format!("n{i}"), &[2; 100], 0, 3_000_000).unwrap();
+    }
+    assert_eq!(s.slab().live_pages(), pages);
+}
+
+#[test]
+fn noeviction_refuses_writes_and_keeps_every_item() {
+    let mut s = store(4 << 20);
+    let mut stored = 0;
+    for i in 0..100_000u32 {
+        match put(&mut s, &format!("key{i}"), &[1u8; 100], 0, 0) {
+            Ok(_) => stored += 1,
+            Err(e) => {
+                assert_eq!(e, WriteError::Full);
+                break;
+            }
+        }
+    }
+    assert!(stored > 10_000 && stored < 100_000, "{stored}");
+    for i in 0..stored {
+        assert!(get(&mut s, format!("key{i}").as_bytes(), 0).is_some());
+    }
+    assert!(s.used_bytes() <= 4 << 20);
+}
+
+#[test]
+fn lru_keeps_recently_read_keys_over_never_read_ones() {
+    let mut s = lru(4 << 20);
+    for i in 0..10_000u32 {
+        put(&mut s, &format!("hot{i}"), &[1u8; 100], 0, 0).unwrap();
+    }
+    for round in 0..3 {
+        let hits = (0..10_000u32)
+            .filter(|i| get(&mut s, format!("hot{i}").as_bytes(), 0).is_some())
+            .count();
+        assert!(hits > 9_500, "round {round}: {hits}");
+        // Write 10,000 never-read keys: about a third of the memory.
+        for i in 0..10_000u32 {
+            put(&mut s, &format!("cold{round}:{i}"), &[2u8; 100], 0, 0).unwrap();
+        }
+    }
+    let hot_kept = (0..10_000u32)
+        .filter(|i| get(&mut s, format!("hot{i}").as_bytes(), 0).is_some())
+        .count();
+    assert!(hot_kept > 9_500, "recently read keys survive: {hot_kept}");
+    assert!(s.stats.evictions > 0);
+    assert!(s.used_bytes() <= 4 << 20);
+}
+
+#[test]
+fn pages_move_to_a_new_value_size_after_calcification() {
+    let mut s = lru(8 << 20);
+    let mut i = 0u32;
+    while s.stats.evictions == 0 {
+        put(&mut s, &format!("small{i}"), &[1u8; 100], 0, 0).unwrap();
+        i += 1;
+    }
+    // Memory is full of small items. A working set of 10 KiB values half
+    // the size of memory must come to be held in full.
+    let value = vec![7u8; 10 * 1024];
+    let working_set = (4 << 20) / value.len() as u32;
+    for round in 0..30 {
+        for k in 0..working_set {
+            put(&mut s, &format!("big{k}"), &value, 0, 0).unwrap();
+        }
+        for _ in 0..10 {
+            s.maintain(0, 0, round % 2 == 0);
+        }
+    }
+    let hits = (0..working_set)
+        .filter(|k| get(&mut s, format!("big{k}").as_bytes(), 0).is_some())
+        .count();
+    assert!(
+        hits as u32 * 10 >= working_set * 9,
+        "hit rate recovers: {hits}/{working_set}"
+    );
+    assert!(s.slab().pages_moved() > 0);
+}
+
+#[test]
+fn large_values_take_the_large_path_and_round_trip() {
+    let mut s = Store::new(StoreConfig {
+        max_item_bytes: 4 << 20,
+        ..config(16 << 20, EvictionPolicy::Lru)
+    });
+    let value: Vec<u8> = (0..(3 << 20)).map(|i| (i % 251) as u8).collect();
+    put(&mut s, "huge", &value, 0, 0).unwrap();
+    assert_eq!(get(&mut s, b"huge", 0), Some(value.clone()));
+    assert_eq!(s.slab().large_records(), 1);
+    // Filling memory evicts it like any other item, and the budget holds.
+    for i in 0..20 {
+        put(&mut s, &format!("h{i}"), &value, 0, 0).unwrap();
+        assert!(s.used_bytes() <= 16 << 20);
+    }
+}
+
+#[test]
+fn every_size_class_round_trips() {
+    let mut s = lru(512 << 20);
+    let mut len = 0usize;
+    let mut sizes = Vec::new();
+    while len < 300_000 {
+        sizes.push(len);
+        len = len * 9 / 8 + 1;
+    }
+    for &len in &sizes {
+        let value: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+        put(&mut s, &format!("size{len}"), &value, 0, 0).unwrap();
+    }
+    for &len in &sizes {
+        let value: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+        assert_eq!(
+            get(&mut s, format!("size{len}").as_bytes(), 0),
+            Some(value),
+            "{len}"
+        );
+    }
+}
+
+#[test]
+fn index_growth_counts_toward_the_budget() {
+    let mut s = lru(4 * PAGE_BYTES);
+    for i in 0..40_000u32 {
+        put(&mut s, &format!("i{i}"), b"", 0, 0).unwrap();
+        s.maintain(0, 0, false);
+        assert!(s.used_bytes() <= 4 * PAGE_BYTES);
+    }
+    assert!(s.index_bytes() > 0);
+}
+
+#[test]
+fn item_larger_than_max_is_refused() {
+    let mut s = Store::new(StoreConfig {
+        max_item_bytes: 100,
+        ..config(4 << 20, EvictionPolicy::Lru)
+    });
+    assert_eq!(put(&mut s, "k", &[0; 100], 0, 0), Err(WriteError::TooLarge));
+    assert!(put(&mut s, "k", &[0; 99], 0, 0).is_ok());
+}
+
+#[test]
+fn scan_finds_matching_live_keys() {
+    let mut s = store(4 << 20);
+    for k in ["character:1", "character:2", "campaign:1"] {
+        put(&mut s, k, b"v", 0, 0).unwrap();
+    }
+    let mut found = Vec::new();
+    s.scan(b"character:*", 0, |item| {
+        found.push(item.key().to_vec());
+        true
+    });
+    found.sort();
+    assert_eq!(found, vec![b"character:1".to_vec(), b"character:2".to_vec()]);
+}
+
+#[derive(Debug, Clone)]
+enum ModelOp {
+    Set(u8, usize),
+    Get(u8),
+    Delete(u8),
+}
+
+proptest! {
+    /// Random operations against a model map, with memory tight enough
+    /// that eviction runs: every hit returns exactly what was last written
+    /// and the budget always holds.
+    #[test]
+    fn behaves_like_a_map_that_may_forget(ops in proptest::collection::vec(prop_oneof![
+        (any::<u8>(), prop_oneof![0usize..200, 200usize..5000, 100_000usize..300_000]).prop_map(|(k, n)| ModelOp::Set(k, n)),
+        any::<u8>().prop_map(ModelOp::Get),
+        any::<u8>().prop_map(ModelOp::Delete),
+    ], 1..300), evict in any::<bool>()) {
+        let policy = if evict { EvictionPolicy::Lru } else { EvictionPolicy::NoEviction };
+        let mut s = Store::new(config(3 * PAGE_BYTES, policy));
+        let mut model: HashMap<u8, Vec<u8>> = HashMap::new();
+        for (step, op) in ops.into_iter().enumerate() {
+            match op {
+                ModelOp::Set(k, n) => {
+                    let value: Vec<u8> = (0..n).map(|i| (i + step) as u8).collect();
+                    match put(&mut s, &format!("k{k}"), &value, 0, 0) {
+                        Ok(_) => { model.insert(k, value); }
+                        Err(WriteError::Full) => {
+                            prop_assert!(!evict || n > 100_000, "LRU refuses only what cannot fit");
+                        }
+                        Err(WriteError::TooLarge) => prop_assert!(false),
+                    }
+                }
+                ModelOp::Get(k) => {
+                    if let Some(v) = get(&mut s, format!("k{k}").as_bytes(), 0) {
+                        prop_assert_eq!(Some(&v), model.get(&k), "a hit is the last value written");
+                    } else if !evict {
+                        prop_assert!(!model.contains_key(&k), "noeviction forgets nothing");
+                    }
+                }
+                ModelOp::Delete(k) => {
+                    let key = format!("k{k}");
+                    let removed = s.delete(key_hash(key.as_bytes(), SEED), key.as_bytes());
+                    let had = model.remove(&k).is_some();
+                    prop_assert!(!removed || had);
+                    if !evict { prop_assert_eq!(removed, had); }
+                }
+            }
+            prop_assert!(s.used_bytes() <= 3 * PAGE_BYTES);
+            prop_assert!(s.len() <= model.len());
+        }
+    }
+}

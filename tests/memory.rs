@@ -1,0 +1,110 @@
+//! Memory limits of the real server: RSS stays bounded while writing far
+//! more than `--max-memory`, and LRU keeps serving while it evicts.
+
+mod common;
+
+use std::io::Write;
+
+use common::*;
+use dnd_cache::proto::CacheOperation;
+use prost::Message;
+
+/// Resident memory of a process, from /proc.
+fn rss_bytes(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Sends `count` sets of `value_len`-byte values, pipelined 256 at a time.
+fn write_many(c: &mut Raw, prefix: &str, count: usize, value_len: usize) -> usize {
+    let value = vec![0x5au8; value_len];
+    let mut ok = 0;
+    for chunk_start in (0..count).step_by(256) {
+        let end = (chunk_start + 256).min(count);
+        let mut batch = Vec::new();
+        for i in chunk_start..end {
+            let body = set(format!("{prefix}:{i}").as_bytes(), &value, 0).encode_to_vec();
+            batch.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            batch.extend_from_slice(&body);
+        }
+        c.stream.write_all(&batch).unwrap();
+        for _ in chunk_start..end {
+            if c.recv().unwrap().status == 0 {
+                ok += 1;
+            }
+        }
+    }
+    ok
+}
+
+/// The stated fixed baseline: executable, thread stacks, io_uring rings and
+/// glommio's registered buffers, allocator arenas.
+const BASELINE_BYTES: usize = 48 << 20;
+
+#[test]
+fn rss_stays_within_max_memory_while_writing_three_times_as_much() {
+    let server = TestServer::start(&["--shards", "2", "--max-memory", "64MiB"]);
+    let mut c = server.connect();
+    // 192 MiB of 1 KiB values, then 100-byte values: both size classes.
+    let written = write_many(&mut c, "big", 3 * 64 * 1024, 1024);
+    assert_eq!(written, 3 * 64 * 1024, "LRU makes room for every write");
+    write_many(&mut c, "small", 200_000, 100);
+    let rss = rss_bytes(server.child.id());
+    let limit = 64 * 1024 * 1024 * 11 / 10 + BASELINE_BYTES;
+    assert!(rss <= limit, "RSS {} MiB over {} MiB", rss >> 20, limit >> 20);
+    let stats = stats(&mut c);
+    assert!(stats["total"]["evictions"].as_u64().unwrap() > 100_000);
+    assert!(stats["total"]["memory_used_bytes"].as_u64().unwrap() <= 64 << 20);
+    // Recent writes are readable.
+    let got = c.call(&get(b"small:199999"));
+    assert_eq!(got.status, 0);
+    assert_eq!(got.data.len(), 100);
+}
+
+#[test]
+fn noeviction_answers_cache_003_and_keeps_every_earlier_item() {
+    let server = TestServer::start(&[
+        "--shards",
+        "1",
+        "--max-memory",
+        "8MiB",
+        "--eviction",
+        "noeviction",
+    ]);
+    let mut c = server.connect();
+    let stored = write_many(&mut c, "k", 100_000, 200);
+    assert!(stored > 10_000 && stored < 100_000, "{stored}");
+    let refused = c.call(&set(b"one-more", &[1; 200], 0));
+    assert_eq!(refused.status, dnd_cache::Status::StorageFull as u32);
+    let keys: Vec<Vec<u8>> = (0..stored).map(|i| format!("k:{i}").into_bytes()).collect();
+    for chunk in keys.chunks(5_000) {
+        let answer = c.call(&keys_op("get_many", chunk));
+        assert!(answer.items.iter().all(|i| i.status == 0 && i.data.len() == 200));
+    }
+    assert_eq!(stats(&mut c)["total"]["evictions"], 0);
+}
+
+#[test]
+fn stats_report_memory_per_shard_and_per_class() {
+    let server = TestServer::start(&["--shards", "2", "--max-memory", "32MiB"]);
+    let mut c = server.connect();
+    write_many(&mut c, "x", 10_000, 100);
+    let s = stats(&mut c);
+    for shard in s["shards"].as_array().unwrap() {
+        assert_eq!(shard["memory_limit_bytes"], 16 << 20);
+        assert!(shard["memory_used_bytes"].as_u64().unwrap() > 0);
+        assert!(shard["memory_index_bytes"].as_u64().unwrap() > 0);
+        let classes = shard["slab_classes"].as_array().unwrap();
+        assert!(classes.iter().any(|cl| cl["items"].as_u64().unwrap() > 1000));
+        let overhead = shard["overhead_per_item_bytes"].as_f64().unwrap();
+        assert!(overhead > 0.0);
+    }
+    assert_eq!(s["total"]["items"], 10_000);
+    let _ = CacheOperation::default();
+}
