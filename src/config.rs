@@ -1,6 +1,7 @@
 //! The server's settings: command-line flags (clap), validated into a
 //! [`ServerConfig`]. Errors name the flag and say why.
 
+use std::ffi::OsString;
 use std::net::IpAddr;
 
 use clap::Parser;
@@ -12,9 +13,22 @@ use crate::shard::store::EvictionPolicy;
 #[command(
     name = "cache-server",
     version,
-    about = "dnd-cache: a thread-per-core cache server"
+    about = "dnd-cache: a thread-per-core cache server",
+    args_override_self = true
 )]
 pub struct Cli {
+    /// YAML configuration file (ICD 9.1 shape); flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Print the effective configuration as YAML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// This server's service id: the source of its events and metrics.
+    #[arg(long, default_value = "cache_service")]
+    pub service_id: String,
+    /// Deployment environment label (e.g. production).
+    #[arg(long, default_value = "production")]
+    pub environment: String,
     /// Address every listener binds to.
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: IpAddr,
@@ -66,9 +80,106 @@ pub struct Cli {
     pub http_idle_timeout_ms: u64,
 }
 
+/// Flags that cannot be given together; one from the command line drops
+/// the other from the file.
+const CONFLICTING_FLAGS: &[[&str; 2]] = &[["--shards", "--cpus"]];
+
+impl Cli {
+    /// Parses the command line, merging in `--config FILE` when given: the
+    /// file's settings come first, so flags on the command line win. Errors
+    /// are ready to print (they name the flag, or the file key).
+    pub fn parse_with_file(argv: Vec<OsString>) -> Result<Cli, CliExit> {
+        let cli = Cli::try_parse_from(&argv).map_err(CliExit::from)?;
+        let Some(path) = cli.config.clone() else {
+            return Ok(cli);
+        };
+        let file_args = crate::config_file::load(&path).map_err(|e| CliExit::error(e.to_string()))?;
+        let program = argv.first().cloned().unwrap_or_else(|| "cache-server".into());
+        // The file alone must parse: its errors then name its key.
+        if let Err(e) = Cli::try_parse_from(std::iter::once(program.clone()).chain(file_args.clone())) {
+            let flag = e
+                .get(clap::error::ContextKind::InvalidArg)
+                .map(|a| a.to_string().split(' ').next().unwrap_or_default().to_string())
+                .unwrap_or_default();
+            let key = crate::config_file::key_of_flag(&flag).unwrap_or("a key");
+            let rendered = e.render().to_string();
+            let reason = rendered
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ");
+            return Err(CliExit::error(format!("{}: {key}: {reason}", path.display())));
+        }
+        let given: Vec<String> = argv
+            .iter()
+            .skip(1)
+            .filter_map(|a| a.to_str())
+            .filter(|a| a.starts_with("--"))
+            .map(|a| a.split('=').next().unwrap_or(a).to_string())
+            .collect();
+        let dropped: Vec<&str> = CONFLICTING_FLAGS
+            .iter()
+            .flat_map(|pair| {
+                let (a, b) = (pair[0], pair[1]);
+                let mut out = Vec::new();
+                if given.iter().any(|g| g == a) {
+                    out.push(b);
+                }
+                if given.iter().any(|g| g == b) {
+                    out.push(a);
+                }
+                out
+            })
+            .collect();
+        let mut merged = vec![program];
+        let mut skip_value = false;
+        for arg in file_args {
+            if skip_value {
+                skip_value = false;
+                continue;
+            }
+            if dropped.iter().any(|d| arg == *d) {
+                skip_value = true;
+                continue;
+            }
+            merged.push(arg);
+        }
+        merged.extend(argv.into_iter().skip(1));
+        Cli::try_parse_from(merged).map_err(CliExit::from)
+    }
+}
+
+/// Why parsing the command line ended the program: an error to report, or
+/// `--help` / `--version` output to print (exit 0).
+#[derive(Debug)]
+pub struct CliExit {
+    pub message: String,
+    pub is_error: bool,
+}
+
+impl CliExit {
+    fn error(message: String) -> CliExit {
+        CliExit {
+            message,
+            is_error: true,
+        }
+    }
+}
+
+impl From<clap::Error> for CliExit {
+    fn from(e: clap::Error) -> CliExit {
+        CliExit {
+            message: e.render().to_string(),
+            is_error: e.use_stderr(),
+        }
+    }
+}
+
 /// Validated settings the server runs with.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    pub service_id: String,
+    pub environment: String,
     pub bind: IpAddr,
     pub port: u16,
     pub shard_port_base: u16,
@@ -174,7 +285,27 @@ impl ServerConfig {
                 return Err(invalid("--shard-port-base", "shard ports overlap --port"));
             }
         }
+        let id_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 128
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
+        };
+        if !id_ok(&cli.service_id) {
+            return Err(invalid(
+                "--service-id",
+                "must be 1-128 characters of A-Z a-z 0-9 _ - . :",
+            ));
+        }
+        if !id_ok(&cli.environment) {
+            return Err(invalid(
+                "--environment",
+                "must be 1-128 characters of A-Z a-z 0-9 _ - . :",
+            ));
+        }
         Ok(ServerConfig {
+            service_id: cli.service_id.clone(),
+            environment: cli.environment.clone(),
             bind: cli.bind,
             port: cli.port,
             shard_port_base: cli.shard_port_base,

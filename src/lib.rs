@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod config;
+pub mod config_file;
 pub mod error;
 pub mod key;
 pub mod ops;

@@ -4,7 +4,6 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{info, warn};
@@ -16,7 +15,17 @@ use dnd_cache::config::{Cli, ServerConfig};
 const EXIT_CONFIG: i32 = 78;
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = match Cli::parse_with_file(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(exit) if !exit.is_error => {
+            print!("{}", exit.message);
+            return Ok(());
+        }
+        Err(exit) => {
+            eprintln!("cache-server: {}", exit.message.trim_end());
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -27,10 +36,21 @@ fn main() -> anyhow::Result<()> {
     let config = match ServerConfig::from_cli(&cli) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("cache-server: {e}");
+            match (&cli.config, dnd_cache::config_file::key_of_flag(e.flag)) {
+                (Some(file), Some(key)) => eprintln!(
+                    "cache-server: {e} (set by {} or by {key} in {})",
+                    e.flag,
+                    file.display()
+                ),
+                _ => eprintln!("cache-server: {e}"),
+            }
             std::process::exit(EXIT_CONFIG);
         }
     };
+    if cli.print_config {
+        print!("{}", dnd_cache::config_file::render(&config));
+        return Ok(());
+    }
     // Register before starting so a signal during start is not lost.
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
     let server = dnd_cache::server::start(&config)?;

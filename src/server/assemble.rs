@@ -96,12 +96,14 @@ pub fn encode_sub_operation(op: &OpView<'_>, kind: OpKind, owners: &[u16], owner
 /// A request answered by several shards.
 pub enum Job {
     MultiKey {
+        max_frame: usize,
         correlation_id: Vec<u8>,
         keys: Vec<Vec<u8>>,
         owners: Vec<u16>,
         local_reply: Option<Vec<u8>>,
     },
     EveryShard {
+        max_frame: usize,
         kind: OpKind,
         correlation_id: Vec<u8>,
         limit: usize,
@@ -110,7 +112,13 @@ pub enum Job {
 }
 
 impl Job {
-    pub fn multi_key(kind: OpKind, op: &OpView<'_>, owners: Vec<u16>, local_reply: Option<Vec<u8>>) -> Job {
+    pub fn multi_key(
+        max_frame: usize,
+        kind: OpKind,
+        op: &OpView<'_>,
+        owners: Vec<u16>,
+        local_reply: Option<Vec<u8>>,
+    ) -> Job {
         let keys = if kind == OpKind::SetMany {
             op.raw_entries()
                 .map(|e| decode_entry(e).map(|e| e.key.to_vec()).unwrap_or_default())
@@ -119,6 +127,7 @@ impl Job {
             op.keys().map(<[u8]>::to_vec).collect()
         };
         Job::MultiKey {
+            max_frame,
             correlation_id: op.correlation_id.to_vec(),
             keys,
             owners,
@@ -126,8 +135,9 @@ impl Job {
         }
     }
 
-    pub fn every_shard(kind: OpKind, op: &OpView<'_>, local_reply: Vec<u8>) -> Job {
+    pub fn every_shard(max_frame: usize, kind: OpKind, op: &OpView<'_>, local_reply: Vec<u8>) -> Job {
         Job::EveryShard {
+            max_frame,
             kind,
             correlation_id: op.correlation_id.to_vec(),
             limit: pattern_limit(op.limit),
@@ -145,6 +155,7 @@ impl Job {
     ) {
         match self {
             Job::MultiKey {
+                max_frame,
                 correlation_id,
                 keys,
                 owners,
@@ -167,6 +178,16 @@ impl Job {
                 for (key, &owner) in keys.iter().zip(owners) {
                     match &mut per_owner[owner as usize] {
                         Ok(items) => match items.next() {
+                            Some(item)
+                                if ResponseEncoder::written(out, &frame)
+                                    + item.data.len()
+                                    + key.len()
+                                    + 64
+                                    > *max_frame =>
+                            {
+                                let full = crate::shard::execute::RESPONSE_FULL;
+                                ResponseEncoder::put_item(out, key, Status::BatchTooLarge, full, None);
+                            }
                             Some(item) => {
                                 let status = Status::from_u32(item.status).unwrap_or(Status::Unavailable);
                                 let meta = meta_of(item.metadata.as_ref());
@@ -193,6 +214,7 @@ impl Job {
                 ResponseEncoder::finish(out, frame);
             }
             Job::EveryShard {
+                max_frame,
                 kind,
                 correlation_id,
                 limit,
@@ -207,7 +229,7 @@ impl Job {
                     };
                     answers.push((shard, answer));
                 }
-                merge_every_shard(*kind, correlation_id, *limit, &answers, out);
+                merge_every_shard(*kind, correlation_id, *limit, *max_frame, &answers, out);
             }
         }
     }
@@ -231,6 +253,7 @@ fn merge_every_shard(
     kind: OpKind,
     corr: &[u8],
     limit: usize,
+    max_frame: usize,
     answers: &[(usize, Result<proto::CacheResponse, ForwardError>)],
     out: &mut Vec<u8>,
 ) {
@@ -255,7 +278,8 @@ fn merge_every_shard(
             for resp in ok() {
                 truncated |= resp.truncated;
                 for item in &resp.items {
-                    if n == limit {
+                    let size = ResponseEncoder::written(out, &frame) + item.key.len() + item.data.len() + 64;
+                    if n == limit || size > max_frame {
                         truncated = true;
                         break;
                     }

@@ -260,7 +260,8 @@ impl Dispatcher {
                 }
                 let mut local = Vec::new();
                 shard.execute_local(&op, kind, now_us, &mut local);
-                self.jobs.push(Job::every_shard(kind, &op, local));
+                self.jobs
+                    .push(Job::every_shard(shard.limits.max_frame_bytes, kind, &op, local));
                 self.steps.push(Step::Job {
                     index: (self.jobs.len() - 1) as u32,
                 });
@@ -314,7 +315,13 @@ impl Dispatcher {
                 assemble::encode_sub_operation(op, kind, &owners, owner, &mut self.forward[owner]);
             }
         }
-        self.jobs.push(Job::multi_key(kind, op, owners, local_reply));
+        self.jobs.push(Job::multi_key(
+            shard.limits.max_frame_bytes,
+            kind,
+            op,
+            owners,
+            local_reply,
+        ));
         self.steps.push(Step::Job {
             index: (self.jobs.len() - 1) as u32,
         });

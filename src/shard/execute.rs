@@ -11,6 +11,10 @@ use crate::key::{is_valid_key, key_hash};
 use crate::ops::OpKind;
 use crate::protocol::binary::{EntryView, Meta, OpView, ResponseEncoder};
 
+/// Data of the CACHE_012 items of a batch answer that reached the frame
+/// limit.
+pub const RESPONSE_FULL: &[u8] = b"answer reached the frame limit: ask for this key again";
+
 /// Message of a CACHE_004 response.
 pub const INVALID_KEY_MESSAGE: &str = "key must be 1-250 bytes without control characters or spaces";
 
@@ -99,6 +103,17 @@ impl Shard {
                         continue;
                     }
                     match store.get(key_hash(key, self.seed), key, now_us) {
+                        Lookup::Hit(item)
+                            if ResponseEncoder::written(out, &frame)
+                                + item.value().len()
+                                + key.len()
+                                + 64
+                                > self.limits.max_frame_bytes =>
+                        {
+                            // No answer frame may exceed the frame limit:
+                            // the client asks again for these keys.
+                            ResponseEncoder::put_item(out, key, Status::BatchTooLarge, RESPONSE_FULL, None)
+                        }
                         Lookup::Hit(item) => {
                             ResponseEncoder::put_item(out, key, Status::Ok, item.value(), Some(&item.meta()))
                         }
@@ -161,8 +176,14 @@ impl Shard {
                 truncated = true;
                 return false;
             }
-            found += 1;
             let value = if op.with_values { item.value() } else { b"" };
+            if ResponseEncoder::written(out, &frame) + value.len() + item.key().len() + 64
+                > self.limits.max_frame_bytes
+            {
+                truncated = true;
+                return false;
+            }
+            found += 1;
             ResponseEncoder::put_item(out, item.key(), Status::Ok, value, Some(&item.meta()));
             true
         });
