@@ -56,12 +56,18 @@ pub struct ShardRuntime {
 /// How long shutdown waits for connections to finish what they were doing.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Interval and budget of the background upkeep of each store: at most
-/// `SWEEP_BUDGET` index entries checked for expiry every `SWEEP_INTERVAL`,
-/// i.e. 200,000 entries a second per shard, each pass well under a
-/// millisecond; and at most one page moved between size classes per tick.
+/// Background upkeep of each store, every `SWEEP_INTERVAL`: expired items
+/// are looked for in at most `SWEEP_BUDGET_BUSY` index entries per tick
+/// (200,000 a second per shard, each pass well under a millisecond) while
+/// at least a tenth of what is visited has expired, else in
+/// `SWEEP_BUDGET_IDLE` (20,000 a second) so that a cache of long-lived items
+/// does not pay for the sweep. An expired item is reclaimed when read, when
+/// memory is needed, or by the sweep within `items_per_shard / 20,000`
+/// seconds at most. At most about 1 MiB of pages moves between size classes
+/// per tick.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(10);
-const SWEEP_BUDGET: usize = 2_000;
+const SWEEP_BUDGET_BUSY: usize = 2_000;
+const SWEEP_BUDGET_IDLE: usize = 200;
 
 /// A started server.
 pub struct RunningServer {
@@ -319,14 +325,17 @@ async fn refuse_connection(mut stream: glommio::net::TcpStream) {
 /// Store upkeep: expired items, page moves between size classes, budget.
 async fn sweep_loop(rt: Rc<ShardRuntime>) {
     let mut tick = 0u64;
+    let mut budget = SWEEP_BUDGET_IDLE;
     while !rt.shutdown.is_fired() {
         glommio::timer::sleep(SWEEP_INTERVAL).await;
         tick += 1;
         let now = crate::shard::clock::unix_now_us();
-        rt.shard
-            .store
-            .borrow_mut()
-            .maintain(now, SWEEP_BUDGET, tick % 10 == 0);
+        let reclaimed = rt.shard.store.borrow_mut().maintain(now, budget, tick % 10 == 0);
+        budget = if reclaimed * 10 >= budget {
+            SWEEP_BUDGET_BUSY
+        } else {
+            SWEEP_BUDGET_IDLE
+        };
     }
 }
 

@@ -323,9 +323,10 @@ impl Store {
     /// `budget` index entries visited), moves at most one page toward the
     /// class evicting the most when classes are out of balance, and releases
     /// pages if the index grew past the budget. `decay` ages the eviction
-    /// pressure that drives page moves (call it every ~100 ms).
-    pub fn maintain(&mut self, now_us: u64, budget: usize, decay: bool) {
-        self.sweep_expired(now_us, budget);
+    /// pressure that drives page moves (call it every ~100 ms). Returns the
+    /// number of expired items reclaimed.
+    pub fn maintain(&mut self, now_us: u64, budget: usize, decay: bool) -> usize {
+        let reclaimed = self.sweep_expired(now_us, budget);
         for _ in 0..self.items.pages_per_rebalance() {
             match self.items.rebalance_move() {
                 Some((page, to_class)) => self.empty_page(page, Some(to_class), now_us),
@@ -336,6 +337,7 @@ impl Store {
             self.items.decay_pressure();
         }
         self.release_over_budget(None, now_us);
+        reclaimed
     }
 
     /// Releases pages while the index has grown the total past the budget,
