@@ -8,7 +8,9 @@
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod hub;
 pub mod key;
+pub mod metrics;
 pub mod ops;
 pub mod pattern;
 pub mod protocol;

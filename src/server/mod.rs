@@ -19,6 +19,8 @@ use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{info, warn};
 
 use crate::config::ServerConfig;
+use crate::hub::control::ControlPlane;
+use crate::hub::events::EventSink;
 use crate::router::{MeshPlan, Router};
 use crate::shard::store::StoreConfig;
 use crate::shard::{Shard, ShardLimits};
@@ -35,6 +37,9 @@ pub struct ServerInfo {
     /// Per shard: unix milliseconds of its last heartbeat (every 50 ms while
     /// its executor runs), for the systemd watchdog.
     pub heartbeats: Vec<AtomicU64>,
+    /// Commands into the shards from other threads (metrics scrapes, the
+    /// Message Hub bridge).
+    pub control: Arc<ControlPlane>,
 }
 
 /// The tasks of one shard share this.
@@ -61,6 +66,7 @@ pub struct RunningServer {
     pub shard_ports: Vec<u16>,
     info: Arc<ServerInfo>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
+    hub: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -80,10 +86,19 @@ impl RunningServer {
         StopHandle(self.info.clone())
     }
 
-    /// Waits until every shard has stopped.
+    /// Reaches every shard from any thread: metrics snapshots
+    /// ([`ControlPlane::gather`] then [`crate::metrics::render_prometheus`]).
+    pub fn control(&self) -> Arc<ControlPlane> {
+        self.info.control.clone()
+    }
+
+    /// Waits until every shard (and the Message Hub bridge) has stopped.
     pub fn wait(self) {
         for t in self.threads {
             let _ = t.join();
+        }
+        if let Some(hub) = self.hub {
+            let _ = hub.join();
         }
     }
 }
@@ -120,7 +135,15 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         open_connections: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
         heartbeats: (0..shards).map(|_| AtomicU64::new(now_ms())).collect(),
+        control: Arc::new(ControlPlane::new(
+            shards,
+            config.hub.node_id.clone(),
+            config.hub.zone.clone(),
+        )),
     });
+    let policy = config.start_policy();
+    let events_on = config.hub.nats_url.is_some();
+    let mut event_queues = Vec::new();
     let seed = config.hash_seed.unwrap_or_else(random_seed);
     let per_shard_memory = config.max_memory_bytes / shards;
     let plan = MeshPlan::new(shards);
@@ -142,6 +165,12 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
             max_item_bytes: config.max_item_bytes,
         };
         let (plan, info, ready) = (plan.clone(), info.clone(), ready_tx.clone());
+        let policy = policy.clone();
+        let events = events_on.then(|| {
+            let (sink, queue) = EventSink::with_capacity(config.hub.event_queue);
+            event_queues.push(queue);
+            sink
+        });
         let placement = if config.pin {
             Placement::Fixed(cpu)
         } else {
@@ -150,7 +179,9 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         let builder = LocalExecutorBuilder::new(placement).name(&format!("shard-{id}"));
         let handle = builder
             .spawn(move || async move {
-                let shard = Rc::new(Shard::new(id, shards, limits, store));
+                let mut shard = Shard::new(id, shards, limits, store);
+                shard.attach_hub(policy, events);
+                let shard = Rc::new(shard);
                 let router = Router::join(shard.clone(), plan).await;
                 let rt = Rc::new(ShardRuntime {
                     shard,
@@ -173,11 +204,25 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         }
     }
     info!(shards, seed, "all shards serving");
+    let hub = if events_on {
+        let stop_info = info.clone();
+        let stopping = Arc::new(move || stop_info.stopping.load(Ordering::Relaxed));
+        Some(crate::hub::start(
+            config.hub.clone(),
+            policy,
+            info.control.clone(),
+            event_queues,
+            stopping,
+        )?)
+    } else {
+        None
+    };
     Ok(RunningServer {
         binary_addr: listeners.public_addr,
         shard_ports: listeners.shard_ports,
         info,
         threads,
+        hub,
     })
 }
 
@@ -194,6 +239,13 @@ async fn run_shard(
     let accept_public = glommio::spawn_local(accept_loop(rt.clone(), public));
     let accept_own = glommio::spawn_local(accept_loop(rt.clone(), own));
     glommio::spawn_local(sweep_loop(rt.clone())).detach();
+    let control_rt = rt.clone();
+    glommio::spawn_local(crate::hub::control::serve_shard(
+        rt.shard.clone(),
+        rt.server.control.clone(),
+        move || control_rt.shutdown.is_fired(),
+    ))
+    .detach();
     let _ = ready.send(Ok(rt.shard.id));
 
     while !rt.server.stopping.load(Ordering::Relaxed) {
