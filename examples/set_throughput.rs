@@ -40,7 +40,13 @@ fn main() {
     let value = vec![b'x'; value_size as usize];
     let threads: Vec<_> = (0..conns)
         .map(|c| {
-            let (addr, stop, ops, errors, value) = (addr.clone(), stop.clone(), ops.clone(), errors.clone(), value.clone());
+            let (addr, stop, ops, errors, value) = (
+                addr.clone(),
+                stop.clone(),
+                ops.clone(),
+                errors.clone(),
+                value.clone(),
+            );
             std::thread::spawn(move || {
                 let mut s = TcpStream::connect(&addr).expect("connect");
                 s.set_nodelay(true).unwrap();

@@ -221,14 +221,21 @@ fn hub_config(cli: &Cli, _cpus: &[usize]) -> Result<HubConfig, ConfigError> {
     let label_ok = |s: &str| {
         !s.is_empty()
             && s.len() <= 128
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
     };
     let node_id = cli.node_id.clone().unwrap_or_else(host_name);
     if !label_ok(&node_id) {
-        return Err(invalid("--node-id", "must be 1-128 characters of A-Z a-z 0-9 _ - . :"));
+        return Err(invalid(
+            "--node-id",
+            "must be 1-128 characters of A-Z a-z 0-9 _ - . :",
+        ));
     }
     if !label_ok(&cli.zone) {
-        return Err(invalid("--zone", "must be 1-128 characters of A-Z a-z 0-9 _ - . :"));
+        return Err(invalid(
+            "--zone",
+            "must be 1-128 characters of A-Z a-z 0-9 _ - . :",
+        ));
     }
     Ok(HubConfig {
         nats_url: cli.nats_url.clone(),

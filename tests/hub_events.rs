@@ -156,7 +156,10 @@ async fn await_bridge(raw: &mut Raw, sub: &mut async_nats::Subscriber, within: D
         let key = format!("probe:{n}");
         assert_eq!(raw.call(&set(key.as_bytes(), b"p", 0)).status, 0);
         while let Some(msg) = next_msg(sub, Duration::from_millis(300)).await {
-            if body(&msg)["data"]["key"].as_str().is_some_and(|k| k.starts_with("probe:")) {
+            if body(&msg)["data"]["key"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("probe:"))
+            {
                 let took = start.elapsed();
                 // Let the events of earlier probes go by.
                 while next_msg(sub, Duration::from_millis(300)).await.is_some() {}
@@ -210,7 +213,9 @@ async fn events_carry_the_envelope_and_the_request_correlation_id() {
     await_bridge(&mut raw, &mut items, Duration::from_secs(10)).await;
 
     assert_eq!(raw.call(&set_with_corr(b"character:42", "req-corr-7")).status, 0);
-    let msg = next_msg(&mut items, Duration::from_secs(5)).await.expect("set event");
+    let msg = next_msg(&mut items, Duration::from_secs(5))
+        .await
+        .expect("set event");
     let b = body(&msg);
     for (h, field) in [
         ("Correlation-Id", "correlation_id"),
@@ -242,7 +247,9 @@ async fn events_carry_the_envelope_and_the_request_correlation_id() {
     assert_eq!(body(&msg)["data"]["key"], "character:42");
 
     // Batches publish one event per stored key, across shards.
-    let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..6).map(|i| (format!("m:{i}").into_bytes(), b"v".to_vec())).collect();
+    let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..6)
+        .map(|i| (format!("m:{i}").into_bytes(), b"v".to_vec()))
+        .collect();
     raw.call(&set_many(&entries, 0));
     let mut keys = Vec::new();
     for _ in 0..6 {
@@ -280,13 +287,18 @@ async fn events_carry_the_envelope_and_the_request_correlation_id() {
     assert_eq!(b["data"]["key"], "*");
 
     // Health every second, with the ICD's metrics and the envelope.
-    let msg = next_msg(&mut health, Duration::from_secs(5)).await.expect("health event");
+    let msg = next_msg(&mut health, Duration::from_secs(5))
+        .await
+        .expect("health event");
     let b = body(&msg);
     assert_eq!(header(&msg, "Event-Type"), "cache.health.status");
     assert_eq!(b["event"], "cache.health.status");
     assert_eq!(b["data"]["status"], "healthy");
     let metrics = &b["data"]["metrics"];
-    assert!(metrics["hit_rate"].is_f64() || metrics["hit_rate"].is_u64(), "{b}");
+    assert!(
+        metrics["hit_rate"].is_f64() || metrics["hit_rate"].is_u64(),
+        "{b}"
+    );
     assert!(metrics["memory_usage"].as_f64().is_some(), "{b}");
     assert!(metrics["ops_rate"].as_u64().is_some(), "{b}");
     assert!(!b["correlation_id"].as_str().unwrap().is_empty());
@@ -306,16 +318,34 @@ async fn config_events_change_ttls_and_bad_ones_are_refused() {
         meta.expires_at - meta.created_at
     };
     assert_eq!(ttl_ms(&mut raw, b"plain:1"), 3_600_000);
-    assert_eq!(ttl_ms(&mut raw, b"computation:1"), 300_000, "ICD TTL of computation_results");
+    assert_eq!(
+        ttl_ms(&mut raw, b"computation:1"),
+        300_000,
+        "ICD TTL of computation_results"
+    );
 
     let data = json!({"policy": "ttl", "parameters": {"ttl": 5}, "scope": "global"});
-    let reply = request(&client, "config.cache.update", hub_message("config.cache.update", data)).await;
+    let reply = request(
+        &client,
+        "config.cache.update",
+        hub_message("config.cache.update", data),
+    )
+    .await;
     assert_eq!(reply["status"], "ok", "{reply}");
     assert_eq!(ttl_ms(&mut raw, b"plain:2"), 5_000);
-    assert_eq!(ttl_ms(&mut raw, b"computation:2"), 300_000, "a type keeps its own TTL");
+    assert_eq!(
+        ttl_ms(&mut raw, b"computation:2"),
+        300_000,
+        "a type keeps its own TTL"
+    );
 
     let data = json!({"policy": "ttl", "parameters": {"ttl": 42}, "scope": "computation_results"});
-    let reply = request(&client, "config.cache.update", hub_message("config.cache.update", data)).await;
+    let reply = request(
+        &client,
+        "config.cache.update",
+        hub_message("config.cache.update", data),
+    )
+    .await;
     assert_eq!(reply["status"], "ok", "{reply}");
     assert_eq!(ttl_ms(&mut raw, b"computation:3"), 42_000);
 
@@ -333,7 +363,12 @@ async fn config_events_change_ttls_and_bad_ones_are_refused() {
 
     // Switching events off for a cache type.
     let data = json!({"policy": "events", "parameters": {"enabled": false}, "scope": "image_metadata"});
-    let reply = request(&client, "config.cache.update", hub_message("config.cache.update", data)).await;
+    let reply = request(
+        &client,
+        "config.cache.update",
+        hub_message("config.cache.update", data),
+    )
+    .await;
     assert_eq!(reply["status"], "ok", "{reply}");
     while next_msg(&mut items, Duration::from_millis(200)).await.is_some() {}
     raw.call(&set(b"image:1", b"v", 0));
@@ -344,20 +379,39 @@ async fn config_events_change_ttls_and_bad_ones_are_refused() {
     // Invalid messages: refused with a reason, nothing changes, nothing breaks.
     for bad in [
         Bytes::from_static(b"not json"),
-        hub_message("config.cache.update", json!({"policy": "ttl", "parameters": {"ttl": "x"}})),
-        hub_message("config.cache.update", json!({"policy": "ttl", "parameters": {"ttl": 1}, "scope": "nope"})),
-        hub_message("control.cache.action", json!({"policy": "ttl", "parameters": {"ttl": 1}})),
+        hub_message(
+            "config.cache.update",
+            json!({"policy": "ttl", "parameters": {"ttl": "x"}}),
+        ),
+        hub_message(
+            "config.cache.update",
+            json!({"policy": "ttl", "parameters": {"ttl": 1}, "scope": "nope"}),
+        ),
+        hub_message(
+            "control.cache.action",
+            json!({"policy": "ttl", "parameters": {"ttl": 1}}),
+        ),
         Bytes::from(json!({"data": "not an object"}).to_string()),
     ] {
         let reply = request(&client, "config.cache.update", bad).await;
         assert_eq!(reply["status"], "error", "{reply}");
     }
-    let reply = request(&client, "control.cache.action", hub_message("control.cache.action", json!({"action": "explode"}))).await;
+    let reply = request(
+        &client,
+        "control.cache.action",
+        hub_message("control.cache.action", json!({"action": "explode"})),
+    )
+    .await;
     assert_eq!(reply["status"], "error");
     assert_eq!(ttl_ms(&mut raw, b"plain:4"), 9_000);
 
     // reload: back to the policy the server started with.
-    let reply = request(&client, "control.cache.action", hub_message("control.cache.action", json!({"action": "reload"}))).await;
+    let reply = request(
+        &client,
+        "control.cache.action",
+        hub_message("control.cache.action", json!({"action": "reload"})),
+    )
+    .await;
     assert_eq!(reply["status"], "ok", "{reply}");
     assert_eq!(ttl_ms(&mut raw, b"plain:5"), 3_600_000);
     assert_eq!(ttl_ms(&mut raw, b"computation:5"), 300_000);
@@ -378,19 +432,36 @@ async fn control_actions_flush_and_invalidate_every_shard() {
     }
 
     let action = json!({"action": "invalidate", "target": "character:7", "parameters": {}});
-    let reply = request(&client, "control.cache.action", hub_message("control.cache.action", action)).await;
-    assert_eq!((reply["status"].as_str(), reply["removed"].as_u64()), (Some("ok"), Some(1)), "{reply}");
+    let reply = request(
+        &client,
+        "control.cache.action",
+        hub_message("control.cache.action", action),
+    )
+    .await;
+    assert_eq!(
+        (reply["status"].as_str(), reply["removed"].as_u64()),
+        (Some("ok"), Some(1)),
+        "{reply}"
+    );
     assert_eq!(raw.call(&get(b"character:7")).status, 1);
 
     let action = json!({"action": "invalidate", "target": "image:*"});
-    let reply = request(&client, "control.cache.action", hub_message("control.cache.action", action)).await;
+    let reply = request(
+        &client,
+        "control.cache.action",
+        hub_message("control.cache.action", action),
+    )
+    .await;
     assert_eq!(reply["removed"], 200, "{reply}");
     assert_eq!(raw.call(&get(b"image:3")).status, 1);
     assert_eq!(raw.call(&get(b"character:3")).status, 0);
 
     // flush by plain publish: the cache empties on every shard.
     client
-        .publish("control.cache.action", hub_message("control.cache.action", json!({"action": "flush"})))
+        .publish(
+            "control.cache.action",
+            hub_message("control.cache.action", json!({"action": "flush"})),
+        )
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -402,7 +473,11 @@ async fn control_actions_flush_and_invalidate_every_shard() {
     // The flush is announced with the control message's correlation id.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let b = body(&next_msg(&mut items, Duration::from_secs(5)).await.expect("flush event"));
+        let b = body(
+            &next_msg(&mut items, Duration::from_secs(5))
+                .await
+                .expect("flush event"),
+        );
         if b["data"]["operation"] == "flush" {
             assert_eq!(b["correlation_id"], "test-corr-1");
             assert_eq!(b["data"]["service_id"], "test_service");
@@ -430,14 +505,21 @@ async fn nats_outage_loses_no_data_counts_drops_and_recovers() {
     let start = Instant::now();
     for chunk in (0..keys).collect::<Vec<_>>().chunks(100) {
         for i in chunk {
-            raw.send(&set(format!("outage:{i}").as_bytes(), format!("value-{i}").as_bytes(), 0));
+            raw.send(&set(
+                format!("outage:{i}").as_bytes(),
+                format!("value-{i}").as_bytes(),
+                0,
+            ));
         }
         for _ in chunk {
             assert_eq!(raw.recv().expect("answer during the outage").status, 0);
         }
     }
     let write_time = start.elapsed();
-    assert!(write_time < Duration::from_secs(10), "writes slowed down: {write_time:?}");
+    assert!(
+        write_time < Duration::from_secs(10),
+        "writes slowed down: {write_time:?}"
+    );
     for i in 0..keys {
         let got = raw.call(&get(format!("outage:{i}").as_bytes()));
         assert_eq!(got.status, 0, "outage:{i} lost");

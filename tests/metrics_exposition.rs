@@ -53,7 +53,10 @@ fn exposition_of_real_traffic_parses_and_counts_right() {
     assert_eq!(b.handshake("campaign_service").status, 0);
 
     for i in 0..20 {
-        assert_eq!(a.call(&set(format!("character:{i}").as_bytes(), b"v", 0)).status, 0);
+        assert_eq!(
+            a.call(&set(format!("character:{i}").as_bytes(), b"v", 0)).status,
+            0
+        );
     }
     for i in 0..30 {
         // 20 hits, 10 misses.
@@ -86,14 +89,29 @@ fn exposition_of_real_traffic_parses_and_counts_right() {
     };
     let character = ("service", "character_service");
     let campaign = ("service", "campaign_service");
-    assert_eq!(num("cache_requests_total", &[character, ("operation", "set")]), 20.0);
-    assert_eq!(num("cache_requests_total", &[character, ("operation", "get")]), 30.0);
+    assert_eq!(
+        num("cache_requests_total", &[character, ("operation", "set")]),
+        20.0
+    );
+    assert_eq!(
+        num("cache_requests_total", &[character, ("operation", "get")]),
+        30.0
+    );
     assert_eq!(num("cache_hits_total", &[character, ("operation", "get")]), 20.0);
-    assert_eq!(num("cache_misses_total", &[character, ("operation", "get")]), 10.0);
+    assert_eq!(
+        num("cache_misses_total", &[character, ("operation", "get")]),
+        10.0
+    );
     let rate = num("cache_hit_rate", &[character, ("operation", "get")]);
     assert!((rate - 20.0 / 30.0).abs() < 1e-9, "{rate}");
-    assert_eq!(num("cache_hits_total", &[campaign, ("operation", "get_many")]), 4.0);
-    assert_eq!(num("cache_misses_total", &[campaign, ("operation", "get_many")]), 1.0);
+    assert_eq!(
+        num("cache_hits_total", &[campaign, ("operation", "get_many")]),
+        4.0
+    );
+    assert_eq!(
+        num("cache_misses_total", &[campaign, ("operation", "get_many")]),
+        1.0
+    );
     assert_eq!(
         num(
             "cache_errors_total",
@@ -115,7 +133,10 @@ fn exposition_of_real_traffic_parses_and_counts_right() {
         ),
         1.0
     );
-    assert_eq!(num("cache_node_status", &[("node", "test-node"), ("zone", "zone-a")]), 1.0);
+    assert_eq!(
+        num("cache_node_status", &[("node", "test-node"), ("zone", "zone-a")]),
+        1.0
+    );
     assert_eq!(num("cache_replication_lag", &[("node", "test-node")]), 0.0);
     assert!(num("cache_memory_usage", &[("node", "test-node"), ("type", "used")]) > 0.0);
     assert_eq!(
@@ -132,7 +153,10 @@ fn exposition_of_real_traffic_parses_and_counts_right() {
         })
         .sum();
     assert_eq!(items, 20.0);
-    assert_eq!(num("cache_build_info", &[("version", dnd_cache::SERVER_VERSION)]), 1.0);
+    assert_eq!(
+        num("cache_build_info", &[("version", dnd_cache::SERVER_VERSION)]),
+        1.0
+    );
     assert_eq!(num("cache_hub_enabled", &[]), 0.0);
     match find("cache_latency", &[character, ("operation", "get")]) {
         Some(Value::Histogram(buckets)) => {
@@ -142,7 +166,10 @@ fn exposition_of_real_traffic_parses_and_counts_right() {
         }
         other => panic!("cache_latency is not a histogram: {other:?}"),
     }
-    assert_eq!(num("cache_latency_count", &[character, ("operation", "get")]), 30.0);
+    assert_eq!(
+        num("cache_latency_count", &[character, ("operation", "get")]),
+        30.0
+    );
 
     server.stop_handle().stop();
     server.wait();
@@ -171,7 +198,10 @@ fn strict_check(text: &str) {
             if kind == "counter" {
                 assert!(name.ends_with("_total"), "counter without _total: {line}");
             }
-            assert!(types.insert(name.to_string(), kind.to_string()).is_none(), "TYPE twice: {line}");
+            assert!(
+                types.insert(name.to_string(), kind.to_string()).is_none(),
+                "TYPE twice: {line}"
+            );
             continue;
         }
         assert!(!line.starts_with('#') && !line.is_empty(), "stray line {line:?}");
@@ -201,13 +231,20 @@ fn strict_check(text: &str) {
         assert!(seen.insert(series.to_string()), "series twice: {line}");
         let family = ["_bucket", "_sum", "_count"]
             .iter()
-            .find_map(|s| name.strip_suffix(s).filter(|f| types.get(*f).map(String::as_str) == Some("histogram")))
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| types.get(*f).map(String::as_str) == Some("histogram"))
+            })
             .unwrap_or(name);
         assert!(types.contains_key(family), "sample before its TYPE: {line}");
         let key = format!("{family}{{{}}}", other_labels.join(","));
         if name.ends_with("_bucket") && family != name {
             let le = le.expect("bucket without le");
-            let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap() };
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap()
+            };
             buckets.entry(key).or_default().push((bound, value));
         } else if name.ends_with("_count") && family != name {
             counts.insert(key, value);
@@ -215,7 +252,10 @@ fn strict_check(text: &str) {
     }
     assert!(!buckets.is_empty());
     for (key, b) in &buckets {
-        assert!(b.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1), "{key}: {b:?}");
+        assert!(
+            b.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{key}: {b:?}"
+        );
         let last = b.last().unwrap();
         assert!(last.0.is_infinite(), "{key} lacks +Inf");
         assert_eq!(Some(&last.1), counts.get(key), "{key}: +Inf bucket != _count");

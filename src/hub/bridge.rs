@@ -78,7 +78,7 @@ pub async fn run(
     control.bridge.enabled.store(true, Ordering::Relaxed);
     let counters = control.clone();
     let options = ConnectOptions::new()
-        .name(&format!("dnd-cache {}", config.node_id))
+        .name(format!("dnd-cache {}", config.node_id))
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
         .reconnect_delay_callback(|attempt| {
@@ -315,9 +315,7 @@ impl Bridge {
 
     async fn publish_health(&mut self) {
         let control = self.control.clone();
-        let snapshot = control
-            .gather(tokio::time::sleep(Duration::from_secs(1)))
-            .await;
+        let snapshot = control.gather(tokio::time::sleep(Duration::from_secs(1))).await;
         let now = Instant::now();
         let requests = snapshot.total(|s| s.requests);
         let hits = snapshot.total(|s| s.hits);
@@ -326,11 +324,19 @@ impl Bridge {
             Some((at, r0, h0, m0)) => {
                 let secs = now.duration_since(at).as_secs_f64().max(0.001);
                 let (dh, dm) = (hits.saturating_sub(h0), misses.saturating_sub(m0));
-                let rate = if dh + dm == 0 { 0.0 } else { dh as f64 / (dh + dm) as f64 };
+                let rate = if dh + dm == 0 {
+                    0.0
+                } else {
+                    dh as f64 / (dh + dm) as f64
+                };
                 (rate, (requests.saturating_sub(r0) as f64 / secs).round() as u64)
             }
             None => {
-                let rate = if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 };
+                let rate = if hits + misses == 0 {
+                    0.0
+                } else {
+                    hits as f64 / (hits + misses) as f64
+                };
                 (rate, 0)
             }
         };
@@ -364,9 +370,14 @@ impl Bridge {
         if !self.connected() {
             return;
         }
-        let ttl_s = (self.config.health_interval.as_secs() as u32).saturating_mul(3).max(1);
+        let ttl_s = (self.config.health_interval.as_secs() as u32)
+            .saturating_mul(3)
+            .max(1);
         let envelope = self.envelope(SUBJECT_HEALTH, None, ttl_s);
-        if self.publish(SUBJECT_HEALTH, &envelope, envelope.payload(&data)).await {
+        if self
+            .publish(SUBJECT_HEALTH, &envelope, envelope.payload(&data))
+            .await
+        {
             BridgeCounters::add(&self.counters().published_health_events, 1);
         }
     }
@@ -427,8 +438,11 @@ impl Bridge {
                 info!(summary, correlation_id = ?incoming.correlation_id, source = ?incoming.source, "policy changed");
                 self.policy = next;
                 let applied = self.push_policy().await;
-                self.reply(&msg, json!({"status": "ok", "applied": summary, "shards": applied, "policy": self.policy}))
-                    .await;
+                self.reply(
+                    &msg,
+                    json!({"status": "ok", "applied": summary, "shards": applied, "policy": self.policy}),
+                )
+                .await;
             }
             Err(e) => {
                 self.refuse(SUBJECT_CONFIG, &e);
@@ -535,7 +549,13 @@ impl Bridge {
                     if enabled {
                         let source = incoming.source.as_deref().unwrap_or("");
                         let corr = incoming.correlation_id.as_deref().unwrap_or("");
-                        let event = ItemEvent::new(op, unix_now_us() / 1000, key.as_bytes(), source.as_bytes(), corr.as_bytes());
+                        let event = ItemEvent::new(
+                            op,
+                            unix_now_us() / 1000,
+                            key.as_bytes(),
+                            source.as_bytes(),
+                            corr.as_bytes(),
+                        );
                         self.publish_item(&event, 0).await;
                     }
                 }
@@ -552,7 +572,11 @@ impl Bridge {
         }
     }
 
-    async fn invalidate<'t>(&self, data: &Value, target: &'t str) -> Result<(Value, Option<(ItemOp, &'t str)>), String> {
+    async fn invalidate<'t>(
+        &self,
+        data: &Value,
+        target: &'t str,
+    ) -> Result<(Value, Option<(ItemOp, &'t str)>), String> {
         let pattern = data
             .get("parameters")
             .and_then(|p| p.get("pattern"))
@@ -574,6 +598,9 @@ impl Bridge {
             })
             .await
             .ok_or("a shard did not answer")?;
-        Ok((json!({"removed": removed, "pattern": pattern}), Some((ItemOp::Invalidate, target))))
+        Ok((
+            json!({"removed": removed, "pattern": pattern}),
+            Some((ItemOp::Invalidate, target)),
+        ))
     }
 }

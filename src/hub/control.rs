@@ -167,7 +167,10 @@ async fn run_command(shard: &Shard, command: ShardCommand) {
             pattern: false,
             done,
         } => {
-            let removed = shard.store.borrow_mut().delete(key_hash(&target, shard.seed), &target);
+            let removed = shard
+                .store
+                .borrow_mut()
+                .delete(key_hash(&target, shard.seed), &target);
             let _ = done.send(u64::from(removed));
         }
         ShardCommand::Invalidate {
@@ -182,11 +185,12 @@ async fn run_command(shard: &Shard, command: ShardCommand) {
                     keys.push(item.key().to_vec());
                     keys.len() < INVALIDATE_BATCH
                 });
-                let mut store = shard.store.borrow_mut();
-                for key in &keys {
-                    removed += u64::from(store.delete(key_hash(key, shard.seed), key));
+                {
+                    let mut store = shard.store.borrow_mut();
+                    for key in &keys {
+                        removed += u64::from(store.delete(key_hash(key, shard.seed), key));
+                    }
                 }
-                drop(store);
                 if keys.len() < INVALIDATE_BATCH {
                     break;
                 }

@@ -82,7 +82,11 @@ impl Incoming {
             body.get(json_name)
                 .and_then(Value::as_str)
                 .map(str::to_string)
-                .or_else(|| headers.and_then(|h| h.get(header)).map(|v| v.as_str().to_string()))
+                .or_else(|| {
+                    headers
+                        .and_then(|h| h.get(header))
+                        .map(|v| v.as_str().to_string())
+                })
                 .filter(|s| !s.is_empty())
         };
         Incoming {

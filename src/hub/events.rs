@@ -103,12 +103,7 @@ impl EventSink {
     /// A queue of `capacity` events and the sink that fills it.
     pub fn with_capacity(capacity: usize) -> (EventSink, EventQueue) {
         let queue = Arc::new(ArrayQueue::new(capacity.max(1)));
-        (
-            EventSink {
-                queue: queue.clone(),
-            },
-            queue,
-        )
+        (EventSink { queue: queue.clone() }, queue)
     }
 
     /// Hands an event to the bridge; false when the queue was full and the

@@ -203,7 +203,9 @@ impl Policy {
             name => Some(CacheType::from_name(name).ok_or_else(|| format!("unknown scope {name:?}"))?),
         };
         if target.is_some() && matches!(policy, "eviction" | "max_memory") {
-            return Err(format!("{policy} applies to the whole server: use scope \"global\""));
+            return Err(format!(
+                "{policy} applies to the whole server: use scope \"global\""
+            ));
         }
         match policy {
             "ttl" | "ttl_default" => {
@@ -231,7 +233,8 @@ impl Policy {
                     Some(ms) => Some(
                         ms.as_u64()
                             .filter(|&m| m <= 60_000)
-                            .ok_or("parameters.coalesce_ms must be 0 to 60000")? as u32,
+                            .ok_or("parameters.coalesce_ms must be 0 to 60000")?
+                            as u32,
                     ),
                 };
                 let enabled = match param(&["enabled"]) {
@@ -269,7 +272,10 @@ impl Policy {
             other => return Err(format!("unknown policy {other:?}")),
         }
         self.version += 1;
-        Ok(format!("{policy} updated for {}", target.map_or("global", CacheType::name)))
+        Ok(format!(
+            "{policy} updated for {}",
+            target.map_or("global", CacheType::name)
+        ))
     }
 }
 
@@ -281,8 +287,14 @@ mod tests {
     #[test]
     fn keys_map_to_types_by_prefix() {
         assert_eq!(CacheType::of_key(b"character:1"), Some(CacheType::CharacterData));
-        assert_eq!(CacheType::of_key(b"participants:9"), Some(CacheType::ParticipantList));
-        assert_eq!(CacheType::of_key(b"transform:x"), Some(CacheType::TransformationResults));
+        assert_eq!(
+            CacheType::of_key(b"participants:9"),
+            Some(CacheType::ParticipantList)
+        );
+        assert_eq!(
+            CacheType::of_key(b"transform:x"),
+            Some(CacheType::TransformationResults)
+        );
         assert_eq!(CacheType::of_key(b"characters"), None);
         assert_eq!(CacheType::of_key(b"zzz"), None);
         assert_eq!(CacheType::of_key(b""), None);

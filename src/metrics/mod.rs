@@ -64,9 +64,7 @@ pub const fn op_slot(kind: OpKind) -> u8 {
 
 /// The `operation` label of a slot.
 pub fn op_label(slot: u8) -> &'static str {
-    OpKind::ALL
-        .get(usize::from(slot))
-        .map_or("invalid", |k| k.name())
+    OpKind::ALL.get(usize::from(slot)).map_or("invalid", |k| k.name())
 }
 
 #[inline]
@@ -99,7 +97,7 @@ struct OpCell {
 pub struct ShardMetrics {
     /// Service names by index; index 0 is [`OTHER_SERVICE`].
     names: Vec<Box<str>>,
-    cells: Vec<Box<[OpCell; OP_SLOTS]>>,
+    cells: Vec<[OpCell; OP_SLOTS]>,
     /// Events handed to the bridge, and dropped because its queue was full.
     pub events_queued: u64,
     pub events_dropped: u64,
@@ -109,7 +107,7 @@ impl Default for ShardMetrics {
     fn default() -> Self {
         ShardMetrics {
             names: vec![OTHER_SERVICE.into()],
-            cells: vec![Box::default()],
+            cells: vec![Default::default()],
             events_queued: 0,
             events_dropped: 0,
         }
@@ -127,7 +125,7 @@ impl ShardMetrics {
             return 0;
         }
         self.names.push(service.into());
-        self.cells.push(Box::default());
+        self.cells.push(Default::default());
         (self.names.len() - 1) as ServiceIndex
     }
 

@@ -207,7 +207,11 @@ impl Dispatcher {
             self.forward_and_assemble(rt, now_us).await;
         }
         // Assembly rebuilds `out` with this cycle's answers only.
-        let answers = if assembled { &self.out[..] } else { &self.out[out_start..] };
+        let answers = if assembled {
+            &self.out[..]
+        } else {
+            &self.out[out_start..]
+        };
         observe_cycle(&rt.shard, &self.identity, &self.record, input, answers);
         self.steps.clear();
         self.jobs.clear();

@@ -60,10 +60,12 @@ impl Shard {
                 Lookup::Expired => ResponseEncoder::error(out, Status::Expired, "key expired", corr),
                 Lookup::Miss => ResponseEncoder::simple(out, Status::NotFound, b"", None, corr),
             },
-            OpKind::Set => match store.set(hash, op.key, op.value, self.resolve_ttl(op.key, op.ttl), now_us) {
-                Ok(meta) => ResponseEncoder::simple(out, Status::Ok, b"", Some(&meta), corr),
-                Err(e) => ResponseEncoder::error(out, Status::StorageFull, write_error_message(e), corr),
-            },
+            OpKind::Set => {
+                match store.set(hash, op.key, op.value, self.resolve_ttl(op.key, op.ttl), now_us) {
+                    Ok(meta) => ResponseEncoder::simple(out, Status::Ok, b"", Some(&meta), corr),
+                    Err(e) => ResponseEncoder::error(out, Status::StorageFull, write_error_message(e), corr),
+                }
+            }
             _ => {
                 let status = if store.delete(hash, op.key) {
                     Status::Ok

@@ -71,7 +71,11 @@ impl Shard {
     }
 
     /// Sets the start policy and, when events are on, the event queue.
-    pub fn attach_hub(&mut self, policy: crate::hub::policy::Policy, events: Option<crate::hub::events::EventSink>) {
+    pub fn attach_hub(
+        &mut self,
+        policy: crate::hub::policy::Policy,
+        events: Option<crate::hub::events::EventSink>,
+    ) {
         self.policy = RefCell::new(policy);
         self.events = events;
     }
