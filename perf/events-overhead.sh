@@ -57,7 +57,8 @@ run_once() { # mode → ops/s
     sleep 0.1
   done
   [ -n "$addr" ] || { cat "$work/server.err" >&2; exit 1; }
-  local json
+  local before json after
+  before=$(cpu_ticks "$server")
   if [ "${USE_LOADGEN:-0}" = 1 ] && [ -x target/release/loadgen ]; then
     json=$(taskset -c "$CLIENT_CPU" target/release/loadgen run --protocol binary --addr "$addr" \
       --connections "$CONNS" --pipeline "$PIPELINE" --ratio 0:1 --keys "$KEYS" --value-size 100 \
@@ -66,23 +67,54 @@ run_once() { # mode → ops/s
     json=$(taskset -c "$CLIENT_CPU" target/release/examples/set_throughput "$addr" \
       "$CONNS" "$PIPELINE" "$KEYS" 100 "$SECS")
   fi
+  after=$(cpu_ticks "$server")
   kill "$server"
   wait "$server" 2>/dev/null || true
-  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(int(d.get("ops_per_sec") or d.get("throughput") or d["ops"]/d["seconds"]))' "$json"
+  # ops/s, then server CPU µs per SET: shard threads, hub thread.
+  python3 -c '
+import json, sys
+d = json.loads(sys.argv[1])
+ops_s = d.get("ops_per_sec") or d.get("throughput") or d["ops"] / d["seconds"]
+b, a = (dict(zip(("shard", "hub"), map(int, x.split(",")))) for x in sys.argv[2:4])
+total = ops_s * float(sys.argv[4]) + 1
+us = lambda k: (a[k] - b[k]) * 1e6 / 100 / total
+sh, hb = us("shard"), us("hub")
+print(f"{int(ops_s)} {sh:.2f} {hb:.2f}")' "$json" "$before" "$after" "$((SECS + 1))"
 }
 
-declare -A results=([off]="" [on]="")
+cpu_ticks() { # pid → "shard_ticks,hub_ticks" (utime + stime, 1/100 s)
+  python3 - "$1" <<'PY'
+import glob, sys
+t = {"shard": 0, "hub": 0}
+for stat in glob.glob(f"/proc/{sys.argv[1]}/task/*/stat"):
+    try:
+        text = open(stat).read()
+    except OSError:
+        continue
+    comm = text[text.index("(") + 1:text.rindex(")")]
+    fields = text[text.rindex(")") + 2:].split()
+    ticks = int(fields[11]) + int(fields[12])
+    if comm.startswith("shard"):
+        t["shard"] += ticks
+    elif comm == "hub":
+        t["hub"] += ticks
+print(f"{t['shard']},{t['hub']}")
+PY
+}
+
+declare -A results=([off]="" [on]="") shard_cpu=([off]="" [on]="")
 for round in $(seq "$ROUNDS"); do
   for mode in off on; do
-    ops=$(run_once "$mode")
-    echo "round $round events $mode: $ops SET/s"
+    read -r ops shard_us hub_us < <(run_once "$mode")
+    echo "round $round events $mode: $ops SET/s; server CPU per SET: shard ${shard_us} µs, hub ${hub_us} µs"
     results[$mode]+="$ops "
+    shard_cpu[$mode]+="$shard_us "
   done
 done
-python3 - "${results[off]}" "${results[on]}" <<'PY'
+python3 - "${results[off]}" "${results[on]}" "${shard_cpu[off]}" "${shard_cpu[on]}" <<'PY'
 import statistics, sys
-off = [int(x) for x in sys.argv[1].split()]
-on = [int(x) for x in sys.argv[2].split()]
+off, on, c_off, c_on = ([float(x) for x in a.split()] for a in sys.argv[1:5])
 m_off, m_on = statistics.median(off), statistics.median(on)
 print(f"median events off: {m_off:.0f} SET/s, events on: {m_on:.0f} SET/s, on/off = {m_on / m_off:.3f}")
+print(f"median shard CPU per SET: off {statistics.median(c_off):.2f} µs, on {statistics.median(c_on):.2f} µs")
 PY

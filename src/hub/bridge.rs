@@ -270,16 +270,15 @@ impl Bridge {
             source: self.config.source.clone(),
             event: SUBJECT_ITEM_UPDATED,
             version: EVENT_VERSION,
-            timestamp_ms: event.at_ms,
+            timestamp: super::envelope::rfc3339_ms(event.at_ms),
             ttl_s: ITEM_EVENT_TTL_S,
         };
         let key = String::from_utf8_lossy(event.key());
         let service = String::from_utf8_lossy(event.service());
-        let timestamp = super::envelope::rfc3339_ms(event.at_ms);
         let data = ItemData {
             key: &key,
             operation: event.op.name(),
-            timestamp: &timestamp,
+            timestamp: &envelope.timestamp,
             service_id: &service,
             cache_type: CacheType::of_key(event.key()).map(CacheType::name),
             coalesced,
@@ -388,7 +387,7 @@ impl Bridge {
             source: self.config.source.clone(),
             event,
             version: EVENT_VERSION,
-            timestamp_ms: unix_now_us() / 1000,
+            timestamp: super::envelope::rfc3339_ms(unix_now_us() / 1000),
             ttl_s,
         }
     }

@@ -23,8 +23,8 @@ pub struct Envelope {
     pub source: String,
     pub event: &'static str,
     pub version: &'static str,
-    /// Unix milliseconds.
-    pub timestamp_ms: u64,
+    /// RFC 3339 ([`rfc3339_ms`]).
+    pub timestamp: String,
     /// Seconds after `timestamp` when the message is stale.
     pub ttl_s: u32,
 }
@@ -38,7 +38,7 @@ impl Envelope {
             version: &'a str,
             correlation_id: &'a str,
             source: &'a str,
-            timestamp: String,
+            timestamp: &'a str,
             ttl: u32,
             data: &'a T,
         }
@@ -47,7 +47,7 @@ impl Envelope {
             version: self.version,
             correlation_id: &self.correlation_id,
             source: &self.source,
-            timestamp: rfc3339_ms(self.timestamp_ms),
+            timestamp: &self.timestamp,
             ttl: self.ttl_s,
             data,
         };
@@ -61,7 +61,7 @@ impl Envelope {
         h.insert(H_SOURCE, self.source.as_str());
         h.insert(H_EVENT_TYPE, self.event);
         h.insert(H_EVENT_VERSION, self.version);
-        h.insert(H_TIMESTAMP, rfc3339_ms(self.timestamp_ms).as_str());
+        h.insert(H_TIMESTAMP, self.timestamp.as_str());
         h.insert(H_TTL, self.ttl_s.to_string().as_str());
         h
     }
@@ -154,7 +154,7 @@ mod tests {
             source: "cache_service".into(),
             event: "cache.item.updated",
             version: EVENT_VERSION,
-            timestamp_ms: 0,
+            timestamp: rfc3339_ms(0),
             ttl_s: 60,
         };
         let body: Value = serde_json::from_slice(&e.payload(&json!({"key": "k"}))).unwrap();
