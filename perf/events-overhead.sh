@@ -10,7 +10,12 @@
 # (target/release/loadgen), else examples/set_throughput.rs (closed loop,
 # one thread per connection). The server runs one shard pinned to
 # SERVER_CPU, the client is pinned to CLIENT_CPU; the bridge thread is
-# pinned to HUB_CPU when set (nats-server floats). Needs nats-server.
+# pinned to HUB_CPU when set (nats-server floats). EXTRA_ON adds server
+# flags in the "on" runs (e.g. EXTRA_ON="--event-coalesce-ms 1000").
+# Besides throughput it prints the server's CPU time per SET, for the shard
+# threads and the bridge thread: on a loaded 2-core host, throughput mostly
+# shows who else is using the cores, the shard's CPU per SET shows whether
+# the data path itself slowed. Needs nats-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +50,8 @@ run_once() { # mode → ops/s
   if [ "$mode" = on ]; then
     extra=(--nats-url "nats://127.0.0.1:$nats_port")
     [ -n "$HUB_CPU" ] && extra+=(--hub-cpu "$HUB_CPU")
+    # shellcheck disable=SC2206 # EXTRA_ON is a list of flags
+    [ -n "${EXTRA_ON:-}" ] && extra+=($EXTRA_ON)
   fi
   "$server_bin" --cpus "$SERVER_CPU" --port 0 --shard-port-base 0 --http-port 0 \
     --max-memory 1GiB "${extra[@]}" >"$work/server.out" 2>"$work/server.err" &

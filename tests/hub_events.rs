@@ -535,3 +535,30 @@ async fn nats_outage_loses_no_data_counts_drops_and_recovers() {
     assert_eq!(raw.call(&get(b"outage:0")).status, 0);
     assert!(stats(&mut raw)["total"]["events_dropped"].as_u64().unwrap() >= dropped);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_on_one_key_coalesce_within_the_window() {
+    let Some(bin) = require_nats() else { return };
+    let nats = Nats::start(bin);
+    let client = connect(&nats).await;
+    let mut items = subscribe(&client, ITEM_SUBJECT).await;
+    let server = start_server(&nats, &["--event-coalesce-ms", "400"]);
+    let mut raw = server.connect();
+    await_bridge(&mut raw, &mut items, Duration::from_secs(10)).await;
+
+    for _ in 0..5 {
+        assert_eq!(raw.call(&set(b"burst:1", b"v", 0)).status, 0);
+    }
+    assert_eq!(raw.call(&op("delete", b"burst:1")).status, 0);
+    assert_eq!(raw.call(&set(b"burst:2", b"v", 0)).status, 0);
+    let mut got = Vec::new();
+    while let Some(msg) = next_msg(&mut items, Duration::from_secs(2)).await {
+        got.push(body(&msg)["data"].clone());
+    }
+    assert_eq!(got.len(), 2, "{got:?}");
+    let one = got.iter().find(|d| d["key"] == "burst:1").unwrap();
+    assert_eq!(one["operation"], "delete", "the latest write wins");
+    assert_eq!(one["coalesced"], 5);
+    let two = got.iter().find(|d| d["key"] == "burst:2").unwrap();
+    assert!(two.get("coalesced").is_none());
+}

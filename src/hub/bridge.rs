@@ -2,7 +2,7 @@
 //! queues and publish, publish health, apply configuration and control
 //! messages.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,7 +47,6 @@ const MAX_DRAIN_PER_QUEUE: usize = 4096;
 struct Pending {
     event: ItemEvent,
     merged: u64,
-    due: Instant,
 }
 
 struct Bridge {
@@ -57,8 +56,10 @@ struct Bridge {
     queues: Vec<EventQueue>,
     policy: Policy,
     start_policy: Policy,
-    /// Events held back to coalesce writes of one key, by key.
+    /// Events held back to coalesce writes of one key, by key, and the
+    /// keys in the order their windows end.
     pending: HashMap<Vec<u8>, Pending>,
+    due_order: VecDeque<(Instant, Vec<u8>)>,
     id_prefix: String,
     id_seq: u64,
     last_health: Option<(Instant, u64, u64, u64)>,
@@ -104,6 +105,7 @@ pub async fn run(
         start_policy: policy.clone(),
         policy,
         pending: HashMap::new(),
+        due_order: VecDeque::new(),
         id_prefix: new_correlation_id()[..16].to_string(),
         id_seq: 0,
         last_health: None,
@@ -230,14 +232,9 @@ impl Bridge {
                 BridgeCounters::add(&self.counters().coalesced, 1);
             }
             None => {
-                self.pending.insert(
-                    event.key().to_vec(),
-                    Pending {
-                        event,
-                        merged: 0,
-                        due,
-                    },
-                );
+                self.due_order.push_back((due, event.key().to_vec()));
+                self.pending
+                    .insert(event.key().to_vec(), Pending { event, merged: 0 });
             }
         }
     }
@@ -247,13 +244,13 @@ impl Bridge {
             return;
         }
         let now = Instant::now();
-        let due: Vec<Vec<u8>> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| all || p.due <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in due {
+        // Windows end in the order they started (a window change at
+        // runtime only delays keys queued behind a longer window).
+        while let Some((due, _)) = self.due_order.front() {
+            if !all && *due > now {
+                break;
+            }
+            let (_, key) = self.due_order.pop_front().expect("front exists");
             if let Some(p) = self.pending.remove(&key) {
                 self.publish_item(&p.event, p.merged).await;
             }
