@@ -6,6 +6,8 @@ use std::net::IpAddr;
 
 use clap::Parser;
 
+use crate::hub::policy::{CacheType, Policy};
+use crate::hub::HubConfig;
 use crate::shard::store::EvictionPolicy;
 
 /// Command line of `cache-server`.
@@ -72,6 +74,33 @@ pub struct Cli {
     /// Fixed hash seed (default: random per start). For reproducible benchmarks.
     #[arg(long, hide = true)]
     pub hash_seed: Option<u64>,
+    /// NATS server of the Message Hub, e.g. nats://127.0.0.1:4222 (default: events off).
+    #[arg(long)]
+    pub nats_url: Option<String>,
+    /// Seconds between cache.health.status events.
+    #[arg(long, default_value_t = 10)]
+    pub health_interval: u64,
+    /// CPU to pin the Message Hub bridge thread to (default: not pinned).
+    #[arg(long)]
+    pub hub_cpu: Option<usize>,
+    /// Events each shard queues for the bridge; beyond that they are dropped and counted.
+    #[arg(long, default_value_t = 8192)]
+    pub event_queue: usize,
+    /// Coalesce writes of one key within this many milliseconds into one event (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub event_coalesce_ms: u32,
+    /// Default TTL of a cache type, e.g. "character_data=600" (repeatable).
+    #[arg(long, value_name = "TYPE=SECS")]
+    pub cache_type_ttl: Vec<String>,
+    /// Cache types whose writes publish no events ("default" = keys of no type), comma separated.
+    #[arg(long, value_name = "TYPES")]
+    pub no_events_for: Option<String>,
+    /// Server id in metrics and events (default: the host name).
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// Zone of this node (metrics label, health events).
+    #[arg(long, default_value = "default")]
+    pub zone: String,
     /// REST: milliseconds a request (head, plus 1 s per MiB of body) may take to arrive.
     #[arg(long, hide = true, default_value_t = 10_000)]
     pub http_request_timeout_ms: u64,
@@ -197,6 +226,10 @@ pub struct ServerConfig {
     /// REST deadlines (docs/rest.md).
     pub http_request_timeout: std::time::Duration,
     pub http_idle_timeout: std::time::Duration,
+    /// Message Hub bridge settings.
+    pub hub: HubConfig,
+    /// The policy shards start with (TTLs, cache types, event switches).
+    pub policy: Policy,
 }
 
 /// A setting that cannot be used, with the flag it came from.
@@ -303,6 +336,8 @@ impl ServerConfig {
                 "must be 1-128 characters of A-Z a-z 0-9 _ - . :",
             ));
         }
+        let hub = hub_config(cli, &cpus)?;
+        let policy = start_policy(cli)?;
         Ok(ServerConfig {
             service_id: cli.service_id.clone(),
             environment: cli.environment.clone(),
@@ -321,7 +356,106 @@ impl ServerConfig {
             hash_seed: cli.hash_seed,
             http_request_timeout: std::time::Duration::from_millis(cli.http_request_timeout_ms.max(1)),
             http_idle_timeout: std::time::Duration::from_millis(cli.http_idle_timeout_ms.max(1)),
+            hub,
+            policy,
         })
+    }
+
+    /// The policy every shard starts with.
+    pub fn start_policy(&self) -> Policy {
+        Policy {
+            eviction: self.eviction.name().into(),
+            ..self.policy.clone()
+        }
+    }
+}
+
+fn hub_config(cli: &Cli, _cpus: &[usize]) -> Result<HubConfig, ConfigError> {
+    if let Some(url) = &cli.nats_url {
+        url.parse::<async_nats::ServerAddr>()
+            .map_err(|e| invalid("--nats-url", format!("{url:?}: {e}")))?;
+    }
+    if !(1..=86_400).contains(&cli.health_interval) {
+        return Err(invalid("--health-interval", "must be 1 to 86400 seconds"));
+    }
+    if let Some(cpu) = cli.hub_cpu {
+        if !online_cpus().contains(&cpu) {
+            return Err(invalid("--hub-cpu", format!("CPU {cpu} is not available")));
+        }
+    }
+    if !(16..=1 << 20).contains(&cli.event_queue) {
+        return Err(invalid("--event-queue", "must be 16 to 1048576 events"));
+    }
+    let label_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
+    };
+    let node_id = cli.node_id.clone().unwrap_or_else(host_name);
+    if !label_ok(&node_id) {
+        return Err(invalid(
+            "--node-id",
+            "must be 1-128 characters of A-Z a-z 0-9 _ - . :",
+        ));
+    }
+    if !label_ok(&cli.zone) {
+        return Err(invalid(
+            "--zone",
+            "must be 1-128 characters of A-Z a-z 0-9 _ - . :",
+        ));
+    }
+    Ok(HubConfig {
+        nats_url: cli.nats_url.clone(),
+        health_interval: std::time::Duration::from_secs(cli.health_interval),
+        cpu: cli.hub_cpu,
+        event_queue: cli.event_queue,
+        node_id,
+        zone: cli.zone.clone(),
+        ..HubConfig::default()
+    })
+}
+
+fn start_policy(cli: &Cli) -> Result<Policy, ConfigError> {
+    if cli.event_coalesce_ms > 60_000 {
+        return Err(invalid("--event-coalesce-ms", "must be 0 to 60000"));
+    }
+    let mut policy = Policy::new(cli.ttl_default, cli.event_coalesce_ms);
+    for spec in &cli.cache_type_ttl {
+        let (name, secs) = spec
+            .split_once('=')
+            .ok_or_else(|| invalid("--cache-type-ttl", format!("{spec:?} is not TYPE=SECS")))?;
+        let t = CacheType::from_name(name.trim())
+            .ok_or_else(|| invalid("--cache-type-ttl", format!("unknown cache type {name:?}")))?;
+        let secs: u32 = secs
+            .trim()
+            .parse()
+            .map_err(|_| invalid("--cache-type-ttl", format!("{secs:?} is not a number of seconds")))?;
+        policy.types[t as usize].ttl_s = secs;
+    }
+    for name in cli.no_events_for.iter().flat_map(|l| l.split(',')).map(str::trim) {
+        match name {
+            "" => {}
+            "default" => policy.default_events = false,
+            name => {
+                let t = CacheType::from_name(name)
+                    .ok_or_else(|| invalid("--no-events-for", format!("unknown cache type {name:?}")))?;
+                policy.types[t as usize].events = false;
+            }
+        }
+    }
+    Ok(policy)
+}
+
+/// The host name, or "cache-node" when it cannot be read.
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is writable for its whole length.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..len]) {
+        Ok(name) if rc == 0 && !name.is_empty() => name.to_string(),
+        _ => "cache-node".to_string(),
     }
 }
 

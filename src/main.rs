@@ -8,7 +8,10 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{info, warn};
 
+use std::sync::Arc;
+
 use dnd_cache::config::{Cli, ServerConfig};
+use dnd_cache::reload::Reloader;
 
 /// Exit status for an unusable configuration (sysexits EX_CONFIG); the
 /// systemd unit does not restart on it.
@@ -62,11 +65,21 @@ fn main() -> anyhow::Result<()> {
         stdout.flush()?;
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let control = server.control();
+    let reloader = Arc::new(Reloader::new(
+        std::env::args_os().collect(),
+        config.clone(),
+        &control,
+    ));
+    let _ = control.reloader.set(reloader.clone());
     let stop = server.stop_handle();
     start_watchdog(stop.clone());
     for signal in signals.forever() {
         match signal {
-            SIGHUP => warn!("SIGHUP: nothing to reload yet (configuration comes from flags)"),
+            SIGHUP => {
+                let report = futures_lite::future::block_on(reloader.reload());
+                info!(?report, "SIGHUP: reload");
+            }
             _ => {
                 info!(signal, "stopping: finishing requests in flight");
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);

@@ -167,3 +167,67 @@ fn bad_files_are_refused_with_the_key_and_why() {
     let stderr = refused(&["--eviction", "lfu"]);
     assert!(stderr.contains("--eviction"), "{stderr}");
 }
+
+fn ttl_of_a_new_write(c: &mut Raw, key: &[u8]) -> u64 {
+    let meta = c.call(&set(key, b"v", 0)).metadata.unwrap();
+    (meta.expires_at - meta.created_at) / 1000
+}
+
+#[test]
+fn sighup_and_reload_apply_runtime_settings_and_name_the_rest() {
+    let file = write_config("config:\n  policies:\n    ttl_default: 100\n");
+    let mut args = vec!["--config", file.as_str(), "--shards", "2"];
+    args.extend(EPHEMERAL);
+    let server = TestServer::start_with_args(&args);
+    let mut c = server.connect();
+    assert_eq!(ttl_of_a_new_write(&mut c, b"a"), 100);
+
+    // SIGHUP re-reads the file.
+    std::fs::write(&file.0, "config:\n  policies:\n    ttl_default: 200\n").unwrap();
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGHUP) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while ttl_of_a_new_write(&mut c, b"b") != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not change the default TTL"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    // The binary `reload` operation reports what it applied and what needs
+    // a restart; a broken file changes nothing.
+    // (--port on the command line still wins over the file's port.)
+    let changed = "config:\n  policies:\n    ttl_default: 300\n    eviction: noeviction\n  listeners:\n    \
+                   port: 1234\n    max_connections: 500\n";
+    std::fs::write(&file.0, changed).unwrap();
+    let answer = c.call(&op("reload", b""));
+    assert_eq!(answer.status, 0);
+    let report: serde_json::Value = serde_json::from_slice(&answer.data).unwrap();
+    assert_eq!(report["shards_applied"], 2, "{report}");
+    let reloaded: Vec<&str> = report["reloaded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        reloaded.contains(&"ttl_default") && reloaded.contains(&"eviction"),
+        "{report}"
+    );
+    assert_eq!(
+        report["requires_restart"],
+        serde_json::json!(["max_connections"]),
+        "{report}"
+    );
+    assert_eq!(ttl_of_a_new_write(&mut c, b"c"), 300);
+    assert_eq!(stats(&mut c)["shards"][1]["eviction_policy"], "noeviction");
+
+    std::fs::write(&file.0, "config:\n  policies:\n    ttl_default: nonsense\n").unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&c.call(&op("reload", b"")).data).unwrap();
+    assert!(!report["errors"].as_array().unwrap().is_empty(), "{report}");
+    assert_eq!(
+        ttl_of_a_new_write(&mut c, b"d"),
+        300,
+        "a bad file keeps the settings in force"
+    );
+}

@@ -93,8 +93,13 @@ pub fn encode_sub_operation(op: &OpView<'_>, kind: OpKind, owners: &[u16], owner
     out[start..start + FRAME_HEADER_BYTES].copy_from_slice(&len.to_be_bytes());
 }
 
-/// A request answered by several shards.
+/// A request answered by several shards, or by the server as a whole.
 pub enum Job {
+    /// `reload`: its report once run.
+    Reload {
+        correlation_id: Vec<u8>,
+        report: Option<serde_json::Value>,
+    },
     MultiKey {
         max_frame: usize,
         correlation_id: Vec<u8>,
@@ -135,6 +140,23 @@ impl Job {
         }
     }
 
+    pub fn reload(op: &OpView<'_>) -> Job {
+        Job::Reload {
+            correlation_id: op.correlation_id.to_vec(),
+            report: None,
+        }
+    }
+
+    /// Runs the server-wide part of a job (a reload), before merging.
+    pub async fn run_server_wide(&mut self, rt: &super::ShardRuntime) {
+        if let Job::Reload { report, .. } = self {
+            *report = Some(match rt.server.control.reloader.get() {
+                Some(reloader) => serde_json::to_value(reloader.reload().await).unwrap_or_default(),
+                None => json!({"errors": ["this server was started without a configuration to reload"]}),
+            });
+        }
+    }
+
     pub fn every_shard(max_frame: usize, kind: OpKind, op: &OpView<'_>, local_reply: Vec<u8>) -> Job {
         Job::EveryShard {
             max_frame,
@@ -154,6 +176,13 @@ impl Job {
         out: &mut Vec<u8>,
     ) {
         match self {
+            Job::Reload {
+                correlation_id,
+                report,
+            } => {
+                let body = report.as_ref().map(|r| r.to_string()).unwrap_or_default();
+                ResponseEncoder::simple(out, Status::Ok, body.as_bytes(), None, correlation_id);
+            }
             Job::MultiKey {
                 max_frame,
                 correlation_id,

@@ -16,6 +16,7 @@ use super::inbuf::InBuf;
 use super::ShardRuntime;
 use crate::error::Status;
 use crate::key::{is_valid_key, key_hash, owner_of};
+use crate::metrics::{observe_cycle, ConnIdentity, CycleRecord};
 use crate::ops::{OpKind, Reach};
 use crate::protocol::binary::{decode_operation, OpView, ResponseEncoder};
 use crate::protocol::frame::{check_frame, FrameError, FrameStatus, FRAME_HEADER_BYTES};
@@ -54,6 +55,9 @@ pub struct Dispatcher {
     jobs: Vec<Job>,
     needs_assembly: bool,
     close_after_write: bool,
+    /// Metrics and events of the cycle (src/metrics).
+    record: CycleRecord,
+    identity: ConnIdentity,
 }
 
 pub async fn serve(rt: Rc<ShardRuntime>, mut stream: TcpStream) {
@@ -61,15 +65,18 @@ pub async fn serve(rt: Rc<ShardRuntime>, mut stream: TcpStream) {
     let _ = stream.set_write_timeout(Some(WRITE_STALL_TIMEOUT));
     let mut inbuf = InBuf::new();
     let mut out = Vec::with_capacity(4096);
-    match handshake::run(&rt, &mut stream, &mut inbuf, &mut out).await {
-        HandshakeOutcome::Accepted => {}
+    let identity = match handshake::run(&rt, &mut stream, &mut inbuf, &mut out).await {
+        HandshakeOutcome::Accepted {
+            service_id,
+            correlation_id,
+        } => ConnIdentity::new(&rt.shard, &service_id, correlation_id.as_bytes()),
         HandshakeOutcome::Refused => {
             let _ = stream.write_all(&out).await;
             let _ = stream.close().await;
             return;
         }
         HandshakeOutcome::Gone => return,
-    }
+    };
     if stream.write_all(&out).await.is_err() {
         return;
     }
@@ -77,6 +84,7 @@ pub async fn serve(rt: Rc<ShardRuntime>, mut stream: TcpStream) {
 
     let mut cycle = Dispatcher::new(rt.shard.count);
     cycle.out = out;
+    cycle.set_identity(identity);
     let mut shutdown = rt.shutdown.wait();
     let max_frame = rt.shard.limits.max_frame_bytes;
     loop {
@@ -126,7 +134,15 @@ impl Dispatcher {
             jobs: Vec::new(),
             needs_assembly: false,
             close_after_write: false,
+            record: CycleRecord::default(),
+            identity: ConnIdentity::anonymous(),
         }
+    }
+
+    /// Who the requests are from (metrics `service` label, events); by
+    /// default `other`.
+    pub fn set_identity(&mut self, identity: ConnIdentity) {
+        self.identity = identity;
     }
 
     /// The response frames of the last [`Dispatcher::run`], in order.
@@ -150,6 +166,8 @@ impl Dispatcher {
     /// the number of input bytes consumed.
     pub async fn run(&mut self, rt: &ShardRuntime, input: &[u8]) -> usize {
         let now_us = unix_now_us();
+        self.record.begin(now_us);
+        let out_start = self.out.len();
         let max_frame = rt.shard.limits.max_frame_bytes;
         let mut ops = 0usize;
         let mut consumed = 0usize;
@@ -158,6 +176,7 @@ impl Dispatcher {
             match check_frame(data, max_frame) {
                 Ok(FrameStatus::Complete { len }) => {
                     let frame = &data[..FRAME_HEADER_BYTES + len];
+                    self.record.push(consumed, frame.len());
                     self.route(rt, frame, now_us);
                     consumed += FRAME_HEADER_BYTES + len;
                     ops += 1;
@@ -173,6 +192,7 @@ impl Dispatcher {
                         e => e.to_string(),
                     };
                     ResponseEncoder::error(&mut self.out, Status::FrameTooLarge, &message, b"");
+                    self.record.push(consumed, 0);
                     self.push_local(start);
                     rt.shard.counters.borrow_mut().protocol_errors += 1;
                     self.close_after_write = true;
@@ -182,9 +202,17 @@ impl Dispatcher {
             }
         }
         rt.shard.counters.borrow_mut().requests += ops as u64;
-        if self.needs_assembly {
+        let assembled = self.needs_assembly;
+        if assembled {
             self.forward_and_assemble(rt, now_us).await;
         }
+        // Assembly rebuilds `out` with this cycle's answers only.
+        let answers = if assembled {
+            &self.out[..]
+        } else {
+            &self.out[out_start..]
+        };
+        observe_cycle(&rt.shard, &self.identity, &self.record, input, answers);
         self.steps.clear();
         self.jobs.clear();
         self.needs_assembly = false;
@@ -212,7 +240,11 @@ impl Dispatcher {
                 return self.push_local(start);
             }
         };
-        let Some(kind) = OpKind::parse(op.operation) else {
+        let kind = OpKind::parse(op.operation);
+        if let Some(kind) = kind {
+            self.record.set_op(kind);
+        }
+        let Some(kind) = kind else {
             let message = format!("unknown operation {:?}", String::from_utf8_lossy(op.operation));
             ResponseEncoder::error(
                 &mut self.out,
@@ -245,6 +277,13 @@ impl Dispatcher {
                     self.needs_assembly = true;
                     shard.counters.borrow_mut().forwarded_ops += 1;
                 }
+            }
+            Reach::Server => {
+                self.jobs.push(Job::reload(&op));
+                self.steps.push(Step::Job {
+                    index: (self.jobs.len() - 1) as u32,
+                });
+                self.needs_assembly = true;
             }
             Reach::MultiKey if shard.count > 1 => self.route_multi(rt, &op, kind, now_us, start),
             Reach::EveryShard if kind == OpKind::Pattern && !crate::pattern::is_valid_pattern(op.key) => {
@@ -332,6 +371,9 @@ impl Dispatcher {
     /// Sends every owner its batch, waits for all, and rebuilds `out` with
     /// every answer in request order.
     async fn forward_and_assemble(&mut self, rt: &ShardRuntime, now_us: u64) {
+        for job in &mut self.jobs {
+            job.run_server_wide(rt).await;
+        }
         let router = &rt.router;
         let mut pending = Vec::with_capacity(rt.shard.count);
         for owner in 0..rt.shard.count {

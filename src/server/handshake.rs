@@ -23,8 +23,12 @@ pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
 pub const MAX_SERVICE_ID_BYTES: usize = 128;
 
 pub enum HandshakeOutcome {
-    /// The answer is in `out`; go on serving.
-    Accepted,
+    /// The answer is in `out`; go on serving. Carries the client's
+    /// `service_id` and `correlation_id` (metrics labels and events).
+    Accepted {
+        service_id: String,
+        correlation_id: String,
+    },
     /// An error answer is in `out`; send it and close.
     Refused,
     /// The peer went away.
@@ -151,7 +155,10 @@ fn answer(rt: &ShardRuntime, hello: &proto::CacheConnection, out: &mut Vec<u8>) 
         ..Default::default()
     };
     encode_frame(&response, out);
-    HandshakeOutcome::Accepted
+    HandshakeOutcome::Accepted {
+        service_id: hello.service_id.clone(),
+        correlation_id: hello.correlation_id.clone(),
+    }
 }
 
 fn refuse(out: &mut Vec<u8>, status: Status, message: &str) -> HandshakeOutcome {

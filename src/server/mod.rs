@@ -6,7 +6,6 @@ mod handshake;
 pub mod http;
 mod inbuf;
 mod listener;
-mod metrics_endpoint;
 mod rest;
 pub mod shutdown;
 
@@ -22,6 +21,8 @@ use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{info, warn};
 
 use crate::config::ServerConfig;
+use crate::hub::control::ControlPlane;
+use crate::hub::events::EventSink;
 use crate::router::{MeshPlan, Router};
 use crate::shard::store::StoreConfig;
 use crate::shard::{Shard, ShardLimits};
@@ -42,6 +43,9 @@ pub struct ServerInfo {
     pub started: AtomicBool,
     /// Limits and deadlines of the REST port.
     pub http: http::HttpSettings,
+    /// Commands into the shards from other threads (metrics scrapes, the
+    /// Message Hub bridge).
+    pub control: Arc<ControlPlane>,
 }
 
 /// The tasks of one shard share this.
@@ -76,6 +80,7 @@ pub struct RunningServer {
     pub http_addr: SocketAddr,
     info: Arc<ServerInfo>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
+    hub: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -96,10 +101,19 @@ impl RunningServer {
         StopHandle(self.info.clone())
     }
 
-    /// Waits until every shard has stopped.
+    /// Reaches every shard from any thread: metrics snapshots
+    /// ([`ControlPlane::gather`] then [`crate::metrics::render_prometheus`]).
+    pub fn control(&self) -> Arc<ControlPlane> {
+        self.info.control.clone()
+    }
+
+    /// Waits until every shard (and the Message Hub bridge) has stopped.
     pub fn wait(self) {
         for t in self.threads {
             let _ = t.join();
+        }
+        if let Some(hub) = self.hub {
+            let _ = hub.join();
         }
     }
 }
@@ -142,7 +156,16 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
             idle_timeout: config.http_idle_timeout,
             max_body_bytes: config.max_frame_bytes,
         },
+        control: Arc::new(ControlPlane::new(
+            shards,
+            config.hub.node_id.clone(),
+            config.hub.zone.clone(),
+            config.start_policy(),
+        )),
     });
+    let policy = config.start_policy();
+    let events_on = config.hub.nats_url.is_some();
+    let mut event_queues = Vec::new();
     let seed = config.hash_seed.unwrap_or_else(random_seed);
     let per_shard_memory = config.max_memory_bytes / shards;
     let plan = MeshPlan::new(shards);
@@ -167,6 +190,12 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
             max_item_bytes: config.max_item_bytes,
         };
         let (plan, info, ready) = (plan.clone(), info.clone(), ready_tx.clone());
+        let policy = policy.clone();
+        let events = events_on.then(|| {
+            let (sink, queue) = EventSink::with_capacity(config.hub.event_queue);
+            event_queues.push(queue);
+            sink
+        });
         let placement = if config.pin {
             Placement::Fixed(cpu)
         } else {
@@ -175,7 +204,9 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         let builder = LocalExecutorBuilder::new(placement).name(&format!("shard-{id}"));
         let handle = builder
             .spawn(move || async move {
-                let shard = Rc::new(Shard::new(id, shards, limits, store));
+                let mut shard = Shard::new(id, shards, limits, store);
+                shard.attach_hub(policy, events);
+                let shard = Rc::new(shard);
                 let router = Router::join(shard.clone(), plan).await;
                 let rt = Rc::new(ShardRuntime {
                     shard,
@@ -199,12 +230,26 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
     }
     info.started.store(true, Ordering::Release);
     info!(shards, seed, "all shards serving");
+    let hub = if events_on {
+        let stop_info = info.clone();
+        let stopping = Arc::new(move || stop_info.stopping.load(Ordering::Relaxed));
+        Some(crate::hub::start(
+            config.hub.clone(),
+            policy,
+            info.control.clone(),
+            event_queues,
+            stopping,
+        )?)
+    } else {
+        None
+    };
     Ok(RunningServer {
         binary_addr: listeners.public_addr,
         shard_ports: listeners.shard_ports,
         http_addr: listeners.http_addr,
         info,
         threads,
+        hub,
     })
 }
 
@@ -224,6 +269,13 @@ async fn run_shard(
     let accept_own = glommio::spawn_local(accept_loop(rt.clone(), own, Front::Binary));
     let accept_http = glommio::spawn_local(accept_loop(rt.clone(), http, Front::Http));
     glommio::spawn_local(sweep_loop(rt.clone())).detach();
+    let control_rt = rt.clone();
+    glommio::spawn_local(crate::hub::control::serve_shard(
+        rt.shard.clone(),
+        rt.server.control.clone(),
+        move || control_rt.shutdown.is_fired(),
+    ))
+    .detach();
     let _ = ready.send(Ok(rt.shard.id));
 
     while !rt.server.stopping.load(Ordering::Relaxed) {

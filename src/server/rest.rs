@@ -5,7 +5,7 @@ use prost::Message;
 use serde_json::json;
 
 use super::connection::{encode_frame, Dispatcher};
-use super::{metrics_endpoint, ShardRuntime, StopHandle};
+use super::{ShardRuntime, StopHandle};
 use crate::error::Status;
 use crate::ops::OpKind;
 use crate::proto::{CacheOperation, CacheResponse};
@@ -177,21 +177,21 @@ async fn handle_route(
             }
             answer(kind, &resp, false, None)
         }
-        Route::Reload => Ok(json_reply(200, response::success_with(&reload_report()))),
+        Route::Reload => Ok(json_reply(200, response::success_with(&reload_report(rt).await))),
         Route::Live => Ok(json_reply(
             200,
             json!({ "status": "live" }).to_string().into_bytes(),
         )),
         Route::Ready => Ok(readiness(rt)),
         Route::Metrics => {
-            let resp = execute(rt, d, &request::admin_operation(OpKind::Stats))
-                .await
-                .map_err(|e| (e, None, "stats"))?;
-            let stats: serde_json::Value = serde_json::from_slice(&resp.data).unwrap_or_default();
+            // Every shard's counters and histograms, merged; a shard that
+            // does not answer within the deadline shows as down.
+            let deadline = glommio::timer::sleep(METRICS_DEADLINE);
+            let snapshot = rt.server.control.gather(deadline).await;
             Ok(Outcome::Reply(Reply {
                 status: 200,
-                content_type: metrics_endpoint::CONTENT_TYPE,
-                body: metrics_endpoint::render(&stats).into_bytes(),
+                content_type: METRICS_CONTENT_TYPE,
+                body: crate::metrics::render_prometheus(&snapshot).into_bytes(),
                 allow: None,
             }))
         }
@@ -238,17 +238,24 @@ fn readiness(rt: &ShardRuntime) -> Outcome {
 /// not ready (heartbeats come every 50 ms).
 const READY_HEARTBEAT_AGE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// What `POST /api/v2/cache/reload` reloads: nothing yet (configuration
-/// comes from flags); the deployment work fills this in.
-fn reload_report() -> serde_json::Value {
-    json!({
-        "reloaded": [],
-        "requires_restart": [
-            "bind", "port", "shard_port_base", "http_port", "shards", "cpus", "pin",
-            "ttl_default", "max_frame_bytes", "max_item_bytes", "max_connections", "max_memory"
-        ],
-        "message": "nothing to reload: every setting comes from command-line flags and needs a restart"
-    })
+/// Content type of the Prometheus text exposition format.
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// How long a scrape waits for the shards' snapshots.
+const METRICS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `POST /api/v2/cache/reload`: re-reads the configuration (see
+/// [`crate::reload`]) and reports what changed and what needs a restart.
+async fn reload_report(rt: &ShardRuntime) -> serde_json::Value {
+    match rt.server.control.reloader.get() {
+        Some(reloader) => serde_json::to_value(reloader.reload().await).unwrap_or_default(),
+        None => json!({
+            "reloaded": [],
+            "requires_restart": [],
+            "errors": ["this server was started without a configuration to reload"],
+            "shards_applied": 0
+        }),
+    }
 }
 
 /// Refuses an operation frame the dispatcher would treat as a stream error.

@@ -43,6 +43,10 @@ impl Shard {
                 let body = self.stats_json().to_string();
                 ResponseEncoder::simple(out, Status::Ok, body.as_bytes(), None, corr)
             }
+            OpKind::Reload => {
+                // Server-wide: the connection's dispatcher runs it.
+                ResponseEncoder::error(out, Status::Malformed, "reload is not a shard operation", corr)
+            }
             OpKind::Health => {
                 let body = json!({ "status": "ok", "shard": self.id }).to_string();
                 ResponseEncoder::simple(out, Status::Ok, body.as_bytes(), None, corr)
@@ -64,10 +68,12 @@ impl Shard {
                 Lookup::Expired => ResponseEncoder::error(out, Status::Expired, "key expired", corr),
                 Lookup::Miss => ResponseEncoder::simple(out, Status::NotFound, b"", None, corr),
             },
-            OpKind::Set => match store.set(hash, op.key, op.value, op.ttl, now_us) {
-                Ok(meta) => ResponseEncoder::simple(out, Status::Ok, b"", Some(&meta), corr),
-                Err(e) => ResponseEncoder::error(out, Status::StorageFull, write_error_message(e), corr),
-            },
+            OpKind::Set => {
+                match store.set(hash, op.key, op.value, self.resolve_ttl(op.key, op.ttl), now_us) {
+                    Ok(meta) => ResponseEncoder::simple(out, Status::Ok, b"", Some(&meta), corr),
+                    Err(e) => ResponseEncoder::error(out, Status::StorageFull, write_error_message(e), corr),
+                }
+            }
             _ => {
                 let status = if store.delete(hash, op.key) {
                     Status::Ok
@@ -140,7 +146,7 @@ impl Shard {
                         ResponseEncoder::put_item(out, key, Status::InvalidKey, b"", None);
                         continue;
                     }
-                    let ttl = if ttl == 0 { op.ttl } else { ttl };
+                    let ttl = self.resolve_ttl(key, if ttl == 0 { op.ttl } else { ttl });
                     match store.set(key_hash(key, self.seed), key, value, ttl, now_us) {
                         Ok(meta) => ResponseEncoder::put_item(out, key, Status::Ok, b"", Some(&meta)),
                         Err(e) => ResponseEncoder::put_item(
@@ -191,6 +197,16 @@ impl Shard {
         ResponseEncoder::finish(out, frame);
     }
 
+    /// The TTL a write gets: its own, else its cache type's, else the
+    /// default (the shard's policy).
+    #[inline]
+    fn resolve_ttl(&self, key: &[u8], ttl: u32) -> u32 {
+        if ttl != 0 {
+            return ttl;
+        }
+        self.policy.borrow().resolve_ttl(key, 0)
+    }
+
     /// This shard's counters and memory as a JSON object.
     pub fn stats_json(&self) -> serde_json::Value {
         let store = self.store.borrow();
@@ -231,6 +247,8 @@ impl Shard {
             "forwarded_ops": c.forwarded_ops,
             "forwarded_batches": c.forwarded_batches,
             "protocol_errors": c.protocol_errors,
+            "events_queued": self.metrics.borrow().events_queued,
+            "events_dropped": self.metrics.borrow().events_dropped,
         })
     }
 }

@@ -124,6 +124,18 @@ impl Store {
         &self.config
     }
 
+    /// Changes the eviction policy at runtime.
+    pub fn set_eviction(&mut self, eviction: EvictionPolicy) {
+        self.config.eviction = eviction;
+    }
+
+    /// Changes the memory budget at runtime; a lower budget is reached by
+    /// releasing pages in the next upkeep ticks.
+    pub fn set_memory_limit(&mut self, bytes: usize) {
+        self.config.memory_limit_bytes = bytes;
+        self.items.set_limit_bytes(bytes);
+    }
+
     /// Number of items held (expired ones not yet reclaimed included).
     pub fn len(&self) -> usize {
         self.items_count

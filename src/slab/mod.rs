@@ -206,6 +206,11 @@ impl Slab {
         self.limit_bytes
     }
 
+    /// Changes the budget; pages stay the size they are.
+    pub fn set_limit_bytes(&mut self, bytes: usize) {
+        self.limit_bytes = bytes;
+    }
+
     /// Bytes held: pages, large records and the index.
     pub fn used_bytes(&self) -> usize {
         self.live_pages * self.page_bytes + self.large_bytes + self.index_bytes
