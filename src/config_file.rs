@@ -25,6 +25,8 @@ enum Shape {
     JoinedList,
     /// Describes the deployment but sets nothing on this node.
     Informational,
+    /// A mapping of cache type → `{ttl: SECS}`: `--flag TYPE=SECS` each.
+    TypeTtls,
 }
 
 /// Every key the file may hold: its path, the flag it sets, its shape.
@@ -60,6 +62,19 @@ const KEYS: &[(&str, &str, Shape)] = &[
     ("config.shards.count", "--shards", Shape::Value),
     ("config.shards.cpus", "--cpus", Shape::JoinedList),
     ("config.shards.pin", "--no-pin", Shape::InvertedSwitch),
+    ("config.node.id", "--node-id", Shape::Value),
+    ("config.node.zone", "--zone", Shape::Value),
+    ("config.nats.url", "--nats-url", Shape::Value),
+    ("config.nats.health_interval", "--health-interval", Shape::Value),
+    ("config.nats.hub_cpu", "--hub-cpu", Shape::Value),
+    ("config.nats.event_queue", "--event-queue", Shape::Value),
+    (
+        "config.nats.event_coalesce_ms",
+        "--event-coalesce-ms",
+        Shape::Value,
+    ),
+    ("config.nats.no_events_for", "--no-events-for", Shape::JoinedList),
+    ("config.cache_types", "--cache-type-ttl", Shape::TypeTtls),
 ];
 
 /// Why a configuration file cannot be used.
@@ -118,6 +133,38 @@ pub fn to_args(text: &str, origin: &str) -> Result<Vec<OsString>, ConfigFileErro
 /// `--print-config` shows).
 pub fn render(config: &crate::config::ServerConfig) -> String {
     let cpus: Vec<String> = config.cpus.iter().map(usize::to_string).collect();
+    let policy = config.start_policy();
+    let mut nats = serde_json::json!({
+        "health_interval": config.hub.health_interval.as_secs(),
+        "event_queue": config.hub.event_queue,
+        "event_coalesce_ms": policy.coalesce_ms,
+    });
+    if let Some(url) = &config.hub.nats_url {
+        nats["url"] = url.clone().into();
+    }
+    if let Some(cpu) = config.hub.cpu {
+        nats["hub_cpu"] = cpu.into();
+    }
+    let mut quiet: Vec<&str> = crate::hub::policy::CacheType::ALL
+        .iter()
+        .filter(|t| !policy.of(**t).events)
+        .map(|t| t.name())
+        .collect();
+    if !policy.default_events {
+        quiet.push("default");
+    }
+    if !quiet.is_empty() {
+        nats["no_events_for"] = quiet.into();
+    }
+    let cache_types: serde_json::Map<String, serde_json::Value> = crate::hub::policy::CacheType::ALL
+        .iter()
+        .map(|t| {
+            (
+                t.name().to_string(),
+                serde_json::json!({ "ttl": policy.of(*t).ttl_s }),
+            )
+        })
+        .collect();
     let doc = serde_json::json!({
         "config": {
             "service": { "id": config.service_id, "version": crate::SERVER_VERSION, "environment": config.environment },
@@ -137,6 +184,9 @@ pub fn render(config: &crate::config::ServerConfig) -> String {
                 "max_frame_bytes": config.max_frame_bytes,
             },
             "shards": { "cpus": cpus.join(","), "pin": config.pin },
+            "node": { "id": config.hub.node_id, "zone": config.hub.zone },
+            "nats": nats,
+            "cache_types": cache_types,
         }
     });
     serde_saphyr::to_string(&doc).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
@@ -204,6 +254,28 @@ fn emit(
                 args.push(flag.into());
             }
         }
+        Shape::TypeTtls => {
+            let Value::Object(types) = value else {
+                return Err(bad("expected a mapping of cache type to {ttl: SECS}"));
+            };
+            for (name, settings) in types {
+                let ttl = settings
+                    .get("ttl")
+                    .and_then(scalar)
+                    .filter(|_| {
+                        settings
+                            .as_object()
+                            .is_some_and(|m| m.keys().all(|k| k == "ttl" || k == "consistency"))
+                    })
+                    .ok_or_else(|| {
+                        bad(&format!(
+                            "{name}: expected {{ttl: SECS}} (and optionally consistency)"
+                        ))
+                    })?;
+                args.push(flag.into());
+                args.push(format!("{name}={ttl}").into());
+            }
+        }
         Shape::JoinedList => {
             let items = list(value).ok_or_else(|| bad("expected a list or a string such as \"0-3,8\""))?;
             args.push(flag.into());
@@ -269,6 +341,26 @@ mod tests {
             ["--cpus", "0-3"]
         );
         assert!(args("").is_empty());
+    }
+
+    #[test]
+    fn hub_and_cache_type_sections() {
+        let a = args(
+            "config:\n  nats:\n    url: nats://127.0.0.1:4222\n    no_events_for: [image_metadata, default]\n  \
+             cache_types:\n    character_data:\n      ttl: 600\n      consistency: strong\n",
+        );
+        assert_eq!(
+            a,
+            [
+                "--cache-type-ttl",
+                "character_data=600",
+                "--no-events-for",
+                "image_metadata,default",
+                "--nats-url",
+                "nats://127.0.0.1:4222"
+            ]
+        );
+        assert!(to_args("config:\n  cache_types:\n    character_data: 5\n", "f").is_err());
     }
 
     #[test]
