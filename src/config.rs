@@ -1,10 +1,13 @@
 //! The server's settings: command-line flags (clap), validated into a
 //! [`ServerConfig`]. Errors name the flag and say why.
 
+use std::ffi::OsString;
 use std::net::IpAddr;
 
 use clap::Parser;
 
+use crate::hub::policy::{CacheType, Policy};
+use crate::hub::HubConfig;
 use crate::shard::store::EvictionPolicy;
 
 /// Command line of `cache-server`.
@@ -12,9 +15,22 @@ use crate::shard::store::EvictionPolicy;
 #[command(
     name = "cache-server",
     version,
-    about = "dnd-cache: a thread-per-core cache server"
+    about = "dnd-cache: a thread-per-core cache server",
+    args_override_self = true
 )]
 pub struct Cli {
+    /// YAML configuration file (ICD 9.1 shape); flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Print the effective configuration as YAML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// This server's service id: the source of its events and metrics.
+    #[arg(long, default_value = "cache_service")]
+    pub service_id: String,
+    /// Deployment environment label (e.g. production).
+    #[arg(long, default_value = "production")]
+    pub environment: String,
     /// Address every listener binds to.
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: IpAddr,
@@ -58,6 +74,33 @@ pub struct Cli {
     /// Fixed hash seed (default: random per start). For reproducible benchmarks.
     #[arg(long, hide = true)]
     pub hash_seed: Option<u64>,
+    /// NATS server of the Message Hub, e.g. nats://127.0.0.1:4222 (default: events off).
+    #[arg(long)]
+    pub nats_url: Option<String>,
+    /// Seconds between cache.health.status events.
+    #[arg(long, default_value_t = 10)]
+    pub health_interval: u64,
+    /// CPU to pin the Message Hub bridge thread to (default: not pinned).
+    #[arg(long)]
+    pub hub_cpu: Option<usize>,
+    /// Events each shard queues for the bridge; beyond that they are dropped and counted.
+    #[arg(long, default_value_t = 8192)]
+    pub event_queue: usize,
+    /// Coalesce writes of one key within this many milliseconds into one event (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub event_coalesce_ms: u32,
+    /// Default TTL of a cache type, e.g. "character_data=600" (repeatable).
+    #[arg(long, value_name = "TYPE=SECS")]
+    pub cache_type_ttl: Vec<String>,
+    /// Cache types whose writes publish no events ("default" = keys of no type), comma separated.
+    #[arg(long, value_name = "TYPES")]
+    pub no_events_for: Option<String>,
+    /// Server id in metrics and events (default: the host name).
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// Zone of this node (metrics label, health events).
+    #[arg(long, default_value = "default")]
+    pub zone: String,
     /// REST: milliseconds a request (head, plus 1 s per MiB of body) may take to arrive.
     #[arg(long, hide = true, default_value_t = 10_000)]
     pub http_request_timeout_ms: u64,
@@ -71,9 +114,106 @@ pub struct Cli {
     // ---- end of security ----
 }
 
+/// Flags that cannot be given together; one from the command line drops
+/// the other from the file.
+const CONFLICTING_FLAGS: &[[&str; 2]] = &[["--shards", "--cpus"]];
+
+impl Cli {
+    /// Parses the command line, merging in `--config FILE` when given: the
+    /// file's settings come first, so flags on the command line win. Errors
+    /// are ready to print (they name the flag, or the file key).
+    pub fn parse_with_file(argv: Vec<OsString>) -> Result<Cli, CliExit> {
+        let cli = Cli::try_parse_from(&argv).map_err(CliExit::from)?;
+        let Some(path) = cli.config.clone() else {
+            return Ok(cli);
+        };
+        let file_args = crate::config_file::load(&path).map_err(|e| CliExit::error(e.to_string()))?;
+        let program = argv.first().cloned().unwrap_or_else(|| "cache-server".into());
+        // The file alone must parse: its errors then name its key.
+        if let Err(e) = Cli::try_parse_from(std::iter::once(program.clone()).chain(file_args.clone())) {
+            let flag = e
+                .get(clap::error::ContextKind::InvalidArg)
+                .map(|a| a.to_string().split(' ').next().unwrap_or_default().to_string())
+                .unwrap_or_default();
+            let key = crate::config_file::key_of_flag(&flag).unwrap_or("a key");
+            let rendered = e.render().to_string();
+            let reason = rendered
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ");
+            return Err(CliExit::error(format!("{}: {key}: {reason}", path.display())));
+        }
+        let given: Vec<String> = argv
+            .iter()
+            .skip(1)
+            .filter_map(|a| a.to_str())
+            .filter(|a| a.starts_with("--"))
+            .map(|a| a.split('=').next().unwrap_or(a).to_string())
+            .collect();
+        let dropped: Vec<&str> = CONFLICTING_FLAGS
+            .iter()
+            .flat_map(|pair| {
+                let (a, b) = (pair[0], pair[1]);
+                let mut out = Vec::new();
+                if given.iter().any(|g| g == a) {
+                    out.push(b);
+                }
+                if given.iter().any(|g| g == b) {
+                    out.push(a);
+                }
+                out
+            })
+            .collect();
+        let mut merged = vec![program];
+        let mut skip_value = false;
+        for arg in file_args {
+            if skip_value {
+                skip_value = false;
+                continue;
+            }
+            if dropped.iter().any(|d| arg == *d) {
+                skip_value = true;
+                continue;
+            }
+            merged.push(arg);
+        }
+        merged.extend(argv.into_iter().skip(1));
+        Cli::try_parse_from(merged).map_err(CliExit::from)
+    }
+}
+
+/// Why parsing the command line ended the program: an error to report, or
+/// `--help` / `--version` output to print (exit 0).
+#[derive(Debug)]
+pub struct CliExit {
+    pub message: String,
+    pub is_error: bool,
+}
+
+impl CliExit {
+    fn error(message: String) -> CliExit {
+        CliExit {
+            message,
+            is_error: true,
+        }
+    }
+}
+
+impl From<clap::Error> for CliExit {
+    fn from(e: clap::Error) -> CliExit {
+        CliExit {
+            message: e.render().to_string(),
+            is_error: e.use_stderr(),
+        }
+    }
+}
+
 /// Validated settings the server runs with.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    pub service_id: String,
+    pub environment: String,
     pub bind: IpAddr,
     pub port: u16,
     pub shard_port_base: u16,
@@ -93,6 +233,10 @@ pub struct ServerConfig {
     pub http_idle_timeout: std::time::Duration,
     /// Auth, TLS, encryption at rest, compression (loaded files included).
     pub security: crate::security::SecurityConfig,
+    /// Message Hub bridge settings.
+    pub hub: HubConfig,
+    /// The policy shards start with (TTLs, cache types, event switches).
+    pub policy: Policy,
 }
 
 /// A setting that cannot be used, with the flag it came from.
@@ -111,7 +255,7 @@ fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 /// Most memory one shard can manage (32,768 pages of 1 MiB).
-pub const MAX_SHARD_MEMORY: usize = crate::slab::MAX_PAGES * crate::slab::PAGE_BYTES;
+pub const MAX_SHARD_MEMORY: usize = crate::slab::MAX_PAGES * crate::slab::MAX_PAGE_BYTES;
 
 /// Largest number of shards.
 pub const MAX_SHARDS: usize = 256;
@@ -182,7 +326,29 @@ impl ServerConfig {
             }
         }
         let security = crate::security::SecurityConfig::from_args(&cli.security, cli.bind)?;
+        let id_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 128
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
+        };
+        if !id_ok(&cli.service_id) {
+            return Err(invalid(
+                "--service-id",
+                "must be 1-128 characters of A-Z a-z 0-9 _ - . :",
+            ));
+        }
+        if !id_ok(&cli.environment) {
+            return Err(invalid(
+                "--environment",
+                "must be 1-128 characters of A-Z a-z 0-9 _ - . :",
+            ));
+        }
+        let hub = hub_config(cli, &cpus)?;
+        let policy = start_policy(cli)?;
         Ok(ServerConfig {
+            service_id: cli.service_id.clone(),
+            environment: cli.environment.clone(),
             bind: cli.bind,
             port: cli.port,
             shard_port_base: cli.shard_port_base,
@@ -199,7 +365,106 @@ impl ServerConfig {
             http_request_timeout: std::time::Duration::from_millis(cli.http_request_timeout_ms.max(1)),
             http_idle_timeout: std::time::Duration::from_millis(cli.http_idle_timeout_ms.max(1)),
             security,
+            hub,
+            policy,
         })
+    }
+
+    /// The policy every shard starts with.
+    pub fn start_policy(&self) -> Policy {
+        Policy {
+            eviction: self.eviction.name().into(),
+            ..self.policy.clone()
+        }
+    }
+}
+
+fn hub_config(cli: &Cli, _cpus: &[usize]) -> Result<HubConfig, ConfigError> {
+    if let Some(url) = &cli.nats_url {
+        url.parse::<async_nats::ServerAddr>()
+            .map_err(|e| invalid("--nats-url", format!("{url:?}: {e}")))?;
+    }
+    if !(1..=86_400).contains(&cli.health_interval) {
+        return Err(invalid("--health-interval", "must be 1 to 86400 seconds"));
+    }
+    if let Some(cpu) = cli.hub_cpu {
+        if !online_cpus().contains(&cpu) {
+            return Err(invalid("--hub-cpu", format!("CPU {cpu} is not available")));
+        }
+    }
+    if !(16..=1 << 20).contains(&cli.event_queue) {
+        return Err(invalid("--event-queue", "must be 16 to 1048576 events"));
+    }
+    let label_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
+    };
+    let node_id = cli.node_id.clone().unwrap_or_else(host_name);
+    if !label_ok(&node_id) {
+        return Err(invalid(
+            "--node-id",
+            "must be 1-128 characters of A-Z a-z 0-9 _ - . :",
+        ));
+    }
+    if !label_ok(&cli.zone) {
+        return Err(invalid(
+            "--zone",
+            "must be 1-128 characters of A-Z a-z 0-9 _ - . :",
+        ));
+    }
+    Ok(HubConfig {
+        nats_url: cli.nats_url.clone(),
+        health_interval: std::time::Duration::from_secs(cli.health_interval),
+        cpu: cli.hub_cpu,
+        event_queue: cli.event_queue,
+        node_id,
+        zone: cli.zone.clone(),
+        ..HubConfig::default()
+    })
+}
+
+fn start_policy(cli: &Cli) -> Result<Policy, ConfigError> {
+    if cli.event_coalesce_ms > 60_000 {
+        return Err(invalid("--event-coalesce-ms", "must be 0 to 60000"));
+    }
+    let mut policy = Policy::new(cli.ttl_default, cli.event_coalesce_ms);
+    for spec in &cli.cache_type_ttl {
+        let (name, secs) = spec
+            .split_once('=')
+            .ok_or_else(|| invalid("--cache-type-ttl", format!("{spec:?} is not TYPE=SECS")))?;
+        let t = CacheType::from_name(name.trim())
+            .ok_or_else(|| invalid("--cache-type-ttl", format!("unknown cache type {name:?}")))?;
+        let secs: u32 = secs
+            .trim()
+            .parse()
+            .map_err(|_| invalid("--cache-type-ttl", format!("{secs:?} is not a number of seconds")))?;
+        policy.types[t as usize].ttl_s = secs;
+    }
+    for name in cli.no_events_for.iter().flat_map(|l| l.split(',')).map(str::trim) {
+        match name {
+            "" => {}
+            "default" => policy.default_events = false,
+            name => {
+                let t = CacheType::from_name(name)
+                    .ok_or_else(|| invalid("--no-events-for", format!("unknown cache type {name:?}")))?;
+                policy.types[t as usize].events = false;
+            }
+        }
+    }
+    Ok(policy)
+}
+
+/// The host name, or "cache-node" when it cannot be read.
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is writable for its whole length.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..len]) {
+        Ok(name) if rc == 0 && !name.is_empty() => name.to_string(),
+        _ => "cache-node".to_string(),
     }
 }
 

@@ -9,13 +9,17 @@ pub mod auth;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod config_file;
 pub mod error;
 #[doc(hidden)]
 pub mod hostile;
+pub mod hub;
 pub mod key;
+pub mod metrics;
 pub mod ops;
 pub mod pattern;
 pub mod protocol;
+pub mod reload;
 pub mod rest;
 pub mod router;
 pub mod security;

@@ -4,19 +4,31 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{info, warn};
 
+use std::sync::Arc;
+
 use dnd_cache::config::{Cli, ServerConfig};
+use dnd_cache::reload::Reloader;
 
 /// Exit status for an unusable configuration (sysexits EX_CONFIG); the
 /// systemd unit does not restart on it.
 const EXIT_CONFIG: i32 = 78;
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = match Cli::parse_with_file(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(exit) if !exit.is_error => {
+            print!("{}", exit.message);
+            return Ok(());
+        }
+        Err(exit) => {
+            eprintln!("cache-server: {}", exit.message.trim_end());
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -27,10 +39,21 @@ fn main() -> anyhow::Result<()> {
     let config = match ServerConfig::from_cli(&cli) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("cache-server: {e}");
+            match (&cli.config, dnd_cache::config_file::key_of_flag(e.flag)) {
+                (Some(file), Some(key)) => eprintln!(
+                    "cache-server: {e} (set by {} or by {key} in {})",
+                    e.flag,
+                    file.display()
+                ),
+                _ => eprintln!("cache-server: {e}"),
+            }
             std::process::exit(EXIT_CONFIG);
         }
     };
+    if cli.print_config {
+        print!("{}", dnd_cache::config_file::render(&config));
+        return Ok(());
+    }
     // Register before starting so a signal during start is not lost.
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
     let server = dnd_cache::server::start(&config)?;
@@ -42,19 +65,24 @@ fn main() -> anyhow::Result<()> {
         stdout.flush()?;
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let control = server.control();
+    let reloader = Arc::new(Reloader::new(
+        std::env::args_os().collect(),
+        config.clone(),
+        &control,
+    ));
+    // Security (issue 5): every reload also re-reads the JWT key files.
+    let auth = server.auth_hub();
+    reloader.add_extra("auth_keys", Box::new(move || auth.reload().map(|_| ())));
+    let _ = control.reloader.set(reloader.clone());
     let stop = server.stop_handle();
     start_watchdog(stop.clone());
     for signal in signals.forever() {
         match signal {
-            SIGHUP => match server.reload_auth() {
-                Ok(report) if report.enabled => info!(
-                    generation = report.generation,
-                    keys = report.keys.len(),
-                    "SIGHUP: JWT keys reloaded"
-                ),
-                Ok(_) => info!("SIGHUP: nothing to reload (auth off; other settings come from flags)"),
-                Err(e) => warn!(error = %e, "SIGHUP: JWT key reload failed; the keys in use stay"),
-            },
+            SIGHUP => {
+                let report = futures_lite::future::block_on(reloader.reload());
+                info!(?report, "SIGHUP: reload");
+            }
             _ => {
                 info!(signal, "stopping: finishing requests in flight");
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);

@@ -13,6 +13,7 @@ pub enum OpKind {
     Flush,
     Stats,
     Health,
+    Reload,
 }
 
 /// How an operation reaches the shards that hold its keys.
@@ -24,11 +25,13 @@ pub enum Reach {
     MultiKey,
     /// No key: runs on every shard, the answers merged.
     EveryShard,
+    /// Server-wide: run once by the shard that read it (`reload`).
+    Server,
 }
 
 impl OpKind {
     /// Every operation, for tables and tests.
-    pub const ALL: [OpKind; 10] = [
+    pub const ALL: [OpKind; 11] = [
         OpKind::Get,
         OpKind::Set,
         OpKind::Delete,
@@ -39,6 +42,7 @@ impl OpKind {
         OpKind::Flush,
         OpKind::Stats,
         OpKind::Health,
+        OpKind::Reload,
     ];
 
     /// Parses the wire name (exact, lower case).
@@ -55,6 +59,7 @@ impl OpKind {
             b"flush" => OpKind::Flush,
             b"stats" => OpKind::Stats,
             b"health" => OpKind::Health,
+            b"reload" => OpKind::Reload,
             _ => return None,
         })
     }
@@ -72,6 +77,7 @@ impl OpKind {
             OpKind::Flush => "flush",
             OpKind::Stats => "stats",
             OpKind::Health => "health",
+            OpKind::Reload => "reload",
         }
     }
 
@@ -81,6 +87,7 @@ impl OpKind {
             OpKind::Get | OpKind::Set | OpKind::Delete => Reach::SingleKey,
             OpKind::GetMany | OpKind::SetMany | OpKind::DeleteMany => Reach::MultiKey,
             OpKind::Pattern | OpKind::Flush | OpKind::Stats | OpKind::Health => Reach::EveryShard,
+            OpKind::Reload => Reach::Server,
         }
     }
 }

@@ -395,3 +395,47 @@ fn sigterm_stops_the_server_cleanly() {
     assert!(status.success(), "{status:?}");
     assert!(c.is_closed_within(Duration::from_secs(1)));
 }
+
+#[test]
+fn batch_answers_never_exceed_the_frame_limit() {
+    for shards in ["1", "3"] {
+        let server = TestServer::start(&[
+            "--shards",
+            shards,
+            "--max-frame-bytes",
+            "64KiB",
+            "--max-item-bytes",
+            "32KiB",
+        ]);
+        let mut c = server.connect();
+        let value = vec![3u8; 30_000];
+        let keys: Vec<Vec<u8>> = (0..10).map(|i| format!("big:{i}").into_bytes()).collect();
+        for k in &keys {
+            assert_eq!(c.call(&set(k, &value, 0)).status, OK);
+        }
+        c.send(&keys_op("get_many", &keys));
+        let mut header = [0u8; 4];
+        std::io::Read::read_exact(&mut c.stream, &mut header).unwrap();
+        let len = u32::from_be_bytes(header) as usize;
+        assert!(len <= 64 * 1024, "answer frame of {len} bytes");
+        let mut body = vec![0u8; len];
+        std::io::Read::read_exact(&mut c.stream, &mut body).unwrap();
+        let answer: dnd_cache::proto::CacheResponse = prost::Message::decode(&body[..]).unwrap();
+        let ok = answer.items.iter().filter(|i| i.status == OK).count();
+        let later = answer
+            .items
+            .iter()
+            .filter(|i| i.status == Status::BatchTooLarge as u32)
+            .count();
+        assert_eq!(answer.items.len(), 10);
+        assert!(
+            ok >= 1 && ok + later == 10 && later > 0,
+            "{shards} shards: {ok} ok, {later} to ask again"
+        );
+        let found = c.call(&CacheOperation {
+            with_values: true,
+            ..op("pattern", b"big:*")
+        });
+        assert!(found.truncated && found.items.len() < 10);
+    }
+}

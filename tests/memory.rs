@@ -108,3 +108,69 @@ fn stats_report_memory_per_shard_and_per_class() {
     assert_eq!(s["total"]["items"], 10_000);
     let _ = CacheOperation::default();
 }
+
+#[test]
+fn mixed_value_sizes_in_a_small_shard_lose_nothing() {
+    // 200 keys of 10 to 200-byte values touch about 50 size classes: a
+    // 32 MiB shard must hold them all without evicting anything.
+    let server = TestServer::start(&["--shards", "2", "--max-memory", "64MiB"]);
+    let mut c = server.connect();
+    let value_of = |i: usize| vec![(i % 251) as u8; 10 + (i * 37) % 191];
+    for round in 0..10 {
+        for i in 0..200 {
+            let answer = c.call(&set(format!("mixed:{i}").as_bytes(), &value_of(i + round), 0));
+            assert_eq!(answer.status, 0);
+        }
+    }
+    for i in 0..200 {
+        let got = c.call(&get(format!("mixed:{i}").as_bytes()));
+        assert_eq!(got.status, 0, "mixed:{i} lost");
+        assert_eq!(got.data.to_vec(), value_of(i + 9));
+    }
+    assert_eq!(stats(&mut c)["total"]["evictions"], 0);
+}
+
+#[test]
+fn after_filling_with_small_values_10_kib_values_take_over() {
+    let server = TestServer::start(&["--shards", "1", "--max-memory", "128MiB"]);
+    let mut c = server.connect();
+    // Fill memory with 100-byte values until eviction starts.
+    let mut n = 0;
+    loop {
+        write_many(&mut c, &format!("small{n}"), 100_000, 100);
+        n += 1;
+        if stats(&mut c)["total"]["evictions"].as_u64().unwrap() > 0 {
+            break;
+        }
+        assert!(n < 20, "128 MiB never filled");
+    }
+    // A working set of 10 KiB values, half of memory, written a few times.
+    let working_set = 64 * 1024 / 10;
+    let mut hit_rate = 0.0;
+    for _round in 0..8 {
+        write_many(&mut c, "big", working_set, 10 * 1024);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let keys: Vec<Vec<u8>> = (0..working_set)
+            .map(|i| format!("big:{i}").into_bytes())
+            .collect();
+        let mut hits = 0;
+        for chunk in keys.chunks(1000) {
+            let answer = c.call(&keys_op("get_many", chunk));
+            hits += answer
+                .items
+                .iter()
+                .filter(|i| i.status == 0 && i.data.len() == 10 * 1024)
+                .count();
+        }
+        hit_rate = hits as f64 / working_set as f64;
+        if hit_rate > 0.95 {
+            break;
+        }
+    }
+    assert!(
+        hit_rate > 0.95,
+        "the hit rate of the new workload recovers: {hit_rate}"
+    );
+    let s = stats(&mut c);
+    assert!(s["total"]["pages_moved"].as_u64().unwrap() > 0);
+}

@@ -174,6 +174,7 @@ fn binary_protocol_checks_tokens_and_permissions() {
         );
         assert_eq!(r.call(&op("flush", b"")).status, Status::Forbidden as u32);
         assert_eq!(r.call(&op("stats", b"")).status, Status::Forbidden as u32);
+        assert_eq!(r.call(&op("reload", b"")).status, Status::Forbidden as u32);
         assert_eq!(r.call(&op("health", b"")).status, 0, "health is open");
         let got = r.call(&get(b"canary"));
         assert_eq!(
@@ -311,8 +312,11 @@ fn reload_rotates_keys_by_kid() {
     );
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let data = &r.json()["cache_response"]["data"];
-    assert_eq!(data["reloaded"], json!(["auth_keys"]));
-    assert_eq!(data["auth"]["keys"][0], json!(["2024", "RS256"]));
+    assert!(
+        data["reloaded"].as_array().unwrap().contains(&json!("auth_keys")),
+        "{data}"
+    );
+    assert_eq!(data["errors"], json!([]), "{data}");
     for shard in 0..2 {
         authed(server.shard_addr(shard), &new);
         assert_eq!(

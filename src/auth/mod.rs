@@ -51,6 +51,7 @@ pub const fn required(kind: OpKind) -> Permissions {
         OpKind::Set | OpKind::SetMany => CACHE_WRITE,
         OpKind::Delete | OpKind::DeleteMany => CACHE_DELETE,
         OpKind::Flush => CACHE_FLUSH,
+        OpKind::Reload => CACHE_RELOAD,
         OpKind::Stats => METRICS_READ,
         OpKind::Health => 0,
     }
@@ -149,6 +150,7 @@ mod tests {
         assert_eq!(required(OpKind::Delete), CACHE_DELETE);
         assert_eq!(required(OpKind::DeleteMany), CACHE_DELETE);
         assert_eq!(required(OpKind::Flush), CACHE_FLUSH);
+        assert_eq!(required(OpKind::Reload), CACHE_RELOAD);
         assert_eq!(required(OpKind::Stats), METRICS_READ);
         assert_eq!(required(OpKind::Health), 0);
         assert_eq!(role_bits("read"), CACHE_READ | METRICS_READ);

@@ -247,6 +247,12 @@ impl ResponseEncoder {
         }
     }
 
+    /// Bytes written to a frame so far (header included).
+    #[inline]
+    pub fn written(out: &[u8], frame: &OpenFrame) -> usize {
+        out.len() - frame.start
+    }
+
     /// Patches the length of a frame started with [`ResponseEncoder::begin`].
     #[inline]
     pub fn finish(out: &mut [u8], frame: OpenFrame) {

@@ -94,15 +94,22 @@ pub fn encode_sub_operation(op: &OpView<'_>, kind: OpKind, owners: &[u16], owner
     out[start..start + FRAME_HEADER_BYTES].copy_from_slice(&len.to_be_bytes());
 }
 
-/// A request answered by several shards.
+/// A request answered by several shards, or by the server as a whole.
 pub enum Job {
+    /// `reload`: its report once run.
+    Reload {
+        correlation_id: Vec<u8>,
+        report: Option<serde_json::Value>,
+    },
     MultiKey {
+        max_frame: usize,
         correlation_id: Vec<u8>,
         keys: Vec<Vec<u8>>,
         owners: Vec<u16>,
         local_reply: Option<Vec<u8>>,
     },
     EveryShard {
+        max_frame: usize,
         kind: OpKind,
         correlation_id: Vec<u8>,
         limit: usize,
@@ -111,7 +118,13 @@ pub enum Job {
 }
 
 impl Job {
-    pub fn multi_key(kind: OpKind, op: &OpView<'_>, owners: Vec<u16>, local_reply: Option<Vec<u8>>) -> Job {
+    pub fn multi_key(
+        max_frame: usize,
+        kind: OpKind,
+        op: &OpView<'_>,
+        owners: Vec<u16>,
+        local_reply: Option<Vec<u8>>,
+    ) -> Job {
         let keys = if kind == OpKind::SetMany {
             op.raw_entries()
                 .map(|e| decode_entry(e).map(|e| e.key.to_vec()).unwrap_or_default())
@@ -120,6 +133,7 @@ impl Job {
             op.keys().map(<[u8]>::to_vec).collect()
         };
         Job::MultiKey {
+            max_frame,
             correlation_id: op.correlation_id.to_vec(),
             keys,
             owners,
@@ -127,8 +141,26 @@ impl Job {
         }
     }
 
-    pub fn every_shard(kind: OpKind, op: &OpView<'_>, local_reply: Vec<u8>) -> Job {
+    pub fn reload(op: &OpView<'_>) -> Job {
+        Job::Reload {
+            correlation_id: op.correlation_id.to_vec(),
+            report: None,
+        }
+    }
+
+    /// Runs the server-wide part of a job (a reload), before merging.
+    pub async fn run_server_wide(&mut self, rt: &super::ShardRuntime) {
+        if let Job::Reload { report, .. } = self {
+            *report = Some(match rt.server.control.reloader.get() {
+                Some(reloader) => serde_json::to_value(reloader.reload().await).unwrap_or_default(),
+                None => json!({"errors": ["this server was started without a configuration to reload"]}),
+            });
+        }
+    }
+
+    pub fn every_shard(max_frame: usize, kind: OpKind, op: &OpView<'_>, local_reply: Vec<u8>) -> Job {
         Job::EveryShard {
+            max_frame,
             kind,
             correlation_id: op.correlation_id.to_vec(),
             limit: pattern_limit(op.limit),
@@ -145,7 +177,15 @@ impl Job {
         out: &mut Vec<u8>,
     ) {
         match self {
+            Job::Reload {
+                correlation_id,
+                report,
+            } => {
+                let body = report.as_ref().map(|r| r.to_string()).unwrap_or_default();
+                ResponseEncoder::simple(out, Status::Ok, body.as_bytes(), None, correlation_id);
+            }
             Job::MultiKey {
+                max_frame,
                 correlation_id,
                 keys,
                 owners,
@@ -168,6 +208,16 @@ impl Job {
                 for (key, &owner) in keys.iter().zip(owners) {
                     match &mut per_owner[owner as usize] {
                         Ok(items) => match items.next() {
+                            Some(item)
+                                if ResponseEncoder::written(out, &frame)
+                                    + item.data.len()
+                                    + key.len()
+                                    + 64
+                                    > *max_frame =>
+                            {
+                                let full = crate::shard::execute::RESPONSE_FULL;
+                                ResponseEncoder::put_item(out, key, Status::BatchTooLarge, full, None);
+                            }
                             Some(item) => {
                                 let status = Status::from_u32(item.status).unwrap_or(Status::Unavailable);
                                 let meta = meta_of(item.metadata.as_ref());
@@ -194,6 +244,7 @@ impl Job {
                 ResponseEncoder::finish(out, frame);
             }
             Job::EveryShard {
+                max_frame,
                 kind,
                 correlation_id,
                 limit,
@@ -208,7 +259,7 @@ impl Job {
                     };
                     answers.push((shard, answer));
                 }
-                merge_every_shard(*kind, correlation_id, *limit, &answers, out);
+                merge_every_shard(*kind, correlation_id, *limit, *max_frame, &answers, out);
             }
         }
     }
@@ -232,6 +283,7 @@ fn merge_every_shard(
     kind: OpKind,
     corr: &[u8],
     limit: usize,
+    max_frame: usize,
     answers: &[(usize, Result<proto::CacheResponse, ForwardError>)],
     out: &mut Vec<u8>,
 ) {
@@ -256,7 +308,8 @@ fn merge_every_shard(
             for resp in ok() {
                 truncated |= resp.truncated;
                 for item in &resp.items {
-                    if n == limit {
+                    let size = ResponseEncoder::written(out, &frame) + item.key.len() + item.data.len() + 64;
+                    if n == limit || size > max_frame {
                         truncated = true;
                         break;
                     }

@@ -18,6 +18,7 @@ use super::ShardRuntime;
 use crate::auth::Grant;
 use crate::error::Status;
 use crate::key::{is_valid_key, key_hash, owner_of};
+use crate::metrics::{observe_cycle, ConnIdentity, CycleRecord};
 use crate::ops::{OpKind, Reach};
 use crate::protocol::binary::{decode_operation, OpView, ResponseEncoder};
 use crate::protocol::frame::{check_frame, FrameError, FrameStatus, FRAME_HEADER_BYTES};
@@ -61,6 +62,9 @@ pub struct Dispatcher {
     /// Codec options the handshake set for every write.
     write_compression: bool,
     write_encryption: bool,
+    /// Metrics and events of the cycle (src/metrics).
+    record: CycleRecord,
+    identity: ConnIdentity,
 }
 
 pub async fn serve(rt: Rc<ShardRuntime>, stream: TcpStream) {
@@ -97,6 +101,11 @@ async fn serve_stream<S: Transport>(rt: Rc<ShardRuntime>, mut stream: S) {
     cycle.out = out;
     cycle.set_grant(session.grant);
     cycle.set_write_options(session.compression, session.encryption);
+    cycle.set_identity(ConnIdentity::new(
+        &rt.shard,
+        &session.service_id,
+        session.correlation_id.as_bytes(),
+    ));
     let mut shutdown = rt.shutdown.wait();
     let max_frame = rt.shard.limits.max_frame_bytes;
     loop {
@@ -149,6 +158,8 @@ impl Dispatcher {
             grant: Grant::NONE,
             write_compression: false,
             write_encryption: false,
+            record: CycleRecord::default(),
+            identity: ConnIdentity::anonymous(),
         }
     }
 
@@ -168,6 +179,12 @@ impl Dispatcher {
     pub fn set_write_options(&mut self, compression: bool, encryption: bool) {
         self.write_compression = compression;
         self.write_encryption = encryption;
+    }
+
+    /// Who the requests are from (metrics `service` label, events); by
+    /// default `other`.
+    pub fn set_identity(&mut self, identity: ConnIdentity) {
+        self.identity = identity;
     }
 
     /// The response frames of the last [`Dispatcher::run`], in order.
@@ -191,6 +208,8 @@ impl Dispatcher {
     /// the number of input bytes consumed.
     pub async fn run(&mut self, rt: &ShardRuntime, input: &[u8]) -> usize {
         let now_us = unix_now_us();
+        self.record.begin(now_us);
+        let out_start = self.out.len();
         let max_frame = rt.shard.limits.max_frame_bytes;
         let mut ops = 0usize;
         let mut consumed = 0usize;
@@ -199,6 +218,7 @@ impl Dispatcher {
             match check_frame(data, max_frame) {
                 Ok(FrameStatus::Complete { len }) => {
                     let frame = &data[..FRAME_HEADER_BYTES + len];
+                    self.record.push(consumed, frame.len());
                     self.route(rt, frame, now_us);
                     consumed += FRAME_HEADER_BYTES + len;
                     ops += 1;
@@ -214,6 +234,7 @@ impl Dispatcher {
                         e => e.to_string(),
                     };
                     ResponseEncoder::error(&mut self.out, Status::FrameTooLarge, &message, b"");
+                    self.record.push(consumed, 0);
                     self.push_local(start);
                     rt.shard.counters.borrow_mut().protocol_errors += 1;
                     self.close_after_write = true;
@@ -223,9 +244,17 @@ impl Dispatcher {
             }
         }
         rt.shard.counters.borrow_mut().requests += ops as u64;
-        if self.needs_assembly {
+        let assembled = self.needs_assembly;
+        if assembled {
             self.forward_and_assemble(rt, now_us).await;
         }
+        // Assembly rebuilds `out` with this cycle's answers only.
+        let answers = if assembled {
+            &self.out[..]
+        } else {
+            &self.out[out_start..]
+        };
+        observe_cycle(&rt.shard, &self.identity, &self.record, input, answers);
         self.steps.clear();
         self.jobs.clear();
         self.needs_assembly = false;
@@ -253,7 +282,11 @@ impl Dispatcher {
                 return self.push_local(start);
             }
         };
-        let Some(kind) = OpKind::parse(op.operation) else {
+        let kind = OpKind::parse(op.operation);
+        if let Some(kind) = kind {
+            self.record.set_op(kind);
+        }
+        let Some(kind) = kind else {
             let message = format!("unknown operation {:?}", String::from_utf8_lossy(op.operation));
             ResponseEncoder::error(
                 &mut self.out,
@@ -305,6 +338,13 @@ impl Dispatcher {
                     shard.counters.borrow_mut().forwarded_ops += 1;
                 }
             }
+            Reach::Server => {
+                self.jobs.push(Job::reload(&op));
+                self.steps.push(Step::Job {
+                    index: (self.jobs.len() - 1) as u32,
+                });
+                self.needs_assembly = true;
+            }
             Reach::MultiKey if shard.count > 1 => self.route_multi(rt, &op, kind, now_us, start),
             Reach::EveryShard if kind == OpKind::Pattern && !crate::pattern::is_valid_pattern(op.key) => {
                 let message = "pattern must be 1-1024 bytes";
@@ -319,7 +359,8 @@ impl Dispatcher {
                 }
                 let mut local = Vec::new();
                 shard.execute_local(&op, kind, now_us, &mut local);
-                self.jobs.push(Job::every_shard(kind, &op, local));
+                self.jobs
+                    .push(Job::every_shard(shard.limits.max_frame_bytes, kind, &op, local));
                 self.steps.push(Step::Job {
                     index: (self.jobs.len() - 1) as u32,
                 });
@@ -373,7 +414,13 @@ impl Dispatcher {
                 assemble::encode_sub_operation(op, kind, &owners, owner, &mut self.forward[owner]);
             }
         }
-        self.jobs.push(Job::multi_key(kind, op, owners, local_reply));
+        self.jobs.push(Job::multi_key(
+            shard.limits.max_frame_bytes,
+            kind,
+            op,
+            owners,
+            local_reply,
+        ));
         self.steps.push(Step::Job {
             index: (self.jobs.len() - 1) as u32,
         });
@@ -384,6 +431,9 @@ impl Dispatcher {
     /// Sends every owner its batch, waits for all, and rebuilds `out` with
     /// every answer in request order.
     async fn forward_and_assemble(&mut self, rt: &ShardRuntime, now_us: u64) {
+        for job in &mut self.jobs {
+            job.run_server_wide(rt).await;
+        }
         let router = &rt.router;
         let mut pending = Vec::with_capacity(rt.shard.count);
         for owner in 0..rt.shard.count {

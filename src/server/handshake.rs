@@ -33,7 +33,7 @@ pub enum HandshakeOutcome {
 }
 
 /// What the handshake settled for the rest of the connection.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Session {
     /// What the `auth_token` allows (everything when auth is off).
     pub grant: Grant,
@@ -41,6 +41,10 @@ pub struct Session {
     /// applied to every write of the connection.
     pub compression: bool,
     pub encryption: bool,
+    /// The client's `service_id` and `correlation_id` (metrics labels and
+    /// events).
+    pub service_id: String,
+    pub correlation_id: String,
 }
 
 /// Reads and checks the handshake, leaving the answer in `out`.
@@ -189,6 +193,8 @@ fn answer(rt: &ShardRuntime, hello: &proto::CacheConnection, out: &mut Vec<u8>) 
         grant,
         compression,
         encryption,
+        service_id: hello.service_id.clone(),
+        correlation_id: hello.correlation_id.clone(),
     })
 }
 

@@ -6,7 +6,6 @@ mod handshake;
 pub mod http;
 mod inbuf;
 mod listener;
-mod metrics_endpoint;
 mod rest;
 pub mod shutdown;
 pub mod tls;
@@ -23,6 +22,8 @@ use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{info, warn};
 
 use crate::config::ServerConfig;
+use crate::hub::control::ControlPlane;
+use crate::hub::events::EventSink;
 use crate::router::{MeshPlan, Router};
 use crate::shard::store::StoreConfig;
 use crate::shard::{Shard, ShardLimits};
@@ -47,6 +48,9 @@ pub struct ServerInfo {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// JWT keys, shared with every shard's [`ShardRuntime::auth`].
     pub auth: Arc<crate::auth::AuthHub>,
+    /// Commands into the shards from other threads (metrics scrapes, the
+    /// Message Hub bridge).
+    pub control: Arc<ControlPlane>,
 }
 
 /// The tasks of one shard share this.
@@ -63,12 +67,18 @@ pub struct ShardRuntime {
 /// How long shutdown waits for connections to finish what they were doing.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Interval and budget of the background upkeep of each store: at most
-/// `SWEEP_BUDGET` index entries checked for expiry every `SWEEP_INTERVAL`,
-/// i.e. 200,000 entries a second per shard, each pass well under a
-/// millisecond; and at most one page moved between size classes per tick.
+/// Background upkeep of each store, every `SWEEP_INTERVAL`: expired items
+/// are looked for in at most `SWEEP_BUDGET_BUSY` index entries per tick
+/// (200,000 a second per shard, each pass well under a millisecond) while
+/// at least a tenth of what is visited has expired, else in
+/// `SWEEP_BUDGET_IDLE` (20,000 a second) so that a cache of long-lived items
+/// does not pay for the sweep. An expired item is reclaimed when read, when
+/// memory is needed, or by the sweep within `items_per_shard / 20,000`
+/// seconds at most. At most about 1 MiB of pages moves between size classes
+/// per tick.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(10);
-const SWEEP_BUDGET: usize = 2_000;
+const SWEEP_BUDGET_BUSY: usize = 2_000;
+const SWEEP_BUDGET_IDLE: usize = 200;
 
 /// A started server.
 pub struct RunningServer {
@@ -77,6 +87,7 @@ pub struct RunningServer {
     pub http_addr: SocketAddr,
     info: Arc<ServerInfo>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
+    hub: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -97,15 +108,24 @@ impl RunningServer {
         StopHandle(self.info.clone())
     }
 
-    /// Re-reads the JWT key files (SIGHUP); the keys in use stay on error.
-    pub fn reload_auth(&self) -> Result<crate::auth::hub::AuthReload, String> {
-        self.info.auth.reload()
+    /// The JWT keys, for the reloader (SIGHUP, REST and binary `reload`).
+    pub fn auth_hub(&self) -> Arc<crate::auth::AuthHub> {
+        self.info.auth.clone()
     }
 
-    /// Waits until every shard has stopped.
+    /// Reaches every shard from any thread: metrics snapshots
+    /// ([`ControlPlane::gather`] then [`crate::metrics::render_prometheus`]).
+    pub fn control(&self) -> Arc<ControlPlane> {
+        self.info.control.clone()
+    }
+
+    /// Waits until every shard (and the Message Hub bridge) has stopped.
     pub fn wait(self) {
         for t in self.threads {
             let _ = t.join();
+        }
+        if let Some(hub) = self.hub {
+            let _ = hub.join();
         }
     }
 }
@@ -150,7 +170,16 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         },
         tls: config.security.tls.clone(),
         auth: config.security.auth.clone(),
+        control: Arc::new(ControlPlane::new(
+            shards,
+            config.hub.node_id.clone(),
+            config.hub.zone.clone(),
+            config.start_policy(),
+        )),
     });
+    let policy = config.start_policy();
+    let events_on = config.hub.nats_url.is_some();
+    let mut event_queues = Vec::new();
     let seed = config.hash_seed.unwrap_or_else(random_seed);
     let per_shard_memory = config.max_memory_bytes / shards;
     let plan = MeshPlan::new(shards);
@@ -176,6 +205,12 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         };
         let (plan, info, ready) = (plan.clone(), info.clone(), ready_tx.clone());
         let codec = config.security.codec.clone();
+        let policy = policy.clone();
+        let events = events_on.then(|| {
+            let (sink, queue) = EventSink::with_capacity(config.hub.event_queue);
+            event_queues.push(queue);
+            sink
+        });
         let placement = if config.pin {
             Placement::Fixed(cpu)
         } else {
@@ -185,7 +220,9 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         let handle = builder
             .spawn(move || async move {
                 let codec = crate::codec::ValueCodec::new(&codec, limits.max_item_bytes);
-                let shard = Rc::new(Shard::new(id, shards, limits, store).with_codec(codec));
+                let mut shard = Shard::new(id, shards, limits, store).with_codec(codec);
+                shard.attach_hub(policy, events);
+                let shard = Rc::new(shard);
                 let auth = crate::auth::ShardAuth::new(info.auth.clone());
                 let router = Router::join(shard.clone(), plan).await;
                 let rt = Rc::new(ShardRuntime {
@@ -211,12 +248,26 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
     }
     info.started.store(true, Ordering::Release);
     info!(shards, seed, "all shards serving");
+    let hub = if events_on {
+        let stop_info = info.clone();
+        let stopping = Arc::new(move || stop_info.stopping.load(Ordering::Relaxed));
+        Some(crate::hub::start(
+            config.hub.clone(),
+            policy,
+            info.control.clone(),
+            event_queues,
+            stopping,
+        )?)
+    } else {
+        None
+    };
     Ok(RunningServer {
         binary_addr: listeners.public_addr,
         shard_ports: listeners.shard_ports,
         http_addr: listeners.http_addr,
         info,
         threads,
+        hub,
     })
 }
 
@@ -236,6 +287,13 @@ async fn run_shard(
     let accept_own = glommio::spawn_local(accept_loop(rt.clone(), own, Front::Binary));
     let accept_http = glommio::spawn_local(accept_loop(rt.clone(), http, Front::Http));
     glommio::spawn_local(sweep_loop(rt.clone())).detach();
+    let control_rt = rt.clone();
+    glommio::spawn_local(crate::hub::control::serve_shard(
+        rt.shard.clone(),
+        rt.server.control.clone(),
+        move || control_rt.shutdown.is_fired(),
+    ))
+    .detach();
     let _ = ready.send(Ok(rt.shard.id));
 
     while !rt.server.stopping.load(Ordering::Relaxed) {
@@ -343,14 +401,17 @@ async fn refuse_connection(mut stream: glommio::net::TcpStream) {
 /// Store upkeep: expired items, page moves between size classes, budget.
 async fn sweep_loop(rt: Rc<ShardRuntime>) {
     let mut tick = 0u64;
+    let mut budget = SWEEP_BUDGET_IDLE;
     while !rt.shutdown.is_fired() {
         glommio::timer::sleep(SWEEP_INTERVAL).await;
         tick += 1;
         let now = crate::shard::clock::unix_now_us();
-        rt.shard
-            .store
-            .borrow_mut()
-            .maintain(now, SWEEP_BUDGET, tick % 10 == 0);
+        let reclaimed = rt.shard.store.borrow_mut().maintain(now, budget, tick % 10 == 0);
+        budget = if reclaimed * 10 >= budget {
+            SWEEP_BUDGET_BUSY
+        } else {
+            SWEEP_BUDGET_IDLE
+        };
     }
 }
 

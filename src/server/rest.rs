@@ -5,7 +5,7 @@ use prost::Message;
 use serde_json::json;
 
 use super::connection::{encode_frame, Dispatcher};
-use super::{metrics_endpoint, ShardRuntime, StopHandle};
+use super::{ShardRuntime, StopHandle};
 use crate::error::Status;
 use crate::ops::OpKind;
 use crate::proto::{CacheOperation, CacheResponse};
@@ -140,16 +140,16 @@ fn authorize(rt: &ShardRuntime, d: &mut Dispatcher, head: &RequestHead, route: &
     }
 }
 
-/// `POST /api/v2/cache/reload`, which needs `cache:reload`.
-fn reload(rt: &ShardRuntime, d: &Dispatcher) -> Result<Outcome, Failure> {
+/// Refuses an endpoint that does not go through the dispatcher (reload,
+/// metrics) unless the request's grant has `need`.
+fn require(d: &Dispatcher, need: crate::auth::Permissions, operation: &'static str) -> Result<(), Failure> {
     let grant = d.grant();
-    let need = crate::auth::CACHE_RELOAD;
-    if !grant.allows(need, unix_now_us()) {
-        let (status, message) = grant.refusal(need, unix_now_us());
-        return Err((RestError::of(status, message), None, "reload"));
+    let now = unix_now_us();
+    if grant.allows(need, now) {
+        return Ok(());
     }
-    let auth = rt.server.auth.reload();
-    Ok(json_reply(200, response::success_with(&reload_report(auth))))
+    let (status, message) = grant.refusal(need, now);
+    Err((RestError::of(status, message), None, operation))
 }
 
 // ---- end of security ----
@@ -224,24 +224,25 @@ async fn handle_route(
             }
             answer(kind, &resp, false, None)
         }
-        Route::Reload => reload(rt, d),
+        Route::Reload => {
+            require(d, crate::auth::CACHE_RELOAD, "reload")?;
+            Ok(json_reply(200, response::success_with(&reload_report(rt).await)))
+        }
         Route::Live => Ok(json_reply(
             200,
             json!({ "status": "live" }).to_string().into_bytes(),
         )),
         Route::Ready => Ok(readiness(rt)),
         Route::Metrics => {
-            let resp = execute(rt, d, &request::admin_operation(OpKind::Stats))
-                .await
-                .map_err(|e| (e, None, "stats"))?;
-            if resp.status != 0 {
-                return answer(OpKind::Stats, &resp, false, None);
-            }
-            let stats: serde_json::Value = serde_json::from_slice(&resp.data).unwrap_or_default();
+            require(d, crate::auth::METRICS_READ, "stats")?;
+            // Every shard's counters and histograms, merged; a shard that
+            // does not answer within the deadline shows as down.
+            let deadline = glommio::timer::sleep(METRICS_DEADLINE);
+            let snapshot = rt.server.control.gather(deadline).await;
             Ok(Outcome::Reply(Reply {
                 status: 200,
-                content_type: metrics_endpoint::CONTENT_TYPE,
-                body: metrics_endpoint::render(&stats).into_bytes(),
+                content_type: METRICS_CONTENT_TYPE,
+                body: crate::metrics::render_prometheus(&snapshot).into_bytes(),
                 allow: None,
             }))
         }
@@ -288,23 +289,24 @@ fn readiness(rt: &ShardRuntime) -> Outcome {
 /// not ready (heartbeats come every 50 ms).
 const READY_HEARTBEAT_AGE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// What `POST /api/v2/cache/reload` reloads: the JWT key files (other
-/// configuration comes from flags; the deployment work fills this in).
-fn reload_report(auth: Result<crate::auth::hub::AuthReload, String>) -> serde_json::Value {
-    let (reloaded, auth) = match auth {
-        Ok(report) if report.enabled => (json!(["auth_keys"]), json!(report)),
-        Ok(report) => (json!([]), json!(report)),
-        Err(e) => (json!([]), json!({ "error": e })),
-    };
-    json!({
-        "reloaded": reloaded,
-        "auth": auth,
-        "requires_restart": [
-            "bind", "port", "shard_port_base", "http_port", "shards", "cpus", "pin",
-            "ttl_default", "max_frame_bytes", "max_item_bytes", "max_connections", "max_memory"
-        ],
-        "message": "JWT key files are re-read; other settings come from command-line flags and need a restart"
-    })
+/// Content type of the Prometheus text exposition format.
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// How long a scrape waits for the shards' snapshots.
+const METRICS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `POST /api/v2/cache/reload`: re-reads the configuration (see
+/// [`crate::reload`]) and reports what changed and what needs a restart.
+async fn reload_report(rt: &ShardRuntime) -> serde_json::Value {
+    match rt.server.control.reloader.get() {
+        Some(reloader) => serde_json::to_value(reloader.reload().await).unwrap_or_default(),
+        None => json!({
+            "reloaded": [],
+            "requires_restart": [],
+            "errors": ["this server was started without a configuration to reload"],
+            "shards_applied": 0
+        }),
+    }
 }
 
 /// Refuses an operation frame the dispatcher would treat as a stream error.

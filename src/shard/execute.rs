@@ -12,6 +12,10 @@ use crate::key::{is_valid_key, key_hash};
 use crate::ops::OpKind;
 use crate::protocol::binary::{EntryView, Meta, OpView, OptionsView, ResponseEncoder};
 
+/// Data of the CACHE_012 items of a batch answer that reached the frame
+/// limit.
+pub const RESPONSE_FULL: &[u8] = b"answer reached the frame limit: ask for this key again";
+
 /// Message of a CACHE_004 response.
 pub const INVALID_KEY_MESSAGE: &str = "key must be 1-250 bytes without control characters or spaces";
 
@@ -40,6 +44,10 @@ impl Shard {
                 let body = self.stats_json().to_string();
                 ResponseEncoder::simple(out, Status::Ok, body.as_bytes(), None, corr)
             }
+            OpKind::Reload => {
+                // Server-wide: the connection's dispatcher runs it.
+                ResponseEncoder::error(out, Status::Malformed, "reload is not a shard operation", corr)
+            }
             OpKind::Health => {
                 let body = json!({ "status": "ok", "shard": self.id }).to_string();
                 ResponseEncoder::simple(out, Status::Ok, body.as_bytes(), None, corr)
@@ -63,7 +71,8 @@ impl Shard {
                 Lookup::Miss => ResponseEncoder::simple(out, Status::NotFound, b"", None, corr),
             },
             OpKind::Set => {
-                match self.write_item(&mut store, hash, op.key, op.value, op.ttl, &op.options, now_us) {
+                let ttl = self.resolve_ttl(op.key, op.ttl);
+                match self.write_item(&mut store, hash, op.key, op.value, ttl, &op.options, now_us) {
                     Ok(meta) => ResponseEncoder::simple(out, Status::Ok, b"", Some(&meta), corr),
                     Err((status, message)) => ResponseEncoder::error(out, status, message, corr),
                 }
@@ -104,6 +113,21 @@ impl Shard {
                     }
                     match store.get(key_hash(key, self.seed), key, now_us) {
                         Lookup::Hit(item) => self.with_value(item, |value| match value {
+                            // No answer frame may exceed the frame limit
+                            // (checked on the decoded length): the client
+                            // asks again for these keys.
+                            Ok(value)
+                                if ResponseEncoder::written(out, &frame) + value.len() + key.len() + 64
+                                    > self.limits.max_frame_bytes =>
+                            {
+                                ResponseEncoder::put_item(
+                                    out,
+                                    key,
+                                    Status::BatchTooLarge,
+                                    RESPONSE_FULL,
+                                    None,
+                                )
+                            }
                             Ok(value) => {
                                 ResponseEncoder::put_item(out, key, Status::Ok, value, Some(&item.meta()))
                             }
@@ -134,7 +158,7 @@ impl Shard {
                         ResponseEncoder::put_item(out, key, Status::InvalidKey, b"", None);
                         continue;
                     }
-                    let ttl = if ttl == 0 { op.ttl } else { ttl };
+                    let ttl = self.resolve_ttl(key, if ttl == 0 { op.ttl } else { ttl });
                     let hash = key_hash(key, self.seed);
                     match self.write_item(&mut store, hash, key, value, ttl, &op.options, now_us) {
                         Ok(meta) => ResponseEncoder::put_item(out, key, Status::Ok, b"", Some(&meta)),
@@ -167,23 +191,42 @@ impl Shard {
                 truncated = true;
                 return false;
             }
-            found += 1;
+            let mut emit = |value: Result<&[u8], (Status, &'static str)>| {
+                let len = value.as_ref().map_or(0, |v| v.len());
+                if ResponseEncoder::written(out, &frame) + len + item.key().len() + 64
+                    > self.limits.max_frame_bytes
+                {
+                    truncated = true;
+                    return false;
+                }
+                found += 1;
+                match value {
+                    Ok(value) => {
+                        ResponseEncoder::put_item(out, item.key(), Status::Ok, value, Some(&item.meta()))
+                    }
+                    Err((status, message)) => {
+                        ResponseEncoder::put_item(out, item.key(), status, message.as_bytes(), None)
+                    }
+                }
+                true
+            };
             if !op.with_values {
-                ResponseEncoder::put_item(out, item.key(), Status::Ok, b"", Some(&item.meta()));
-                return true;
+                return emit(Ok(b""));
             }
-            self.with_value(item, |value| match value {
-                Ok(value) => {
-                    ResponseEncoder::put_item(out, item.key(), Status::Ok, value, Some(&item.meta()))
-                }
-                Err((status, message)) => {
-                    ResponseEncoder::put_item(out, item.key(), status, message.as_bytes(), None)
-                }
-            });
-            true
+            self.with_value(item, emit)
         });
         ResponseEncoder::put_summary(out, Status::Ok, op.correlation_id, truncated);
         ResponseEncoder::finish(out, frame);
+    }
+
+    /// The TTL a write gets: its own, else its cache type's, else the
+    /// default (the shard's policy).
+    #[inline]
+    fn resolve_ttl(&self, key: &[u8], ttl: u32) -> u32 {
+        if ttl != 0 {
+            return ttl;
+        }
+        self.policy.borrow().resolve_ttl(key, 0)
     }
 
     /// This shard's counters and memory as a JSON object.
@@ -226,6 +269,8 @@ impl Shard {
             "forwarded_ops": c.forwarded_ops,
             "forwarded_batches": c.forwarded_batches,
             "protocol_errors": c.protocol_errors,
+            "events_queued": self.metrics.borrow().events_queued,
+            "events_dropped": self.metrics.borrow().events_dropped,
         })
     }
 }

@@ -41,10 +41,25 @@ pub struct Shard {
     pub codec: RefCell<crate::codec::ValueCodec>,
     /// Whether writes that ask for nothing still go through the codec.
     pub codec_eager: bool,
+    /// Request metrics of this shard (issue 7).
+    pub metrics: RefCell<crate::metrics::ShardMetrics>,
+    /// Default TTLs, cache types and event switches; replaced by the
+    /// control plane when `config.cache.update` arrives.
+    pub policy: RefCell<crate::hub::policy::Policy>,
+    /// This shard's end of the Message Hub event queue; `None` = events off.
+    pub events: Option<crate::hub::events::EventSink>,
 }
 
 impl Shard {
     pub fn new(id: usize, count: usize, limits: ShardLimits, store: StoreConfig) -> Self {
+        // The policy resolves a write's TTL 0 (per cache type, else the
+        // default) before the store sees it; the store's own default is
+        // then only reached for "never expire".
+        let policy = crate::hub::policy::Policy::new(store.default_ttl_s, 0);
+        let store = StoreConfig {
+            default_ttl_s: 0,
+            ..store
+        };
         Shard {
             id,
             count,
@@ -55,7 +70,20 @@ impl Shard {
             draining: Cell::new(false),
             codec: RefCell::new(crate::codec::ValueCodec::off(limits.max_item_bytes)),
             codec_eager: false,
+            metrics: RefCell::default(),
+            policy: RefCell::new(policy),
+            events: None,
         }
+    }
+
+    /// Sets the start policy and, when events are on, the event queue.
+    pub fn attach_hub(
+        &mut self,
+        policy: crate::hub::policy::Policy,
+        events: Option<crate::hub::events::EventSink>,
+    ) {
+        self.policy = RefCell::new(policy);
+        self.events = events;
     }
 
     /// This shard with its value codec (server start).

@@ -124,6 +124,18 @@ impl Store {
         &self.config
     }
 
+    /// Changes the eviction policy at runtime.
+    pub fn set_eviction(&mut self, eviction: EvictionPolicy) {
+        self.config.eviction = eviction;
+    }
+
+    /// Changes the memory budget at runtime; a lower budget is reached by
+    /// releasing pages in the next upkeep ticks.
+    pub fn set_memory_limit(&mut self, bytes: usize) {
+        self.config.memory_limit_bytes = bytes;
+        self.items.set_limit_bytes(bytes);
+    }
+
     /// Number of items held (expired ones not yet reclaimed included).
     pub fn len(&self) -> usize {
         self.items_count
@@ -258,6 +270,7 @@ impl Store {
                 if grows {
                     self.index_bytes = self.index_bytes + table.allocation_size() - before;
                     self.items.set_index_bytes(self.index_bytes);
+                    self.release_over_budget(Some(new_id), now_us);
                 }
                 None
             }
@@ -301,6 +314,10 @@ impl Store {
     /// evictions.
     fn evict(&mut self, id: ItemId, now_us: u64) {
         self.unindex(id, now_us);
+        if !self.view(id).is_expired(now_us) {
+            // Evicting for its own writes is what makes a class ask for pages.
+            self.items.note_eviction(id);
+        }
         self.items.free(id);
     }
 
@@ -313,7 +330,6 @@ impl Store {
             self.stats.expired_evicted += 1;
         } else {
             self.stats.evictions += 1;
-            self.items.note_eviction(id);
         }
         if let Ok(entry) = self.tables[subtable_of(hash)].find_entry(table_hash(hash), |&x| x == id) {
             entry.remove();
@@ -338,17 +354,29 @@ impl Store {
     /// `budget` index entries visited), moves at most one page toward the
     /// class evicting the most when classes are out of balance, and releases
     /// pages if the index grew past the budget. `decay` ages the eviction
-    /// pressure that drives page moves (call it every ~100 ms).
-    pub fn maintain(&mut self, now_us: u64, budget: usize, decay: bool) {
-        self.sweep_expired(now_us, budget);
-        if let Some((page, to_class)) = self.items.rebalance_move() {
-            self.empty_page(page, Some(to_class), now_us);
+    /// pressure that drives page moves (call it every ~100 ms). Returns the
+    /// number of expired items reclaimed.
+    pub fn maintain(&mut self, now_us: u64, budget: usize, decay: bool) -> usize {
+        let reclaimed = self.sweep_expired(now_us, budget);
+        for _ in 0..self.items.pages_per_rebalance() {
+            match self.items.rebalance_move() {
+                Some((page, to_class)) => self.empty_page(page, Some(to_class), now_us),
+                None => break,
+            }
         }
         if decay {
             self.items.decay_pressure();
         }
+        self.release_over_budget(None, now_us);
+        reclaimed
+    }
+
+    /// Releases pages while the index has grown the total past the budget,
+    /// sparing the page of `keep` (the item being written).
+    fn release_over_budget(&mut self, keep: Option<ItemId>, now_us: u64) {
+        let spared = keep.and_then(|id| self.items.page_of(id));
         while self.items.over_budget() {
-            match self.items.page_to_release() {
+            match self.items.page_to_release(spared) {
                 Some(page) => self.empty_page(page, None, now_us),
                 None => break,
             }

@@ -1,10 +1,12 @@
 //! The per-shard slab allocator for item records.
 //!
-//! A shard's share of `max_memory` is carved into 1 MiB pages; each page
-//! belongs to one size class and is cut into equal chunks (memcached's slab
-//! design). A record goes into the smallest class that holds it; records
-//! above [`MAX_CHUNK_BYTES`] take the large path (one allocation each,
-//! counted against the same budget). Values never touch the global
+//! A shard's share of `max_memory` is carved into pages (1 MiB from 1 GiB
+//! per shard up; smaller shards use pages of a 1024th of their memory, at
+//! least 16 KiB, so that every size class can own pages without starving
+//! the others); each page belongs to one size class and is cut into equal
+//! chunks (memcached's slab design). A record goes into the smallest class
+//! that holds it; records above a quarter page take the large path (one
+//! allocation each, counted against the same budget). Values never touch the global
 //! allocator on the hot path: a page is allocated once and reused.
 //!
 //! Chunks carry their state in their first 8 bytes: all zero means free (a
@@ -20,13 +22,13 @@
 
 pub mod classes;
 
-pub use classes::{SizeClasses, MAX_CHUNK_BYTES, PAGE_BYTES};
+pub use classes::{SizeClasses, MAX_PAGE_BYTES, MIN_PAGE_BYTES};
 
 /// Bit of a record's first word that says it was read since the CLOCK hand
 /// last passed.
 pub const ACCESSED_BIT: u64 = 1 << 60;
 
-/// Most pages per shard (15 bits of an [`ItemId`]): 32 GiB.
+/// Most pages per shard (15 bits of an [`ItemId`]): 32 GiB of 1 MiB pages.
 pub const MAX_PAGES: usize = 1 << 15;
 
 /// Most chunks the CLOCK hand inspects for one eviction; past it the chunk
@@ -151,6 +153,7 @@ pub struct ClassStats {
 
 /// The allocator of one shard.
 pub struct Slab {
+    page_bytes: usize,
     sizes: SizeClasses,
     classes: Vec<Class>,
     pages: Vec<Page>,
@@ -171,9 +174,17 @@ impl Slab {
     /// An allocator that never holds more than `limit_bytes` (pages, large
     /// records and the index size reported by [`Slab::set_index_bytes`]).
     pub fn new(limit_bytes: usize) -> Slab {
-        let sizes = SizeClasses::new();
+        Slab::with_page_bytes(limit_bytes, page_bytes_for(limit_bytes))
+    }
+
+    /// An allocator with pages of `page_bytes` (a power of two between
+    /// [`MIN_PAGE_BYTES`] and [`MAX_PAGE_BYTES`]).
+    pub fn with_page_bytes(limit_bytes: usize, page_bytes: usize) -> Slab {
+        assert!(page_bytes.is_power_of_two() && (MIN_PAGE_BYTES..=MAX_PAGE_BYTES).contains(&page_bytes));
+        let sizes = SizeClasses::new(page_bytes);
         let classes = (0..sizes.len()).map(|_| Class::default()).collect();
         Slab {
+            page_bytes,
             sizes,
             classes,
             pages: Vec::new(),
@@ -195,9 +206,14 @@ impl Slab {
         self.limit_bytes
     }
 
+    /// Changes the budget; pages stay the size they are.
+    pub fn set_limit_bytes(&mut self, bytes: usize) {
+        self.limit_bytes = bytes;
+    }
+
     /// Bytes held: pages, large records and the index.
     pub fn used_bytes(&self) -> usize {
-        self.live_pages * PAGE_BYTES + self.large_bytes + self.index_bytes
+        self.live_pages * self.page_bytes + self.large_bytes + self.index_bytes
     }
 
     /// Tells the allocator how much memory the index takes, so that the
@@ -237,7 +253,7 @@ impl Slab {
                 if let Some(id) = self.alloc_in_class(class) {
                     return Ok(id);
                 }
-                if !self.can_grow(PAGE_BYTES) {
+                if !self.can_grow(self.page_bytes) {
                     return Err(NoMemory);
                 }
                 self.new_page(class).ok_or(NoMemory)?;
@@ -268,10 +284,10 @@ impl Slab {
     fn new_page(&mut self, class: usize) -> Option<u32> {
         let chunk_bytes = self.sizes.chunk_bytes(class);
         let page = Page {
-            mem: Some(vec![0u8; PAGE_BYTES].into_boxed_slice()),
+            mem: Some(vec![0u8; self.page_bytes].into_boxed_slice()),
             class,
             chunk_bytes,
-            capacity: (PAGE_BYTES / chunk_bytes) as u32,
+            capacity: (self.page_bytes / chunk_bytes) as u32,
             bump: 0,
             free_head: NONE,
             free_count: 0,
@@ -489,6 +505,10 @@ impl Slab {
     /// classes under the least eviction pressure), the one with the fewest
     /// recently read records, then the fewest records.
     fn donor_page(&self, except: Option<usize>) -> Option<u32> {
+        self.donor_page_avoiding(except, None)
+    }
+
+    fn donor_page_avoiding(&self, except: Option<usize>, avoid: Option<u32>) -> Option<u32> {
         const CLASSES: usize = 8;
         const PAGES_PER_CLASS: usize = 2;
         let mut classes: Vec<(u64, usize, usize)> = self
@@ -504,9 +524,10 @@ impl Slab {
             .take(CLASSES)
             .flat_map(|&(pressure, _, i)| {
                 let c = &self.classes[i];
-                (0..PAGES_PER_CLASS.min(c.pages.len()))
+                (0..(PAGES_PER_CLASS + 1).min(c.pages.len()))
                     .map(move |k| (pressure, c.pages[(c.clock_page + k) % c.pages.len()]))
             })
+            .filter(|&(_, page)| Some(page) != avoid)
             .map(|(pressure, page)| {
                 let (accessed, live) = self.page_usage(page);
                 ((accessed, pressure, live), page)
@@ -561,7 +582,7 @@ impl Slab {
         let p = &mut self.pages[page as usize];
         p.class = to_class;
         p.chunk_bytes = chunk_bytes;
-        p.capacity = (PAGE_BYTES / chunk_bytes) as u32;
+        p.capacity = (self.page_bytes / chunk_bytes) as u32;
         p.bump = 0;
         p.free_head = NONE;
         p.free_count = 0;
@@ -580,8 +601,19 @@ impl Slab {
     }
 
     /// A page to release when the budget is exceeded.
-    pub fn page_to_release(&self) -> Option<u32> {
-        self.donor_page(None)
+    pub fn page_to_release(&self, avoid: Option<u32>) -> Option<u32> {
+        self.donor_page_avoiding(None, avoid)
+    }
+
+    /// The page holding `id`, if it is a chunk of a page.
+    pub fn page_of(&self, id: ItemId) -> Option<u32> {
+        (!id.is_large()).then_some(id.page() as u32)
+    }
+
+    /// Pages to move per upkeep tick: about 1 MiB of memory whatever the
+    /// page size, so that small shards rebalance as fast as large ones.
+    pub fn pages_per_rebalance(&self) -> usize {
+        (MAX_PAGE_BYTES / self.page_bytes).max(1)
     }
 
     /// A page move that would relieve the class evicting the most, from a
@@ -619,10 +651,14 @@ impl Slab {
 
     /// Drops every page and record.
     pub fn clear(&mut self) {
-        let limit = self.limit_bytes;
         let index = self.index_bytes;
-        *self = Slab::new(limit);
+        *self = Slab::with_page_bytes(self.limit_bytes, self.page_bytes);
         self.index_bytes = index;
+    }
+
+    /// Bytes of one page of this allocator.
+    pub fn page_bytes(&self) -> usize {
+        self.page_bytes
     }
 
     pub fn live_pages(&self) -> usize {
@@ -676,8 +712,16 @@ impl Slab {
             .enumerate()
             .map(|(i, c)| c.live as usize * self.sizes.chunk_bytes(i))
             .sum();
-        self.live_pages * PAGE_BYTES - used
+        self.live_pages * self.page_bytes - used
     }
+}
+
+/// Page size for a shard of `limit_bytes`: a 1024th of it, rounded down to
+/// a power of two, between [`MIN_PAGE_BYTES`] and [`MAX_PAGE_BYTES`].
+pub fn page_bytes_for(limit_bytes: usize) -> usize {
+    let target = (limit_bytes / 1024).max(1);
+    let floor = 1usize << (usize::BITS - 1 - target.leading_zeros());
+    floor.clamp(MIN_PAGE_BYTES, MAX_PAGE_BYTES)
 }
 
 #[cfg(test)]

@@ -2,6 +2,13 @@ use super::*;
 use proptest::prelude::*;
 use std::collections::HashMap;
 
+/// Pages of 1 MiB, as a shard of 1 GiB or more has.
+const PAGE_BYTES: usize = MAX_PAGE_BYTES;
+
+fn slab(limit: usize) -> Slab {
+    Slab::with_page_bytes(limit, PAGE_BYTES)
+}
+
 /// Writes a live-looking record (non-zero first word) filled with `tag`.
 fn fill(slab: &mut Slab, id: ItemId, tag: u8) {
     let r = slab.record_mut(id);
@@ -16,7 +23,7 @@ fn check(slab: &Slab, id: ItemId, tag: u8) -> bool {
 
 #[test]
 fn allocates_within_the_class_and_reuses_freed_chunks() {
-    let mut slab = Slab::new(8 * PAGE_BYTES);
+    let mut slab = slab(8 * PAGE_BYTES);
     let a = slab.alloc(130).unwrap();
     let b = slab.alloc(130).unwrap();
     assert_ne!(a, b);
@@ -28,7 +35,7 @@ fn allocates_within_the_class_and_reuses_freed_chunks() {
 
 #[test]
 fn budget_counts_pages_index_and_large_records() {
-    let mut slab = Slab::new(3 * PAGE_BYTES);
+    let mut slab = slab(3 * PAGE_BYTES);
     let big = slab.alloc(PAGE_BYTES).unwrap();
     assert!(big.is_large());
     assert_eq!(slab.record(big).len(), PAGE_BYTES);
@@ -50,7 +57,7 @@ fn budget_counts_pages_index_and_large_records() {
 
 #[test]
 fn clock_spares_recently_read_records() {
-    let mut slab = Slab::new(PAGE_BYTES);
+    let mut slab = slab(PAGE_BYTES);
     let mut ids = Vec::new();
     while let Ok(id) = slab.alloc(1000) {
         fill(&mut slab, id, 1);
@@ -72,7 +79,7 @@ fn clock_spares_recently_read_records() {
 
 #[test]
 fn a_class_without_pages_takes_one_from_another_class() {
-    let mut slab = Slab::new(2 * PAGE_BYTES);
+    let mut slab = slab(2 * PAGE_BYTES);
     while let Ok(id) = slab.alloc(100) {
         fill(&mut slab, id, 3);
     }
@@ -94,7 +101,7 @@ fn a_class_without_pages_takes_one_from_another_class() {
 
 #[test]
 fn pressure_moves_pages_toward_the_evicting_class() {
-    let mut slab = Slab::new(4 * PAGE_BYTES);
+    let mut slab = slab(4 * PAGE_BYTES);
     while let Ok(id) = slab.alloc(100) {
         fill(&mut slab, id, 1);
     }
@@ -122,15 +129,27 @@ fn pressure_moves_pages_toward_the_evicting_class() {
 
 #[test]
 fn releasing_a_page_returns_its_memory() {
-    let mut slab = Slab::new(2 * PAGE_BYTES);
+    let mut slab = slab(2 * PAGE_BYTES);
     let a = slab.alloc(100).unwrap();
     fill(&mut slab, a, 9);
-    let page = slab.page_to_release().unwrap();
+    let page = slab.page_to_release(None).unwrap();
     assert_eq!(slab.live_records(page), vec![a]);
     slab.release_page(page);
     assert_eq!(slab.used_bytes(), 0);
     let b = slab.alloc(100).unwrap();
     assert!(!b.is_large());
+}
+
+#[test]
+fn page_size_follows_the_shard_size() {
+    assert_eq!(page_bytes_for(2 << 20), MIN_PAGE_BYTES);
+    assert_eq!(page_bytes_for(32 << 20), 32 << 10);
+    assert_eq!(page_bytes_for(256 << 20), 256 << 10);
+    assert_eq!(page_bytes_for(1 << 30), MAX_PAGE_BYTES);
+    assert_eq!(page_bytes_for(64 << 30), MAX_PAGE_BYTES);
+    // A 32 MiB shard can give every size class pages of its own.
+    let s = Slab::new(32 << 20);
+    assert!(s.sizes.len() * s.page_bytes() * 2 < 32 << 20);
 }
 
 #[derive(Debug, Clone)]
@@ -148,7 +167,7 @@ proptest! {
         prop_oneof![1usize..300, 300usize..20_000, 200_000usize..400_000].prop_map(SlabOp::Alloc),
         any::<usize>().prop_map(SlabOp::Free),
     ], 1..300)) {
-        let mut slab = Slab::new(6 * PAGE_BYTES);
+        let mut slab = slab(6 * PAGE_BYTES);
         let mut live: HashMap<ItemId, u8> = HashMap::new();
         let mut order: Vec<ItemId> = Vec::new();
         let mut tag = 0u8;

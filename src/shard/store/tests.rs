@@ -1,9 +1,9 @@
 use super::*;
-use crate::slab::PAGE_BYTES;
 use proptest::prelude::*;
 use std::collections::HashMap;
 
 const SEED: u64 = 7;
+const MIB: usize = 1 << 20;
 
 fn config(limit: usize, eviction: EvictionPolicy) -> StoreConfig {
     StoreConfig {
@@ -67,7 +67,7 @@ fn sweep_reclaims_expired_items_and_their_memory() {
     for i in 0..5000u32 {
         put(
             &mut s,
-            &format!("k{i}"),
+            &format!("k{i:05}"),
             &[1; 100],
             if i % 2 == 0 { 1 } else { 0 },
             0,
@@ -85,7 +85,7 @@ fn sweep_reclaims_expired_items_and_their_memory() {
     // The freed chunks are reused: another 2,500 items need no new page.
     let pages = s.slab().live_pages();
     for i in 0..2500u32 {
-        put(&mut s, &format!("n{i}"), &[2; 100], 0, 3_000_000).unwrap();
+        put(&mut s, &format!("n{i:05}"), &[2; 100], 0, 3_000_000).unwrap();
     }
     assert_eq!(s.slab().live_pages(), pages);
 }
@@ -142,9 +142,10 @@ fn pages_move_to_a_new_value_size_after_calcification() {
         put(&mut s, &format!("small{i}"), &[1u8; 100], 0, 0).unwrap();
         i += 1;
     }
-    // Memory is full of small items. A working set of 10 KiB values half
-    // the size of memory must come to be held in full.
-    let value = vec![7u8; 10 * 1024];
+    // Memory is full of small items. A working set of values of an eighth
+    // of a page (10 KiB values on a shard of 1 GiB and more, whose pages are
+    // 1 MiB), half the size of memory, must come to be held in full.
+    let value = vec![7u8; s.slab().page_bytes() / 8];
     let working_set = (4 << 20) / value.len() as u32;
     for round in 0..30 {
         for k in 0..working_set {
@@ -206,11 +207,11 @@ fn every_size_class_round_trips() {
 
 #[test]
 fn index_growth_counts_toward_the_budget() {
-    let mut s = lru(4 * PAGE_BYTES);
+    let mut s = lru(4 * MIB);
     for i in 0..40_000u32 {
         put(&mut s, &format!("i{i}"), b"", 0, 0).unwrap();
         s.maintain(0, 0, false);
-        assert!(s.used_bytes() <= 4 * PAGE_BYTES);
+        assert!(s.used_bytes() <= 4 * MIB);
     }
     assert!(s.index_bytes() > 0);
 }
@@ -258,7 +259,7 @@ proptest! {
         any::<u8>().prop_map(ModelOp::Delete),
     ], 1..300), evict in any::<bool>()) {
         let policy = if evict { EvictionPolicy::Lru } else { EvictionPolicy::NoEviction };
-        let mut s = Store::new(config(3 * PAGE_BYTES, policy));
+        let mut s = Store::new(config(3 * MIB, policy));
         let mut model: HashMap<u8, Vec<u8>> = HashMap::new();
         for (step, op) in ops.into_iter().enumerate() {
             match op {
@@ -287,7 +288,7 @@ proptest! {
                     if !evict { prop_assert_eq!(removed, had); }
                 }
             }
-            prop_assert!(s.used_bytes() <= 3 * PAGE_BYTES);
+            prop_assert!(s.used_bytes() <= 3 * MIB);
             prop_assert!(s.len() <= model.len());
         }
     }

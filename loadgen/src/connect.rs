@@ -1,0 +1,112 @@
+//! Opening connections: TCP connect, the binary protocol's handshake, and the
+//! shard map a shard-aware client routes with. Done before the clock starts,
+//! with plain blocking sockets; workers get them ready and non-blocking.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::config::LoadConfig;
+use crate::protocol::binary::{self, HandshakeAnswer};
+use crate::protocol::Codec;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where each key goes when the client is shard-aware.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardMap {
+    /// `addrs[i]` serves shard `i`.
+    pub addrs: Vec<SocketAddr>,
+    /// `xxh3_64_with_seed` seed.
+    pub seed: u64,
+}
+
+impl ShardMap {
+    /// Builds the map from a handshake answer; shard ports share `addr`'s host.
+    pub fn from_handshake(addr: SocketAddr, ans: &HandshakeAnswer) -> anyhow::Result<Self> {
+        if ans.shard_count == 0 || ans.shard_ports.len() != ans.shard_count as usize {
+            bail!(
+                "handshake lists {} shard ports for {} shards; cannot route by shard",
+                ans.shard_ports.len(),
+                ans.shard_count
+            );
+        }
+        let addrs = ans
+            .shard_ports
+            .iter()
+            .map(|&p| SocketAddr::new(addr.ip(), p))
+            .collect();
+        Ok(ShardMap {
+            addrs,
+            seed: ans.hash_seed,
+        })
+    }
+}
+
+/// Connects to `addr`; for the binary protocol also sends the handshake and
+/// checks its answer.
+pub fn connect(addr: SocketAddr, cfg: &LoadConfig) -> anyhow::Result<(TcpStream, Option<HandshakeAnswer>)> {
+    let stream = TcpStream::connect_timeout(&addr, HANDSHAKE_TIMEOUT)
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true)?;
+    let answer = match cfg.codec {
+        Codec::Binary => Some(handshake(&stream, cfg).with_context(|| format!("handshake with {addr}"))?),
+        _ => None,
+    };
+    Ok((stream, answer))
+}
+
+fn handshake(mut stream: &TcpStream, cfg: &LoadConfig) -> anyhow::Result<HandshakeAnswer> {
+    let mut frame = Vec::new();
+    binary::encode_handshake(&mut frame, &cfg.service_id, &cfg.token);
+    stream.write_all(&frame)?;
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some((len, answer)) = binary::parse_handshake(&buf).map_err(|e| anyhow::anyhow!("{e}"))? {
+            if answer.status != 0 {
+                bail!(
+                    "refused: {} {}",
+                    binary::status_label(answer.status).as_str(),
+                    answer.message
+                );
+            }
+            if len != buf.len() {
+                bail!(
+                    "server sent {} unexpected bytes after the handshake",
+                    buf.len() - len
+                );
+            }
+            stream.set_read_timeout(None)?;
+            return Ok(answer);
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            bail!("connection closed during the handshake");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Learns the shard map from one handshake on the public port.
+pub fn discover_shards(cfg: &LoadConfig) -> anyhow::Result<ShardMap> {
+    let (_stream, answer) = connect(cfg.addr, cfg)?;
+    let answer = answer.context("--shard-aware needs the binary protocol")?;
+    ShardMap::from_handshake(cfg.addr, &answer)
+}
+
+/// Opens one logical connection: one socket, or one per shard when `shards`
+/// is given (socket `i` talks to shard `i`).
+pub fn open_logical(cfg: &LoadConfig, shards: Option<&ShardMap>) -> anyhow::Result<Vec<TcpStream>> {
+    match shards {
+        None => Ok(vec![connect(cfg.addr, cfg)?.0]),
+        Some(map) => map
+            .addrs
+            .iter()
+            .map(|&a| connect(a, cfg).map(|(s, _)| s))
+            .collect(),
+    }
+}

@@ -1,0 +1,596 @@
+//! The bridge's event loop (Tokio, one thread): drain the shards' event
+//! queues and publish, publish health, apply configuration and control
+//! messages.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::{Client, ConnectOptions, Event, Message};
+use futures_lite::StreamExt;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use super::control::{BridgeCounters, ControlPlane, ShardCommand};
+use super::envelope::{new_correlation_id, Envelope, Incoming, EVENT_VERSION};
+use super::events::{EventQueue, ItemEvent, ItemOp};
+use super::policy::{CacheType, Policy};
+use super::HubConfig;
+use crate::shard::clock::unix_now_us;
+
+/// How often the queues are drained.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(2);
+
+/// Subjects.
+pub const SUBJECT_ITEM_UPDATED: &str = "cache.item.updated";
+pub const SUBJECT_HEALTH: &str = "cache.health.status";
+pub const SUBJECT_CONFIG: &str = "config.cache.update";
+pub const SUBJECT_CONTROL: &str = "control.cache.action";
+
+/// TTL in the envelope of item events (seconds).
+pub const ITEM_EVENT_TTL_S: u32 = 60;
+
+/// A publish that cannot enter the client's buffer within this time is
+/// given up and counted (the bridge must keep draining).
+const PUBLISH_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// How long a command to every shard may take before the reply says so.
+const SHARD_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most events taken from one queue per drain, so that one busy shard
+/// cannot starve the others or the subscriptions.
+const MAX_DRAIN_PER_QUEUE: usize = 4096;
+
+struct Pending {
+    event: ItemEvent,
+    merged: u64,
+}
+
+struct Bridge {
+    client: Client,
+    config: HubConfig,
+    control: Arc<ControlPlane>,
+    queues: Vec<EventQueue>,
+    /// A copy of the control plane's policy, refreshed when its version
+    /// moves (reloads and config events change it).
+    policy: Policy,
+    /// Events held back to coalesce writes of one key, by key, and the
+    /// keys in the order their windows end.
+    pending: HashMap<Vec<u8>, Pending>,
+    due_order: VecDeque<(Instant, Vec<u8>)>,
+    id_prefix: String,
+    id_seq: u64,
+    last_health: Option<(Instant, u64, u64, u64)>,
+}
+
+/// Runs the bridge until `stopping` is true.
+pub async fn run(
+    config: HubConfig,
+    policy: Policy,
+    control: Arc<ControlPlane>,
+    queues: Vec<EventQueue>,
+    stopping: Arc<dyn Fn() -> bool + Send + Sync>,
+) {
+    let Some(url) = config.nats_url.clone() else {
+        return;
+    };
+    control.bridge.enabled.store(true, Ordering::Relaxed);
+    let counters = control.clone();
+    let options = ConnectOptions::new()
+        .name(format!("dnd-cache {}", config.node_id))
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2))
+        .reconnect_delay_callback(|attempt| {
+            Duration::from_millis(50u64 << attempt.min(6)).min(Duration::from_secs(2))
+        })
+        .event_callback(move |event| {
+            let control = counters.clone();
+            async move { on_connection_event(&control.bridge, event) }
+        });
+    let client = match options.connect(url.as_str()).await {
+        Ok(client) => client,
+        Err(e) => {
+            warn!(error = %e, url, "Message Hub bridge not started: bad NATS address");
+            return;
+        }
+    };
+    let mut config_sub = subscribe(&client, SUBJECT_CONFIG).await;
+    let mut control_sub = subscribe(&client, SUBJECT_CONTROL).await;
+    let mut bridge = Bridge {
+        client,
+        control,
+        queues,
+        policy,
+        pending: HashMap::new(),
+        due_order: VecDeque::new(),
+        id_prefix: new_correlation_id()[..16].to_string(),
+        id_seq: 0,
+        last_health: None,
+        config,
+    };
+    info!(url, "Message Hub bridge started");
+    let mut drain = tokio::time::interval(DRAIN_INTERVAL);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let period = bridge.config.health_interval;
+    let mut health = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = drain.tick() => {
+                if stopping() {
+                    bridge.finish().await;
+                    return;
+                }
+                bridge.drain(false).await;
+            }
+            _ = health.tick() => bridge.publish_health().await,
+            Some(msg) = next(&mut config_sub) => bridge.on_config(msg).await,
+            Some(msg) = next(&mut control_sub) => bridge.on_control(msg).await,
+        }
+    }
+}
+
+fn on_connection_event(counters: &BridgeCounters, event: Event) {
+    match event {
+        Event::Connected => {
+            counters.connected.store(true, Ordering::Relaxed);
+            BridgeCounters::add(&counters.connects, 1);
+            info!("Message Hub connected");
+        }
+        Event::Disconnected => {
+            counters.connected.store(false, Ordering::Relaxed);
+            warn!("Message Hub disconnected; reconnecting with backoff");
+        }
+        other => warn!(event = %other, "Message Hub"),
+    }
+}
+
+async fn subscribe(client: &Client, subject: &'static str) -> Option<async_nats::Subscriber> {
+    match client.subscribe(subject).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(subject, error = %e, "cannot subscribe");
+            None
+        }
+    }
+}
+
+/// The next message of a subscription; never resolves without one.
+async fn next(sub: &mut Option<async_nats::Subscriber>) -> Option<Message> {
+    match sub {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[derive(Serialize)]
+struct ItemData<'a> {
+    key: &'a str,
+    operation: &'static str,
+    timestamp: &'a str,
+    service_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_type: Option<&'static str>,
+    /// Earlier events on the key folded into this one (coalescing).
+    #[serde(skip_serializing_if = "is_zero")]
+    coalesced: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Bridge {
+    fn connected(&self) -> bool {
+        self.control.bridge.connected.load(Ordering::Relaxed)
+    }
+
+    fn counters(&self) -> &BridgeCounters {
+        &self.control.bridge
+    }
+
+    fn next_correlation_id(&mut self) -> String {
+        self.id_seq += 1;
+        format!("{}{:016x}", self.id_prefix, self.id_seq)
+    }
+
+    /// Moves events from the shards' queues to NATS. While disconnected the
+    /// queues are left alone: they fill and the shards count what they drop.
+    async fn drain(&mut self, everything: bool) {
+        if !self.connected() {
+            return;
+        }
+        self.refresh_policy();
+        let window = Duration::from_millis(u64::from(self.policy.coalesce_ms));
+        let now = Instant::now();
+        for q in 0..self.queues.len() {
+            for _ in 0..MAX_DRAIN_PER_QUEUE {
+                let Some(event) = self.queues[q].pop() else {
+                    break;
+                };
+                if window.is_zero() && self.pending.is_empty() {
+                    self.publish_item(&event, 0).await;
+                } else if event.op == ItemOp::Flush {
+                    self.publish_pending(true).await;
+                    self.publish_item(&event, 0).await;
+                } else {
+                    self.hold(event, now + window);
+                }
+            }
+        }
+        self.publish_pending(everything || window.is_zero()).await;
+    }
+
+    /// Keeps the latest event of a key until its window ends.
+    fn hold(&mut self, event: ItemEvent, due: Instant) {
+        match self.pending.get_mut(event.key()) {
+            Some(p) => {
+                p.event = event;
+                p.merged += 1;
+                BridgeCounters::add(&self.counters().coalesced, 1);
+            }
+            None => {
+                self.due_order.push_back((due, event.key().to_vec()));
+                self.pending
+                    .insert(event.key().to_vec(), Pending { event, merged: 0 });
+            }
+        }
+    }
+
+    async fn publish_pending(&mut self, all: bool) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        // Windows end in the order they started (a window change at
+        // runtime only delays keys queued behind a longer window).
+        while let Some((due, _)) = self.due_order.front() {
+            if !all && *due > now {
+                break;
+            }
+            let (_, key) = self.due_order.pop_front().expect("front exists");
+            if let Some(p) = self.pending.remove(&key) {
+                self.publish_item(&p.event, p.merged).await;
+            }
+        }
+    }
+
+    async fn publish_item(&mut self, event: &ItemEvent, coalesced: u64) {
+        let correlation_id = match std::str::from_utf8(event.correlation_id()) {
+            Ok(c) if !c.is_empty() => c.to_string(),
+            _ => self.next_correlation_id(),
+        };
+        let envelope = Envelope {
+            correlation_id,
+            source: self.config.source.clone(),
+            event: SUBJECT_ITEM_UPDATED,
+            version: EVENT_VERSION,
+            timestamp: super::envelope::rfc3339_ms(event.at_ms),
+            ttl_s: ITEM_EVENT_TTL_S,
+        };
+        let key = String::from_utf8_lossy(event.key());
+        let service = String::from_utf8_lossy(event.service());
+        let data = ItemData {
+            key: &key,
+            operation: event.op.name(),
+            timestamp: &envelope.timestamp,
+            service_id: &service,
+            cache_type: CacheType::of_key(event.key()).map(CacheType::name),
+            coalesced,
+        };
+        let payload = envelope.payload(&data);
+        if self.publish(SUBJECT_ITEM_UPDATED, &envelope, payload).await {
+            BridgeCounters::add(&self.counters().published_item_events, 1);
+        }
+    }
+
+    async fn publish(&self, subject: &'static str, envelope: &Envelope, payload: Vec<u8>) -> bool {
+        let publish = self
+            .client
+            .publish_with_headers(subject, envelope.headers(), payload.into());
+        match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
+            Ok(Ok(())) => true,
+            _ => {
+                BridgeCounters::add(&self.counters().publish_failures, 1);
+                false
+            }
+        }
+    }
+
+    /// On stop: publish what is queued and held, then flush the client.
+    async fn finish(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline && self.connected() && self.queues.iter().any(|q| !q.is_empty()) {
+            self.drain(true).await;
+        }
+        self.drain(true).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.flush()).await;
+    }
+
+    async fn publish_health(&mut self) {
+        let control = self.control.clone();
+        let snapshot = control.gather(tokio::time::sleep(Duration::from_secs(1))).await;
+        let now = Instant::now();
+        let requests = snapshot.total(|s| s.requests);
+        let hits = snapshot.total(|s| s.hits);
+        let misses = snapshot.total(|s| s.misses);
+        let (hit_rate, ops_rate) = match self.last_health {
+            Some((at, r0, h0, m0)) => {
+                let secs = now.duration_since(at).as_secs_f64().max(0.001);
+                let (dh, dm) = (hits.saturating_sub(h0), misses.saturating_sub(m0));
+                let rate = if dh + dm == 0 {
+                    0.0
+                } else {
+                    dh as f64 / (dh + dm) as f64
+                };
+                (rate, (requests.saturating_sub(r0) as f64 / secs).round() as u64)
+            }
+            None => {
+                let rate = if hits + misses == 0 {
+                    0.0
+                } else {
+                    hits as f64 / (hits + misses) as f64
+                };
+                (rate, 0)
+            }
+        };
+        self.last_health = Some((now, requests, hits, misses));
+        let used = snapshot.total(|s| s.used_bytes);
+        let limit = snapshot.total(|s| s.limit_bytes).max(1);
+        let memory_usage = used as f64 / limit as f64;
+        let up = snapshot.shards.iter().filter(|s| s.is_some()).count();
+        let status = if up < snapshot.shards.len() {
+            "degraded"
+        } else if memory_usage >= 0.95 {
+            "warning"
+        } else {
+            "healthy"
+        };
+        let data = json!({
+            "status": status,
+            "metrics": {
+                "hit_rate": hit_rate,
+                "memory_usage": memory_usage,
+                "ops_rate": ops_rate,
+            },
+            "node": snapshot.node,
+            "zone": snapshot.zone,
+            "shards": snapshot.shards.len(),
+            "shards_up": up,
+            "items": snapshot.total(|s| s.items),
+            "memory_used_bytes": used,
+            "events_dropped": snapshot.total(|s| s.events_dropped),
+        });
+        if !self.connected() {
+            return;
+        }
+        let ttl_s = (self.config.health_interval.as_secs() as u32)
+            .saturating_mul(3)
+            .max(1);
+        let envelope = self.envelope(SUBJECT_HEALTH, None, ttl_s);
+        if self
+            .publish(SUBJECT_HEALTH, &envelope, envelope.payload(&data))
+            .await
+        {
+            BridgeCounters::add(&self.counters().published_health_events, 1);
+        }
+    }
+
+    fn envelope(&mut self, event: &'static str, correlation_id: Option<String>, ttl_s: u32) -> Envelope {
+        Envelope {
+            correlation_id: correlation_id.unwrap_or_else(|| self.next_correlation_id()),
+            source: self.config.source.clone(),
+            event,
+            version: EVENT_VERSION,
+            timestamp: super::envelope::rfc3339_ms(unix_now_us() / 1000),
+            ttl_s,
+        }
+    }
+
+    /// Parses an incoming message: the JSON body, its `data` object and
+    /// its envelope. Counts and logs a message that is not one.
+    fn parse(&self, msg: &Message, expected: &str) -> Result<(Value, Incoming), String> {
+        let body: Value =
+            serde_json::from_slice(&msg.payload).map_err(|e| format!("payload is not JSON: {e}"))?;
+        let incoming = Incoming::read(&body, msg.headers.as_ref());
+        if let Some(event) = &incoming.event {
+            if event != expected {
+                return Err(format!("event {event:?} sent on {expected}"));
+            }
+        }
+        let data = body
+            .get("data")
+            .filter(|d| d.is_object())
+            .cloned()
+            .ok_or("data must be an object")?;
+        Ok((data, incoming))
+    }
+
+    fn refuse(&self, subject: &str, reason: &str) {
+        BridgeCounters::add(&self.counters().invalid_messages, 1);
+        warn!(subject, reason, "invalid Message Hub message ignored");
+    }
+
+    async fn reply(&self, msg: &Message, body: Value) {
+        if let Some(reply) = &msg.reply {
+            let publish = self.client.publish(reply.clone(), body.to_string().into());
+            let _ = tokio::time::timeout(PUBLISH_TIMEOUT, publish).await;
+        }
+    }
+
+    async fn on_config(&mut self, msg: Message) {
+        BridgeCounters::add(&self.counters().received_config, 1);
+        let result = match self.parse(&msg, SUBJECT_CONFIG) {
+            Ok((data, incoming)) => self
+                .control
+                .update_policy(|next| next.apply(&data))
+                .map(|(summary, waits)| (waits, summary, incoming)),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok((waits, summary, incoming)) => {
+                info!(summary, correlation_id = ?incoming.correlation_id, source = ?incoming.source, "policy changed");
+                let applied = wait_applied(waits).await;
+                self.refresh_policy();
+                self.reply(
+                    &msg,
+                    json!({"status": "ok", "applied": summary, "shards": applied, "policy": self.policy}),
+                )
+                .await;
+            }
+            Err(e) => {
+                self.refuse(SUBJECT_CONFIG, &e);
+                self.reply(&msg, json!({"status": "error", "error": e})).await;
+            }
+        }
+    }
+
+    /// Takes the control plane's policy when it changed.
+    fn refresh_policy(&mut self) {
+        if self.control.policy_version() != self.policy.version {
+            self.policy = self.control.current_policy();
+        }
+    }
+
+    async fn send_to_shard(&self, shard: usize, mut command: ShardCommand) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            match self.control.send(shard, command) {
+                Ok(()) => return true,
+                Err(back) if Instant::now() < deadline => {
+                    command = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Runs a command on every shard and adds up their answers; `None`
+    /// when a shard did not answer in time.
+    async fn on_every_shard(&self, make: impl Fn(oneshot::Sender<u64>) -> ShardCommand) -> Option<u64> {
+        let mut waits = Vec::new();
+        for shard in 0..self.control.shard_count() {
+            let (tx, rx) = oneshot::channel();
+            if !self.send_to_shard(shard, make(tx)).await {
+                return None;
+            }
+            waits.push(rx);
+        }
+        let mut total = 0;
+        for rx in waits {
+            total += tokio::time::timeout(SHARD_REPLY_TIMEOUT, rx).await.ok()?.ok()?;
+        }
+        Some(total)
+    }
+
+    async fn on_control(&mut self, msg: Message) {
+        BridgeCounters::add(&self.counters().received_control, 1);
+        let (data, incoming) = match self.parse(&msg, SUBJECT_CONTROL) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                self.refuse(SUBJECT_CONTROL, &e);
+                return self.reply(&msg, json!({"status": "error", "error": e})).await;
+            }
+        };
+        let action = data.get("action").and_then(Value::as_str).unwrap_or("");
+        let target = data.get("target").and_then(Value::as_str).unwrap_or("");
+        let result = match action {
+            "flush" => self
+                .on_every_shard(ShardCommand::Flush)
+                .await
+                .map(|n| (json!({"flushed": n}), Some((ItemOp::Flush, "*"))))
+                .ok_or_else(|| "a shard did not answer".to_string()),
+            "invalidate" => self.invalidate(&data, target).await,
+            "reload" => match self.control.reloader.get() {
+                Some(reloader) => {
+                    let report = reloader.reload().await;
+                    self.refresh_policy();
+                    Ok((serde_json::to_value(&report).unwrap_or_default(), None))
+                }
+                None => Err("this server has no configuration to reload".to_string()),
+            },
+            "" => Err("data.action must be flush, invalidate or reload".to_string()),
+            other => Err(format!("unknown action {other:?}")),
+        };
+        self.refresh_policy();
+        match result {
+            Ok((answer, event)) => {
+                info!(action, target, correlation_id = ?incoming.correlation_id, "control action done");
+                if let Some((op, key)) = event {
+                    let enabled = match op {
+                        ItemOp::Flush => self.policy.default_events,
+                        _ => self.policy.events_for(key.as_bytes()),
+                    };
+                    if enabled {
+                        let source = incoming.source.as_deref().unwrap_or("");
+                        let corr = incoming.correlation_id.as_deref().unwrap_or("");
+                        let event = ItemEvent::new(
+                            op,
+                            unix_now_us() / 1000,
+                            key.as_bytes(),
+                            source.as_bytes(),
+                            corr.as_bytes(),
+                        );
+                        self.publish_item(&event, 0).await;
+                    }
+                }
+                let mut body = json!({"status": "ok", "action": action});
+                if let (Value::Object(b), Value::Object(a)) = (&mut body, answer) {
+                    b.extend(a);
+                }
+                self.reply(&msg, body).await;
+            }
+            Err(e) => {
+                self.refuse(SUBJECT_CONTROL, &e);
+                self.reply(&msg, json!({"status": "error", "error": e})).await;
+            }
+        }
+    }
+
+    async fn invalidate<'t>(
+        &self,
+        data: &Value,
+        target: &'t str,
+    ) -> Result<(Value, Option<(ItemOp, &'t str)>), String> {
+        let pattern = data
+            .get("parameters")
+            .and_then(|p| p.get("pattern"))
+            .and_then(Value::as_bool)
+            .unwrap_or_else(|| target.contains(['*', '?', '[']));
+        let valid = if pattern {
+            crate::pattern::is_valid_pattern(target.as_bytes())
+        } else {
+            crate::key::is_valid_key(target.as_bytes())
+        };
+        if !valid {
+            return Err(format!("target {target:?} is not a valid key or pattern"));
+        }
+        let removed = self
+            .on_every_shard(|done| ShardCommand::Invalidate {
+                target: target.as_bytes().into(),
+                pattern,
+                done,
+            })
+            .await
+            .ok_or("a shard did not answer")?;
+        Ok((
+            json!({"removed": removed, "pattern": pattern}),
+            Some((ItemOp::Invalidate, target)),
+        ))
+    }
+}
+
+/// Waits for the shards to apply a policy; how many did in time.
+async fn wait_applied(waits: Vec<tokio::sync::oneshot::Receiver<()>>) -> usize {
+    let mut applied = 0;
+    for rx in waits {
+        if let Ok(Ok(())) = tokio::time::timeout(SHARD_REPLY_TIMEOUT, rx).await {
+            applied += 1;
+        }
+    }
+    applied
+}

@@ -1,0 +1,273 @@
+//! Recording one read cycle of a connection: which operation each request
+//! was, then, once the answers are ready, their statuses, the cycle's
+//! latency, and the write events they cause.
+
+use super::{op_slot, ServiceIndex, INVALID_OP};
+use crate::hub::events::{ItemEvent, ItemOp};
+use crate::ops::OpKind;
+use crate::protocol::binary::decode_operation;
+use crate::protocol::frame::FRAME_HEADER_BYTES;
+use crate::protocol::wire::{WireReader, WIRE_LEN, WIRE_VARINT};
+use crate::shard::clock::unix_now_us;
+use crate::shard::Shard;
+
+/// Who a connection's requests are from: interned once per connection.
+pub struct ConnIdentity {
+    pub service: ServiceIndex,
+    pub service_id: Box<str>,
+    /// The handshake's correlation id, used for requests that carry none.
+    pub correlation_id: Box<[u8]>,
+}
+
+impl ConnIdentity {
+    pub fn new(shard: &Shard, service_id: &str, correlation_id: &[u8]) -> ConnIdentity {
+        ConnIdentity {
+            service: shard.metrics.borrow_mut().intern(service_id),
+            service_id: service_id.into(),
+            correlation_id: correlation_id.into(),
+        }
+    }
+
+    /// A connection that named no service (counted as `other`).
+    pub fn anonymous() -> ConnIdentity {
+        ConnIdentity {
+            service: 0,
+            service_id: "".into(),
+            correlation_id: Box::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    op: u8,
+    /// The request frame's place in the cycle's input.
+    start: u32,
+    len: u32,
+}
+
+/// The requests of one cycle, in order: one entry per answer frame.
+#[derive(Default)]
+pub struct CycleRecord {
+    entries: Vec<Entry>,
+    started_us: u64,
+}
+
+impl CycleRecord {
+    /// Starts a cycle (keeps the buffer).
+    #[inline]
+    pub fn begin(&mut self, now_us: u64) {
+        self.entries.clear();
+        self.started_us = now_us;
+    }
+
+    /// A request frame at `input[start..start + len]` that will get one
+    /// answer; its operation is unknown until [`CycleRecord::set_op`].
+    #[inline]
+    pub fn push(&mut self, start: usize, len: usize) {
+        self.entries.push(Entry {
+            op: INVALID_OP,
+            start: start as u32,
+            len: len as u32,
+        });
+    }
+
+    /// The operation of the request pushed last.
+    #[inline]
+    pub fn set_op(&mut self, kind: OpKind) {
+        if let Some(e) = self.entries.last_mut() {
+            e.op = op_slot(kind);
+        }
+    }
+}
+
+/// Records the answered cycle: `input` is what the requests were read
+/// from, `answers` holds exactly the cycle's answer frames, in order.
+pub fn observe_cycle(shard: &Shard, who: &ConnIdentity, record: &CycleRecord, input: &[u8], answers: &[u8]) {
+    let now_us = unix_now_us();
+    let latency_us = now_us.saturating_sub(record.started_us);
+    let mut metrics = shard.metrics.borrow_mut();
+    let mut pos = 0;
+    for e in &record.entries {
+        let Some(body) = next_frame(answers, &mut pos) else {
+            break;
+        };
+        let status = response_status(body);
+        metrics.record(who.service, e.op, status, latency_us);
+        if e.op == op_slot(OpKind::Get) {
+            let hit = u64::from(status == 0);
+            let miss = u64::from(matches!(status, 1 | 2));
+            metrics.record_lookups(who.service, e.op, hit, miss);
+        } else if e.op == op_slot(OpKind::GetMany) && status == 0 {
+            let (mut hits, mut misses) = (0, 0);
+            for_each_item(body, |_, s| match s {
+                0 => hits += 1,
+                1 | 2 => misses += 1,
+                _ => {}
+            });
+            metrics.record_lookups(who.service, e.op, hits, misses);
+        }
+        let Some(sink) = shard.events.as_ref() else {
+            continue;
+        };
+        let Some(op) = write_op(e.op) else {
+            continue;
+        };
+        if status != 0 {
+            continue;
+        }
+        let start = e.start as usize;
+        let frame = &input[start + FRAME_HEADER_BYTES..start + e.len as usize];
+        let Ok(request) = decode_operation(frame) else {
+            continue;
+        };
+        let corr = if request.correlation_id.is_empty() {
+            &who.correlation_id
+        } else {
+            request.correlation_id
+        };
+        let policy = shard.policy.borrow();
+        let at_ms = now_us / 1000;
+        let mut offer = |key: &[u8]| {
+            let event = ItemEvent::new(op, at_ms, key, who.service_id.as_bytes(), corr);
+            if sink.offer(event) {
+                metrics.events_queued += 1;
+            } else {
+                metrics.events_dropped += 1;
+            }
+        };
+        match op {
+            ItemOp::Set | ItemOp::Delete => {
+                if policy.events_for(request.key) {
+                    offer(request.key);
+                }
+            }
+            ItemOp::Flush => {
+                if policy.default_events {
+                    offer(b"*");
+                }
+            }
+            _ => for_each_item(body, |key, s| {
+                if s == 0 && policy.events_for(key) {
+                    offer(key);
+                }
+            }),
+        }
+    }
+}
+
+fn write_op(slot: u8) -> Option<ItemOp> {
+    const SET: u8 = op_slot(OpKind::Set);
+    const DELETE: u8 = op_slot(OpKind::Delete);
+    const SET_MANY: u8 = op_slot(OpKind::SetMany);
+    const DELETE_MANY: u8 = op_slot(OpKind::DeleteMany);
+    const FLUSH: u8 = op_slot(OpKind::Flush);
+    Some(match slot {
+        SET => ItemOp::Set,
+        DELETE => ItemOp::Delete,
+        SET_MANY => ItemOp::SetMany,
+        DELETE_MANY => ItemOp::DeleteMany,
+        FLUSH => ItemOp::Flush,
+        _ => return None,
+    })
+}
+
+/// The body of the next frame of `buf` at `pos`.
+#[inline]
+fn next_frame<'a>(buf: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
+    let header = buf.get(*pos..*pos + FRAME_HEADER_BYTES)?;
+    let len = u32::from_be_bytes(header.try_into().ok()?) as usize;
+    let body = buf.get(*pos + FRAME_HEADER_BYTES..*pos + FRAME_HEADER_BYTES + len)?;
+    *pos += FRAME_HEADER_BYTES + len;
+    Some(body)
+}
+
+/// `CacheResponse.status` of an encoded response (0 when absent).
+#[inline]
+pub(crate) fn response_status(body: &[u8]) -> u32 {
+    // Simple answers put a non-zero status first: one byte compare.
+    if body.first() == Some(&0x08) {
+        if let Some(&b) = body.get(1) {
+            if b < 0x80 {
+                return u32::from(b);
+            }
+        }
+    }
+    let mut r = WireReader::new(body);
+    while !r.is_empty() {
+        let Ok((field, wire)) = r.read_tag() else {
+            return 0;
+        };
+        if field == 1 && wire == WIRE_VARINT {
+            return r.read_varint().map_or(0, |v| v as u32);
+        }
+        if r.skip(wire).is_err() {
+            return 0;
+        }
+    }
+    0
+}
+
+/// Calls `f(key, status)` for each `ItemResult` of a batch answer.
+fn for_each_item(body: &[u8], mut f: impl FnMut(&[u8], u32)) {
+    let mut r = WireReader::new(body);
+    while !r.is_empty() {
+        let Ok((field, wire)) = r.read_tag() else {
+            return;
+        };
+        if field != 6 || wire != WIRE_LEN {
+            if r.skip(wire).is_err() {
+                return;
+            }
+            continue;
+        }
+        let Ok(item) = r.read_bytes() else {
+            return;
+        };
+        let (mut key, mut status) = (&[][..], 0u32);
+        let mut ir = WireReader::new(item);
+        while !ir.is_empty() {
+            let Ok((f2, w2)) = ir.read_tag() else {
+                break;
+            };
+            match (f2, w2) {
+                (1, WIRE_LEN) => key = ir.read_bytes().unwrap_or_default(),
+                (2, WIRE_VARINT) => status = ir.read_varint().unwrap_or(0) as u32,
+                _ => {
+                    if ir.skip(w2).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        f(key, status);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Status;
+    use crate::protocol::binary::ResponseEncoder;
+
+    #[test]
+    fn statuses_are_read_from_answers() {
+        let mut out = Vec::new();
+        ResponseEncoder::simple(&mut out, Status::Ok, b"value", None, b"c1");
+        ResponseEncoder::error(&mut out, Status::Forbidden, "no", b"");
+        let frame = ResponseEncoder::begin(&mut out);
+        ResponseEncoder::put_item(&mut out, b"a", Status::Ok, b"", None);
+        ResponseEncoder::put_item(&mut out, b"b", Status::NotFound, b"", None);
+        ResponseEncoder::put_summary(&mut out, Status::BatchTooLarge, b"", false);
+        ResponseEncoder::finish(&mut out, frame);
+        let mut pos = 0;
+        let mut statuses = Vec::new();
+        let mut items = Vec::new();
+        while let Some(body) = next_frame(&out, &mut pos) {
+            statuses.push(response_status(body));
+            for_each_item(body, |k, s| items.push((k.to_vec(), s)));
+        }
+        assert_eq!(statuses, vec![0, 102, 12]);
+        assert_eq!(items, vec![(b"a".to_vec(), 0), (b"b".to_vec(), 1)]);
+    }
+}

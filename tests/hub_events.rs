@@ -1,0 +1,564 @@
+//! The Message Hub bridge against a real `nats-server` and the real
+//! `cache-server` binary, on free loopback ports.
+//!
+//! Without a `nats-server` binary these tests print a note and pass, unless
+//! `DND_REQUIRE_NATS` is set (tests/suites/25-nats.sh sets it), in which
+//! case they fail.
+
+mod common;
+
+use std::net::TcpStream as StdTcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::Message;
+use bytes::Bytes;
+use common::{get, keys_op, op, set, set_many, stats, Raw, TestServer};
+use dnd_cache::proto::{CacheConnection, CacheOperation};
+use futures_lite::StreamExt;
+use prost::Message as _;
+use serde_json::{json, Value};
+
+const ITEM_SUBJECT: &str = "cache.item.updated";
+
+fn nats_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/local/bin".into()])
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
+}
+
+/// The nats-server binary; `None` (with a note) when absent and not required.
+fn require_nats() -> Option<PathBuf> {
+    match nats_binary() {
+        Some(bin) => Some(bin),
+        None if std::env::var_os("DND_REQUIRE_NATS").is_some() => {
+            panic!("DND_REQUIRE_NATS is set but no nats-server binary was found")
+        }
+        None => {
+            eprintln!("note: nats-server not installed; skipping (apt-get install nats-server)");
+            None
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Nats {
+    child: Child,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl Nats {
+    fn start(bin: PathBuf) -> Nats {
+        let port = free_port();
+        let mut nats = Nats {
+            child: spawn_nats(&bin, port),
+            bin,
+            port,
+        };
+        nats.wait_ready();
+        nats
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
+        self.child = spawn_nats(&self.bin, self.port);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while StdTcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(self.child.try_wait().unwrap().is_none(), "nats-server exited");
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn spawn_nats(bin: &PathBuf, port: u16) -> Child {
+    Command::new(bin)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nats-server")
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn start_server(nats: &Nats, extra: &[&str]) -> TestServer {
+    let url = nats.url();
+    let mut args = vec!["--nats-url", url.as_str(), "--health-interval", "1"];
+    args.extend_from_slice(extra);
+    TestServer::start(&args)
+}
+
+async fn connect(nats: &Nats) -> async_nats::Client {
+    async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(nats.url())
+        .await
+        .unwrap()
+}
+
+async fn subscribe(client: &async_nats::Client, subject: &'static str) -> async_nats::Subscriber {
+    let sub = client.subscribe(subject).await.unwrap();
+    client.flush().await.unwrap();
+    sub
+}
+
+async fn next_msg(sub: &mut async_nats::Subscriber, within: Duration) -> Option<Message> {
+    tokio::time::timeout(within, sub.next()).await.ok().flatten()
+}
+
+fn body(msg: &Message) -> Value {
+    serde_json::from_slice(&msg.payload).expect("event payload is JSON")
+}
+
+fn header(msg: &Message, name: &str) -> String {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().to_string())
+        .unwrap_or_else(|| panic!("no {name} header"))
+}
+
+/// Writes `probe:N` keys until their event arrives: the bridge is
+/// connected and subscribed. Returns how long that took.
+async fn await_bridge(raw: &mut Raw, sub: &mut async_nats::Subscriber, within: Duration) -> Duration {
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < within {
+        n += 1;
+        let key = format!("probe:{n}");
+        assert_eq!(raw.call(&set(key.as_bytes(), b"p", 0)).status, 0);
+        while let Some(msg) = next_msg(sub, Duration::from_millis(300)).await {
+            if body(&msg)["data"]["key"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("probe:"))
+            {
+                let took = start.elapsed();
+                // Let the events of earlier probes go by.
+                while next_msg(sub, Duration::from_millis(300)).await.is_some() {}
+                return took;
+            }
+        }
+    }
+    panic!("no event from the bridge within {within:?}");
+}
+
+/// A message with the ICD envelope, as another service would send it.
+fn hub_message(event: &str, data: Value) -> Bytes {
+    json!({
+        "event": event,
+        "version": "1.0",
+        "correlation_id": "test-corr-1",
+        "source": "test_service",
+        "timestamp": "2025-08-30T12:00:00.000Z",
+        "ttl": 30,
+        "data": data,
+    })
+    .to_string()
+    .into()
+}
+
+async fn request(client: &async_nats::Client, subject: &'static str, payload: Bytes) -> Value {
+    let reply = tokio::time::timeout(Duration::from_secs(10), client.request(subject, payload))
+        .await
+        .expect("reply in time")
+        .expect("request");
+    serde_json::from_slice(&reply.payload).unwrap()
+}
+
+fn set_with_corr(key: &[u8], correlation_id: &str) -> CacheOperation {
+    CacheOperation {
+        correlation_id: correlation_id.into(),
+        ..set(key, b"v", 0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_carry_the_envelope_and_the_request_correlation_id() {
+    let Some(bin) = require_nats() else { return };
+    let nats = Nats::start(bin);
+    let client = connect(&nats).await;
+    let mut items = subscribe(&client, ITEM_SUBJECT).await;
+    let mut health = subscribe(&client, "cache.health.status").await;
+    let server = start_server(&nats, &[]);
+    let mut raw = Raw::open(server.addr);
+    assert_eq!(raw.handshake("character_service").status, 0);
+    await_bridge(&mut raw, &mut items, Duration::from_secs(10)).await;
+
+    assert_eq!(raw.call(&set_with_corr(b"character:42", "req-corr-7")).status, 0);
+    let msg = next_msg(&mut items, Duration::from_secs(5))
+        .await
+        .expect("set event");
+    let b = body(&msg);
+    for (h, field) in [
+        ("Correlation-Id", "correlation_id"),
+        ("Source-Service", "source"),
+        ("Event-Type", "event"),
+        ("Event-Version", "version"),
+        ("Timestamp", "timestamp"),
+    ] {
+        assert_eq!(header(&msg, h), b[field].as_str().unwrap(), "{h} vs {field}");
+    }
+    assert_eq!(header(&msg, "Ttl"), b["ttl"].to_string());
+    assert_eq!(b["correlation_id"], "req-corr-7");
+    assert_eq!(b["source"], "cache_service");
+    assert_eq!(b["event"], ITEM_SUBJECT);
+    assert_eq!(b["version"], "1.0");
+    assert!(b["ttl"].as_u64().unwrap() > 0);
+    assert!(b["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(b["data"]["key"], "character:42");
+    assert_eq!(b["data"]["operation"], "set");
+    assert_eq!(b["data"]["service_id"], "character_service");
+    assert_eq!(b["data"]["cache_type"], "character_data");
+
+    // A delete of an absent key changes nothing and publishes nothing; a
+    // delete that removes does.
+    assert_eq!(raw.call(&op("delete", b"absent")).status, 1);
+    assert_eq!(raw.call(&op("delete", b"character:42")).status, 0);
+    let msg = next_msg(&mut items, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(body(&msg)["data"]["operation"], "delete");
+    assert_eq!(body(&msg)["data"]["key"], "character:42");
+
+    // Batches publish one event per stored key, across shards.
+    let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..6)
+        .map(|i| (format!("m:{i}").into_bytes(), b"v".to_vec()))
+        .collect();
+    raw.call(&set_many(&entries, 0));
+    let mut keys = Vec::new();
+    for _ in 0..6 {
+        let b = body(&next_msg(&mut items, Duration::from_secs(5)).await.unwrap());
+        assert_eq!(b["data"]["operation"], "set_many");
+        keys.push(b["data"]["key"].as_str().unwrap().to_string());
+    }
+    keys.sort();
+    assert_eq!(keys, (0..6).map(|i| format!("m:{i}")).collect::<Vec<_>>());
+    let resp = raw.call(&keys_op("delete_many", &[b"m:0".to_vec(), b"m:1".to_vec()]));
+    assert_eq!(resp.status, 0);
+    for _ in 0..2 {
+        let b = body(&next_msg(&mut items, Duration::from_secs(5)).await.unwrap());
+        assert_eq!(b["data"]["operation"], "delete_many");
+    }
+
+    // The connection's correlation id stands in for a request without one.
+    let mut conn = Raw::open(server.addr);
+    let hello = CacheConnection {
+        service_id: "campaign_service".into(),
+        protocol_version: 1,
+        correlation_id: "conn-corr-9".into(),
+        ..Default::default()
+    };
+    conn.send_frame(&hello.encode_to_vec());
+    assert_eq!(conn.recv().unwrap().status, 0);
+    assert_eq!(conn.call(&set(b"campaign:1", b"v", 0)).status, 0);
+    let b = body(&next_msg(&mut items, Duration::from_secs(5)).await.unwrap());
+    assert_eq!(b["correlation_id"], "conn-corr-9");
+    assert_eq!(b["data"]["service_id"], "campaign_service");
+
+    assert_eq!(conn.call(&op("flush", b"")).status, 0);
+    let b = body(&next_msg(&mut items, Duration::from_secs(5)).await.unwrap());
+    assert_eq!(b["data"]["operation"], "flush");
+    assert_eq!(b["data"]["key"], "*");
+
+    // Health every second, with the ICD's metrics and the envelope.
+    let msg = next_msg(&mut health, Duration::from_secs(5))
+        .await
+        .expect("health event");
+    let b = body(&msg);
+    assert_eq!(header(&msg, "Event-Type"), "cache.health.status");
+    assert_eq!(b["event"], "cache.health.status");
+    assert_eq!(b["data"]["status"], "healthy");
+    let metrics = &b["data"]["metrics"];
+    assert!(
+        metrics["hit_rate"].is_f64() || metrics["hit_rate"].is_u64(),
+        "{b}"
+    );
+    assert!(metrics["memory_usage"].as_f64().is_some(), "{b}");
+    assert!(metrics["ops_rate"].as_u64().is_some(), "{b}");
+    assert!(!b["correlation_id"].as_str().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_events_change_ttls_and_bad_ones_are_refused() {
+    let Some(bin) = require_nats() else { return };
+    let nats = Nats::start(bin);
+    let client = connect(&nats).await;
+    let mut items = subscribe(&client, ITEM_SUBJECT).await;
+    let server = start_server(&nats, &[]);
+    let mut raw = server.connect();
+    await_bridge(&mut raw, &mut items, Duration::from_secs(10)).await;
+    let ttl_ms = |raw: &mut Raw, key: &[u8]| {
+        let meta = raw.call(&set(key, b"v", 0)).metadata.unwrap();
+        meta.expires_at - meta.created_at
+    };
+    assert_eq!(ttl_ms(&mut raw, b"plain:1"), 3_600_000);
+    assert_eq!(
+        ttl_ms(&mut raw, b"computation:1"),
+        300_000,
+        "ICD TTL of computation_results"
+    );
+
+    let data = json!({"policy": "ttl", "parameters": {"ttl": 5}, "scope": "global"});
+    let reply = request(
+        &client,
+        "config.cache.update",
+        hub_message("config.cache.update", data),
+    )
+    .await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    assert_eq!(ttl_ms(&mut raw, b"plain:2"), 5_000);
+    assert_eq!(
+        ttl_ms(&mut raw, b"computation:2"),
+        300_000,
+        "a type keeps its own TTL"
+    );
+
+    let data = json!({"policy": "ttl", "parameters": {"ttl": 42}, "scope": "computation_results"});
+    let reply = request(
+        &client,
+        "config.cache.update",
+        hub_message("config.cache.update", data),
+    )
+    .await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    assert_eq!(ttl_ms(&mut raw, b"computation:3"), 42_000);
+
+    // A plain publish (no reply subject) applies too.
+    let data = json!({"policy": "ttl", "parameters": {"ttl": 9}, "scope": "global"});
+    client
+        .publish("config.cache.update", hub_message("config.cache.update", data))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ttl_ms(&mut raw, b"plain:3") != 9_000 {
+        assert!(Instant::now() < deadline, "published config not applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Switching events off for a cache type.
+    let data = json!({"policy": "events", "parameters": {"enabled": false}, "scope": "image_metadata"});
+    let reply = request(
+        &client,
+        "config.cache.update",
+        hub_message("config.cache.update", data),
+    )
+    .await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    while next_msg(&mut items, Duration::from_millis(200)).await.is_some() {}
+    raw.call(&set(b"image:1", b"v", 0));
+    raw.call(&set(b"character:1", b"v", 0));
+    let b = body(&next_msg(&mut items, Duration::from_secs(5)).await.unwrap());
+    assert_eq!(b["data"]["key"], "character:1", "image:1 published no event");
+
+    // Invalid messages: refused with a reason, nothing changes, nothing breaks.
+    for bad in [
+        Bytes::from_static(b"not json"),
+        hub_message(
+            "config.cache.update",
+            json!({"policy": "ttl", "parameters": {"ttl": "x"}}),
+        ),
+        hub_message(
+            "config.cache.update",
+            json!({"policy": "ttl", "parameters": {"ttl": 1}, "scope": "nope"}),
+        ),
+        hub_message(
+            "control.cache.action",
+            json!({"policy": "ttl", "parameters": {"ttl": 1}}),
+        ),
+        Bytes::from(json!({"data": "not an object"}).to_string()),
+    ] {
+        let reply = request(&client, "config.cache.update", bad).await;
+        assert_eq!(reply["status"], "error", "{reply}");
+    }
+    let reply = request(
+        &client,
+        "control.cache.action",
+        hub_message("control.cache.action", json!({"action": "explode"})),
+    )
+    .await;
+    assert_eq!(reply["status"], "error");
+    assert_eq!(ttl_ms(&mut raw, b"plain:4"), 9_000);
+
+    // reload: back to the policy the server started with.
+    let reply = request(
+        &client,
+        "control.cache.action",
+        hub_message("control.cache.action", json!({"action": "reload"})),
+    )
+    .await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    assert_eq!(ttl_ms(&mut raw, b"plain:5"), 3_600_000);
+    assert_eq!(ttl_ms(&mut raw, b"computation:5"), 300_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_actions_flush_and_invalidate_every_shard() {
+    let Some(bin) = require_nats() else { return };
+    let nats = Nats::start(bin);
+    let client = connect(&nats).await;
+    let mut items = subscribe(&client, ITEM_SUBJECT).await;
+    let server = start_server(&nats, &[]);
+    let mut raw = server.connect();
+    await_bridge(&mut raw, &mut items, Duration::from_secs(10)).await;
+    for i in 0..200 {
+        raw.call(&set(format!("character:{i}").as_bytes(), b"v", 0));
+        raw.call(&set(format!("image:{i}").as_bytes(), b"v", 0));
+    }
+
+    let action = json!({"action": "invalidate", "target": "character:7", "parameters": {}});
+    let reply = request(
+        &client,
+        "control.cache.action",
+        hub_message("control.cache.action", action),
+    )
+    .await;
+    assert_eq!(
+        (reply["status"].as_str(), reply["removed"].as_u64()),
+        (Some("ok"), Some(1)),
+        "{reply}"
+    );
+    assert_eq!(raw.call(&get(b"character:7")).status, 1);
+
+    let action = json!({"action": "invalidate", "target": "image:*"});
+    let reply = request(
+        &client,
+        "control.cache.action",
+        hub_message("control.cache.action", action),
+    )
+    .await;
+    assert_eq!(reply["removed"], 200, "{reply}");
+    assert_eq!(raw.call(&get(b"image:3")).status, 1);
+    assert_eq!(raw.call(&get(b"character:3")).status, 0);
+
+    // flush by plain publish: the cache empties on every shard.
+    client
+        .publish(
+            "control.cache.action",
+            hub_message("control.cache.action", json!({"action": "flush"})),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stats(&mut raw)["total"]["items"] != 0 {
+        assert!(Instant::now() < deadline, "flush did not empty the cache");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(raw.call(&get(b"character:3")).status, 1);
+    // The flush is announced with the control message's correlation id.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let b = body(
+            &next_msg(&mut items, Duration::from_secs(5))
+                .await
+                .expect("flush event"),
+        );
+        if b["data"]["operation"] == "flush" {
+            assert_eq!(b["correlation_id"], "test-corr-1");
+            assert_eq!(b["data"]["service_id"], "test_service");
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_outage_loses_no_data_counts_drops_and_recovers() {
+    let Some(bin) = require_nats() else { return };
+    let mut nats = Nats::start(bin);
+    let server = start_server(&nats, &["--event-queue", "64"]);
+    let mut raw = server.connect();
+    {
+        let client = connect(&nats).await;
+        let mut items = subscribe(&client, ITEM_SUBJECT).await;
+        await_bridge(&mut raw, &mut items, Duration::from_secs(10)).await;
+    }
+
+    nats.kill();
+    // Keep writing, pipelined, while the hub is down.
+    let keys = 3000;
+    let start = Instant::now();
+    for chunk in (0..keys).collect::<Vec<_>>().chunks(100) {
+        for i in chunk {
+            raw.send(&set(
+                format!("outage:{i}").as_bytes(),
+                format!("value-{i}").as_bytes(),
+                0,
+            ));
+        }
+        for _ in chunk {
+            assert_eq!(raw.recv().expect("answer during the outage").status, 0);
+        }
+    }
+    let write_time = start.elapsed();
+    assert!(
+        write_time < Duration::from_secs(10),
+        "writes slowed down: {write_time:?}"
+    );
+    for i in 0..keys {
+        let got = raw.call(&get(format!("outage:{i}").as_bytes()));
+        assert_eq!(got.status, 0, "outage:{i} lost");
+        assert_eq!(&got.data[..], format!("value-{i}").as_bytes());
+    }
+    let dropped = stats(&mut raw)["total"]["events_dropped"].as_u64().unwrap();
+    assert!(dropped > 0, "events beyond the queue must be dropped and counted");
+
+    nats.restart();
+    let client = connect(&nats).await;
+    let mut items = subscribe(&client, ITEM_SUBJECT).await;
+    await_bridge(&mut raw, &mut items, Duration::from_secs(20)).await;
+    assert_eq!(raw.call(&get(b"outage:0")).status, 0);
+    assert!(stats(&mut raw)["total"]["events_dropped"].as_u64().unwrap() >= dropped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_on_one_key_coalesce_within_the_window() {
+    let Some(bin) = require_nats() else { return };
+    let nats = Nats::start(bin);
+    let client = connect(&nats).await;
+    let mut items = subscribe(&client, ITEM_SUBJECT).await;
+    let server = start_server(&nats, &["--event-coalesce-ms", "400"]);
+    let mut raw = server.connect();
+    await_bridge(&mut raw, &mut items, Duration::from_secs(10)).await;
+
+    for _ in 0..5 {
+        assert_eq!(raw.call(&set(b"burst:1", b"v", 0)).status, 0);
+    }
+    assert_eq!(raw.call(&op("delete", b"burst:1")).status, 0);
+    assert_eq!(raw.call(&set(b"burst:2", b"v", 0)).status, 0);
+    let mut got = Vec::new();
+    while let Some(msg) = next_msg(&mut items, Duration::from_secs(2)).await {
+        got.push(body(&msg)["data"].clone());
+    }
+    assert_eq!(got.len(), 2, "{got:?}");
+    let one = got.iter().find(|d| d["key"] == "burst:1").unwrap();
+    assert_eq!(one["operation"], "delete", "the latest write wins");
+    assert_eq!(one["coalesced"], 5);
+    let two = got.iter().find(|d| d["key"] == "burst:2").unwrap();
+    assert!(two.get("coalesced").is_none());
+}
