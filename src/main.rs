@@ -71,9 +71,12 @@ fn main() -> anyhow::Result<()> {
         config.clone(),
         &control,
     ));
-    // Security (issue 5): every reload also re-reads the JWT key files.
+    // Security (issue 5): with auth on, every reload also re-reads the JWT
+    // key files.
     let auth = server.auth_hub();
-    reloader.add_extra("auth_keys", Box::new(move || auth.reload().map(|_| ())));
+    if auth.enabled() {
+        reloader.add_extra("auth_keys", Box::new(move || auth.reload().map(|_| ())));
+    }
     let _ = control.reloader.set(reloader.clone());
     let stop = server.stop_handle();
     start_watchdog(stop.clone());
