@@ -27,6 +27,8 @@ enum Shape {
     Informational,
     /// A mapping of cache type → `{ttl: SECS}`: `--flag TYPE=SECS` each.
     TypeTtls,
+    /// A list (or one value): `--flag A --flag B`.
+    List,
 }
 
 /// Every key the file may hold: its path, the flag it sets, its shape.
@@ -75,6 +77,37 @@ const KEYS: &[(&str, &str, Shape)] = &[
     ),
     ("config.nats.no_events_for", "--no-events-for", Shape::JoinedList),
     ("config.cache_types", "--cache-type-ttl", Shape::TypeTtls),
+    (
+        "config.auth.hs256_secret_file",
+        "--auth-hs256-secret-file",
+        Shape::Value,
+    ),
+    (
+        "config.auth.public_key_files",
+        "--auth-public-key-file",
+        Shape::List,
+    ),
+    ("config.auth.issuer", "--auth-issuer", Shape::Value),
+    ("config.auth.audience", "--auth-audience", Shape::Value),
+    (
+        "config.auth.insecure_no_auth",
+        "--insecure-no-auth",
+        Shape::Switch,
+    ),
+    ("config.tls.cert", "--tls-cert", Shape::Value),
+    ("config.tls.key", "--tls-key", Shape::Value),
+    (
+        "config.encryption.key_file",
+        "--encryption-key-file",
+        Shape::Value,
+    ),
+    ("config.encryption.prefixes", "--encrypt-prefix", Shape::List),
+    ("config.compression.mode", "--compression", Shape::Value),
+    (
+        "config.compression.threshold",
+        "--compression-threshold",
+        Shape::Value,
+    ),
 ];
 
 /// Why a configuration file cannot be used.
@@ -276,6 +309,13 @@ fn emit(
                 args.push(format!("{name}={ttl}").into());
             }
         }
+        Shape::List => {
+            let items = list(value).ok_or_else(|| bad("expected a value or a list of values"))?;
+            for item in items {
+                args.push(flag.into());
+                args.push(item.into());
+            }
+        }
         Shape::JoinedList => {
             let items = list(value).ok_or_else(|| bad("expected a list or a string such as \"0-3,8\""))?;
             args.push(flag.into());
@@ -361,6 +401,22 @@ mod tests {
             ]
         );
         assert!(to_args("config:\n  cache_types:\n    character_data: 5\n", "f").is_err());
+    }
+
+    #[test]
+    fn security_section() {
+        let a = args(
+            "config:\n  auth:\n    public_key_files: [\"k1=/etc/a.pem\", \"/etc/b.pem\"]\n    insecure_no_auth: false\n",
+        );
+        assert_eq!(
+            a,
+            [
+                "--auth-public-key-file",
+                "k1=/etc/a.pem",
+                "--auth-public-key-file",
+                "/etc/b.pem"
+            ]
+        );
     }
 
     #[test]
