@@ -7,10 +7,6 @@ use std::process::Command;
 
 use common::*;
 
-fn server_bin() -> String {
-    std::env::var("DND_CACHE_SERVER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cache-server").into())
-}
-
 fn write_config(text: &str) -> tempfile_path::TempPath {
     tempfile_path::TempPath::with_contents(text)
 }

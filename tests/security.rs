@@ -343,8 +343,7 @@ fn reload_rotates_keys_by_kid() {
 
 #[test]
 fn protected_mode_refuses_a_public_bind_without_auth() {
-    let bin =
-        std::env::var("DND_CACHE_SERVER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cache-server").into());
+    let bin = common::server_bin();
     let run = |args: &[&str]| {
         Command::new(&bin)
             .args([

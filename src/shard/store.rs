@@ -79,6 +79,7 @@ const MAX_EVICTIONS_PER_WRITE: usize = 64;
 
 pub struct Store {
     tables: Box<[HashTable<ItemId>]>,
+    subtables: SubtableMap,
     items: Slab,
     /// Bytes of the index tables' allocations.
     index_bytes: usize,
@@ -91,11 +92,41 @@ pub struct Store {
     pub stats: StoreStats,
 }
 
-/// Which sub-table holds a key hash. Uses bits that neither the owner
-/// choice (`hash % shards`, low bits) nor the in-table hash below rely on.
-#[inline]
-fn subtable_of(hash: u64) -> usize {
-    ((hash >> 10) as usize) & (SUBTABLES - 1)
+/// Entries of the map from hash bits to sub-table.
+const SUBTABLE_MAP_ENTRIES: usize = 1 << 16;
+
+/// Maps 16 hash bits to a sub-table, giving sub-table `i` a share of the
+/// keys proportional to `2^(i / SUBTABLES)`: the sub-tables' sizes then
+/// spread evenly (in log scale) over one doubling, so at any item count
+/// their hashbrown load factors spread over their whole range instead of
+/// all sitting just after a doubling at once (which costs up to 3 bytes per
+/// item more, and makes every sub-table grow in the same short window).
+struct SubtableMap(Box<[u16]>);
+
+impl SubtableMap {
+    fn new() -> SubtableMap {
+        let n = SUBTABLES as f64;
+        let entries = SUBTABLE_MAP_ENTRIES as f64;
+        SubtableMap(
+            (0..SUBTABLE_MAP_ENTRIES)
+                .map(|u| {
+                    let x = n * (1.0 + (u as f64 + 0.5) / entries).log2();
+                    (x as usize).min(SUBTABLES - 1) as u16
+                })
+                .collect(),
+        )
+    }
+
+    /// Which sub-table holds a key hash. Uses bits 8..24, which neither the
+    /// owner choice (`hash % shards`) nor the in-table hash below rely on.
+    #[inline]
+    fn of(&self, hash: u64) -> usize {
+        usize::from(self.0[((hash >> 8) as usize) & (SUBTABLE_MAP_ENTRIES - 1)])
+    }
+
+    fn bytes(&self) -> usize {
+        self.0.len() * std::mem::size_of::<u16>()
+    }
 }
 
 /// The hash given to hashbrown: rotated so that its bucket bits (low) are
@@ -107,10 +138,15 @@ fn table_hash(hash: u64) -> u64 {
 
 impl Store {
     pub fn new(config: StoreConfig) -> Self {
+        let subtables = SubtableMap::new();
+        let fixed = Self::fixed_index_bytes(&subtables);
+        let mut items = Slab::new(config.memory_limit_bytes);
+        items.set_index_bytes(fixed);
         Store {
             tables: (0..SUBTABLES).map(|_| HashTable::new()).collect(),
-            items: Slab::new(config.memory_limit_bytes),
-            index_bytes: 0,
+            subtables,
+            items,
+            index_bytes: fixed,
             payload_bytes: 0,
             clock: HybridClock::default(),
             config,
@@ -155,6 +191,11 @@ impl Store {
         &self.items
     }
 
+    /// Bytes the index takes with no item: the sub-table headers and map.
+    fn fixed_index_bytes(subtables: &SubtableMap) -> usize {
+        SUBTABLES * std::mem::size_of::<HashTable<ItemId>>() + subtables.bytes()
+    }
+
     /// Bytes of the index.
     pub fn index_bytes(&self) -> usize {
         self.index_bytes
@@ -177,7 +218,7 @@ impl Store {
 
     fn find(&self, hash: u64, key: &[u8]) -> Option<ItemId> {
         let items = &self.items;
-        self.tables[subtable_of(hash)]
+        self.tables[self.subtables.of(hash)]
             .find(table_hash(hash), |&id| {
                 ItemView::new(items.record(id)).key() == key
             })
@@ -255,7 +296,7 @@ impl Store {
 
         let items = &self.items;
         let seed = self.config.seed;
-        let table = &mut self.tables[subtable_of(hash)];
+        let table = &mut self.tables[self.subtables.of(hash)];
         let old = match table.find_mut(table_hash(hash), |&id| {
             id != new_id && ItemView::new(items.record(id)).key() == key
         }) {
@@ -331,7 +372,7 @@ impl Store {
         } else {
             self.stats.evictions += 1;
         }
-        if let Ok(entry) = self.tables[subtable_of(hash)].find_entry(table_hash(hash), |&x| x == id) {
+        if let Ok(entry) = self.tables[self.subtables.of(hash)].find_entry(table_hash(hash), |&x| x == id) {
             entry.remove();
             self.items_count -= 1;
             self.payload_bytes -= payload;
@@ -394,7 +435,7 @@ impl Store {
 
     fn remove(&mut self, hash: u64, key: &[u8]) -> bool {
         let items = &self.items;
-        let Ok(entry) = self.tables[subtable_of(hash)].find_entry(table_hash(hash), |&id| {
+        let Ok(entry) = self.tables[self.subtables.of(hash)].find_entry(table_hash(hash), |&id| {
             ItemView::new(items.record(id)).key() == key
         }) else {
             return false;
@@ -412,9 +453,9 @@ impl Store {
         for t in self.tables.iter_mut() {
             *t = HashTable::new();
         }
-        self.index_bytes = 0;
+        self.index_bytes = Self::fixed_index_bytes(&self.subtables);
         self.payload_bytes = 0;
-        self.items.set_index_bytes(0);
+        self.items.set_index_bytes(self.index_bytes);
         self.items.clear();
         self.items_count = 0;
         self.stats.flushed += n as u64;

@@ -13,6 +13,13 @@ use bytes::Bytes;
 use dnd_cache::proto::{CacheConnection, CacheOperation, CacheResponse, Entry};
 use prost::Message;
 
+/// The server binary: tests/run-all.sh points `DND_CACHE_SERVER_BIN` at the
+/// release build (the binary that ships, and faster); plain `cargo test`
+/// uses the debug build.
+pub fn server_bin() -> String {
+    std::env::var("DND_CACHE_SERVER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cache-server").into())
+}
+
 pub struct TestServer {
     pub child: Child,
     pub addr: SocketAddr,
@@ -47,11 +54,7 @@ impl TestServer {
     }
 
     pub fn start_with_args(args: &[&str]) -> TestServer {
-        // tests/run-all.sh points this at the release build: the binary
-        // that ships, and faster; plain `cargo test` uses the debug build.
-        let bin = std::env::var("DND_CACHE_SERVER_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_cache-server").into());
-        let mut child = Command::new(bin)
+        let mut child = Command::new(server_bin())
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

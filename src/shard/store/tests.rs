@@ -217,6 +217,23 @@ fn index_growth_counts_toward_the_budget() {
 }
 
 #[test]
+fn subtables_get_shares_spread_over_one_doubling() {
+    let map = SubtableMap::new();
+    let mut counts = vec![0usize; SUBTABLES];
+    for &x in map.0.iter() {
+        counts[usize::from(x)] += 1;
+    }
+    assert!(counts.iter().all(|&c| c > 0), "every sub-table gets keys");
+    let first: usize = counts[..256].iter().sum();
+    let last: usize = counts[SUBTABLES - 256..].iter().sum();
+    let ratio = last as f64 / first as f64;
+    assert!(
+        (1.8..2.2).contains(&ratio),
+        "the last sub-tables get twice the first's share: {ratio}"
+    );
+}
+
+#[test]
 fn item_larger_than_max_is_refused() {
     let mut s = Store::new(StoreConfig {
         max_item_bytes: 100,
