@@ -30,9 +30,18 @@ fn main() {
         key.clear();
         key.extend_from_slice(format!("character:{i:012}").as_bytes());
         let hash = key_hash(&key, 1);
+        let (index_before, pages_before) = (store.index_bytes(), store.slab().live_pages());
         let t = Instant::now();
         store.set(hash, &key, &value, 0, 1).unwrap();
-        hist.record(t.elapsed().as_nanos() as u64).unwrap();
+        let took = t.elapsed().as_nanos() as u64;
+        hist.record(took).unwrap();
+        if took > 500_000 && std::env::var("INDEX_GROWTH_TRACE").is_ok() {
+            println!(
+                "  slow insert {i}: {took} ns, index +{} B, pages +{}",
+                store.index_bytes() - index_before,
+                store.slab().live_pages() - pages_before
+            );
+        }
     }
     let total = started.elapsed();
     println!(

@@ -228,7 +228,8 @@ impl Slab {
         self.used_bytes() > self.limit_bytes
     }
 
-    fn can_grow(&self, bytes: usize) -> bool {
+    /// Whether `bytes` more fit in the budget.
+    pub fn can_grow(&self, bytes: usize) -> bool {
         self.used_bytes().saturating_add(bytes) <= self.limit_bytes
     }
 
