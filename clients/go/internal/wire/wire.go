@@ -383,17 +383,28 @@ func (d *decoder) string(num, wt int) (string, error) {
 }
 
 // sub returns a decoder over a nested message.
+// fields calls one for each field of the message, in order, and stops at
+// the first error (one skips the fields it does not know).
+func (d *decoder) fields(one func(num, wt int) error) error {
+	for d.more() {
+		num, wt, err := d.field()
+		if err != nil {
+			return err
+		}
+		if err := one(num, wt); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (d *decoder) sub(num, wt int) (*decoder, error) {
 	b, err := d.bytes(num, wt)
 	return &decoder{b: b}, err
 }
 
 func (m *Options) decode(d *decoder) error {
-	for d.more() {
-		num, wt, err := d.field()
-		if err != nil {
-			return err
-		}
+	return d.fields(func(num, wt int) (err error) {
 		switch num {
 		case 1:
 			m.Compression, err = d.bool(num, wt)
@@ -404,21 +415,14 @@ func (m *Options) decode(d *decoder) error {
 		default:
 			err = d.skip(wt)
 		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+		return err
+	})
 }
 
 // Unmarshal decodes b into m.
 func (m *CacheConnection) Unmarshal(b []byte) error {
 	d := &decoder{b: b}
-	for d.more() {
-		num, wt, err := d.field()
-		if err != nil {
-			return err
-		}
+	return d.fields(func(num, wt int) (err error) {
 		switch num {
 		case 1:
 			m.ServiceID, err = d.string(num, wt)
@@ -437,19 +441,12 @@ func (m *CacheConnection) Unmarshal(b []byte) error {
 		default:
 			err = d.skip(wt)
 		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+		return err
+	})
 }
 
 func (m *Entry) decode(d *decoder) error {
-	for d.more() {
-		num, wt, err := d.field()
-		if err != nil {
-			return err
-		}
+	return d.fields(func(num, wt int) (err error) {
 		switch num {
 		case 1:
 			m.Key, err = d.bytes(num, wt)
@@ -460,21 +457,14 @@ func (m *Entry) decode(d *decoder) error {
 		default:
 			err = d.skip(wt)
 		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+		return err
+	})
 }
 
 // Unmarshal decodes b into m.
 func (m *CacheOperation) Unmarshal(b []byte) error {
 	d := &decoder{b: b}
-	for d.more() {
-		num, wt, err := d.field()
-		if err != nil {
-			return err
-		}
+	return d.fields(func(num, wt int) (err error) {
 		switch num {
 		case 1:
 			m.Operation, err = d.string(num, wt)
@@ -512,19 +502,12 @@ func (m *CacheOperation) Unmarshal(b []byte) error {
 		default:
 			err = d.skip(wt)
 		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+		return err
+	})
 }
 
 func (m *Metadata) decode(d *decoder) error {
-	for d.more() {
-		num, wt, err := d.field()
-		if err != nil {
-			return err
-		}
+	return d.fields(func(num, wt int) (err error) {
 		switch num {
 		case 1:
 			m.CreatedAt, err = d.uint(num, wt)
@@ -535,11 +518,8 @@ func (m *Metadata) decode(d *decoder) error {
 		default:
 			err = d.skip(wt)
 		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+		return err
+	})
 }
 
 func decodeMetadata(d *decoder, num, wt int) (*Metadata, error) {
@@ -552,11 +532,7 @@ func decodeMetadata(d *decoder, num, wt int) (*Metadata, error) {
 }
 
 func (m *ItemResult) decode(d *decoder) error {
-	for d.more() {
-		num, wt, err := d.field()
-		if err != nil {
-			return err
-		}
+	return d.fields(func(num, wt int) (err error) {
 		switch num {
 		case 1:
 			m.Key, err = d.bytes(num, wt)
@@ -569,19 +545,12 @@ func (m *ItemResult) decode(d *decoder) error {
 		default:
 			err = d.skip(wt)
 		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+		return err
+	})
 }
 
 func (m *Handshake) decode(d *decoder) error {
-	for d.more() {
-		num, wt, err := d.field()
-		if err != nil {
-			return err
-		}
+	return d.fields(func(num, wt int) (err error) {
 		switch num {
 		case 1:
 			m.ShardID, err = d.u32(num, wt)
@@ -617,21 +586,14 @@ func (m *Handshake) decode(d *decoder) error {
 		default:
 			err = d.skip(wt)
 		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+		return err
+	})
 }
 
 // Unmarshal decodes b into m.
 func (m *CacheResponse) Unmarshal(b []byte) error {
 	d := &decoder{b: b}
-	for d.more() {
-		num, wt, err := d.field()
-		if err != nil {
-			return err
-		}
+	return d.fields(func(num, wt int) (err error) {
 		switch num {
 		case 1:
 			m.Status, err = d.u32(num, wt)
@@ -660,9 +622,6 @@ func (m *CacheResponse) Unmarshal(b []byte) error {
 		default:
 			err = d.skip(wt)
 		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+		return err
+	})
 }
