@@ -5,8 +5,8 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use super::uring::UringStream;
 use futures_lite::AsyncWriteExt;
-use glommio::net::TcpStream;
 use prost::Message;
 use tracing::debug;
 
@@ -67,9 +67,7 @@ pub struct Dispatcher {
     identity: ConnIdentity,
 }
 
-pub async fn serve(rt: Rc<ShardRuntime>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(WRITE_STALL_TIMEOUT));
+pub async fn serve(rt: Rc<ShardRuntime>, stream: UringStream) {
     match rt.server.tls.clone() {
         None => serve_stream(rt, stream).await,
         Some(config) => {

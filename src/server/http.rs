@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use super::connection::{Dispatcher, WRITE_STALL_TIMEOUT};
+use super::uring::UringStream;
+
+use super::connection::Dispatcher;
 use super::inbuf::InBuf;
 use super::rest::{self, BatchJob, Outcome, Reply};
 use super::shutdown::Wait;
@@ -141,9 +143,7 @@ impl<S: Transport> Conn<S> {
 
 /// Serves one HTTP connection until the client closes it, a deadline
 /// passes, an unrecoverable request arrives, or the shard shuts down.
-pub async fn serve(rt: Rc<ShardRuntime>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(WRITE_STALL_TIMEOUT));
+pub async fn serve(rt: Rc<ShardRuntime>, stream: UringStream) {
     match rt.server.tls.clone() {
         None => serve_stream(rt, stream).await,
         Some(config) => {

@@ -9,6 +9,7 @@ mod listener;
 mod rest;
 pub mod shutdown;
 pub mod tls;
+pub mod uring;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -62,6 +63,8 @@ pub struct ShardRuntime {
     pub open_connections: Cell<usize>,
     /// This shard's copy of the JWT verifier.
     pub auth: crate::auth::ShardAuth,
+    /// The ring client sockets are read through.
+    pub uring: Rc<uring::Driver>,
 }
 
 /// How long shutdown waits for connections to finish what they were doing.
@@ -225,6 +228,13 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
                 let shard = Rc::new(shard);
                 let auth = crate::auth::ShardAuth::new(info.auth.clone());
                 let router = Router::join(shard.clone(), plan).await;
+                let uring = match uring::Driver::new().and_then(|d| d.spawn().map(|()| d)) {
+                    Ok(driver) => driver,
+                    Err(e) => {
+                        let _ = ready.send(Err(format!("shard {id}: setting up io_uring: {e}")));
+                        return;
+                    }
+                };
                 let rt = Rc::new(ShardRuntime {
                     shard,
                     router,
@@ -232,6 +242,7 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
                     shutdown: ShutdownSignal::default(),
                     open_connections: Cell::new(0),
                     auth,
+                    uring,
                 });
                 run_shard(rt, public_fd, own_fd, http_fd, ready).await;
             })
@@ -372,9 +383,12 @@ async fn accept_loop(rt: Rc<ShardRuntime>, listener: glommio::net::TcpListener, 
         rt.open_connections.set(rt.open_connections.get() + 1);
         let conn_rt = rt.clone();
         glommio::spawn_local(async move {
-            match front {
-                Front::Binary => connection::serve(conn_rt.clone(), stream).await,
-                Front::Http => http::serve(conn_rt.clone(), stream).await,
+            let stream =
+                uring::UringStream::from_glommio(&conn_rt.uring, stream, connection::WRITE_STALL_TIMEOUT);
+            match (front, stream) {
+                (_, Err(e)) => warn!(error = %e, "taking over an accepted socket failed"),
+                (Front::Binary, Ok(stream)) => connection::serve(conn_rt.clone(), stream).await,
+                (Front::Http, Ok(stream)) => http::serve(conn_rt.clone(), stream).await,
             }
             conn_rt.open_connections.set(conn_rt.open_connections.get() - 1);
             conn_rt.shard.counters.borrow_mut().connections_open -= 1;

@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use futures_rustls::TlsAcceptor;
-use glommio::net::TcpStream;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::handshake::HANDSHAKE_DEADLINE;
@@ -44,10 +43,10 @@ pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerC
 
 /// Runs the TLS handshake of an accepted connection, within the same
 /// deadline as the protocol handshake; `None` if it fails or is late.
-pub async fn accept(
+pub async fn accept<S: Transport>(
     config: &Arc<rustls::ServerConfig>,
-    stream: TcpStream,
-) -> Option<futures_rustls::server::TlsStream<TcpStream>> {
+    stream: S,
+) -> Option<futures_rustls::server::TlsStream<S>> {
     let acceptor = TlsAcceptor::from(config.clone());
     let handshake = async { acceptor.accept(stream).await.ok() };
     let late = async {
