@@ -65,6 +65,50 @@ fn store_ops(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // A read cycle's worth of lookups on keys not touched lately (a
+    // quarter-million-key rotation: past the CPU caches), one after another
+    // against warmed first (src/server/connection.rs `warm_lookups`). Their
+    // ratio is the point.
+    let cold: Vec<(u64, String)> = (0..1usize << 18)
+        .map(|i| key(i.wrapping_mul(2_654_435_761) % KEYS))
+        .map(|k| (key_hash(k.as_bytes(), SEED), k))
+        .collect();
+    let mut g = c.benchmark_group("store_1m_keys_cycle_of_16");
+    g.throughput(Throughput::Elements(16));
+    let mut at = 0;
+    g.bench_function("one_by_one", |b| {
+        b.iter(|| {
+            at = (at + 16) & ((1 << 18) - 1);
+            let mut found = 0;
+            for (h, k) in &cold[at..at + 16] {
+                if let Lookup::Hit(item) = store.get(*h, k.as_bytes(), 2) {
+                    found += item.value().len();
+                }
+            }
+            found
+        })
+    });
+    g.bench_function("warmed_first", |b| {
+        b.iter(|| {
+            at = (at + 16) & ((1 << 18) - 1);
+            let batch = &cold[at..at + 16];
+            for (h, _) in batch {
+                store.prefetch_index(*h);
+            }
+            for (h, _) in batch {
+                store.prefetch_records(*h);
+            }
+            let mut found = 0;
+            for (h, k) in batch {
+                if let Lookup::Hit(item) = store.get(*h, k.as_bytes(), 2) {
+                    found += item.value().len();
+                }
+            }
+            found
+        })
+    });
+    g.finish();
 }
 
 fn execute_path(c: &mut Criterion) {
