@@ -1,8 +1,9 @@
 //! The control plane: how threads that are not shards (the Message Hub
 //! bridge, a metrics scrape) reach every shard. Each shard has a bounded
-//! lock-free command queue that a task of the shard drains every
-//! [`POLL_INTERVAL`]; answers come back on oneshot channels, which any
-//! executor can await (glommio or Tokio).
+//! lock-free command queue and a doorbell (an eventfd) that the sender rings
+//! after queueing; a task of the shard waits on the doorbell (so an idle
+//! shard never wakes for nothing) and drains the queue. Answers come back on
+//! oneshot channels, which any executor can await (glommio or Tokio).
 //!
 //! Why not a loopback connection to our own port: commands such as a
 //! snapshot of the histograms or a new policy are not operations of the
@@ -24,9 +25,6 @@ use crate::key::key_hash;
 use crate::metrics::{BridgeSnapshot, MetricsSnapshot, ShardSnapshot};
 use crate::shard::clock::unix_now_us;
 use crate::shard::Shard;
-
-/// How often a shard looks at its command queue.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Commands waiting per shard; a full queue refuses more.
 const COMMAND_QUEUE: usize = 64;
@@ -95,6 +93,8 @@ impl BridgeCounters {
 /// Shared by every shard, the bridge and scrapes.
 pub struct ControlPlane {
     queues: Vec<ArrayQueue<ShardCommand>>,
+    /// Per shard: rung after a command is queued.
+    doorbells: Vec<Doorbell>,
     pub bridge: BridgeCounters,
     /// `--node-id` and `--zone`, for metrics and health events.
     pub node_id: String,
@@ -111,6 +111,7 @@ impl ControlPlane {
     pub fn new(shards: usize, node_id: String, zone: String, policy: Policy) -> ControlPlane {
         ControlPlane {
             queues: (0..shards).map(|_| ArrayQueue::new(COMMAND_QUEUE)).collect(),
+            doorbells: (0..shards).map(|_| Doorbell::new()).collect(),
             bridge: BridgeCounters::default(),
             node_id,
             zone,
@@ -167,7 +168,9 @@ impl ControlPlane {
 
     /// Queues a command for a shard; gives it back when the queue is full.
     pub fn send(&self, shard: usize, command: ShardCommand) -> Result<(), ShardCommand> {
-        self.queues[shard].push(command)
+        self.queues[shard].push(command)?;
+        self.doorbells[shard].ring();
+        Ok(())
     }
 
     /// Asks every shard for a snapshot and merges what arrives before
@@ -195,13 +198,71 @@ impl ControlPlane {
     }
 }
 
-/// A shard's command loop: runs until `stopped` says so.
-pub async fn serve_shard(shard: std::rc::Rc<Shard>, control: Arc<ControlPlane>, stopped: impl Fn() -> bool) {
-    while !stopped() {
-        glommio::timer::sleep(POLL_INTERVAL).await;
+/// A shard's command loop: runs until `stop` completes.
+pub async fn serve_shard(
+    shard: std::rc::Rc<Shard>,
+    control: Arc<ControlPlane>,
+    stop: impl Future<Output = ()>,
+) {
+    let bell = control.doorbells[shard.id].listener();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let rung = async {
+            match &bell {
+                // One read stays in flight until the bell rings: nothing
+                // wakes an idle shard.
+                Some(file) => drop(file.read_at(0, 8).await),
+                // No eventfd (out of descriptors at start): poll instead.
+                None => glommio::timer::sleep(FALLBACK_POLL).await,
+            }
+            false
+        };
+        let stopping = async {
+            (&mut stop).await;
+            true
+        };
+        let stopped = futures_lite::future::or(rung, stopping).await;
         while let Some(command) = control.queues[shard.id].pop() {
             run_command(&shard, command).await;
         }
+        if stopped {
+            return;
+        }
+    }
+}
+
+/// Queue polling when the doorbell could not be created.
+const FALLBACK_POLL: Duration = Duration::from_millis(5);
+
+/// A shard's doorbell: an eventfd any thread may ring.
+struct Doorbell(Option<std::os::fd::OwnedFd>);
+
+impl Doorbell {
+    fn new() -> Doorbell {
+        // SAFETY: eventfd(2) returns a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        // SAFETY: a new descriptor, owned here alone.
+        Doorbell((fd >= 0).then(|| unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }))
+    }
+
+    fn ring(&self) {
+        if let Some(fd) = &self.0 {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: writes 8 bytes from a live buffer; a full counter
+            // (EAGAIN) already means "rung".
+            unsafe { libc::write(std::os::fd::AsRawFd::as_raw_fd(fd), one.as_ptr().cast(), 8) };
+        }
+    }
+
+    /// The eventfd as a glommio file, read (and so reset) by the shard.
+    fn listener(&self) -> Option<glommio::io::BufferedFile> {
+        let dup = self.0.as_ref()?.try_clone().ok()?;
+        // SAFETY: `dup` is a new descriptor, owned by the file from here on.
+        Some(unsafe {
+            <glommio::io::BufferedFile as std::os::fd::FromRawFd>::from_raw_fd(
+                std::os::fd::IntoRawFd::into_raw_fd(dup),
+            )
+        })
     }
 }
 

@@ -70,18 +70,20 @@ pub struct ShardRuntime {
 /// How long shutdown waits for connections to finish what they were doing.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Background upkeep of each store, every `SWEEP_INTERVAL`: expired items
-/// are looked for in at most `SWEEP_BUDGET_BUSY` index entries per tick
-/// (200,000 a second per shard, each pass well under a millisecond) while
-/// at least a tenth of what is visited has expired, else in
-/// `SWEEP_BUDGET_IDLE` (20,000 a second) so that a cache of long-lived items
-/// does not pay for the sweep. An expired item is reclaimed when read, when
+/// Background upkeep of each store: each pass looks for expired items in
+/// `SWEEP_BUDGET` index entries (well under a millisecond), every
+/// `SWEEP_INTERVAL_BUSY` (200,000 entries a second per shard) while at
+/// least a tenth of what is visited has expired, else every
+/// `SWEEP_INTERVAL_IDLE` (20,000 a second), so that a cache of long-lived
+/// items does not pay for the sweep and an idle shard wakes ten times a
+/// second, not a hundred. An expired item is reclaimed when read, when
 /// memory is needed, or by the sweep within `items_per_shard / 20,000`
-/// seconds at most. At most about 1 MiB of pages moves between size classes
-/// per tick.
-const SWEEP_INTERVAL: Duration = Duration::from_millis(10);
-const SWEEP_BUDGET_BUSY: usize = 2_000;
-const SWEEP_BUDGET_IDLE: usize = 200;
+/// seconds at most. Pages move between size classes (about 1 MiB at most)
+/// every `REBALANCE_INTERVAL`.
+const SWEEP_INTERVAL_BUSY: Duration = Duration::from_millis(10);
+const SWEEP_INTERVAL_IDLE: Duration = Duration::from_millis(100);
+const SWEEP_BUDGET: usize = 2_000;
+const REBALANCE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A started server.
 pub struct RunningServer {
@@ -298,11 +300,10 @@ async fn run_shard(
     let accept_own = glommio::spawn_local(accept_loop(rt.clone(), own, Front::Binary));
     let accept_http = glommio::spawn_local(accept_loop(rt.clone(), http, Front::Http));
     glommio::spawn_local(sweep_loop(rt.clone())).detach();
-    let control_rt = rt.clone();
     glommio::spawn_local(crate::hub::control::serve_shard(
         rt.shard.clone(),
         rt.server.control.clone(),
-        move || control_rt.shutdown.is_fired(),
+        rt.shutdown.wait(),
     ))
     .detach();
     let _ = ready.send(Ok(rt.shard.id));
@@ -414,18 +415,22 @@ async fn refuse_connection(mut stream: glommio::net::TcpStream) {
 
 /// Store upkeep: expired items, page moves between size classes, budget.
 async fn sweep_loop(rt: Rc<ShardRuntime>) {
-    let mut tick = 0u64;
-    let mut budget = SWEEP_BUDGET_IDLE;
+    let mut busy = false;
+    let mut last_rebalance = Instant::now();
     while !rt.shutdown.is_fired() {
-        glommio::timer::sleep(SWEEP_INTERVAL).await;
-        tick += 1;
-        let now = crate::shard::clock::unix_now_us();
-        let reclaimed = rt.shard.store.borrow_mut().maintain(now, budget, tick % 10 == 0);
-        budget = if reclaimed * 10 >= budget {
-            SWEEP_BUDGET_BUSY
+        let interval = if busy {
+            SWEEP_INTERVAL_BUSY
         } else {
-            SWEEP_BUDGET_IDLE
+            SWEEP_INTERVAL_IDLE
         };
+        glommio::timer::sleep(interval).await;
+        let rebalance = last_rebalance.elapsed() >= REBALANCE_INTERVAL;
+        if rebalance {
+            last_rebalance = Instant::now();
+        }
+        let now = crate::shard::clock::unix_now_us();
+        let reclaimed = rt.shard.store.borrow_mut().maintain(now, SWEEP_BUDGET, rebalance);
+        busy = reclaimed * 10 >= SWEEP_BUDGET;
     }
 }
 
