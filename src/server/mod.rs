@@ -76,14 +76,15 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// least a tenth of what is visited has expired, else every
 /// `SWEEP_INTERVAL_IDLE` (20,000 a second), so that a cache of long-lived
 /// items does not pay for the sweep and an idle shard wakes ten times a
-/// second, not a hundred. An expired item is reclaimed when read, when
+/// second, not a hundred; pages moving between size classes also keep the
+/// quick pace (at most about 1 MiB per pass). An expired item is reclaimed when read, when
 /// memory is needed, or by the sweep within `items_per_shard / 20,000`
-/// seconds at most. Pages move between size classes (about 1 MiB at most)
-/// every `REBALANCE_INTERVAL`.
+/// seconds at most. Eviction pressure, which decides the page moves, decays
+/// every `PRESSURE_DECAY_INTERVAL`.
 const SWEEP_INTERVAL_BUSY: Duration = Duration::from_millis(10);
 const SWEEP_INTERVAL_IDLE: Duration = Duration::from_millis(100);
 const SWEEP_BUDGET: usize = 2_000;
-const REBALANCE_INTERVAL: Duration = Duration::from_millis(100);
+const PRESSURE_DECAY_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A started server.
 pub struct RunningServer {
@@ -416,7 +417,7 @@ async fn refuse_connection(mut stream: glommio::net::TcpStream) {
 /// Store upkeep: expired items, page moves between size classes, budget.
 async fn sweep_loop(rt: Rc<ShardRuntime>) {
     let mut busy = false;
-    let mut last_rebalance = Instant::now();
+    let mut last_decay = Instant::now();
     while !rt.shutdown.is_fired() {
         let interval = if busy {
             SWEEP_INTERVAL_BUSY
@@ -424,13 +425,14 @@ async fn sweep_loop(rt: Rc<ShardRuntime>) {
             SWEEP_INTERVAL_IDLE
         };
         glommio::timer::sleep(interval).await;
-        let rebalance = last_rebalance.elapsed() >= REBALANCE_INTERVAL;
-        if rebalance {
-            last_rebalance = Instant::now();
+        let decay = last_decay.elapsed() >= PRESSURE_DECAY_INTERVAL;
+        if decay {
+            last_decay = Instant::now();
         }
         let now = crate::shard::clock::unix_now_us();
-        let reclaimed = rt.shard.store.borrow_mut().maintain(now, SWEEP_BUDGET, rebalance);
-        busy = reclaimed * 10 >= SWEEP_BUDGET;
+        let upkeep = rt.shard.store.borrow_mut().maintain(now, SWEEP_BUDGET, decay);
+        // Stay quick while items expire or the size classes rebalance.
+        busy = upkeep.expired * 10 >= SWEEP_BUDGET || upkeep.pages_moved > 0;
     }
 }
 

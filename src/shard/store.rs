@@ -93,6 +93,15 @@ pub struct Store {
     pub stats: StoreStats,
 }
 
+/// What one [`Store::maintain`] pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Upkeep {
+    /// Expired items reclaimed.
+    pub expired: usize,
+    /// Pages moved to a class that was evicting more.
+    pub pages_moved: usize,
+}
+
 /// Hash bits that choose a sub-table.
 const SUBTABLE_SELECT_BITS: u32 = 17;
 
@@ -430,13 +439,16 @@ impl Store {
     /// `budget` index entries visited), moves at most one page toward the
     /// class evicting the most when classes are out of balance, and releases
     /// pages if the index grew past the budget. `decay` ages the eviction
-    /// pressure that drives page moves (call it every ~100 ms). Returns the
-    /// number of expired items reclaimed.
-    pub fn maintain(&mut self, now_us: u64, budget: usize, decay: bool) -> usize {
-        let reclaimed = self.sweep_expired(now_us, budget);
+    /// pressure that drives page moves (call it every ~100 ms).
+    pub fn maintain(&mut self, now_us: u64, budget: usize, decay: bool) -> Upkeep {
+        let expired = self.sweep_expired(now_us, budget);
+        let mut pages_moved = 0;
         for _ in 0..self.items.pages_per_rebalance() {
             match self.items.rebalance_move() {
-                Some((page, to_class)) => self.empty_page(page, Some(to_class), now_us),
+                Some((page, to_class)) => {
+                    self.empty_page(page, Some(to_class), now_us);
+                    pages_moved += 1;
+                }
                 None => break,
             }
         }
@@ -444,7 +456,7 @@ impl Store {
             self.items.decay_pressure();
         }
         self.release_over_budget(None, now_us);
-        reclaimed
+        Upkeep { expired, pages_moved }
     }
 
     /// Releases pages while the index has grown the total past the budget,
