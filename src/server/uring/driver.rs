@@ -138,13 +138,13 @@ impl Driver {
     async fn run(self: Rc<Self>) {
         loop {
             if self.turn() {
-                // Let the connections just woken run, and glommio poll its
-                // own ring (timers, other shards), then go again: a zero
-                // timer fires at the executor's next I/O poll.
-                glommio::timer::sleep(Duration::ZERO).await;
+                // Reap until quiet: the connections woken so far run once
+                // the driver waits below. This is bounded: each connection
+                // has one receive in flight and re-arms it only when it runs.
                 continue;
             }
-            // Nothing moved: sleep until a completion or a new entry.
+            // Nothing moved: sleep until a completion or a new entry (the
+            // woken connections run now and queue their next receives).
             self.ring.borrow_mut().completion().enable_eventfd();
             if self.turn() {
                 self.ring.borrow_mut().completion().disable_eventfd();
