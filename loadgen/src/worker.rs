@@ -10,7 +10,6 @@
 //! only while an answer is cut in two), answers read together share one
 //! clock read and one histogram update.
 
-use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
@@ -22,6 +21,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::config::LoadConfig;
 use crate::cpu::now_ns;
+use crate::inflight::{InflightQueue, Pending};
 use crate::pacer::Pacer;
 use crate::protocol::binary::owner_shard;
 use crate::protocol::template::GetTemplate;
@@ -93,15 +93,6 @@ pub struct WorkerResult {
     pub sockets_lost: u64,
 }
 
-/// A request in flight: when it was sent (or intended to be) and whether it
-/// counts.
-#[derive(Debug, Clone, Copy)]
-struct Pending {
-    kind: Kind,
-    sent_ns: u64,
-    measured: bool,
-}
-
 struct Socket {
     stream: TcpStream,
     conn: usize,
@@ -112,7 +103,7 @@ struct Socket {
     /// here, after those bytes, until the answer is complete (a large value
     /// is read in place, not copied over at every read).
     partial: Vec<u8>,
-    inflight: VecDeque<Pending>,
+    inflight: InflightQueue,
     alive: bool,
 }
 
@@ -135,9 +126,11 @@ struct LatencyRun {
 }
 
 impl LatencyRun {
-    fn flush(&mut self, interval: &mut Stats, stats: &mut Stats) {
+    fn flush(&mut self, interval: Option<&mut Stats>, stats: &mut Stats) {
         if self.n > 0 {
-            interval.record_latency(self.kind, self.latency_ns, self.n);
+            if let Some(interval) = interval {
+                interval.record_latency(self.kind, self.latency_ns, self.n);
+            }
             if self.measured {
                 stats.record_latency(self.kind, self.latency_ns, self.n);
             }
@@ -173,7 +166,10 @@ struct Worker<'a> {
     shard_seed: u64,
     sending: bool,
     stats: Stats,
-    interval: Stats,
+    /// What the progress lines show, handed over every 100 ms; `None` when
+    /// no progress is printed (`--quiet`, capacity steps), which spares a
+    /// second count and histogram update per answer.
+    interval: Option<Stats>,
     sent: u64,
     last_answer_ns: u64,
     sockets_lost: u64,
@@ -222,7 +218,7 @@ pub fn run_worker(cfg: &LoadConfig, plan: WorkerPlan) -> anyhow::Result<WorkerRe
                 wbuf: Vec::with_capacity(max_request * cfg.pipeline),
                 wpos: 0,
                 partial: Vec::new(),
-                inflight: VecDeque::with_capacity(cfg.pipeline),
+                inflight: InflightQueue::with_capacity(cfg.pipeline),
                 alive: true,
             });
         }
@@ -250,7 +246,7 @@ pub fn run_worker(cfg: &LoadConfig, plan: WorkerPlan) -> anyhow::Result<WorkerRe
         shard_seed: plan.shard_seed,
         sending: true,
         stats: Stats::default(),
-        interval: Stats::default(),
+        interval: cfg.progress.then(Stats::default),
         sent: 0,
         last_answer_ns: 0,
         sockets_lost: 0,
@@ -261,7 +257,10 @@ pub fn run_worker(cfg: &LoadConfig, plan: WorkerPlan) -> anyhow::Result<WorkerRe
 impl Worker<'_> {
     fn run(&mut self, start_ns: u64, progress: &Mutex<Stats>) -> anyhow::Result<WorkerResult> {
         let mut events = Events::with_capacity(1024);
-        let mut next_publish = start_ns + PUBLISH_EVERY_NS;
+        let mut next_publish = match self.interval {
+            Some(_) => start_ns + PUBLISH_EVERY_NS,
+            None => u64::MAX,
+        };
         let mut drain_deadline = u64::MAX;
         let mut backlog = 0;
         while now_ns() < start_ns {
@@ -397,9 +396,13 @@ impl Worker<'_> {
     /// Hands the progress counters gathered since the last call to the main thread.
     fn publish(&mut self, progress: &Mutex<Stats>) {
         if let Ok(mut shared) = progress.lock() {
-            shared.merge(&self.interval);
+            if let Some(interval) = &self.interval {
+                shared.merge(interval);
+            }
         }
-        self.interval.reset();
+        if let Some(interval) = &mut self.interval {
+            interval.reset();
+        }
     }
 
     /// Sends requests on connection `c` while its pipeline has room (and, in
@@ -471,7 +474,7 @@ impl Worker<'_> {
                     .encode_set(&mut sock.wbuf, key, &gen.value[..len], self.cfg.ttl);
                 Kind::Set
             };
-            sock.inflight.push_back(Pending {
+            sock.inflight.push(Pending {
                 kind,
                 sent_ns,
                 measured,
@@ -591,7 +594,7 @@ impl Worker<'_> {
         };
         let mut used = 0;
         let ok = loop {
-            let Some(&front) = sock.inflight.front() else {
+            let Some(front) = sock.inflight.front() else {
                 if used < buf.len() {
                     eprintln!("loadgen: server sent bytes nobody asked for; closing the connection");
                     break false;
@@ -605,7 +608,9 @@ impl Worker<'_> {
                     sock.inflight.pop_front();
                     self.conns[sock.conn].inflight -= 1;
                     let latency_ns = now.saturating_sub(front.sent_ns);
-                    self.interval.count(front.kind, outcome);
+                    if let Some(interval) = &mut self.interval {
+                        interval.count(front.kind, outcome);
+                    }
                     if front.measured {
                         self.stats.count(front.kind, outcome);
                         self.last_answer_ns = now;
@@ -615,7 +620,7 @@ impl Worker<'_> {
                     if run.n > 0 && same {
                         run.n += 1;
                     } else {
-                        run.flush(&mut self.interval, &mut self.stats);
+                        run.flush(self.interval.as_mut(), &mut self.stats);
                         run = LatencyRun {
                             kind: front.kind,
                             latency_ns,
@@ -629,7 +634,9 @@ impl Worker<'_> {
                     sock.inflight.pop_front();
                     self.conns[sock.conn].inflight -= 1;
                     let label = ErrLabel::new(b"protocol_error");
-                    self.interval.errors.add(label, 1);
+                    if let Some(interval) = &mut self.interval {
+                        interval.errors.add(label, 1);
+                    }
                     if front.measured {
                         self.stats.errors.add(label, 1);
                     }
@@ -637,7 +644,7 @@ impl Worker<'_> {
                 }
             }
         };
-        run.flush(&mut self.interval, &mut self.stats);
+        run.flush(self.interval.as_mut(), &mut self.stats);
         if !ok {
             // Requests still in flight behind the bad answer are lost with it.
             self.kill(si, ErrLabel::new(b"conn_closed"));
@@ -659,11 +666,13 @@ impl Worker<'_> {
         let _ = sock.stream.shutdown(std::net::Shutdown::Both);
         let conn = &mut self.conns[sock.conn];
         conn.alive = false;
-        for p in sock.inflight.drain(..) {
-            conn.inflight -= 1;
-            self.interval.errors.add(label, 1);
+        for (p, n) in sock.inflight.drain_runs() {
+            conn.inflight -= n as usize;
+            if let Some(interval) = &mut self.interval {
+                interval.errors.add(label, n as u64);
+            }
             if p.measured {
-                self.stats.errors.add(label, 1);
+                self.stats.errors.add(label, n as u64);
             }
         }
     }
