@@ -7,10 +7,16 @@
 use super::Codec;
 use crate::workload::KeySpace;
 
+/// Templates up to this long are copied with one fixed-size copy (a few
+/// vector stores inlined) instead of a call to `memcpy`.
+const SHORT: usize = 64;
+
 /// A get request with a hole where the key's index digits go.
 #[derive(Debug, Clone)]
 pub struct GetTemplate {
     bytes: Vec<u8>,
+    /// `bytes` zero-padded to `SHORT`, when they fit.
+    short: Option<[u8; SHORT]>,
     /// Where the digits start in `bytes`.
     digits_at: usize,
     /// How many digits.
@@ -39,8 +45,14 @@ impl GetTemplate {
         if first + width > zeros.len() {
             return None;
         }
+        let short = (zeros.len() <= SHORT).then(|| {
+            let mut a = [0; SHORT];
+            a[..zeros.len()].copy_from_slice(&zeros);
+            a
+        });
         let template = GetTemplate {
             bytes: zeros,
+            short,
             digits_at: first,
             width,
         };
@@ -61,7 +73,19 @@ impl GetTemplate {
     #[inline]
     pub fn encode(&self, out: &mut Vec<u8>, keys: &KeySpace, index: u64) {
         let start = out.len();
-        out.extend_from_slice(&self.bytes);
+        match &self.short {
+            Some(short) => {
+                out.reserve(SHORT);
+                // SAFETY: `reserve` made room for SHORT bytes after `start`;
+                // the copy writes all of them, so the first `bytes.len()`
+                // (<= SHORT) are initialised before `set_len` exposes them.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(short.as_ptr(), out.as_mut_ptr().add(start), SHORT);
+                    out.set_len(start + self.bytes.len());
+                }
+            }
+            None => out.extend_from_slice(&self.bytes),
+        }
         let at = start + self.digits_at;
         keys.write_digits(index, &mut out[at..at + self.width]);
     }
@@ -86,11 +110,14 @@ mod tests {
     #[test]
     fn template_gets_equal_encoded_gets_for_every_codec() {
         for codec in codecs() {
+            // Short templates and ones past the fixed-size copy.
+            let long_prefix = "p".repeat(100);
             for (count, prefix) in [
                 (100_000, "key:0000000"),
                 (1, "k"),
                 (10, ""),
                 (1_000_000, "character:"),
+                (1_000, long_prefix.as_str()),
             ] {
                 let keys = KeySpace::new(count, prefix, None).unwrap();
                 let t = GetTemplate::new(&codec, &keys)
