@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod connect;
 mod cpu;
+mod inflight;
 mod pacer;
 mod protocol;
 mod report;

@@ -2,6 +2,7 @@
 //! progress each second, sample client and server CPU at the edges of the
 //! measured window, and merge what the workers measured.
 
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -78,6 +79,11 @@ pub fn run(cfg: &LoadConfig, mode: Mode) -> anyhow::Result<RunOutput> {
     };
 
     let mut handles = Vec::with_capacity(threads);
+    // Each worker holds a sender and drops it when it ends: the main thread
+    // sleeps on the channel and wakes the moment the last one is gone,
+    // instead of polling the workers every few milliseconds (each wake-up
+    // costs client CPU that counts against the run).
+    let (done_tx, done_rx) = mpsc::channel::<()>();
     let mut progress_slots = Vec::with_capacity(threads);
     let mut conns_iter = all_conns.into_iter();
     let mut first_conn = 0;
@@ -119,13 +125,19 @@ pub fn run(cfg: &LoadConfig, mode: Mode) -> anyhow::Result<RunOutput> {
         };
         first_conn += n;
         let cfg = cfg.clone();
+        let done = done_tx.clone();
         handles.push(
             std::thread::Builder::new()
                 .name(format!("loadgen-{t}"))
-                .spawn(move || run_worker(&cfg, plan))
+                .spawn(move || {
+                    let _done = done;
+                    run_worker(&cfg, plan)
+                })
                 .context("spawning a worker")?,
         );
     }
+
+    drop(done_tx);
 
     let cpu_sample = || (process_cpu_ns(), cfg.server_pid.map(pid_cpu_ns).transpose());
     let mut window_start_cpu = None;
@@ -136,7 +148,8 @@ pub fn run(cfg: &LoadConfig, mode: Mode) -> anyhow::Result<RunOutput> {
     }
     let mut next_tick = start_ns + 1_000_000_000;
     let mut interval_start = start_ns;
-    while handles.iter().any(|h| !h.is_finished()) {
+    let mut workers_done = false;
+    while !workers_done {
         let mut wake = next_tick;
         if window_start_cpu.is_none() {
             wake = wake.min(measure_from);
@@ -144,7 +157,7 @@ pub fn run(cfg: &LoadConfig, mode: Mode) -> anyhow::Result<RunOutput> {
         if let (Some(stop), None) = (stop_at, &window_end_cpu) {
             wake = wake.min(stop);
         }
-        sleep_until_or_done(wake, &handles);
+        workers_done = sleep_until_or_done(wake, &done_rx);
         let now = now_ns();
         if window_start_cpu.is_none() && now >= measure_from {
             window_start_cpu = Some(cpu_sample());
@@ -216,13 +229,16 @@ fn sleep_until(t_ns: u64) {
     }
 }
 
-/// Sleeps until `t_ns`, waking early (in 10 ms steps) if every worker ended.
-fn sleep_until_or_done<T>(t_ns: u64, handles: &[std::thread::JoinHandle<T>]) {
+/// Sleeps until `t_ns` or until every worker has ended (all senders of
+/// `done` dropped); true in the second case.
+fn sleep_until_or_done(t_ns: u64, done: &Receiver<()>) -> bool {
     loop {
-        let now = now_ns();
-        if now >= t_ns || handles.iter().all(|h| h.is_finished()) {
-            return;
+        let timeout = Duration::from_nanos(t_ns.saturating_sub(now_ns()));
+        match done.recv_timeout(timeout) {
+            Err(RecvTimeoutError::Disconnected) => return true,
+            Err(RecvTimeoutError::Timeout) => return false,
+            // Nobody sends; only dropping counts.
+            Ok(()) => {}
         }
-        std::thread::sleep(Duration::from_nanos((t_ns - now).min(10_000_000)));
     }
 }

@@ -3,8 +3,13 @@
 //! requests in flight, refills every connection's pipeline and writes once per
 //! socket. Nothing on this path allocates or takes a lock; a timerfd wakes the
 //! loop at the next open-loop send time with nanosecond precision.
+//!
+//! The client's CPU per request is part of what a benchmark reports, so the
+//! per-request work is kept small: gets are copies of a pre-encoded request,
+//! all sockets read into one buffer that stays in cache (a socket keeps bytes
+//! only while an answer is cut in two), answers read together share one
+//! clock read and one histogram update.
 
-use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
@@ -16,8 +21,10 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::config::LoadConfig;
 use crate::cpu::now_ns;
+use crate::inflight::{InflightQueue, Pending};
 use crate::pacer::Pacer;
 use crate::protocol::binary::owner_shard;
+use crate::protocol::template::GetTemplate;
 use crate::protocol::{Kind, Parsed};
 use crate::rng::Rng;
 use crate::stats::{ErrLabel, Stats};
@@ -86,24 +93,17 @@ pub struct WorkerResult {
     pub sockets_lost: u64,
 }
 
-/// A request in flight: when it was sent (or intended to be) and whether it
-/// counts.
-#[derive(Debug, Clone, Copy)]
-struct Pending {
-    kind: Kind,
-    sent_ns: u64,
-    measured: bool,
-}
-
 struct Socket {
     stream: TcpStream,
     conn: usize,
     wbuf: Vec<u8>,
     wpos: usize,
-    rbuf: Vec<u8>,
-    rstart: usize,
-    rend: usize,
-    inflight: VecDeque<Pending>,
+    /// The start of an answer not yet whole. Empty almost always: then the
+    /// socket reads into the worker's shared buffer; otherwise it reads
+    /// here, after those bytes, until the answer is complete (a large value
+    /// is read in place, not copied over at every read).
+    partial: Vec<u8>,
+    inflight: InflightQueue,
     alive: bool,
 }
 
@@ -126,9 +126,11 @@ struct LatencyRun {
 }
 
 impl LatencyRun {
-    fn flush(&mut self, interval: &mut Stats, stats: &mut Stats) {
+    fn flush(&mut self, interval: Option<&mut Stats>, stats: &mut Stats) {
         if self.n > 0 {
-            interval.record_latency(self.kind, self.latency_ns, self.n);
+            if let Some(interval) = interval {
+                interval.record_latency(self.kind, self.latency_ns, self.n);
+            }
             if self.measured {
                 stats.record_latency(self.kind, self.latency_ns, self.n);
             }
@@ -144,6 +146,8 @@ struct RequestGen {
     sets_only: bool,
     key_buf: [u8; MAX_KEY_LEN],
     value: Vec<u8>,
+    /// Gets as one copy plus the key's digits, when the codec allows it.
+    get_template: Option<GetTemplate>,
 }
 
 struct Worker<'a> {
@@ -153,6 +157,8 @@ struct Worker<'a> {
     timer_armed_ns: u64,
     sockets: Vec<Socket>,
     conns: Vec<Conn>,
+    /// Where every socket without a partial answer reads.
+    rbuf: Vec<u8>,
     gen: RequestGen,
     plan_measure_from: u64,
     plan_stop_at: Option<u64>,
@@ -160,7 +166,10 @@ struct Worker<'a> {
     shard_seed: u64,
     sending: bool,
     stats: Stats,
-    interval: Stats,
+    /// What the progress lines show, handed over every 100 ms; `None` when
+    /// no progress is printed (`--quiet`, capacity steps), which spares a
+    /// second count and histogram update per answer.
+    interval: Option<Stats>,
     sent: u64,
     last_answer_ns: u64,
     sockets_lost: u64,
@@ -208,10 +217,8 @@ pub fn run_worker(cfg: &LoadConfig, plan: WorkerPlan) -> anyhow::Result<WorkerRe
                 conn: i,
                 wbuf: Vec::with_capacity(max_request * cfg.pipeline),
                 wpos: 0,
-                rbuf: vec![0; READ_BUF],
-                rstart: 0,
-                rend: 0,
-                inflight: VecDeque::with_capacity(cfg.pipeline),
+                partial: Vec::new(),
+                inflight: InflightQueue::with_capacity(cfg.pipeline),
                 alive: true,
             });
         }
@@ -224,12 +231,14 @@ pub fn run_worker(cfg: &LoadConfig, plan: WorkerPlan) -> anyhow::Result<WorkerRe
         timer_armed_ns: 0,
         sockets,
         conns,
+        rbuf: vec![0; READ_BUF],
         gen: RequestGen {
             rng: Rng::new(plan.seed),
             keys: plan.keys,
             sets_only: plan.sets_only,
             key_buf: [0; MAX_KEY_LEN],
             value,
+            get_template: GetTemplate::new(&cfg.codec, &cfg.keys),
         },
         plan_measure_from: plan.measure_from_ns,
         plan_stop_at: plan.stop_at_ns,
@@ -237,7 +246,7 @@ pub fn run_worker(cfg: &LoadConfig, plan: WorkerPlan) -> anyhow::Result<WorkerRe
         shard_seed: plan.shard_seed,
         sending: true,
         stats: Stats::default(),
-        interval: Stats::default(),
+        interval: cfg.progress.then(Stats::default),
         sent: 0,
         last_answer_ns: 0,
         sockets_lost: 0,
@@ -248,7 +257,10 @@ pub fn run_worker(cfg: &LoadConfig, plan: WorkerPlan) -> anyhow::Result<WorkerRe
 impl Worker<'_> {
     fn run(&mut self, start_ns: u64, progress: &Mutex<Stats>) -> anyhow::Result<WorkerResult> {
         let mut events = Events::with_capacity(1024);
-        let mut next_publish = start_ns + PUBLISH_EVERY_NS;
+        let mut next_publish = match self.interval {
+            Some(_) => start_ns + PUBLISH_EVERY_NS,
+            None => u64::MAX,
+        };
         let mut drain_deadline = u64::MAX;
         let mut backlog = 0;
         while now_ns() < start_ns {
@@ -384,9 +396,13 @@ impl Worker<'_> {
     /// Hands the progress counters gathered since the last call to the main thread.
     fn publish(&mut self, progress: &Mutex<Stats>) {
         if let Ok(mut shared) = progress.lock() {
-            shared.merge(&self.interval);
+            if let Some(interval) = &self.interval {
+                shared.merge(interval);
+            }
         }
-        self.interval.reset();
+        if let Some(interval) = &mut self.interval {
+            interval.reset();
+        }
     }
 
     /// Sends requests on connection `c` while its pipeline has room (and, in
@@ -429,7 +445,15 @@ impl Worker<'_> {
                     *next - 1
                 }
             };
-            let key_len = self.cfg.keys.format(index, &mut gen.key_buf);
+            let is_get = !gen.sets_only && self.cfg.ratio.is_get(&mut gen.rng);
+            let template = gen.get_template.as_ref().filter(|_| is_get);
+            // The key's name is needed to encode without a template and to
+            // find its shard.
+            let key_len = if template.is_none() || conn.sockets > 1 {
+                self.cfg.keys.format(index, &mut gen.key_buf)
+            } else {
+                0
+            };
             let key = &gen.key_buf[..key_len];
             let shard = if conn.sockets > 1 {
                 owner_shard(key, self.shard_seed, conn.sockets as u32)
@@ -437,7 +461,10 @@ impl Worker<'_> {
                 0
             };
             let sock = &mut self.sockets[conn.first_socket + shard as usize];
-            let kind = if !gen.sets_only && self.cfg.ratio.is_get(&mut gen.rng) {
+            let kind = if let Some(t) = template {
+                t.encode(&mut sock.wbuf, &self.cfg.keys, index);
+                Kind::Get
+            } else if is_get {
                 self.cfg.codec.encode_get(&mut sock.wbuf, key);
                 Kind::Get
             } else {
@@ -447,7 +474,7 @@ impl Worker<'_> {
                     .encode_set(&mut sock.wbuf, key, &gen.value[..len], self.cfg.ttl);
                 Kind::Set
             };
-            sock.inflight.push_back(Pending {
+            sock.inflight.push(Pending {
                 kind,
                 sent_ns,
                 measured,
@@ -488,56 +515,74 @@ impl Worker<'_> {
     /// Reads and matches every answer that arrived on socket `si`, then
     /// refills its connection.
     fn on_readable(&mut self, si: usize) {
-        loop {
-            let sock = &mut self.sockets[si];
-            if !sock.alive {
-                return;
-            }
-            if sock.rend == sock.rbuf.len() {
-                if sock.rstart > 0 {
-                    sock.rbuf.copy_within(sock.rstart..sock.rend, 0);
-                    sock.rend -= sock.rstart;
-                    sock.rstart = 0;
-                } else {
-                    // One answer larger than the buffer (a big value).
-                    let grown = sock.rbuf.len() * 2;
-                    sock.rbuf.resize(grown, 0);
-                }
-            }
-            let room = sock.rbuf.len() - sock.rend;
-            match sock.stream.read(&mut sock.rbuf[sock.rend..]) {
-                Ok(0) => {
-                    self.kill(si, ErrLabel::new(b"conn_closed"));
-                    return;
-                }
-                Ok(n) => {
-                    sock.rend += n;
-                    if !self.match_answers(si, now_ns()) {
-                        return;
-                    }
-                    // A short read drained the socket (epoll(7)): no need
-                    // for a read that only says EAGAIN.
-                    if n < room {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.kill(si, ErrLabel::new(b"conn_closed"));
-                    return;
-                }
-            }
-        }
+        let mut shared = std::mem::take(&mut self.rbuf);
+        self.read_answers(si, &mut shared);
+        self.rbuf = shared;
         let c = self.sockets[si].conn;
         if self.sending {
             self.fill(c, now_ns());
         }
     }
 
-    /// Parses whole answers off the front of socket `si`'s buffer; false
-    /// when the socket had to be closed.
-    fn match_answers(&mut self, si: usize, now: u64) -> bool {
+    /// Reads socket `si` until it is drained, matching the answers of each
+    /// read as it comes (a socket that had to be closed stops it).
+    fn read_answers(&mut self, si: usize, shared: &mut [u8]) {
+        loop {
+            let sock = &mut self.sockets[si];
+            if !sock.alive {
+                return;
+            }
+            let mut partial = std::mem::take(&mut sock.partial);
+            let kept = partial.len();
+            if kept > 0 {
+                // Room after the bytes kept, growing with the answer.
+                let room = (kept + 1).next_power_of_two().clamp(READ_BUF, 16 * READ_BUF);
+                partial.resize(kept + room, 0);
+            }
+            let buf: &mut [u8] = if kept > 0 { &mut partial } else { shared };
+            let room = buf.len() - kept;
+            let (filled, drained) = match sock.stream.read(&mut buf[kept..]) {
+                Ok(0) => {
+                    self.kill(si, ErrLabel::new(b"conn_closed"));
+                    return;
+                }
+                // A short read drained the socket (epoll(7)): no need for a
+                // read that only says EAGAIN.
+                Ok(n) => (kept + n, n < room),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => (kept, true),
+                Err(e) if e.kind() == ErrorKind::Interrupted => (kept, false),
+                Err(_) => {
+                    self.kill(si, ErrLabel::new(b"conn_closed"));
+                    return;
+                }
+            };
+            let used = if filled > kept {
+                // All answers of one read share the time they were seen.
+                match self.match_answers(si, &buf[..filled], now_ns()) {
+                    Some(used) => used,
+                    None => return,
+                }
+            } else {
+                0
+            };
+            // What is left is the start of an answer: the socket keeps it.
+            if kept > 0 {
+                partial.truncate(filled);
+                partial.drain(..used);
+            } else {
+                partial.extend_from_slice(&shared[used..filled]);
+            }
+            self.sockets[si].partial = partial;
+            if drained {
+                return;
+            }
+        }
+    }
+
+    /// Parses whole answers off the front of `buf` (read from socket `si`)
+    /// and returns how many bytes they took; `None` when the socket had to
+    /// be closed.
+    fn match_answers(&mut self, si: usize, buf: &[u8], now: u64) -> Option<usize> {
         let sock = &mut self.sockets[si];
         // Answers to requests sent together arrive together with the same
         // latency: one histogram update per run of equal latencies.
@@ -547,26 +592,25 @@ impl Worker<'_> {
             measured: false,
             n: 0,
         };
+        let mut used = 0;
         let ok = loop {
-            let Some(&front) = sock.inflight.front() else {
-                if sock.rstart < sock.rend {
+            let Some(front) = sock.inflight.front() else {
+                if used < buf.len() {
                     eprintln!("loadgen: server sent bytes nobody asked for; closing the connection");
                     break false;
                 }
                 break true;
             };
-            match self
-                .cfg
-                .codec
-                .parse(&sock.rbuf[sock.rstart..sock.rend], front.kind)
-            {
+            match self.cfg.codec.parse(&buf[used..], front.kind) {
                 Ok(Parsed::Incomplete) => break true,
                 Ok(Parsed::Done { len, outcome }) => {
-                    sock.rstart += len;
+                    used += len;
                     sock.inflight.pop_front();
                     self.conns[sock.conn].inflight -= 1;
                     let latency_ns = now.saturating_sub(front.sent_ns);
-                    self.interval.count(front.kind, outcome);
+                    if let Some(interval) = &mut self.interval {
+                        interval.count(front.kind, outcome);
+                    }
                     if front.measured {
                         self.stats.count(front.kind, outcome);
                         self.last_answer_ns = now;
@@ -576,7 +620,7 @@ impl Worker<'_> {
                     if run.n > 0 && same {
                         run.n += 1;
                     } else {
-                        run.flush(&mut self.interval, &mut self.stats);
+                        run.flush(self.interval.as_mut(), &mut self.stats);
                         run = LatencyRun {
                             kind: front.kind,
                             latency_ns,
@@ -590,7 +634,9 @@ impl Worker<'_> {
                     sock.inflight.pop_front();
                     self.conns[sock.conn].inflight -= 1;
                     let label = ErrLabel::new(b"protocol_error");
-                    self.interval.errors.add(label, 1);
+                    if let Some(interval) = &mut self.interval {
+                        interval.errors.add(label, 1);
+                    }
                     if front.measured {
                         self.stats.errors.add(label, 1);
                     }
@@ -598,16 +644,13 @@ impl Worker<'_> {
                 }
             }
         };
-        run.flush(&mut self.interval, &mut self.stats);
-        if sock.rstart == sock.rend {
-            sock.rstart = 0;
-            sock.rend = 0;
-        }
+        run.flush(self.interval.as_mut(), &mut self.stats);
         if !ok {
             // Requests still in flight behind the bad answer are lost with it.
             self.kill(si, ErrLabel::new(b"conn_closed"));
+            return None;
         }
-        ok
+        Some(used)
     }
 
     /// Closes socket `si`: its requests in flight count as errors `label`,
@@ -623,11 +666,13 @@ impl Worker<'_> {
         let _ = sock.stream.shutdown(std::net::Shutdown::Both);
         let conn = &mut self.conns[sock.conn];
         conn.alive = false;
-        for p in sock.inflight.drain(..) {
-            conn.inflight -= 1;
-            self.interval.errors.add(label, 1);
+        for (p, n) in sock.inflight.drain_runs() {
+            conn.inflight -= n as usize;
+            if let Some(interval) = &mut self.interval {
+                interval.errors.add(label, n as u64);
+            }
             if p.measured {
-                self.stats.errors.add(label, 1);
+                self.stats.errors.add(label, n as u64);
             }
         }
     }

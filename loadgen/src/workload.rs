@@ -67,17 +67,34 @@ impl KeySpace {
         }
     }
 
+    /// The bytes every key name starts with.
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix
+    }
+
+    /// Digits of the index in every key name (names are fixed width).
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
     /// Writes the name of key `index` into `out`; returns its length.
     #[inline]
     pub fn format(&self, index: u64, out: &mut [u8; MAX_KEY_LEN]) -> usize {
         let p = self.prefix.len();
         out[..p].copy_from_slice(&self.prefix);
+        self.write_digits(index, &mut out[p..p + self.width]);
+        p + self.width
+    }
+
+    /// Writes the zero-padded index part of key `index`'s name into `out`
+    /// (`width()` bytes).
+    #[inline]
+    pub fn write_digits(&self, index: u64, out: &mut [u8]) {
         let mut v = index;
-        for i in (0..self.width).rev() {
-            out[p + i] = b'0' + (v % 10) as u8;
+        for d in out[..self.width].iter_mut().rev() {
+            *d = b'0' + (v % 10) as u8;
             v /= 10;
         }
-        p + self.width
     }
 }
 

@@ -7,6 +7,7 @@ pub mod binary;
 pub mod http;
 pub mod memcache;
 pub mod resp;
+pub mod template;
 
 #[cfg(test)]
 mod proptests;
