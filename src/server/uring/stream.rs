@@ -13,8 +13,11 @@ use io_uring::{opcode, types};
 
 use super::driver::{user_data, Driver, OpTag, UNTRACKED};
 
-/// Bytes one receive can bring; allocated on the first read.
-const RECV_BUF_BYTES: usize = 16 * 1024;
+/// Bytes one receive through the ring can bring; allocated on the first
+/// read. Small, because every open connection holds one: it fits a
+/// pipelined batch of small requests, and when a receive fills it the next
+/// read goes straight into the caller's (growing) buffer instead.
+const RECV_BUF_BYTES: usize = 4 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ReadState {
@@ -193,6 +196,8 @@ impl AsyncRead for UringStream {
             if this.io.filled.replace(false) {
                 // A full buffer last time: the rest is probably queued already.
                 if let Some(result) = recv_now(this.fd(), out) {
+                    // Filled again: keep reading directly.
+                    this.io.filled.set(matches!(result, Ok(n) if n == out.len()));
                     return Poll::Ready(result);
                 }
             }
