@@ -80,7 +80,6 @@ const MAX_EVICTIONS_PER_WRITE: usize = 64;
 
 pub struct Store {
     tables: Box<[HashTable<ItemId>]>,
-    subtables: SubtableMap,
     items: Slab,
     /// Bytes of the index tables' allocations.
     index_bytes: usize,
@@ -116,27 +115,14 @@ const SUBTABLE_SELECT_BITS: u32 = 17;
 /// Computed with one multiplication rather than looked up: a 256 KiB table
 /// was one more cache miss per request, about a tenth of a lookup's time at
 /// pipeline 1.
-#[derive(Clone, Copy)]
-struct SubtableMap;
-
-impl SubtableMap {
-    fn new() -> SubtableMap {
-        SubtableMap
-    }
-
-    /// Which sub-table holds a key hash. Uses bits 7..24, which neither the
-    /// owner choice (`hash % shards`) nor the in-table hash below rely on.
-    #[inline]
-    fn of(&self, hash: u64) -> usize {
-        const ONE: u64 = 1 << SUBTABLE_SELECT_BITS;
-        let t = (hash >> 7) & (ONE - 1);
-        // SUBTABLES * (t/ONE) * (4 - t/ONE) / 3, in integers (< 2^36).
-        (t * (4 * ONE - t) * SUBTABLES as u64 / (3 * ONE * ONE)) as usize
-    }
-
-    fn bytes(&self) -> usize {
-        0
-    }
+#[inline]
+fn subtable_of(hash: u64) -> usize {
+    const ONE: u64 = 1 << SUBTABLE_SELECT_BITS;
+    // Bits 7..24, which neither the owner choice (`hash % shards`) nor the
+    // in-table hash below rely on.
+    let t = (hash >> 7) & (ONE - 1);
+    // SUBTABLES * (t/ONE) * (4 - t/ONE) / 3, in integers (< 2^36).
+    (t * (4 * ONE - t) * SUBTABLES as u64 / (3 * ONE * ONE)) as usize
 }
 
 /// The hash given to hashbrown: rotated so that its bucket bits (low) are
@@ -148,13 +134,11 @@ fn table_hash(hash: u64) -> u64 {
 
 impl Store {
     pub fn new(config: StoreConfig) -> Self {
-        let subtables = SubtableMap::new();
-        let fixed = Self::fixed_index_bytes(&subtables);
+        let fixed = Self::fixed_index_bytes();
         let mut items = Slab::new(config.memory_limit_bytes);
         items.set_index_bytes(fixed);
         Store {
             tables: (0..SUBTABLES).map(|_| HashTable::new()).collect(),
-            subtables,
             items,
             index_bytes: fixed,
             payload_bytes: 0,
@@ -202,8 +186,8 @@ impl Store {
     }
 
     /// Bytes the index takes with no item: the sub-table headers and map.
-    fn fixed_index_bytes(subtables: &SubtableMap) -> usize {
-        SUBTABLES * std::mem::size_of::<HashTable<ItemId>>() + subtables.bytes()
+    fn fixed_index_bytes() -> usize {
+        SUBTABLES * std::mem::size_of::<HashTable<ItemId>>()
     }
 
     /// Bytes of the index.
@@ -228,7 +212,7 @@ impl Store {
 
     fn find(&self, hash: u64, key: &[u8]) -> Option<ItemId> {
         let items = &self.items;
-        self.tables[self.subtables.of(hash)]
+        self.tables[subtable_of(hash)]
             .find(table_hash(hash), |&id| {
                 ItemView::new(items.record(id)).key() == key
             })
@@ -243,7 +227,7 @@ impl Store {
     /// pipeline 16).
     #[inline]
     pub fn prefetch_index(&self, hash: u64) {
-        prefetch(std::ptr::from_ref(&self.tables[self.subtables.of(hash)]).cast());
+        prefetch(std::ptr::from_ref(&self.tables[subtable_of(hash)]).cast());
     }
 
     /// Second step: walks the index for `hash` (whose header the first step
@@ -251,7 +235,7 @@ impl Store {
     #[inline]
     pub fn prefetch_records(&self, hash: u64) {
         let items = &self.items;
-        let _ = self.tables[self.subtables.of(hash)].find(table_hash(hash), |&id| {
+        let _ = self.tables[subtable_of(hash)].find(table_hash(hash), |&id| {
             if !id.is_large() {
                 prefetch(items.record(id).as_ptr());
             }
@@ -330,7 +314,7 @@ impl Store {
 
         let items = &self.items;
         let seed = self.config.seed;
-        let table = &mut self.tables[self.subtables.of(hash)];
+        let table = &mut self.tables[subtable_of(hash)];
         let old = match table.find_mut(table_hash(hash), |&id| {
             id != new_id && ItemView::new(items.record(id)).key() == key
         }) {
@@ -416,7 +400,7 @@ impl Store {
         } else {
             self.stats.evictions += 1;
         }
-        if let Ok(entry) = self.tables[self.subtables.of(hash)].find_entry(table_hash(hash), |&x| x == id) {
+        if let Ok(entry) = self.tables[subtable_of(hash)].find_entry(table_hash(hash), |&x| x == id) {
             entry.remove();
             self.items_count -= 1;
             self.payload_bytes -= payload;
@@ -482,7 +466,7 @@ impl Store {
 
     fn remove(&mut self, hash: u64, key: &[u8]) -> bool {
         let items = &self.items;
-        let Ok(entry) = self.tables[self.subtables.of(hash)].find_entry(table_hash(hash), |&id| {
+        let Ok(entry) = self.tables[subtable_of(hash)].find_entry(table_hash(hash), |&id| {
             ItemView::new(items.record(id)).key() == key
         }) else {
             return false;
@@ -500,7 +484,7 @@ impl Store {
         for t in self.tables.iter_mut() {
             *t = HashTable::new();
         }
-        self.index_bytes = Self::fixed_index_bytes(&self.subtables);
+        self.index_bytes = Self::fixed_index_bytes();
         self.payload_bytes = 0;
         self.items.set_index_bytes(self.index_bytes);
         self.items.clear();
