@@ -43,7 +43,8 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 nats_port=$(free_port)
 "$nats_bin" -a 127.0.0.1 -p "$nats_port" >/dev/null 2>&1 &
-pids+=($!)
+nats_pid=$!
+pids+=("$nats_pid")
 
 run_once() { # mode → ops/s
   local mode=$1 extra=()
@@ -65,28 +66,32 @@ run_once() { # mode → ops/s
   done
   [ -n "$addr" ] || { cat "$work/server.err" >&2; exit 1; }
   local before json after
-  before=$(cpu_ticks "$server")
+  before=$(cpu_ticks "$server"),$(nats_ticks)
   if [ "${USE_LOADGEN:-0}" = 1 ] && [ -x target/release/loadgen ]; then
     json=$(taskset -c "$CLIENT_CPU" target/release/loadgen run --protocol binary --addr "$addr" \
       --connections "$CONNS" --pipeline "$PIPELINE" --ratio 0:1 --keys "$KEYS" --value-size 100 \
-      --duration "$SECS" --json)
+      --duration "$SECS" --json --quiet)
   else
     json=$(taskset -c "$CLIENT_CPU" target/release/examples/set_throughput "$addr" \
       "$CONNS" "$PIPELINE" "$KEYS" 100 "$SECS")
   fi
-  after=$(cpu_ticks "$server")
+  after=$(cpu_ticks "$server"),$(nats_ticks)
   kill "$server"
   wait "$server" 2>/dev/null || true
-  # ops/s, then server CPU µs per SET: shard threads, hub thread.
+  # ops/s, then CPU µs per SET: shard threads, hub thread, nats-server.
   python3 -c '
 import json, sys
 d = json.loads(sys.argv[1])
 ops_s = d.get("ops_per_sec") or d.get("throughput") or d["ops"] / d["seconds"]
-b, a = (dict(zip(("shard", "hub"), map(int, x.split(",")))) for x in sys.argv[2:4])
+b, a = (dict(zip(("shard", "hub", "nats"), map(int, x.split(",")))) for x in sys.argv[2:4])
 total = ops_s * float(sys.argv[4]) + 1
 us = lambda k: (a[k] - b[k]) * 1e6 / 100 / total
-sh, hb = us("shard"), us("hub")
-print(f"{int(ops_s)} {sh:.2f} {hb:.2f}")' "$json" "$before" "$after" "$((SECS + 1))"
+sh, hb, nt = us("shard"), us("hub"), us("nats")
+print(f"{int(ops_s)} {sh:.2f} {hb:.2f} {nt:.2f}")' "$json" "$before" "$after" "$((SECS + 1))"
+}
+
+nats_ticks() { # nats-server's utime + stime (1/100 s)
+  awk '{print $14 + $15}' "/proc/$nats_pid/stat"
 }
 
 cpu_ticks() { # pid → "shard_ticks,hub_ticks" (utime + stime, 1/100 s)
@@ -112,8 +117,8 @@ PY
 declare -A results=([off]="" [on]="") shard_cpu=([off]="" [on]="")
 for round in $(seq "$ROUNDS"); do
   for mode in off on; do
-    read -r ops shard_us hub_us < <(run_once "$mode")
-    echo "round $round events $mode: $ops SET/s; server CPU per SET: shard ${shard_us} µs, hub ${hub_us} µs"
+    read -r ops shard_us hub_us nats_us < <(run_once "$mode")
+    echo "round $round events $mode: $ops SET/s; CPU per SET: shard ${shard_us} µs, hub ${hub_us} µs, nats-server ${nats_us} µs"
     results[$mode]+="$ops "
     shard_cpu[$mode]+="$shard_us "
   done

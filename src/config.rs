@@ -86,6 +86,9 @@ pub struct Cli {
     /// Events each shard queues for the bridge; beyond that they are dropped and counted.
     #[arg(long, default_value_t = 8192)]
     pub event_queue: usize,
+    /// Repeat the envelope of item events as NATS headers (it is always in the JSON body).
+    #[arg(long)]
+    pub event_headers: bool,
     /// Coalesce writes of one key within this many milliseconds into one event (0 = off).
     #[arg(long, default_value_t = 0)]
     pub event_coalesce_ms: u32,
@@ -419,6 +422,7 @@ fn hub_config(cli: &Cli, _cpus: &[usize]) -> Result<HubConfig, ConfigError> {
         health_interval: std::time::Duration::from_secs(cli.health_interval),
         cpu: cli.hub_cpu,
         event_queue: cli.event_queue,
+        item_headers: cli.event_headers,
         node_id,
         zone: cli.zone.clone(),
         ..HubConfig::default()

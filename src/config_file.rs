@@ -70,6 +70,7 @@ const KEYS: &[(&str, &str, Shape)] = &[
     ("config.nats.health_interval", "--health-interval", Shape::Value),
     ("config.nats.hub_cpu", "--hub-cpu", Shape::Value),
     ("config.nats.event_queue", "--event-queue", Shape::Value),
+    ("config.nats.event_headers", "--event-headers", Shape::Switch),
     (
         "config.nats.event_coalesce_ms",
         "--event-coalesce-ms",
@@ -170,6 +171,7 @@ pub fn render(config: &crate::config::ServerConfig) -> String {
     let mut nats = serde_json::json!({
         "health_interval": config.hub.health_interval.as_secs(),
         "event_queue": config.hub.event_queue,
+        "event_headers": config.hub.item_headers,
         "event_coalesce_ms": policy.coalesce_ms,
     });
     if let Some(url) = &config.hub.nats_url {

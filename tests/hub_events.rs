@@ -217,16 +217,10 @@ async fn events_carry_the_envelope_and_the_request_correlation_id() {
         .await
         .expect("set event");
     let b = body(&msg);
-    for (h, field) in [
-        ("Correlation-Id", "correlation_id"),
-        ("Source-Service", "source"),
-        ("Event-Type", "event"),
-        ("Event-Version", "version"),
-        ("Timestamp", "timestamp"),
-    ] {
-        assert_eq!(header(&msg, h), b[field].as_str().unwrap(), "{h} vs {field}");
-    }
-    assert_eq!(header(&msg, "Ttl"), b["ttl"].to_string());
+    assert!(
+        msg.headers.as_ref().is_none_or(|h| h.is_empty()),
+        "item events carry the envelope in the body only unless --event-headers"
+    );
     assert_eq!(b["correlation_id"], "req-corr-7");
     assert_eq!(b["source"], "cache_service");
     assert_eq!(b["event"], ITEM_SUBJECT);
@@ -302,6 +296,36 @@ async fn events_carry_the_envelope_and_the_request_correlation_id() {
     assert!(metrics["memory_usage"].as_f64().is_some(), "{b}");
     assert!(metrics["ops_rate"].as_u64().is_some(), "{b}");
     assert!(!b["correlation_id"].as_str().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item_events_repeat_the_envelope_as_headers_when_asked() {
+    let Some(bin) = require_nats() else { return };
+    let nats = Nats::start(bin);
+    let client = connect(&nats).await;
+    let mut items = subscribe(&client, ITEM_SUBJECT).await;
+    let server = start_server(&nats, &["--event-headers"]);
+    let mut raw = Raw::open(server.addr);
+    assert_eq!(raw.handshake("character_service").status, 0);
+    await_bridge(&mut raw, &mut items, Duration::from_secs(10)).await;
+
+    assert_eq!(raw.call(&set_with_corr(b"character:43", "req-corr-8")).status, 0);
+    let msg = next_msg(&mut items, Duration::from_secs(5))
+        .await
+        .expect("set event");
+    let b = body(&msg);
+    for (h, field) in [
+        ("Correlation-Id", "correlation_id"),
+        ("Source-Service", "source"),
+        ("Event-Type", "event"),
+        ("Event-Version", "version"),
+        ("Timestamp", "timestamp"),
+    ] {
+        assert_eq!(header(&msg, h), b[field].as_str().unwrap(), "{h} vs {field}");
+    }
+    assert_eq!(header(&msg, "Ttl"), b["ttl"].to_string());
+    assert_eq!(header(&msg, "Correlation-Id"), "req-corr-8");
+    assert_eq!(b["data"]["key"], "character:43");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

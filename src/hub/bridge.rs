@@ -9,15 +9,15 @@ use std::time::{Duration, Instant};
 
 use async_nats::{Client, ConnectOptions, Event, Message};
 use futures_lite::StreamExt;
-use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::control::{BridgeCounters, ControlPlane, ShardCommand};
 use super::envelope::{new_correlation_id, Envelope, Incoming, EVENT_VERSION};
-use super::events::{EventQueue, ItemEvent, ItemOp};
-use super::policy::{CacheType, Policy};
+use super::events::{EventQueue, ItemEvent, ItemEventRef, ItemOp};
+use super::item_message::ItemMessages;
+use super::policy::Policy;
 use super::HubConfig;
 use crate::shard::clock::unix_now_us;
 
@@ -25,13 +25,12 @@ use crate::shard::clock::unix_now_us;
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(2);
 
 /// Subjects.
-pub const SUBJECT_ITEM_UPDATED: &str = "cache.item.updated";
+pub use super::item_message::SUBJECT_ITEM_UPDATED;
 pub const SUBJECT_HEALTH: &str = "cache.health.status";
 pub const SUBJECT_CONFIG: &str = "config.cache.update";
 pub const SUBJECT_CONTROL: &str = "control.cache.action";
 
-/// TTL in the envelope of item events (seconds).
-pub const ITEM_EVENT_TTL_S: u32 = 60;
+pub use super::item_message::ITEM_EVENT_TTL_S;
 
 /// A publish that cannot enter the client's buffer within this time is
 /// given up and counted (the bridge must keep draining).
@@ -61,8 +60,8 @@ struct Bridge {
     /// keys in the order their windows end.
     pending: HashMap<Vec<u8>, Pending>,
     due_order: VecDeque<(Instant, Vec<u8>)>,
-    id_prefix: String,
-    id_seq: u64,
+    /// Writes the bodies of item events (and generates correlation ids).
+    messages: ItemMessages,
     last_health: Option<(Instant, u64, u64, u64)>,
 }
 
@@ -83,6 +82,9 @@ pub async fn run(
         .name(format!("dnd-cache {}", config.node_id))
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
+        // Room for a whole drain of a busy shard, so that publishing does
+        // not wait for the connection task between messages.
+        .client_capacity(16 * 1024)
         .reconnect_delay_callback(|attempt| {
             Duration::from_millis(50u64 << attempt.min(6)).min(Duration::from_secs(2))
         })
@@ -106,8 +108,7 @@ pub async fn run(
         policy,
         pending: HashMap::new(),
         due_order: VecDeque::new(),
-        id_prefix: new_correlation_id()[..16].to_string(),
-        id_seq: 0,
+        messages: ItemMessages::new(&config.source, &new_correlation_id()[..16]),
         last_health: None,
         config,
     };
@@ -166,21 +167,18 @@ async fn next(sub: &mut Option<async_nats::Subscriber>) -> Option<Message> {
     }
 }
 
-#[derive(Serialize)]
-struct ItemData<'a> {
-    key: &'a str,
-    operation: &'static str,
-    timestamp: &'a str,
-    service_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cache_type: Option<&'static str>,
-    /// Earlier events on the key folded into this one (coalescing).
-    #[serde(skip_serializing_if = "is_zero")]
-    coalesced: u64,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
+/// Waits for a publish to enter the client's buffer: at once when there is
+/// room (no timer), else for at most [`PUBLISH_TIMEOUT`]. False when it
+/// failed or timed out.
+async fn settle<E>(publish: impl std::future::Future<Output = Result<(), E>>) -> bool {
+    let mut publish = std::pin::pin!(publish);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(publish.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(result) => result.is_ok(),
+        std::task::Poll::Pending => {
+            matches!(tokio::time::timeout(PUBLISH_TIMEOUT, publish).await, Ok(Ok(())))
+        }
+    }
 }
 
 impl Bridge {
@@ -193,8 +191,7 @@ impl Bridge {
     }
 
     fn next_correlation_id(&mut self) -> String {
-        self.id_seq += 1;
-        format!("{}{:016x}", self.id_prefix, self.id_seq)
+        self.messages.next_correlation_id()
     }
 
     /// Moves events from the shards' queues to NATS. While disconnected the
@@ -207,35 +204,44 @@ impl Bridge {
         let window = Duration::from_millis(u64::from(self.policy.coalesce_ms));
         let now = Instant::now();
         for q in 0..self.queues.len() {
-            for _ in 0..MAX_DRAIN_PER_QUEUE {
-                let Some(event) = self.queues[q].pop() else {
+            let queue = self.queues[q].clone();
+            let mut taken = 0;
+            while taken < MAX_DRAIN_PER_QUEUE {
+                let Some(batch) = queue.pop() else {
                     break;
                 };
-                if window.is_zero() && self.pending.is_empty() {
-                    self.publish_item(&event, 0).await;
-                } else if event.op == ItemOp::Flush {
-                    self.publish_pending(true).await;
-                    self.publish_item(&event, 0).await;
-                } else {
-                    self.hold(event, now + window);
+                taken += batch.len();
+                for event in batch.iter() {
+                    if window.is_zero() && self.pending.is_empty() {
+                        self.publish_item(&event, 0).await;
+                    } else if event.op == ItemOp::Flush {
+                        self.publish_pending(true).await;
+                        self.publish_item(&event, 0).await;
+                    } else {
+                        self.hold(&event, now + window);
+                    }
                 }
+                queue.recycle(batch);
             }
         }
         self.publish_pending(everything || window.is_zero()).await;
     }
 
     /// Keeps the latest event of a key until its window ends.
-    fn hold(&mut self, event: ItemEvent, due: Instant) {
-        match self.pending.get_mut(event.key()) {
+    fn hold(&mut self, event: &ItemEventRef<'_>, due: Instant) {
+        match self.pending.get_mut(event.key) {
             Some(p) => {
-                p.event = event;
+                p.event = event.to_owned();
                 p.merged += 1;
                 BridgeCounters::add(&self.counters().coalesced, 1);
             }
             None => {
-                self.due_order.push_back((due, event.key().to_vec()));
-                self.pending
-                    .insert(event.key().to_vec(), Pending { event, merged: 0 });
+                self.due_order.push_back((due, event.key.to_vec()));
+                let pending = Pending {
+                    event: event.to_owned(),
+                    merged: 0,
+                };
+                self.pending.insert(event.key.to_vec(), pending);
             }
         }
     }
@@ -253,37 +259,34 @@ impl Bridge {
             }
             let (_, key) = self.due_order.pop_front().expect("front exists");
             if let Some(p) = self.pending.remove(&key) {
-                self.publish_item(&p.event, p.merged).await;
+                self.publish_item(&p.event.view(), p.merged).await;
             }
         }
     }
 
-    async fn publish_item(&mut self, event: &ItemEvent, coalesced: u64) {
-        let correlation_id = match std::str::from_utf8(event.correlation_id()) {
-            Ok(c) if !c.is_empty() => c.to_string(),
-            _ => self.next_correlation_id(),
+    async fn publish_item(&mut self, event: &ItemEventRef<'_>, coalesced: u64) {
+        let message = self.messages.write(event, coalesced);
+        let sent = if self.config.item_headers {
+            let envelope = Envelope {
+                correlation_id: message.correlation_id.to_string(),
+                source: self.config.source.clone(),
+                event: SUBJECT_ITEM_UPDATED,
+                version: EVENT_VERSION,
+                timestamp: message.timestamp.to_string(),
+                ttl_s: ITEM_EVENT_TTL_S,
+            };
+            let publish =
+                self.client
+                    .publish_with_headers(SUBJECT_ITEM_UPDATED, envelope.headers(), message.body);
+            settle(publish).await
+        } else {
+            settle(self.client.publish(SUBJECT_ITEM_UPDATED, message.body)).await
         };
-        let envelope = Envelope {
-            correlation_id,
-            source: self.config.source.clone(),
-            event: SUBJECT_ITEM_UPDATED,
-            version: EVENT_VERSION,
-            timestamp: super::envelope::rfc3339_ms(event.at_ms),
-            ttl_s: ITEM_EVENT_TTL_S,
-        };
-        let key = String::from_utf8_lossy(event.key());
-        let service = String::from_utf8_lossy(event.service());
-        let data = ItemData {
-            key: &key,
-            operation: event.op.name(),
-            timestamp: &envelope.timestamp,
-            service_id: &service,
-            cache_type: CacheType::of_key(event.key()).map(CacheType::name),
-            coalesced,
-        };
-        let payload = envelope.payload(&data);
-        if self.publish(SUBJECT_ITEM_UPDATED, &envelope, payload).await {
-            BridgeCounters::add(&self.counters().published_item_events, 1);
+        let counters = self.counters();
+        if sent {
+            BridgeCounters::add(&counters.published_item_events, 1);
+        } else {
+            BridgeCounters::add(&counters.publish_failures, 1);
         }
     }
 
@@ -291,13 +294,11 @@ impl Bridge {
         let publish = self
             .client
             .publish_with_headers(subject, envelope.headers(), payload.into());
-        match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
-            Ok(Ok(())) => true,
-            _ => {
-                BridgeCounters::add(&self.counters().publish_failures, 1);
-                false
-            }
+        let sent = settle(publish).await;
+        if !sent {
+            BridgeCounters::add(&self.counters().publish_failures, 1);
         }
+        sent
     }
 
     /// On stop: publish what is queued and held, then flush the client.
@@ -535,7 +536,7 @@ impl Bridge {
                             source.as_bytes(),
                             corr.as_bytes(),
                         );
-                        self.publish_item(&event, 0).await;
+                        self.publish_item(&event.view(), 0).await;
                     }
                 }
                 let mut body = json!({"status": "ok", "action": action});

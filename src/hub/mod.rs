@@ -14,6 +14,7 @@ pub mod bridge;
 pub mod control;
 pub mod envelope;
 pub mod events;
+pub mod item_message;
 pub mod policy;
 
 use std::sync::Arc;
@@ -34,6 +35,9 @@ pub struct HubConfig {
     pub cpu: Option<usize>,
     /// Capacity of each shard's event queue, in events.
     pub event_queue: usize,
+    /// Whether item events repeat the envelope as NATS headers (the body
+    /// always carries it).
+    pub item_headers: bool,
     /// Source service id in every envelope.
     pub source: String,
     /// Server id (metrics `node` label, health events) and its zone.
@@ -48,6 +52,7 @@ impl Default for HubConfig {
             health_interval: Duration::from_secs(10),
             cpu: None,
             event_queue: 8192,
+            item_headers: false,
             source: "cache_service".into(),
             node_id: "cache-node".into(),
             zone: "default".into(),

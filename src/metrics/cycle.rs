@@ -3,7 +3,7 @@
 //! latency, and the write events they cause.
 
 use super::{op_slot, ServiceIndex, INVALID_OP};
-use crate::hub::events::{ItemEvent, ItemOp};
+use crate::hub::events::{ItemEventRef, ItemOp};
 use crate::ops::OpKind;
 use crate::protocol::binary::decode_operation;
 use crate::protocol::frame::FRAME_HEADER_BYTES;
@@ -44,6 +44,35 @@ struct Entry {
     /// The request frame's place in the cycle's input.
     start: u32,
     len: u32,
+    /// Its key's and correlation id's places, from the frame's start (so a
+    /// write's event needs no second decode).
+    key: Span,
+    correlation: Span,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Span {
+    at: u32,
+    len: u32,
+}
+
+impl Span {
+    /// Where `field` lies in `frame`; empty when it is not inside.
+    fn within(frame: &[u8], field: &[u8]) -> Span {
+        let at = (field.as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize);
+        if field.is_empty() || at.checked_add(field.len()).is_none_or(|end| end > frame.len()) {
+            return Span::default();
+        }
+        Span {
+            at: at as u32,
+            len: field.len() as u32,
+        }
+    }
+
+    fn of<'a>(&self, frame: &'a [u8]) -> &'a [u8] {
+        let at = self.at as usize;
+        frame.get(at..at + self.len as usize).unwrap_or_default()
+    }
 }
 
 /// The requests of one cycle, in order: one entry per answer frame.
@@ -69,14 +98,19 @@ impl CycleRecord {
             op: INVALID_OP,
             start: start as u32,
             len: len as u32,
+            key: Span::default(),
+            correlation: Span::default(),
         });
     }
 
-    /// The operation of the request pushed last.
+    /// The operation of the request pushed last, and where its key and
+    /// correlation id lie in its `frame`.
     #[inline]
-    pub fn set_op(&mut self, kind: OpKind) {
+    pub fn set_op(&mut self, kind: OpKind, frame: &[u8], key: &[u8], correlation_id: &[u8]) {
         if let Some(e) = self.entries.last_mut() {
             e.op = op_slot(kind);
+            e.key = Span::within(frame, key);
+            e.correlation = Span::within(frame, correlation_id);
         }
     }
 }
@@ -117,42 +151,48 @@ pub fn observe_cycle(shard: &Shard, who: &ConnIdentity, record: &CycleRecord, in
             continue;
         }
         let start = e.start as usize;
-        let frame = &input[start + FRAME_HEADER_BYTES..start + e.len as usize];
-        let Ok(request) = decode_operation(frame) else {
+        let frame = &input[start..start + e.len as usize];
+        let at_ms = now_us / 1000;
+        let policy = shard.policy.borrow();
+        let mut offer = |key: &[u8], corr: &[u8]| {
+            let corr = if corr.is_empty() {
+                &who.correlation_id[..]
+            } else {
+                corr
+            };
+            let event = ItemEventRef::new(op, at_ms, key, who.service_id.as_bytes(), corr);
+            let handed = sink.offer(&event);
+            metrics.events_queued += handed.queued;
+            metrics.events_dropped += handed.dropped;
+        };
+        if let ItemOp::Set | ItemOp::Delete = op {
+            // The key was found when the request ran.
+            let key = e.key.of(frame);
+            if policy.events_for(key) {
+                offer(key, e.correlation.of(frame));
+            }
+            continue;
+        }
+        let Ok(request) = decode_operation(&frame[FRAME_HEADER_BYTES..]) else {
             continue;
         };
-        let corr = if request.correlation_id.is_empty() {
-            &who.correlation_id
-        } else {
-            request.correlation_id
-        };
-        let policy = shard.policy.borrow();
-        let at_ms = now_us / 1000;
-        let mut offer = |key: &[u8]| {
-            let event = ItemEvent::new(op, at_ms, key, who.service_id.as_bytes(), corr);
-            if sink.offer(event) {
-                metrics.events_queued += 1;
-            } else {
-                metrics.events_dropped += 1;
-            }
-        };
         match op {
-            ItemOp::Set | ItemOp::Delete => {
-                if policy.events_for(request.key) {
-                    offer(request.key);
-                }
-            }
             ItemOp::Flush => {
                 if policy.default_events {
-                    offer(b"*");
+                    offer(b"*", request.correlation_id);
                 }
             }
             _ => for_each_item(body, |key, s| {
                 if s == 0 && policy.events_for(key) {
-                    offer(key);
+                    offer(key, request.correlation_id);
                 }
             }),
         }
+    }
+    if let Some(sink) = shard.events.as_ref() {
+        let handed = sink.hand_over();
+        metrics.events_queued += handed.queued;
+        metrics.events_dropped += handed.dropped;
     }
 }
 

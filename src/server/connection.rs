@@ -283,7 +283,7 @@ impl Dispatcher {
         };
         let kind = OpKind::parse(op.operation);
         if let Some(kind) = kind {
-            self.record.set_op(kind);
+            self.record.set_op(kind, frame, op.key, op.correlation_id);
         }
         let Some(kind) = kind else {
             let message = format!("unknown operation {:?}", String::from_utf8_lossy(op.operation));
