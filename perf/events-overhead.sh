@@ -9,8 +9,9 @@
 # Load: the bundled loadgen when USE_LOADGEN=1 and it is built
 # (target/release/loadgen), else examples/set_throughput.rs (closed loop,
 # one thread per connection). The server runs one shard pinned to
-# SERVER_CPU, the client is pinned to CLIENT_CPU; the bridge thread is
-# pinned to HUB_CPU when set (nats-server floats). EXTRA_ON adds server
+# SERVER_CPU, the client (CLIENT_THREADS loadgen threads) is pinned to
+# CLIENT_CPU (a CPU or a range); the bridge thread is pinned to HUB_CPU and
+# nats-server to NATS_CPU when set (else they float). EXTRA_ON adds server
 # flags in the "on" runs (e.g. EXTRA_ON="--event-coalesce-ms 1000").
 # Besides throughput it prints the server's CPU time per SET, for the shard
 # threads and the bridge thread: on a loaded 2-core host, throughput mostly
@@ -27,11 +28,17 @@ KEYS=${KEYS:-100000}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 HUB_CPU=${HUB_CPU:-}
+NATS_CPU=${NATS_CPU:-}
+CLIENT_THREADS=${CLIENT_THREADS:-1}
 
 nats_bin=$(command -v nats-server || echo /usr/sbin/nats-server)
 [ -x "$nats_bin" ] || { echo "nats-server is required (apt-get install nats-server)" >&2; exit 1; }
-cargo build --release --quiet --bin cache-server --example set_throughput
-server_bin=target/release/cache-server
+server_bin=${DND_CACHE_SERVER_BIN:-target/release/cache-server}
+loadgen_bin=${DND_LOADGEN_BIN:-target/release/loadgen}
+if command -v cargo >/dev/null; then
+  cargo build --release --quiet --bin cache-server --example set_throughput
+  [ "${USE_LOADGEN:-0}" = 1 ] && cargo build --release --quiet -p loadgen
+fi
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -42,7 +49,8 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 nats_port=$(free_port)
-"$nats_bin" -a 127.0.0.1 -p "$nats_port" >/dev/null 2>&1 &
+nats_pin=(); [ -n "$NATS_CPU" ] && nats_pin=(taskset -c "$NATS_CPU")
+"${nats_pin[@]}" "$nats_bin" -a 127.0.0.1 -p "$nats_port" >/dev/null 2>&1 &
 nats_pid=$!
 pids+=("$nats_pid")
 
@@ -67,9 +75,9 @@ run_once() { # mode → ops/s
   [ -n "$addr" ] || { cat "$work/server.err" >&2; exit 1; }
   local before json after
   before=$(cpu_ticks "$server"),$(nats_ticks)
-  if [ "${USE_LOADGEN:-0}" = 1 ] && [ -x target/release/loadgen ]; then
-    json=$(taskset -c "$CLIENT_CPU" target/release/loadgen run --protocol binary --addr "$addr" \
-      --connections "$CONNS" --pipeline "$PIPELINE" --ratio 0:1 --keys "$KEYS" --value-size 100 \
+  if [ "${USE_LOADGEN:-0}" = 1 ] && [ -x "$loadgen_bin" ]; then
+    json=$(taskset -c "$CLIENT_CPU" "$loadgen_bin" run --protocol binary --addr "$addr" \
+      --threads "$CLIENT_THREADS" --cpus "$CLIENT_CPU" --connections "$CONNS" --pipeline "$PIPELINE" --ratio 0:1 --keys "$KEYS" --value-size 100 \
       --duration "$SECS" --json --quiet)
   else
     json=$(taskset -c "$CLIENT_CPU" target/release/examples/set_throughput "$addr" \

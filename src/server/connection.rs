@@ -24,6 +24,7 @@ use crate::protocol::binary::{decode_operation, OpView, ResponseEncoder};
 use crate::protocol::frame::{check_frame, FrameError, FrameStatus, FRAME_HEADER_BYTES};
 use crate::router::ForwardError;
 use crate::shard::clock::unix_now_us;
+use crate::shard::Shard;
 
 /// Most requests handled per read cycle, and the output size after which a
 /// cycle stops taking new requests: together they bound what a connection
@@ -494,28 +495,11 @@ fn warm_lookups(rt: &ShardRuntime, input: &[u8]) {
     let shard = &rt.shard;
     let mut hashes = [0u64; WARM_AHEAD];
     let mut count = 0;
-    let mut at = 0;
-    while count < WARM_AHEAD {
-        let Ok(FrameStatus::Complete { len }) = check_frame(&input[at..], shard.limits.max_frame_bytes)
-        else {
-            break;
-        };
-        let body = &input[at + FRAME_HEADER_BYTES..at + FRAME_HEADER_BYTES + len];
-        at += FRAME_HEADER_BYTES + len;
-        if at == input.len() && count == 0 {
-            return;
-        }
-        let Ok(op) = decode_operation(body) else { continue };
-        if !OpKind::parse(op.operation).is_some_and(|k| k.reach() == Reach::SingleKey) {
-            continue;
-        }
-        let hash = key_hash(op.key, shard.seed);
-        if owner_of(hash, shard.count) == shard.id {
-            hashes[count] = hash;
-            count += 1;
-        }
-    }
-    if count < 2 {
+    let whole = local_lookups(shard, input, WARM_AHEAD, false, |hash| {
+        hashes[count] = hash;
+        count += 1;
+    });
+    if !whole || count < 2 {
         return;
     }
     let store = shard.store.borrow();
@@ -524,6 +508,54 @@ fn warm_lookups(rt: &ShardRuntime, input: &[u8]) {
     }
     for &hash in &hashes[..count] {
         store.prefetch_records(hash);
+    }
+}
+
+/// Calls `found` with the key hash of each local single-key request among
+/// the first `max` whole frames of `input`. Returns false, having looked at
+/// nothing, when `input` holds one frame and `lone` is false.
+fn local_lookups(shard: &Shard, input: &[u8], max: usize, lone: bool, mut found: impl FnMut(u64)) -> bool {
+    let mut count = 0;
+    let mut at = 0;
+    while count < max {
+        let Ok(FrameStatus::Complete { len }) = check_frame(&input[at..], shard.limits.max_frame_bytes)
+        else {
+            break;
+        };
+        let body = &input[at + FRAME_HEADER_BYTES..at + FRAME_HEADER_BYTES + len];
+        at += FRAME_HEADER_BYTES + len;
+        if at == input.len() && count == 0 && !lone {
+            return false;
+        }
+        let Ok(op) = decode_operation(body) else { continue };
+        if !OpKind::parse(op.operation).is_some_and(|k| k.reach() == Reach::SingleKey) {
+            continue;
+        }
+        let hash = key_hash(op.key, shard.seed);
+        if owner_of(hash, shard.count) == shard.id {
+            found(hash);
+            count += 1;
+        }
+    }
+    true
+}
+
+/// Warms lookups across the connections one turn of the shard's ring
+/// brought data for (the driver calls it; see [`super::uring::Warm`]).
+pub struct ShardWarm(pub Rc<Shard>);
+
+impl super::uring::Warm for ShardWarm {
+    fn index(&self, input: &[u8], hashes: &mut Vec<u64>) {
+        let store = self.0.store.borrow();
+        let room = hashes.capacity().saturating_sub(hashes.len());
+        local_lookups(&self.0, input, room.min(WARM_AHEAD), true, |hash| {
+            store.prefetch_index(hash);
+            hashes.push(hash);
+        });
+    }
+
+    fn records(&self, hash: u64) {
+        self.0.store.borrow().prefetch_records(hash);
     }
 }
 

@@ -238,6 +238,7 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
                         return;
                     }
                 };
+                uring.set_warm(Rc::new(connection::ShardWarm(shard.clone())));
                 let rt = Rc::new(ShardRuntime {
                     shard,
                     router,
@@ -389,7 +390,12 @@ async fn accept_loop(rt: Rc<ShardRuntime>, listener: glommio::net::TcpListener, 
                 uring::UringStream::from_glommio(&conn_rt.uring, stream, connection::WRITE_STALL_TIMEOUT);
             match (front, stream) {
                 (_, Err(e)) => warn!(error = %e, "taking over an accepted socket failed"),
-                (Front::Binary, Ok(stream)) => connection::serve(conn_rt.clone(), stream).await,
+                (Front::Binary, Ok(stream)) => {
+                    if conn_rt.server.tls.is_none() {
+                        stream.warm_lookups();
+                    }
+                    connection::serve(conn_rt.clone(), stream).await
+                }
                 (Front::Http, Ok(stream)) => http::serve(conn_rt.clone(), stream).await,
             }
             conn_rt.open_connections.set(conn_rt.open_connections.get() - 1);

@@ -38,6 +38,22 @@ pub(super) fn user_data(io: Rc<ConnIo>, tag: OpTag) -> u64 {
     ptr | tag as u64
 }
 
+/// Warms lookups across connections: when one turn of the driver reaps
+/// receives for several connections, it hands each one's bytes to
+/// [`Warm::index`] (which starts loading the index entries of their keys
+/// and notes their hashes), then each hash to [`Warm::records`] (which
+/// starts loading the records), before any connection task runs. The cache
+/// misses of those requests then overlap instead of coming one per task.
+pub trait Warm {
+    /// Prefetches the index of each local key in `input`; pushes its hash.
+    fn index(&self, input: &[u8], hashes: &mut Vec<u64>);
+    /// Prefetches the records the index holds for `hash`.
+    fn records(&self, hash: u64);
+}
+
+/// Hashes warmed per turn at most.
+const WARM_MAX: usize = 64;
+
 /// One per shard, shared by its connections. Single-threaded: every method
 /// runs on the shard's executor thread, and no `RefCell` borrow is held
 /// across an await.
@@ -53,6 +69,10 @@ pub struct Driver {
     /// Signalled by the kernel on each completion while the driver sleeps
     /// (notifications are disabled while it runs).
     eventfd: OwnedFd,
+    warm: RefCell<Option<Rc<dyn Warm>>>,
+    /// Connections whose receives completed this turn, to warm.
+    warm_ios: RefCell<Vec<Rc<ConnIo>>>,
+    warm_hashes: RefCell<Vec<u64>>,
 }
 
 impl Driver {
@@ -87,6 +107,9 @@ impl Driver {
             sleeper: Cell::new(None),
             nudged: Cell::new(false),
             eventfd,
+            warm: RefCell::new(None),
+            warm_ios: RefCell::new(Vec::with_capacity(WARM_MAX)),
+            warm_hashes: RefCell::new(Vec::with_capacity(WARM_MAX)),
         }))
     }
 
@@ -110,6 +133,12 @@ impl Driver {
         .detach();
         glommio::spawn_local(self.clone().run()).detach();
         Ok(())
+    }
+
+    /// Sets what warms the lookups of connections marked with
+    /// [`super::UringStream::warm_lookups`].
+    pub fn set_warm(&self, warm: Rc<dyn Warm>) {
+        *self.warm.borrow_mut() = Some(warm);
     }
 
     /// Queues an entry for the next submission.
@@ -191,6 +220,8 @@ impl Driver {
             }
         }
         cq.sync();
+        let warm = self.warm.borrow();
+        let mut warm_ios = self.warm_ios.borrow_mut();
         for cqe in &mut cq {
             let data = cqe.user_data();
             if data == UNTRACKED {
@@ -205,7 +236,28 @@ impl Driver {
             // reference for this operation; it is taken back exactly once.
             let io = unsafe { Rc::from_raw((data & !TAG_MASK) as *const ConnIo) };
             io.complete(tag, cqe.result());
+            if tag == OpTag::Recv && io.warms() && warm.is_some() && warm_ios.len() < WARM_MAX {
+                warm_ios.push(io);
+            }
         }
+        drop((sq, cq));
+        if let Some(warm) = warm.as_ref() {
+            // One connection's lone request gains nothing from a prefetch
+            // it would wait for at once.
+            if warm_ios.len() >= 2 {
+                let mut hashes = self.warm_hashes.borrow_mut();
+                for io in warm_ios.iter() {
+                    if hashes.len() < WARM_MAX {
+                        warm.index(io.received(), &mut hashes);
+                    }
+                }
+                for &hash in hashes.iter() {
+                    warm.records(hash);
+                }
+                hashes.clear();
+            }
+        }
+        warm_ios.clear();
         progressed
     }
 }

@@ -21,5 +21,5 @@
 mod driver;
 mod stream;
 
-pub use driver::Driver;
+pub use driver::{Driver, Warm};
 pub use stream::UringStream;

@@ -54,9 +54,27 @@ pub(crate) struct ConnIo {
     read_waker: Cell<Option<Waker>>,
     write: Cell<WriteState>,
     write_waker: Cell<Option<Waker>>,
+    /// Its receives carry binary protocol frames in the clear: the driver
+    /// may warm their lookups (see [`super::Warm`]).
+    warm: Cell<bool>,
 }
 
 impl ConnIo {
+    /// Whether the driver should warm what this connection received.
+    pub(super) fn warms(&self) -> bool {
+        self.warm.get()
+    }
+
+    /// What the last receive brought and nobody has taken yet.
+    pub(super) fn received(&self) -> &[u8] {
+        match self.read.get() {
+            // SAFETY: no receive is in flight while the state is `Ready`,
+            // and the buffer is only replaced while it is `Idle`.
+            ReadState::Ready { start, end } => unsafe { &(&*self.buf.get())[start as usize..end as usize] },
+            _ => &[],
+        }
+    }
+
     /// Called by the driver with an operation's result.
     pub(super) fn complete(&self, tag: OpTag, result: i32) {
         match tag {
@@ -113,6 +131,7 @@ impl UringStream {
                 read_waker: Cell::new(None),
                 write: Cell::new(WriteState::Writable),
                 write_waker: Cell::new(None),
+                warm: Cell::new(false),
             }),
             driver: driver.clone(),
             write_stall,
@@ -132,6 +151,12 @@ impl UringStream {
         let dup = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
         drop(stream);
         Ok(UringStream::new(driver, dup, write_stall))
+    }
+
+    /// Marks the connection as one whose receives are plain binary protocol
+    /// frames, so the driver warms their lookups.
+    pub fn warm_lookups(&self) {
+        self.io.warm.set(true);
     }
 
     fn fd(&self) -> i32 {
