@@ -546,6 +546,13 @@ pub struct ShardWarm(pub Rc<Shard>);
 
 impl super::uring::Warm for ShardWarm {
     fn index(&self, input: &[u8], hashes: &mut Vec<u64>) {
+        // Only lone requests: a connection that sent several warms them
+        // itself, just before it runs them (`warm_lookups`).
+        let max_frame = self.0.limits.max_frame_bytes;
+        match check_frame(input, max_frame) {
+            Ok(FrameStatus::Complete { len }) if FRAME_HEADER_BYTES + len == input.len() => {}
+            _ => return,
+        }
         let store = self.0.store.borrow();
         let room = hashes.capacity().saturating_sub(hashes.len());
         local_lookups(&self.0, input, room.min(WARM_AHEAD), true, |hash| {
