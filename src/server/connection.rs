@@ -571,3 +571,91 @@ pub fn encode_frame<M: Message>(msg: &M, out: &mut Vec<u8>) {
     out.extend_from_slice(&(len as u32).to_be_bytes());
     msg.encode(out).expect("Vec grows as needed");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::CacheOperation;
+    use crate::server::uring::Warm;
+    use crate::shard::store::{EvictionPolicy, StoreConfig};
+    use crate::shard::ShardLimits;
+
+    fn shard(id: usize, count: usize) -> Rc<Shard> {
+        let limits = ShardLimits {
+            max_frame_bytes: 1 << 20,
+            max_item_bytes: 1 << 16,
+        };
+        let store = StoreConfig {
+            seed: 7,
+            memory_limit_bytes: 4 << 20,
+            max_item_bytes: 1 << 16,
+            default_ttl_s: 0,
+            eviction: EvictionPolicy::Lru,
+        };
+        Rc::new(Shard::new(id, count, limits, store))
+    }
+
+    fn frame(operation: &str, key: &str) -> Vec<u8> {
+        let op = CacheOperation {
+            operation: operation.into(),
+            key: key.as_bytes().to_vec().into(),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        encode_frame(&op, &mut out);
+        out
+    }
+
+    fn warmed(warm: &ShardWarm, input: &[u8]) -> Vec<u64> {
+        let mut hashes = Vec::with_capacity(64);
+        warm.index(input, &mut hashes);
+        hashes
+    }
+
+    #[test]
+    fn a_lone_local_lookup_is_warmed_by_its_key_hash() {
+        let s = shard(0, 1);
+        let warm = ShardWarm(s.clone());
+        assert_eq!(
+            warmed(&warm, &frame("get", "user:1")),
+            vec![key_hash(b"user:1", s.seed)]
+        );
+        assert_eq!(
+            warmed(&warm, &frame("set", "user:2")),
+            vec![key_hash(b"user:2", s.seed)]
+        );
+    }
+
+    #[test]
+    fn only_whole_lone_single_key_local_requests_are_warmed() {
+        let s = shard(0, 2);
+        let warm = ShardWarm(s.clone());
+        let key = |owner: usize| {
+            (0..)
+                .map(|i| format!("k{i}"))
+                .find(|k| owner_of(key_hash(k.as_bytes(), s.seed), 2) == owner)
+                .unwrap()
+        };
+        let (mine, theirs) = (key(0), key(1));
+        assert_eq!(warmed(&warm, &frame("get", &mine)).len(), 1);
+        assert!(
+            warmed(&warm, &frame("get", &theirs)).is_empty(),
+            "another shard's key"
+        );
+        assert!(
+            warmed(&warm, &frame("flush", "")).is_empty(),
+            "not a single-key operation"
+        );
+        let two = [frame("get", &mine), frame("get", &mine)].concat();
+        assert!(
+            warmed(&warm, &two).is_empty(),
+            "several frames: the connection warms them"
+        );
+        let whole = frame("get", &mine);
+        assert!(
+            warmed(&warm, &whole[..whole.len() - 1]).is_empty(),
+            "a partial frame"
+        );
+        assert!(warmed(&warm, b"GET / HTTP/1.1\r\n\r\n").is_empty(), "not a frame");
+    }
+}
