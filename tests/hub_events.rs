@@ -200,22 +200,36 @@ fn set_with_corr(key: &[u8], correlation_id: &str) -> CacheOperation {
     }
 }
 
+/// Starts a server with `extra` flags, waits until its bridge publishes,
+/// then sets `key` as `character_service` with `correlation_id` and returns
+/// the server, the connection, the item subscription and that set's event.
+async fn first_set_event(
+    nats: &Nats,
+    client: &async_nats::Client,
+    extra: &[&str],
+    key: &[u8],
+    correlation_id: &str,
+) -> (TestServer, Raw, async_nats::Subscriber, Message) {
+    let mut items = subscribe(client, ITEM_SUBJECT).await;
+    let server = start_server(nats, extra);
+    let mut raw = Raw::open(server.addr);
+    assert_eq!(raw.handshake("character_service").status, 0);
+    await_bridge(&mut raw, &mut items, Duration::from_secs(10)).await;
+    assert_eq!(raw.call(&set_with_corr(key, correlation_id)).status, 0);
+    let msg = next_msg(&mut items, Duration::from_secs(5))
+        .await
+        .expect("set event");
+    (server, raw, items, msg)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_carry_the_envelope_and_the_request_correlation_id() {
     let Some(bin) = require_nats() else { return };
     let nats = Nats::start(bin);
     let client = connect(&nats).await;
-    let mut items = subscribe(&client, ITEM_SUBJECT).await;
     let mut health = subscribe(&client, "cache.health.status").await;
-    let server = start_server(&nats, &[]);
-    let mut raw = Raw::open(server.addr);
-    assert_eq!(raw.handshake("character_service").status, 0);
-    await_bridge(&mut raw, &mut items, Duration::from_secs(10)).await;
-
-    assert_eq!(raw.call(&set_with_corr(b"character:42", "req-corr-7")).status, 0);
-    let msg = next_msg(&mut items, Duration::from_secs(5))
-        .await
-        .expect("set event");
+    let (server, mut raw, mut items, msg) =
+        first_set_event(&nats, &client, &[], b"character:42", "req-corr-7").await;
     let b = body(&msg);
     assert!(
         msg.headers.as_ref().is_none_or(|h| h.is_empty()),
@@ -303,16 +317,14 @@ async fn item_events_repeat_the_envelope_as_headers_when_asked() {
     let Some(bin) = require_nats() else { return };
     let nats = Nats::start(bin);
     let client = connect(&nats).await;
-    let mut items = subscribe(&client, ITEM_SUBJECT).await;
-    let server = start_server(&nats, &["--event-headers"]);
-    let mut raw = Raw::open(server.addr);
-    assert_eq!(raw.handshake("character_service").status, 0);
-    await_bridge(&mut raw, &mut items, Duration::from_secs(10)).await;
-
-    assert_eq!(raw.call(&set_with_corr(b"character:43", "req-corr-8")).status, 0);
-    let msg = next_msg(&mut items, Duration::from_secs(5))
-        .await
-        .expect("set event");
+    let (_server, _raw, _items, msg) = first_set_event(
+        &nats,
+        &client,
+        &["--event-headers"],
+        b"character:43",
+        "req-corr-8",
+    )
+    .await;
     let b = body(&msg);
     for (h, field) in [
         ("Correlation-Id", "correlation_id"),

@@ -328,18 +328,7 @@ mod through_the_store {
 
     #[test]
     fn encryption_without_a_key_is_a_clear_error() {
-        let limits = ShardLimits {
-            max_frame_bytes: 1 << 20,
-            max_item_bytes: 1 << 16,
-        };
-        let store = StoreConfig {
-            seed: 1,
-            memory_limit_bytes: 4 << 20,
-            max_item_bytes: 1 << 16,
-            default_ttl_s: 0,
-            eviction: EvictionPolicy::Lru,
-        };
-        let s = Shard::new(0, 1, limits, store);
+        let s = crate::shard::test_shard(0, 1);
         let r = run(&s, set("k", b"v", false, true));
         assert_eq!(r.status, Status::Malformed.code_number());
         assert!(String::from_utf8_lossy(&r.data).contains("--encryption-key-file"));

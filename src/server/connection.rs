@@ -577,22 +577,9 @@ mod tests {
     use super::*;
     use crate::proto::CacheOperation;
     use crate::server::uring::Warm;
-    use crate::shard::store::{EvictionPolicy, StoreConfig};
-    use crate::shard::ShardLimits;
 
     fn shard(id: usize, count: usize) -> Rc<Shard> {
-        let limits = ShardLimits {
-            max_frame_bytes: 1 << 20,
-            max_item_bytes: 1 << 16,
-        };
-        let store = StoreConfig {
-            seed: 7,
-            memory_limit_bytes: 4 << 20,
-            max_item_bytes: 1 << 16,
-            default_ttl_s: 0,
-            eviction: EvictionPolicy::Lru,
-        };
-        Rc::new(Shard::new(id, count, limits, store))
+        Rc::new(crate::shard::test_shard(id, count))
     }
 
     fn frame(operation: &str, key: &str) -> Vec<u8> {

@@ -99,3 +99,21 @@ impl Shard {
         crate::key::owner_of(hash, self.count) == self.id
     }
 }
+
+/// A small shard for unit tests: `id` of `count`, 4 MiB, 64 KiB items,
+/// 1 MiB frames, LRU, hash seed 1.
+#[cfg(test)]
+pub(crate) fn test_shard(id: usize, count: usize) -> Shard {
+    let limits = ShardLimits {
+        max_frame_bytes: 1 << 20,
+        max_item_bytes: 1 << 16,
+    };
+    let store = StoreConfig {
+        seed: 1,
+        memory_limit_bytes: 4 << 20,
+        max_item_bytes: 1 << 16,
+        default_ttl_s: 0,
+        eviction: store::EvictionPolicy::Lru,
+    };
+    Shard::new(id, count, limits, store)
+}
