@@ -406,6 +406,13 @@ mod tests {
     }
 
     #[test]
+    fn event_headers_is_a_switch() {
+        let on = args("config:\n  nats:\n    event_headers: true\n");
+        assert_eq!(on, ["--event-headers"]);
+        assert!(args("config:\n  nats:\n    event_headers: false\n").is_empty());
+    }
+
+    #[test]
     fn security_section() {
         let a = args(
             "config:\n  auth:\n    public_key_files: [\"k1=/etc/a.pem\", \"/etc/b.pem\"]\n    insecure_no_auth: false\n",
