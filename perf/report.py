@@ -20,18 +20,58 @@ WORKLOADS = [
 COLORS = {"dnd": "#d62728", "redis": "#1f77b4", "memcached": "#2ca02c"}
 
 
-def load(out, name):
-    p = out / f"{name}.json"
-    if not p.exists():
-        return None
+def read_json(path):
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
         return None
+
+
+def round_of(path):
+    """The round number in NAME.rN.json."""
+    return int(path.suffixes[-2][2:])
+
+
+def rounds(out, name):
+    """Every round's summary of one server and workload, in round order."""
+    paths = sorted(out.glob(f"{name}.r*.json"), key=round_of)
+    if not paths and (out / f"{name}.json").exists():
+        paths = [out / f"{name}.json"]
+    return {round_of(p) if ".r" in p.name else 1: s for p in paths if (s := read_json(p)) is not None}
+
+
+def median(values):
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def metric(summary, name):
+    """ops, p50, p99, p999, cpu (server µs/op), client (client µs/op)."""
+    if name in ("p50", "p99", "p999"):
+        return summary["latency_us"][name]
+    return {
+        "ops": summary["ops_per_sec"],
+        "cpu": summary.get("server_cpu_us_per_op"),
+        "client": summary.get("client_cpu_us_per_op"),
+    }[name]
 
 
 def fmt(v, digits=1):
     return "-" if v is None else f"{v:,.{digits}f}"
+
+
+def spread(values, digits):
+    """median, with the range when there is more than one value."""
+    values = [v for v in values if v is not None]
+    m = median(values)
+    if m is None:
+        return "-"
+    if len(values) < 2:
+        return fmt(m, digits)
+    return f"{fmt(m, digits)} ({fmt(min(values), digits)}–{fmt(max(values), digits)})"
 
 
 def table(out):
@@ -41,19 +81,69 @@ def table(out):
     ]
     for tag, title in WORKLOADS:
         for key, label in SERVERS:
-            s = load(out, f"{key}-{tag}")
-            if s is None:
+            runs = list(rounds(out, f"{key}-{tag}").values())
+            if not runs:
                 continue
-            lat = s["latency_us"]
-            rate = f"{s['ops_per_sec']:,.0f}"
-            if s.get("target_rate"):
-                rate += f" (of {s['target_rate']:,.0f})"
+            col = lambda name: [metric(s, name) for s in runs]  # noqa: E731
+            rate = fmt(median(col("ops")), 0)
+            if runs[0].get("target_rate"):
+                rate += f" (of {runs[0]['target_rate']:,.0f})"
+            errors = sum(s["errors"] for s in runs)
             rows.append(
-                f"| {title} | {label} | {rate} | {fmt(lat['p50'])} | {fmt(lat['p99'])} | "
-                f"{fmt(lat['p999'])} | {fmt(s.get('server_cpu_us_per_op'), 2)} | "
-                f"{fmt(s.get('client_cpu_us_per_op'), 2)} | {s['errors']} |"
+                f"| {title} | {label} | {rate} | {fmt(median(col('p50')))} | {fmt(median(col('p99')))} | "
+                f"{fmt(median(col('p999')))} | {spread(col('cpu'), 2)} | {fmt(median(col('client')), 2)} | {errors} |"
             )
     return "\n".join(rows)
+
+
+# The goals of the comparison: (what, workloads, peers, metric, the ratio's
+# direction, the ratio it must reach). A ratio is ours against one peer in
+# the same round; "higher" means a peer's value over ours (less is better).
+GOALS = [
+    ("server CPU per op, pipeline 1", ["get-p1", "set-p1", "mix-zipf-p1"], ["redis", "memcached"], "cpu", 1.15),
+    ("server CPU per op, pipeline 16", ["get-p16", "set-p16"], ["redis"], "cpu", 2.0),
+    ("throughput, pipeline 16", ["get-p16", "set-p16"], ["redis"], "ops", 2.0),
+    ("throughput, pipeline 1 (not lower)", ["get-p1", "set-p1", "mix-zipf-p1"], ["redis", "memcached"], "ops", 1.0),
+    ("open-loop p99 (lower)", ["open-50pct"], ["redis", "memcached"], "p99", 1.0),
+    ("open-loop p99.9 (lower)", ["open-50pct"], ["redis", "memcached"], "p999", 1.0),
+]
+
+
+def ratio(ours, peer, name):
+    """How many times better ours is: throughput ours/peer, costs peer/ours."""
+    a, b = metric(ours, name), metric(peer, name)
+    if a is None or b is None or a <= 0 or b <= 0:
+        return None
+    return a / b if name == "ops" else b / a
+
+
+def goals_section(out):
+    rows = [
+        "| goal | workload | against | dnd-cache's advantage: median (range) | rounds at goal | goal |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    labels = dict(SERVERS)
+    titles = dict(WORKLOADS)
+    for what, tags, peers, name, need in GOALS:
+        for tag in tags:
+            ours = rounds(out, f"dnd-{tag}")
+            for peer in peers:
+                theirs = rounds(out, f"{peer}-{tag}")
+                both = [ratio(ours[r], theirs[r], name) for r in sorted(ours) if r in theirs]
+                both = [x for x in both if x is not None]
+                if not both:
+                    continue
+                met = sum(x >= need if need > 1 else x > need for x in both)
+                rows.append(
+                    f"| {what} | {titles[tag]} | {labels[peer]} | {spread(both, 2)}x | "
+                    f"{met} of {len(both)} | {need:g}x |"
+                )
+    if len(rows) == 2:
+        return ""
+    return (
+        "Goals, as dnd-cache's advantage over each peer measured within one round "
+        "(CPU and latency: the peer's over ours; throughput: ours over the peer's):\n\n" + "\n".join(rows)
+    )
 
 
 def cpu_seconds(path):
@@ -62,19 +152,27 @@ def cpu_seconds(path):
 
 
 def client_cpu_section(out):
-    rb, ours = out / "redis-benchmark.cpu", out / "loadgen-vs-redis-benchmark.cpu"
     n_file = out / "client-cpu-requests.txt"
-    if not (rb.exists() and ours.exists() and n_file.exists()):
+    pairs = []
+    for rb in sorted(out.glob("redis-benchmark.r*.cpu"), key=lambda p: int(p.name.split(".r")[1].split(".")[0])):
+        ours = out / rb.name.replace("redis-benchmark", "loadgen-vs-redis-benchmark")
+        if ours.exists():
+            pairs.append((cpu_seconds(rb), cpu_seconds(ours)))
+    if not pairs and (out / "redis-benchmark.cpu").exists() and (out / "loadgen-vs-redis-benchmark.cpu").exists():
+        pairs.append((cpu_seconds(out / "redis-benchmark.cpu"), cpu_seconds(out / "loadgen-vs-redis-benchmark.cpu")))
+    if not (pairs and n_file.exists()):
         return "redis-benchmark comparison not run (needs Redis and redis-benchmark)."
     n = int(n_file.read_text())
-    rb_us = cpu_seconds(rb) * 1e6 / n
-    our_us = cpu_seconds(ours) * 1e6 / n
+    rb_us = [a * 1e6 / n for a, _ in pairs]
+    our_us = [b * 1e6 / n for _, b in pairs]
+    ratios = [a / b for a, b in pairs if b > 0]
     return (
         f"Client CPU per request, GET, 50 connections, pipeline 16, {n:,} requests against the same Redis "
-        f"(whole-process user+system time):\n\n"
+        f"(whole-process user+system time; {len(pairs)} round(s), median (range)):\n\n"
         f"| client | µs/request |\n|---|---:|\n"
-        f"| redis-benchmark -P 16 | {rb_us:.3f} |\n| loadgen --pipeline 16 | {our_us:.3f} |\n\n"
-        f"loadgen is {rb_us / our_us:.2f}x cheaper per request (goal: 2x)."
+        f"| redis-benchmark -P 16 | {spread(rb_us, 3)} |\n| loadgen --pipeline 16 | {spread(our_us, 3)} |\n\n"
+        f"loadgen is {spread(ratios, 2)}x cheaper per request (goal: 2x; "
+        f"{sum(r >= 2 for r in ratios)} of {len(ratios)} rounds at goal)."
     )
 
 
@@ -176,10 +274,13 @@ def main():
         "```",
         "",
         "50 connections, 100-byte values, uniform keys unless noted; gets run on prefilled keys.",
+        "Each cell is the median of the rounds; server CPU per op also gives the range.",
         "Server CPU is utime+stime of the server process over the measured window, per op;",
         "client CPU is the loadgen process's, per op. Open-loop latency counts from the intended send time.",
         "",
         table(out),
+        "",
+        goals_section(out),
         "",
         client_cpu_section(out),
         "",

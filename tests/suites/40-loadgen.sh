@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Load generator suite: a short perf/compare run against real dnd-cache, Redis
+# Load generator suite: the report's unit tests, a short perf/compare run against real dnd-cache, Redis
 # and memcached (every workload must finish without errors and the report and
 # plot must be written), then a capacity search with a loose objective.
 # Timings are printed, never asserted: they depend on the machine.
@@ -8,6 +8,8 @@
 # needs: redis-tools redis-benchmark
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+
+python3 -m unittest perf/test_report.py
 
 LOADGEN=${DND_LOADGEN_BIN:-target/release/loadgen}
 [ -x "$LOADGEN" ] || cargo build --release -p loadgen
@@ -22,7 +24,7 @@ failed = []
 checked = 0
 for server in ("dnd", "redis", "memcached"):
     for tag in ("get-p1", "set-p1", "get-p16", "set-p16", "mix-zipf-p1", "open-50pct"):
-        p = out / f"{server}-{tag}.json"
+        p = out / f"{server}-{tag}.r1.json"
         if not p.exists():
             failed.append(f"{p}: missing")
             continue
@@ -36,7 +38,7 @@ for f in ("compare.md", "latency.svg"):
     if not (out / f).exists() or (out / f).stat().st_size == 0:
         failed.append(f"{out / f}: not written")
 md = (out / "compare.md").read_text() if (out / "compare.md").exists() else ""
-for label in ("dnd-cache", "Redis", "memcached", "redis-benchmark"):
+for label in ("dnd-cache", "Redis", "memcached", "redis-benchmark", "rounds at goal"):
     if label not in md:
         failed.append(f"compare.md lacks {label}")
 for f in failed:
