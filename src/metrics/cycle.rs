@@ -115,6 +115,30 @@ impl CycleRecord {
     }
 }
 
+impl CycleRecord {
+    /// The correlation id of the `index`th request of the cycle, read from
+    /// `input` (what the requests were read from); empty when it had none
+    /// or its operation was never recognised.
+    pub fn correlation_id<'a>(&self, index: usize, input: &'a [u8]) -> &'a [u8] {
+        let Some(e) = self.entries.get(index) else {
+            return &[];
+        };
+        let (start, len) = (e.start as usize, e.len as usize);
+        input
+            .get(start..start + len)
+            .map_or(&[], |frame| e.correlation.of(frame))
+    }
+
+    /// Requests recorded this cycle.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 /// Records the answered cycle: `input` is what the requests were read
 /// from, `answers` holds exactly the cycle's answer frames, in order.
 pub fn observe_cycle(shard: &Shard, who: &ConnIdentity, record: &CycleRecord, input: &[u8], answers: &[u8]) {
@@ -309,5 +333,29 @@ mod tests {
         }
         assert_eq!(statuses, vec![0, 102, 12]);
         assert_eq!(items, vec![(b"a".to_vec(), 0), (b"b".to_vec(), 1)]);
+    }
+
+    #[test]
+    fn correlation_ids_are_read_back_by_request_index() {
+        // Two "frames": the field slices must lie inside their own frame.
+        let input = b"....key1:id-1....junk".to_vec();
+        let mut record = CycleRecord::default();
+        record.begin(0);
+        record.push(0, 13);
+        record.set_op(OpKind::Get, &input[0..13], &input[4..8], &input[9..13]);
+        record.push(13, 8);
+        // A field outside the frame is not recorded.
+        record.set_op(OpKind::Get, &input[13..21], &input[4..8], &input[0..4]);
+        record.push(21, 0);
+        assert_eq!(record.correlation_id(0, &input), b"id-1");
+        assert_eq!(record.correlation_id(1, &input), b"");
+        assert_eq!(record.correlation_id(2, &input), b"", "an unrecognised request");
+        assert_eq!(record.correlation_id(3, &input), b"", "past the cycle");
+        assert_eq!(
+            record.correlation_id(0, &input[..5]),
+            b"",
+            "input shorter than the frame"
+        );
+        assert_eq!(record.len(), 3);
     }
 }

@@ -246,7 +246,7 @@ impl Dispatcher {
         rt.shard.counters.borrow_mut().requests += ops as u64;
         let assembled = self.needs_assembly;
         if assembled {
-            self.forward_and_assemble(rt, now_us).await;
+            self.forward_and_assemble(rt, input, now_us).await;
         }
         // Assembly rebuilds `out` with this cycle's answers only.
         let answers = if assembled {
@@ -430,7 +430,7 @@ impl Dispatcher {
 
     /// Sends every owner its batch, waits for all, and rebuilds `out` with
     /// every answer in request order.
-    async fn forward_and_assemble(&mut self, rt: &ShardRuntime, now_us: u64) {
+    async fn forward_and_assemble(&mut self, rt: &ShardRuntime, input: &[u8], now_us: u64) {
         for job in &mut self.jobs {
             job.run_server_wide(rt).await;
         }
@@ -453,25 +453,18 @@ impl Dispatcher {
         }
 
         self.assembled.clear();
-        for step in &self.steps {
-            match *step {
-                Step::Local { start, end } => self
-                    .assembled
-                    .extend_from_slice(&self.out[start as usize..end as usize]),
-                Step::Remote { owner } => match assemble::next_reply(&mut replies[owner as usize]) {
-                    Ok(frame) => self.assembled.extend_from_slice(frame),
-                    Err(e) => ResponseEncoder::error(
-                        &mut self.assembled,
-                        e.status(),
-                        "owner shard did not answer",
-                        b"",
-                    ),
-                },
-                Step::Job { index } => {
-                    self.jobs[index as usize].merge(rt.shard.id, &mut replies, &mut self.assembled)
-                }
-            }
-        }
+        assemble_answers(
+            &Cycle {
+                steps: &self.steps,
+                out: &self.out,
+                record: &self.record,
+                input,
+            },
+            &mut self.jobs,
+            rt.shard.id,
+            &mut replies,
+            &mut self.assembled,
+        );
         std::mem::swap(&mut self.out, &mut self.assembled);
         for reply in replies.into_iter().flatten().flatten() {
             router.give_buffer(reply.into_buffer());
@@ -480,6 +473,48 @@ impl Dispatcher {
             self.assembled = Vec::new();
         }
         debug!(shard = rt.shard.id, "assembled forwarded answers");
+    }
+}
+
+/// One read cycle as routed: `steps[i]` says where the answer to the
+/// request `record` holds at index `i` comes from.
+struct Cycle<'a> {
+    steps: &'a [Step],
+    /// Answers encoded here, which `Step::Local` points into.
+    out: &'a [u8],
+    record: &'a CycleRecord,
+    /// What the requests were read from.
+    input: &'a [u8],
+}
+
+/// Writes the cycle's answers to `assembled` in request order: local ones
+/// from `out`, forwarded ones from their owners' replies, merged ones from
+/// their jobs. A forwarded request whose owner did not answer gets CACHE_005
+/// or CACHE_011 with its own correlation id.
+fn assemble_answers(
+    cycle: &Cycle<'_>,
+    jobs: &mut [Job],
+    shard_id: usize,
+    replies: &mut [Option<Result<assemble::ReplyCursor, ForwardError>>],
+    assembled: &mut Vec<u8>,
+) {
+    debug_assert_eq!(cycle.steps.len(), cycle.record.len(), "one step per request");
+    for (index, step) in cycle.steps.iter().enumerate() {
+        match *step {
+            Step::Local { start, end } => {
+                assembled.extend_from_slice(&cycle.out[start as usize..end as usize])
+            }
+            Step::Remote { owner } => match assemble::next_reply(&mut replies[owner as usize]) {
+                Ok(frame) => assembled.extend_from_slice(frame),
+                Err(e) => ResponseEncoder::error(
+                    assembled,
+                    e.status(),
+                    "owner shard did not answer",
+                    cycle.record.correlation_id(index, cycle.input),
+                ),
+            },
+            Step::Job { index } => jobs[index as usize].merge(shard_id, replies, assembled),
+        }
     }
 }
 
@@ -644,5 +679,73 @@ mod tests {
             "a partial frame"
         );
         assert!(warmed(&warm, b"GET / HTTP/1.1\r\n\r\n").is_empty(), "not a frame");
+    }
+
+    fn frame_with_id(operation: &str, key: &str, correlation_id: &str) -> Vec<u8> {
+        let op = CacheOperation {
+            operation: operation.into(),
+            key: key.as_bytes().to_vec().into(),
+            correlation_id: correlation_id.into(),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        encode_frame(&op, &mut out);
+        out
+    }
+
+    #[test]
+    fn requests_whose_owner_did_not_answer_keep_their_own_correlation_ids() {
+        use prost::Message as _;
+        // A local request, then two forwarded to shard 1, which timed out.
+        let frames = [
+            frame_with_id("get", "here", "id-local"),
+            frame_with_id("get", "there", "id-first"),
+            frame_with_id("set", "there-too", "id-second"),
+        ];
+        let input = frames.concat();
+        let mut record = CycleRecord::default();
+        record.begin(0);
+        let mut at = 0;
+        for f in &frames {
+            record.push(at, f.len());
+            let frame = &input[at..at + f.len()];
+            let op = decode_operation(&frame[FRAME_HEADER_BYTES..]).unwrap();
+            record.set_op(
+                OpKind::parse(op.operation).unwrap(),
+                frame,
+                op.key,
+                op.correlation_id,
+            );
+            at += f.len();
+        }
+        let out = b"LOCAL-ANSWER".to_vec();
+        let steps = [
+            Step::Local {
+                start: 0,
+                end: out.len() as u32,
+            },
+            Step::Remote { owner: 1 },
+            Step::Remote { owner: 1 },
+        ];
+        let mut replies = vec![None, Some(Err(ForwardError::Timeout))];
+        let mut assembled = Vec::new();
+        let cycle = Cycle {
+            steps: &steps,
+            out: &out,
+            record: &record,
+            input: &input,
+        };
+        assemble_answers(&cycle, &mut [], 0, &mut replies, &mut assembled);
+
+        assert_eq!(&assembled[..out.len()], &out[..]);
+        let mut rest = &assembled[out.len()..];
+        for expected in ["id-first", "id-second"] {
+            let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+            let answer = crate::proto::CacheResponse::decode(&rest[4..4 + len]).unwrap();
+            assert_eq!(answer.status, Status::Timeout.code_number());
+            assert_eq!(answer.correlation_id, expected);
+            rest = &rest[4 + len..];
+        }
+        assert!(rest.is_empty(), "one answer per request");
     }
 }
