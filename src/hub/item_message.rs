@@ -70,12 +70,14 @@ impl ItemMessages {
     fn generate_id(&mut self) {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         self.id_seq += 1;
+        let mut digits = [0u8; 16];
+        for (i, d) in digits.iter_mut().enumerate() {
+            *d = HEX[(self.id_seq >> ((15 - i) * 4)) as usize & 15];
+        }
         self.id.clear();
         self.id.push_str(&self.id_prefix);
-        for shift in (0..16).rev() {
-            self.id
-                .push(char::from(HEX[(self.id_seq >> (shift * 4)) as usize & 15]));
-        }
+        self.id
+            .push_str(std::str::from_utf8(&digits).expect("hex digits are ASCII"));
     }
 
     /// The body of `event`; `coalesced` earlier events of its key were
@@ -109,13 +111,13 @@ impl ItemMessages {
         out.put_slice(b"\",\"ttl\":");
         out.put_slice(ITEM_EVENT_TTL_TEXT.as_bytes());
         out.put_slice(b",\"data\":{\"key\":");
-        json_str(out, &String::from_utf8_lossy(event.key));
+        json_bytes(out, event.key);
         out.put_slice(b",\"operation\":\"");
         out.put_slice(event.op.name().as_bytes());
         out.put_slice(b"\",\"timestamp\":\"");
         out.put_slice(self.stamp.as_bytes());
         out.put_slice(b"\",\"service_id\":");
-        json_str(out, &String::from_utf8_lossy(event.service));
+        json_bytes(out, event.service);
         if let Some(t) = CacheType::of_key(event.key) {
             out.put_slice(b",\"cache_type\":\"");
             out.put_slice(t.name().as_bytes());
@@ -136,6 +138,16 @@ impl ItemMessages {
 
 fn json_str(out: &mut BytesMut, s: &str) {
     serde_json::to_writer(out.writer(), s).expect("writing to memory cannot fail");
+}
+
+/// Bytes as a JSON string: as they are when UTF-8 (the usual case, checked
+/// without the lossy decoder's per-chunk walk), else with U+FFFD for what
+/// is not.
+fn json_bytes(out: &mut BytesMut, b: &[u8]) {
+    match std::str::from_utf8(b) {
+        Ok(s) => json_str(out, s),
+        Err(_) => json_str(out, &String::from_utf8_lossy(b)),
+    }
 }
 
 fn put_u64(out: &mut BytesMut, n: u64) {
@@ -199,6 +211,8 @@ mod tests {
         let second = m.write(&e, 0).correlation_id.to_string();
         assert_eq!(first, "ab0000000000000001");
         assert_eq!(second, "ab0000000000000002");
+        m.id_seq = 0x0123_4567_89ab_cdee;
+        assert_eq!(m.next_correlation_id(), "ab0123456789abcdef");
     }
 
     #[test]
