@@ -113,9 +113,7 @@ impl CycleRecord {
             e.correlation = Span::within(frame, correlation_id);
         }
     }
-}
 
-impl CycleRecord {
     /// The correlation id of the `index`th request of the cycle, read from
     /// `input` (what the requests were read from); empty when it had none
     /// or its operation was never recognised.
