@@ -4,9 +4,9 @@
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use dnd_cache::error::Status;
 use dnd_cache::proto;
 use dnd_cache::protocol::binary::{decode_operation, Meta, ResponseEncoder};
+use dnd_cache::Status;
 use prost::Message;
 use std::hint::black_box;
 

@@ -8,8 +8,8 @@ use prost::Message;
 
 use crate::auth::verifier::{AuthSettings, Verifier};
 use crate::codec::{CodecSettings, CompressionMode, EncryptionKey, ValueCodec};
+use crate::frame::{check_frame, FrameStatus, FRAME_HEADER_BYTES, HANDSHAKE_MAX_FRAME_BYTES};
 use crate::protocol::binary::decode_operation;
-use crate::protocol::frame::{check_frame, FrameStatus, FRAME_HEADER_BYTES, HANDSHAKE_MAX_FRAME_BYTES};
 use crate::protocol::http::{ChunkedDecoder, HeadReader};
 
 /// Largest frame or body the targets allow (small, so that inputs reach

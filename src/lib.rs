@@ -1,43 +1,47 @@
 //! dnd-cache: a thread-per-core cache server speaking a binary protobuf
-//! protocol, and its Rust client.
+//! protocol and REST, with events on the Message Hub (NATS).
 //!
-//! The request path reads top to bottom: socket ([`server`]) → frame decoder
-//! ([`protocol`]) → [`ops::Op`] → [`router`] → shard store ([`shard`]) →
-//! response encoder ([`protocol`]).
+//! The request path reads top to bottom: socket ([`server`]) → frame
+//! ([`frame`], from the `dnd-cache-proto` crate) → operation
+//! ([`protocol`]) → the dispatcher's owner decision and cross-shard
+//! transport (`server/dispatch/`) → the owner [`shard`] → answer → one
+//! write. `docs/architecture.md` maps every file.
+//!
+//! Layers, each using only those above it in this list (checked in CI by
+//! `tests/tools/module_cycles.py`):
+//! - the wire contract, shared with clients: [`proto`], [`frame`], [`key`],
+//!   [`validate`], [`Status`] (crate `dnd-cache-proto`);
+//! - plain building blocks: [`ops`], [`pattern`], [`time`], [`size`];
+//! - codecs and security: [`protocol`] (binary, HTTP, REST JSON), [`codec`]
+//!   (values at rest), [`auth`];
+//! - storage: [`slab`] (the allocator), [`metrics`] (counters), [`shard`]
+//!   (one core's partition, reached through named operations);
+//! - settings: [`config`];
+//! - the control plane: [`control`] (commands to shards, reload);
+//! - the Message Hub bridge: [`hub`];
+//! - the server: [`server`] (listeners, connections, dispatch).
 
 pub mod auth;
-pub mod client;
 pub mod codec;
 pub mod config;
-pub mod config_file;
-pub mod error;
+pub mod control;
 #[doc(hidden)]
 pub mod hostile;
 pub mod hub;
-pub mod key;
 pub mod metrics;
 pub mod ops;
 pub mod pattern;
 pub mod protocol;
-pub mod reload;
-pub mod rest;
-pub mod router;
-pub mod security;
 pub mod server;
 pub mod shard;
+pub mod size;
 pub mod slab;
+pub mod time;
 
-/// Messages generated from `proto/cache.proto` by prost. The server's hot
-/// path uses the hand-written zero-copy codec in [`protocol::binary`]; these
-/// types serve the client, tests and cold paths, and the codec is checked
-/// against them by property tests.
-pub mod proto {
-    #![allow(missing_docs, clippy::all)]
-    include!(concat!(env!("OUT_DIR"), "/dnd.cache.v1.rs"));
-}
-
-pub use client::{CacheClient, ClientConfig};
-pub use error::{ClientError, Status};
+pub use dnd_cache_client as client;
+pub use dnd_cache_client::{CacheClient, ClientConfig, ClientError};
+pub use dnd_cache_proto::pb as proto;
+pub use dnd_cache_proto::{frame, key, validate, RequestError, Status};
 
 /// Version reported in the handshake and by `--version`.
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use std::sync::Arc;
 
 use dnd_cache::config::{Cli, ServerConfig};
-use dnd_cache::reload::Reloader;
+use dnd_cache::control::reload::Reloader;
 
 /// Exit status for an unusable configuration (sysexits EX_CONFIG); the
 /// systemd unit does not restart on it.
@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
     let config = match ServerConfig::from_cli(&cli) {
         Ok(config) => config,
         Err(e) => {
-            match (&cli.config, dnd_cache::config_file::key_of_flag(e.flag)) {
+            match (&cli.config, dnd_cache::config::file::key_of_flag(e.flag)) {
                 (Some(file), Some(key)) => eprintln!(
                     "cache-server: {e} (set by {} or by {key} in {})",
                     e.flag,
@@ -51,7 +51,7 @@ fn main() -> anyhow::Result<()> {
         }
     };
     if cli.print_config {
-        print!("{}", dnd_cache::config_file::render(&config));
+        print!("{}", dnd_cache::config::file::render(&config));
         return Ok(());
     }
     // Register before starting so a signal during start is not lost.

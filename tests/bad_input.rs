@@ -7,7 +7,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::*;
-use dnd_cache::error::Status;
+use dnd_cache::Status;
 
 /// Stores a canary before the abuse and checks it (and the server) after.
 fn with_canary(server: &TestServer, abuse: impl FnOnce()) {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use dnd_cache::error::Status;
 use dnd_cache::proto::CacheOperation;
+use dnd_cache::Status;
 
 const OK: u32 = 0;
 

@@ -8,9 +8,9 @@ use std::collections::BTreeSet;
 
 use common::http::HttpConn;
 use common::TestServer;
-use dnd_cache::error::Status;
-use dnd_cache::rest::response::http_status;
-use dnd_cache::rest::ROUTES;
+use dnd_cache::protocol::rest::response::http_status;
+use dnd_cache::protocol::rest::ROUTES;
+use dnd_cache::Status;
 use serde_json::Value;
 
 const METHODS: [&str; 8] = [

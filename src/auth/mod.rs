@@ -111,8 +111,8 @@ impl Grant {
     /// The refusal for an operation [`Grant::allows`] refused: AUTH_001 when
     /// there are no valid credentials (any more), else AUTH_002.
     #[cold]
-    pub fn refusal(&self, need: Permissions, now_us: u64) -> (crate::error::Status, &'static str) {
-        use crate::error::Status;
+    pub fn refusal(&self, need: Permissions, now_us: u64) -> (crate::Status, &'static str) {
+        use crate::Status;
         if !self.authenticated {
             (Status::InvalidCredentials, "authentication required")
         } else if now_us >= self.expires_us && need != 0 {
@@ -138,7 +138,7 @@ pub fn permission_names(bits: Permissions) -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Status;
+    use crate::Status;
 
     #[test]
     fn icd_permission_table() {

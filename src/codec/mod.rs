@@ -29,7 +29,7 @@ use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-use crate::error::Status;
+use crate::Status;
 pub use key::EncryptionKey;
 
 /// Codec bit: the stored bytes are lz4-compressed.
@@ -352,7 +352,7 @@ fn open(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// Appends `options { compression, encryption }` (field 5 of a
 /// `CacheOperation`) when either is set. Protobuf merges an embedded
@@ -376,10 +376,8 @@ pub fn put_write_options(out: &mut Vec<u8>, compression: bool, encryption: bool)
 /// Copies a request frame (length prefix included) to `out` with
 /// [`put_write_options`] appended and the length prefix updated.
 pub fn append_frame_with_options(frame: &[u8], compression: bool, encryption: bool, out: &mut Vec<u8>) {
-    use crate::protocol::frame::FRAME_HEADER_BYTES;
-    let start = out.len();
-    out.extend_from_slice(frame);
+    let slot = crate::frame::FrameSlot::open(out);
+    out.extend_from_slice(&frame[crate::frame::FRAME_HEADER_BYTES..]);
     put_write_options(out, compression, encryption);
-    let len = (out.len() - start - FRAME_HEADER_BYTES) as u32;
-    out[start..start + FRAME_HEADER_BYTES].copy_from_slice(&len.to_be_bytes());
+    slot.close(out);
 }

@@ -13,13 +13,15 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::control::{BridgeCounters, ControlPlane, ShardCommand};
 use super::envelope::{new_correlation_id, Envelope, Incoming, EVENT_VERSION};
-use super::events::{EventQueue, ItemEvent, ItemEventRef, ItemOp};
 use super::item_message::ItemMessages;
-use super::policy::Policy;
 use super::HubConfig;
-use crate::shard::clock::unix_now_us;
+use crate::control::ControlPlane;
+use crate::metrics::BridgeCounters;
+use crate::shard::events::{EventQueue, ItemEvent, ItemEventRef, ItemOp};
+use crate::shard::policy::Policy;
+use crate::shard::ShardCommand;
+use crate::time::unix_now_us;
 
 /// How often the queues are drained.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(2);

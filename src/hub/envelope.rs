@@ -101,7 +101,7 @@ impl Incoming {
 pub fn new_correlation_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(crate::shard::clock::unix_now_us());
+    h.write_u64(crate::time::unix_now_us());
     let a = h.finish();
     h.write_u64(a);
     format!("{a:016x}{:016x}", h.finish())
@@ -110,7 +110,7 @@ pub fn new_correlation_id() -> String {
 /// Unix milliseconds as RFC 3339 UTC, e.g. `2025-08-30T12:00:00.123Z`
 /// (the same format as REST metadata).
 pub fn rfc3339_ms(ms: u64) -> String {
-    crate::rest::time::rfc3339_from_unix_ms(ms)
+    crate::time::rfc3339_from_unix_ms(ms)
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ use std::io::Write as _;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::envelope::{rfc3339_ms, EVENT_VERSION};
-use super::events::ItemEventRef;
-use super::policy::CacheType;
+use crate::shard::events::ItemEventRef;
+use crate::shard::policy::CacheType;
 
 /// Subject and `event` of item events.
 pub const SUBJECT_ITEM_UPDATED: &str = "cache.item.updated";
@@ -157,7 +157,7 @@ fn put_u64(out: &mut BytesMut, n: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::events::ItemOp;
+    use crate::shard::events::ItemOp;
     use proptest::prelude::*;
     use serde_json::{json, Value};
 

@@ -1,29 +1,25 @@
 //! Request metrics: per shard, per (service, operation) counters and an
 //! HDR latency histogram, written only by their shard (plain integers in a
 //! `RefCell`, no lock, no shared atomic). A scrape asks every shard for a
-//! [`ShardSnapshot`] (through the control plane, [`crate::hub::control`]),
+//! [`ShardSnapshot`] (through the control plane, [`crate::control`]),
 //! merges them into a [`MetricsSnapshot`] and renders it with
 //! [`render_prometheus`].
 //!
-//! Recording happens once per read cycle of a connection: the dispatcher
-//! notes the operation of each request ([`CycleRecord`]); after the cycle,
-//! [`observe_cycle`] reads each answer's status and records it, along with
-//! the cycle's latency (from the cycle's start, the requests read, to its
-//! answers being ready to write). The same pass hands write events to the
-//! bridge when events are on.
+//! Recording happens once per read cycle of a connection, in the
+//! dispatcher (`server/dispatch/observe.rs`), through [`ShardMetrics`].
 
-mod cycle;
+mod bridge;
 mod render;
 mod snapshot;
 
-pub use cycle::{observe_cycle, ConnIdentity, CycleRecord};
+pub use bridge::BridgeCounters;
 pub use render::render_prometheus;
 pub use snapshot::{BridgeSnapshot, MetricsSnapshot, OpSnapshot, ShardSnapshot};
 
 use hdrhistogram::Histogram;
 
-use crate::error::Status;
 use crate::ops::OpKind;
+use crate::Status;
 
 /// Distinct service ids a shard labels; later ones count as [`OTHER_SERVICE`].
 pub const MAX_SERVICES_PER_SHARD: usize = 64;

@@ -4,8 +4,6 @@ use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
 
-use crate::shard::Shard;
-
 /// One (service, operation) of one shard, or merged over shards.
 #[derive(Clone, Debug)]
 pub struct OpSnapshot {
@@ -45,39 +43,6 @@ pub struct ShardSnapshot {
     pub events_queued: u64,
     pub events_dropped: u64,
     pub ops: Vec<OpSnapshot>,
-}
-
-impl ShardSnapshot {
-    /// Copies a shard's counters (runs on the shard's thread).
-    pub fn take(shard: &Shard) -> ShardSnapshot {
-        let store = shard.store.borrow();
-        let s = store.stats;
-        let c = *shard.counters.borrow();
-        let m = shard.metrics.borrow();
-        ShardSnapshot {
-            shard: shard.id,
-            items: store.len() as u64,
-            used_bytes: store.used_bytes() as u64,
-            limit_bytes: store.config().memory_limit_bytes as u64,
-            hits: s.hits,
-            misses: s.misses,
-            sets: s.sets,
-            deletes: s.deletes,
-            evictions: s.evictions,
-            expirations: s.expired_on_access + s.expired_swept,
-            rejected_writes: s.rejected_writes,
-            flushed: s.flushed,
-            connections_open: c.connections_open,
-            connections_accepted: c.connections_accepted,
-            connections_refused: c.connections_refused,
-            requests: c.requests,
-            forwarded_ops: c.forwarded_ops,
-            protocol_errors: c.protocol_errors,
-            events_queued: m.events_queued,
-            events_dropped: m.events_dropped,
-            ops: m.op_snapshots(),
-        }
-    }
 }
 
 /// Counters of the Message Hub bridge.

@@ -9,7 +9,8 @@ use super::wire::{
     bytes_field_len, put_bytes_field, put_tag, put_varint, put_varint_field, varint_field_len, varint_len,
     WireError, WireReader, WIRE_LEN, WIRE_VARINT,
 };
-use crate::error::Status;
+use crate::frame::FrameSlot;
+use crate::{RequestError, Status};
 
 /// Metadata of a stored item, in the units of the wire (`Metadata`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -176,14 +177,6 @@ fn utf8(bytes: &[u8]) -> Result<&[u8], WireError> {
 /// Writes `CacheResponse` frames into an output buffer.
 pub struct ResponseEncoder;
 
-/// A response frame being written: fields are appended after
-/// [`ResponseEncoder::begin`] and the length is patched by
-/// [`ResponseEncoder::finish`].
-#[must_use]
-pub struct OpenFrame {
-    start: usize,
-}
-
 impl ResponseEncoder {
     /// A whole response: status, data, optional metadata, echoed
     /// correlation id.
@@ -205,6 +198,12 @@ impl ResponseEncoder {
         Self::finish(out, frame);
     }
 
+    /// The answer to a request refused by [`crate::validate`].
+    #[inline]
+    pub fn refuse(out: &mut Vec<u8>, error: RequestError, correlation_id: &[u8]) {
+        Self::error(out, error.status(), error.message(), correlation_id);
+    }
+
     /// An error response whose `data` is a short message.
     #[inline]
     pub fn error(out: &mut Vec<u8>, status: Status, message: &str, correlation_id: &[u8]) {
@@ -213,10 +212,8 @@ impl ResponseEncoder {
 
     /// Starts a frame; append fields with the `put_*` methods.
     #[inline]
-    pub fn begin(out: &mut Vec<u8>) -> OpenFrame {
-        let start = out.len();
-        out.extend_from_slice(&[0; 4]);
-        OpenFrame { start }
+    pub fn begin(out: &mut Vec<u8>) -> FrameSlot {
+        FrameSlot::open(out)
     }
 
     /// Appends the top-level `status`, `correlation_id` and `truncated`.
@@ -249,15 +246,14 @@ impl ResponseEncoder {
 
     /// Bytes written to a frame so far (header included).
     #[inline]
-    pub fn written(out: &[u8], frame: &OpenFrame) -> usize {
-        out.len() - frame.start
+    pub fn written(out: &[u8], frame: &FrameSlot) -> usize {
+        frame.written(out)
     }
 
     /// Patches the length of a frame started with [`ResponseEncoder::begin`].
     #[inline]
-    pub fn finish(out: &mut [u8], frame: OpenFrame) {
-        let len = (out.len() - frame.start - 4) as u32;
-        out[frame.start..frame.start + 4].copy_from_slice(&len.to_be_bytes());
+    pub fn finish(out: &mut [u8], frame: FrameSlot) {
+        frame.close(out);
     }
 }
 

@@ -1,14 +1,18 @@
 //! Starting the shards, their listeners and accept loops; stopping them.
+//!
+//! - [`dispatch`]: the request path shared by both protocols;
+//! - `binary/`: binary-protocol connections (handshake, read/write loop);
+//! - `rest/`: REST connections (HTTP/1.1 loop, request handler);
+//! - [`uring`]: our own io_uring socket path; `tls`, `inbuf`, `listener`,
+//!   `shutdown`: what every connection needs.
 
-mod assemble;
-pub mod connection;
-mod handshake;
-pub mod http;
+mod binary;
+pub mod dispatch;
 mod inbuf;
 mod listener;
 mod rest;
 pub mod shutdown;
-pub mod tls;
+pub(crate) mod tls;
 pub mod uring;
 
 use std::cell::Cell;
@@ -23,11 +27,12 @@ use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{info, warn};
 
 use crate::config::ServerConfig;
-use crate::hub::control::ControlPlane;
-use crate::hub::events::EventSink;
-use crate::router::{MeshPlan, Router};
+use crate::control::ControlPlane;
+use crate::shard::events::EventSink;
+use crate::shard::stats::Tally;
 use crate::shard::store::StoreConfig;
 use crate::shard::{Shard, ShardLimits};
+use dispatch::forward::{MeshPlan, Router};
 use shutdown::ShutdownSignal;
 
 /// What every shard knows about the server; immutable after start except
@@ -44,7 +49,7 @@ pub struct ServerInfo {
     /// Set once every shard serves (REST `/health/ready`).
     pub started: AtomicBool,
     /// Limits and deadlines of the REST port.
-    pub http: http::HttpSettings,
+    pub http: rest::conn::HttpSettings,
     /// TLS for both listeners (`--tls-cert`, `--tls-key`).
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// JWT keys, shared with every shard's [`ShardRuntime::auth`].
@@ -169,7 +174,7 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         stopping: AtomicBool::new(false),
         heartbeats: (0..shards).map(|_| AtomicU64::new(now_ms())).collect(),
         started: AtomicBool::new(false),
-        http: http::HttpSettings {
+        http: rest::conn::HttpSettings {
             request_timeout: config.http_request_timeout,
             idle_timeout: config.http_idle_timeout,
             max_body_bytes: config.max_frame_bytes,
@@ -238,7 +243,7 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
                         return;
                     }
                 };
-                uring.set_warm(Rc::new(connection::ShardWarm(shard.clone())));
+                uring.set_warm(Rc::new(dispatch::warm::ShardWarm(shard.clone())));
                 let rt = Rc::new(ShardRuntime {
                     shard,
                     router,
@@ -302,19 +307,19 @@ async fn run_shard(
     let accept_own = glommio::spawn_local(accept_loop(rt.clone(), own, Front::Binary));
     let accept_http = glommio::spawn_local(accept_loop(rt.clone(), http, Front::Http));
     glommio::spawn_local(sweep_loop(rt.clone())).detach();
-    glommio::spawn_local(crate::hub::control::serve_shard(
+    glommio::spawn_local(crate::control::serve_shard(
         rt.shard.clone(),
         rt.server.control.clone(),
         rt.shutdown.wait(),
     ))
     .detach();
-    let _ = ready.send(Ok(rt.shard.id));
+    let _ = ready.send(Ok(rt.shard.id()));
 
     while !rt.server.stopping.load(Ordering::Relaxed) {
-        rt.server.heartbeats[rt.shard.id].store(now_ms(), Ordering::Relaxed);
+        rt.server.heartbeats[rt.shard.id()].store(now_ms(), Ordering::Relaxed);
         glommio::timer::sleep(Duration::from_millis(50)).await;
     }
-    rt.shard.draining.set(true);
+    rt.shard.start_draining();
     rt.shutdown.fire();
     accept_public.await;
     accept_own.await;
@@ -325,7 +330,7 @@ async fn run_shard(
     while rt.server.open_connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
-    info!(shard = rt.shard.id, "shard stopped");
+    info!(shard = rt.shard.id(), "shard stopped");
 }
 
 /// The protocol a listener serves.
@@ -365,7 +370,7 @@ async fn accept_loop(rt: Rc<ShardRuntime>, listener: glommio::net::TcpListener, 
         let open = rt.server.open_connections.fetch_add(1, Ordering::SeqCst);
         if open >= rt.server.max_connections {
             rt.server.open_connections.fetch_sub(1, Ordering::SeqCst);
-            rt.shard.counters.borrow_mut().connections_refused += 1;
+            rt.shard.tally(Tally::Refused);
             match front {
                 // Over TLS a plain-text refusal is noise: just close.
                 _ if rt.server.tls.is_some() => drop(stream),
@@ -373,33 +378,29 @@ async fn accept_loop(rt: Rc<ShardRuntime>, listener: glommio::net::TcpListener, 
                     glommio::spawn_local(refuse_connection(stream)).detach();
                 }
                 Front::Http => {
-                    glommio::spawn_local(http::refuse(stream)).detach();
+                    glommio::spawn_local(rest::conn::refuse(stream)).detach();
                 }
             }
             continue;
         }
-        {
-            let mut c = rt.shard.counters.borrow_mut();
-            c.connections_accepted += 1;
-            c.connections_open += 1;
-        }
+        rt.shard.tally(Tally::Accepted);
         rt.open_connections.set(rt.open_connections.get() + 1);
         let conn_rt = rt.clone();
         glommio::spawn_local(async move {
             let stream =
-                uring::UringStream::from_glommio(&conn_rt.uring, stream, connection::WRITE_STALL_TIMEOUT);
+                uring::UringStream::from_glommio(&conn_rt.uring, stream, dispatch::WRITE_STALL_TIMEOUT);
             match (front, stream) {
                 (_, Err(e)) => warn!(error = %e, "taking over an accepted socket failed"),
                 (Front::Binary, Ok(stream)) => {
                     if conn_rt.server.tls.is_none() {
                         stream.warm_lookups();
                     }
-                    connection::serve(conn_rt.clone(), stream).await
+                    binary::conn::serve(conn_rt.clone(), stream).await
                 }
-                (Front::Http, Ok(stream)) => http::serve(conn_rt.clone(), stream).await,
+                (Front::Http, Ok(stream)) => rest::conn::serve(conn_rt.clone(), stream).await,
             }
             conn_rt.open_connections.set(conn_rt.open_connections.get() - 1);
-            conn_rt.shard.counters.borrow_mut().connections_open -= 1;
+            conn_rt.shard.tally(Tally::Closed);
             conn_rt.server.open_connections.fetch_sub(1, Ordering::SeqCst);
         })
         .detach();
@@ -411,11 +412,11 @@ async fn refuse_connection(mut stream: glommio::net::TcpStream) {
     use futures_lite::AsyncWriteExt;
     let mut out = Vec::new();
     let response = crate::proto::CacheResponse {
-        status: crate::error::Status::TooManyConnections.code_number(),
+        status: crate::Status::TooManyConnections.code_number(),
         data: "too many connections".into(),
         ..Default::default()
     };
-    connection::encode_frame(&response, &mut out);
+    crate::frame::encode_frame(&response, &mut out);
     let _ = stream.write_all(&out).await;
     let _ = stream.close().await;
 }
@@ -435,15 +436,15 @@ async fn sweep_loop(rt: Rc<ShardRuntime>) {
         if decay {
             last_decay = Instant::now();
         }
-        let now = crate::shard::clock::unix_now_us();
-        let upkeep = rt.shard.store.borrow_mut().maintain(now, SWEEP_BUDGET, decay);
+        let now = crate::time::unix_now_us();
+        let upkeep = rt.shard.maintain(now, SWEEP_BUDGET, decay);
         // Stay quick while items expire or the size classes rebalance.
         busy = upkeep.expired * 10 >= SWEEP_BUDGET || upkeep.pages_moved > 0;
     }
 }
 
 fn now_ms() -> u64 {
-    crate::shard::clock::unix_now_us() / 1000
+    crate::time::unix_now_us() / 1000
 }
 
 /// A seed no client can predict, fixed for this server start.

@@ -6,18 +6,16 @@ use serde_json::json;
 
 use super::item::ItemView;
 use super::store::{Lookup, Store, WriteError};
-use super::{Shard, DEFAULT_PATTERN_LIMIT, MAX_BATCH_KEYS, MAX_PATTERN_LIMIT};
-use crate::error::Status;
-use crate::key::{is_valid_key, key_hash};
+use super::Shard;
+use crate::key::key_hash;
 use crate::ops::OpKind;
 use crate::protocol::binary::{EntryView, Meta, OpView, OptionsView, ResponseEncoder};
+use crate::validate::{check_batch, check_key, pattern_limit};
+use crate::Status;
 
 /// Data of the CACHE_012 items of a batch answer that reached the frame
 /// limit.
 pub const RESPONSE_FULL: &[u8] = b"answer reached the frame limit: ask for this key again";
-
-/// Message of a CACHE_004 response.
-pub const INVALID_KEY_MESSAGE: &str = "key must be 1-250 bytes without control characters or spaces";
 
 impl Shard {
     /// Executes `op` on this shard and appends exactly one response frame
@@ -26,8 +24,8 @@ impl Shard {
         let corr = op.correlation_id;
         match kind {
             OpKind::Get | OpKind::Set | OpKind::Delete => {
-                if !is_valid_key(op.key) {
-                    return ResponseEncoder::error(out, Status::InvalidKey, INVALID_KEY_MESSAGE, corr);
+                if let Err(e) = check_key(op.key) {
+                    return ResponseEncoder::refuse(out, e, corr);
                 }
                 self.execute_single(op, kind, key_hash(op.key, self.seed), now_us, out)
             }
@@ -94,20 +92,15 @@ impl Shard {
         } else {
             op.key_count
         };
-        if count > MAX_BATCH_KEYS {
-            return ResponseEncoder::error(
-                out,
-                Status::BatchTooLarge,
-                "more than 10000 keys",
-                op.correlation_id,
-            );
+        if let Err(e) = check_batch(count) {
+            return ResponseEncoder::refuse(out, e, op.correlation_id);
         }
         let frame = ResponseEncoder::begin(out);
         let mut store = self.store.borrow_mut();
         match kind {
             OpKind::GetMany => {
                 for key in op.keys() {
-                    if !is_valid_key(key) {
+                    if check_key(key).is_err() {
                         ResponseEncoder::put_item(out, key, Status::InvalidKey, b"", None);
                         continue;
                     }
@@ -142,7 +135,7 @@ impl Shard {
             }
             OpKind::DeleteMany => {
                 for key in op.keys() {
-                    let status = if !is_valid_key(key) {
+                    let status = if check_key(key).is_err() {
                         Status::InvalidKey
                     } else if store.delete(key_hash(key, self.seed), key) {
                         Status::Ok
@@ -154,7 +147,7 @@ impl Shard {
             }
             _ => {
                 for EntryView { key, value, ttl } in op.entries() {
-                    if !is_valid_key(key) {
+                    if check_key(key).is_err() {
                         ResponseEncoder::put_item(out, key, Status::InvalidKey, b"", None);
                         continue;
                     }
@@ -272,14 +265,6 @@ impl Shard {
             "events_queued": self.metrics.borrow().events_queued,
             "events_dropped": self.metrics.borrow().events_dropped,
         })
-    }
-}
-
-/// The `limit` of a pattern request, defaulted and clamped.
-pub fn pattern_limit(requested: u32) -> usize {
-    match requested as usize {
-        0 => DEFAULT_PATTERN_LIMIT,
-        n => n.min(MAX_PATTERN_LIMIT),
     }
 }
 

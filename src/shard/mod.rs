@@ -1,23 +1,31 @@
 //! One shard: a pinned executor's exclusive partition of the key space, and
 //! the code that runs operations on it.
+//!
+//! Only this module changes a shard's state. Its fields are private; the
+//! rest of the server reaches them through named operations: requests
+//! ([`execute`]), commands of the control plane ([`commands`]: flush,
+//! invalidate, apply_policy, snapshot), and the counters below.
+//!
+//! - [`store`], [`item`]: the index and the records (over [`crate::slab`]);
+//! - [`policy`]: TTLs, cache types, consistency and event switches;
+//! - [`events`]: item events handed to the Message Hub bridge;
+//! - [`stats`]: connection and request counters.
 
-pub mod clock;
+#[cfg(test)]
+mod codec_tests;
+mod commands;
+pub mod events;
 pub mod execute;
 pub mod item;
+pub mod policy;
 pub mod stats;
 pub mod store;
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, Ref, RefCell, RefMut};
 
+pub use commands::ShardCommand;
 use stats::ShardCounters;
 use store::{Store, StoreConfig};
-
-/// Largest number of keys in one batch operation.
-pub const MAX_BATCH_KEYS: usize = 10_000;
-
-/// Default and largest `limit` of a pattern operation.
-pub const DEFAULT_PATTERN_LIMIT: usize = 1_000;
-pub const MAX_PATTERN_LIMIT: usize = 100_000;
 
 /// Limits every shard applies.
 #[derive(Debug, Clone, Copy)]
@@ -29,25 +37,25 @@ pub struct ShardLimits {
 /// A shard's state, shared by the tasks of its executor (never across
 /// threads).
 pub struct Shard {
-    pub id: usize,
-    pub count: usize,
-    pub seed: u64,
-    pub limits: ShardLimits,
-    pub store: RefCell<Store>,
-    pub counters: RefCell<ShardCounters>,
+    id: usize,
+    count: usize,
+    seed: u64,
+    limits: ShardLimits,
+    store: RefCell<Store>,
+    counters: RefCell<ShardCounters>,
     /// Set when the server is shutting down.
-    pub draining: Cell<bool>,
+    draining: Cell<bool>,
     /// Compression and encryption at rest (see [`crate::codec`]).
-    pub codec: RefCell<crate::codec::ValueCodec>,
+    codec: RefCell<crate::codec::ValueCodec>,
     /// Whether writes that ask for nothing still go through the codec.
-    pub codec_eager: bool,
+    codec_eager: bool,
     /// Request metrics of this shard (issue 7).
-    pub metrics: RefCell<crate::metrics::ShardMetrics>,
+    metrics: RefCell<crate::metrics::ShardMetrics>,
     /// Default TTLs, cache types and event switches; replaced by the
     /// control plane when `config.cache.update` arrives.
-    pub policy: RefCell<crate::hub::policy::Policy>,
+    policy: RefCell<policy::Policy>,
     /// This shard's end of the Message Hub event queue; `None` = events off.
-    pub events: Option<crate::hub::events::EventSink>,
+    events: Option<events::EventSink>,
 }
 
 impl Shard {
@@ -55,7 +63,7 @@ impl Shard {
         // The policy resolves a write's TTL 0 (per cache type, else the
         // default) before the store sees it; the store's own default is
         // then only reached for "never expire".
-        let policy = crate::hub::policy::Policy::new(store.default_ttl_s, 0);
+        let policy = policy::Policy::new(store.default_ttl_s, 0);
         let store = StoreConfig {
             default_ttl_s: 0,
             ..store
@@ -77,11 +85,7 @@ impl Shard {
     }
 
     /// Sets the start policy and, when events are on, the event queue.
-    pub fn attach_hub(
-        &mut self,
-        policy: crate::hub::policy::Policy,
-        events: Option<crate::hub::events::EventSink>,
-    ) {
+    pub fn attach_hub(&mut self, policy: policy::Policy, events: Option<events::EventSink>) {
         self.policy = RefCell::new(policy);
         self.events = events;
     }
@@ -97,6 +101,93 @@ impl Shard {
     #[inline]
     pub fn owns(&self, hash: u64) -> bool {
         crate::key::owner_of(hash, self.count) == self.id
+    }
+
+    /// This shard's index among the node's shards.
+    #[inline]
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// How many shards the node has.
+    #[inline]
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The seed of the key hash (the same on every shard).
+    #[inline]
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Frame and item limits.
+    #[inline]
+    pub fn limits(&self) -> ShardLimits {
+        self.limits
+    }
+
+    /// Starts loading a key hash's index entries into the CPU cache.
+    #[inline]
+    pub fn prefetch_index(&self, hash: u64) {
+        self.store.borrow().prefetch_index(hash);
+    }
+
+    /// Starts loading the records a key hash's index entries point at.
+    #[inline]
+    pub fn prefetch_records(&self, hash: u64) {
+        self.store.borrow().prefetch_records(hash);
+    }
+
+    /// Background upkeep: expired items swept and size classes rebalanced,
+    /// within `budget` items.
+    pub fn maintain(&self, now_us: u64, budget: usize, decay: bool) -> store::Upkeep {
+        self.store.borrow_mut().maintain(now_us, budget, decay)
+    }
+
+    /// Whether values can be encrypted at rest (a key was configured).
+    pub fn can_encrypt(&self) -> bool {
+        self.codec.borrow().can_encrypt()
+    }
+
+    /// Whether the server is shutting down.
+    #[inline]
+    pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// The server is shutting down: connections finish their cycle and close.
+    pub fn start_draining(&self) {
+        self.draining.set(true);
+    }
+
+    /// The counters of connections and requests, to read.
+    pub fn counters(&self) -> ShardCounters {
+        *self.counters.borrow()
+    }
+
+    /// Counts a connection or request event.
+    #[inline]
+    pub fn tally(&self, tally: stats::Tally) {
+        self.counters.borrow_mut().add(tally);
+    }
+
+    /// The request metrics, for the dispatcher's once-per-cycle recording.
+    #[inline]
+    pub fn metrics_mut(&self) -> RefMut<'_, crate::metrics::ShardMetrics> {
+        self.metrics.borrow_mut()
+    }
+
+    /// The policy in force.
+    #[inline]
+    pub fn policy(&self) -> Ref<'_, policy::Policy> {
+        self.policy.borrow()
+    }
+
+    /// This shard's end of the event queue; `None` when events are off.
+    #[inline]
+    pub fn events(&self) -> Option<&events::EventSink> {
+        self.events.as_ref()
     }
 }
 

@@ -30,3 +30,41 @@ pub struct ShardCounters {
     pub forwarded_batches: u64,
     pub protocol_errors: u64,
 }
+
+/// Something a shard counts (see [`ShardCounters`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tally {
+    /// A connection was accepted (and is open).
+    Accepted,
+    /// A connection was refused (too many open).
+    Refused,
+    /// An accepted connection closed.
+    Closed,
+    /// Requests read by this shard's connections, or run for another shard.
+    Requests(u64),
+    /// A request sent to its owner shard.
+    ForwardedOp,
+    /// A batch of requests from another shard, run here.
+    ForwardedBatch,
+    /// A request that could not be read as one.
+    ProtocolError,
+}
+
+impl ShardCounters {
+    /// Counts one event.
+    #[inline]
+    pub fn add(&mut self, tally: Tally) {
+        match tally {
+            Tally::Accepted => {
+                self.connections_accepted += 1;
+                self.connections_open += 1;
+            }
+            Tally::Refused => self.connections_refused += 1,
+            Tally::Closed => self.connections_open -= 1,
+            Tally::Requests(n) => self.requests += n,
+            Tally::ForwardedOp => self.forwarded_ops += 1,
+            Tally::ForwardedBatch => self.forwarded_batches += 1,
+            Tally::ProtocolError => self.protocol_errors += 1,
+        }
+    }
+}

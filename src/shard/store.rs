@@ -9,13 +9,13 @@
 
 use hashbrown::HashTable;
 
-use super::clock::HybridClock;
 use super::item::{record_len, set_codec_flags, write_record, ItemId, ItemView};
 use super::stats::StoreStats;
 use crate::key::key_hash;
 use crate::pattern::glob_match;
 use crate::protocol::binary::Meta;
 use crate::slab::{Slab, Victim};
+use crate::time::HybridClock;
 
 /// Number of index sub-tables per shard (a power of two).
 pub const SUBTABLES: usize = 8192;

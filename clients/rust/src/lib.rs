@@ -1,0 +1,386 @@
+//! The Rust client of dnd-cache, `dnd_cache_client::CacheClient` (also
+//! re-exported by the server crate as `dnd_cache::CacheClient`): async on Tokio, pipelined,
+//! shard-aware, with the timeouts and retries of ICD section 9.2.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), dnd_cache_client::ClientError> {
+//! use dnd_cache_client::{CacheClient, ClientConfig};
+//! let client = CacheClient::connect(ClientConfig::new("character_service")).await?;
+//! client.set("character:1234", b"{\"hp\":12}", 3600).await?;
+//! let value = client.get("character:1234").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! One multiplexed connection per shard replaces a pool: every call is
+//! pipelined on it, so concurrency needs no extra sockets.
+
+mod connection;
+mod error;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Mutex;
+
+use connection::Connection;
+use dnd_cache_proto::key::{key_hash, owner_of};
+use dnd_cache_proto::pb as proto;
+use dnd_cache_proto::validate::check_key;
+
+pub use dnd_cache_proto::pb::{ItemResult, Metadata, Options};
+pub use error::{ClientError, Status};
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// "host:port" of the public binary port. Default: `$DND_CACHE_ADDR`,
+    /// else 127.0.0.1:7000.
+    pub address: String,
+    pub service_id: String,
+    /// JWT sent in the handshake, when the server requires one.
+    pub token: Option<String>,
+    pub options: Options,
+    /// ICD 9.2: 5 s.
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    /// ICD 9.2: 3 retries, exponential backoff with jitter, for failures of
+    /// the connection (never for an error status the server sent).
+    pub retries: u32,
+    pub backoff: Duration,
+    /// Send each key straight to its owner shard's port.
+    pub shard_aware: bool,
+    pub max_frame_bytes: usize,
+}
+
+impl ClientConfig {
+    pub fn new(service_id: impl Into<String>) -> Self {
+        ClientConfig {
+            address: std::env::var("DND_CACHE_ADDR").unwrap_or_else(|_| "127.0.0.1:7000".into()),
+            service_id: service_id.into(),
+            token: None,
+            options: Options::default(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            retries: 3,
+            backoff: Duration::from_millis(50),
+            shard_aware: true,
+            max_frame_bytes: dnd_cache_proto::frame::DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+
+    pub fn address(mut self, address: impl Into<String>) -> Self {
+        self.address = address.into();
+        self
+    }
+
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    pub fn shard_aware(mut self, on: bool) -> Self {
+        self.shard_aware = on;
+        self
+    }
+}
+
+/// A value with its metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub value: Bytes,
+    pub metadata: Metadata,
+}
+
+struct Route {
+    address: String,
+    conn: Mutex<Option<Arc<Connection>>>,
+}
+
+/// A cache client. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct CacheClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClientConfig,
+    hello: proto::CacheConnection,
+    seed: u64,
+    /// Route 0..n: one per shard when shard-aware; else a single route.
+    shards: Vec<Route>,
+    public: Route,
+}
+
+impl CacheClient {
+    /// Connects to the public port, learns the shard map, and (when
+    /// shard-aware) prepares a connection per shard.
+    pub async fn connect(config: ClientConfig) -> Result<CacheClient, ClientError> {
+        let hello = proto::CacheConnection {
+            service_id: config.service_id.clone(),
+            auth_token: config.token.clone().unwrap_or_default(),
+            options: Some(config.options.clone()),
+            protocol_version: 1,
+            correlation_id: String::new(),
+        };
+        let first = Connection::open(
+            &config.address,
+            &hello,
+            config.connect_timeout,
+            config.max_frame_bytes,
+        )
+        .await?;
+        let map = first.handshake.clone();
+        let host = config
+            .address
+            .rsplit_once(':')
+            .map_or(config.address.as_str(), |(h, _)| h)
+            .to_string();
+        let shards =
+            if config.shard_aware && map.shard_count > 1 && map.shard_ports.len() == map.shard_count as usize
+            {
+                map.shard_ports
+                    .iter()
+                    .map(|port| Route {
+                        address: format!("{host}:{port}"),
+                        conn: Mutex::new(None),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+        let public = Route {
+            address: config.address.clone(),
+            conn: Mutex::new(Some(Arc::new(first))),
+        };
+        Ok(CacheClient {
+            inner: Arc::new(Inner {
+                config,
+                hello,
+                seed: map.hash_seed,
+                shards,
+                public,
+            }),
+        })
+    }
+
+    fn route_for(&self, key: &[u8]) -> &Route {
+        let shards = &self.inner.shards;
+        if shards.is_empty() {
+            &self.inner.public
+        } else {
+            &shards[owner_of(key_hash(key, self.inner.seed), shards.len())]
+        }
+    }
+
+    async fn connection(&self, route: &Route) -> Result<Arc<Connection>, ClientError> {
+        let mut slot = route.conn.lock().await;
+        if let Some(conn) = slot.as_ref().filter(|c| c.is_open()) {
+            return Ok(conn.clone());
+        }
+        let c = &self.inner.config;
+        let conn = Arc::new(
+            Connection::open(
+                &route.address,
+                &self.inner.hello,
+                c.connect_timeout,
+                c.max_frame_bytes,
+            )
+            .await?,
+        );
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Sends an operation (retrying failures of the connection) and returns
+    /// the raw answer, whatever its status.
+    pub async fn execute(&self, op: &proto::CacheOperation) -> Result<proto::CacheResponse, ClientError> {
+        let route = match op.operation.as_str() {
+            "get" | "set" | "delete" => self.route_for(&op.key),
+            _ => &self.inner.public,
+        };
+        let config = &self.inner.config;
+        let mut attempt = 0;
+        loop {
+            let result = match self.connection(route).await {
+                Ok(conn) => conn.call(op, config.request_timeout).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(ClientError::Io(_) | ClientError::Closed | ClientError::Timeout)
+                    if attempt < config.retries =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(backoff(config.backoff, attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call(&self, op: proto::CacheOperation) -> Result<proto::CacheResponse, ClientError> {
+        let resp = self.execute(&op).await?;
+        check_status(&resp)?;
+        Ok(resp)
+    }
+
+    /// The value of `key`; `None` when missing or expired.
+    pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>, ClientError> {
+        Ok(self.get_item(key).await?.map(|item| item.value))
+    }
+
+    /// The value of `key` with its metadata; `None` when missing or expired.
+    pub async fn get_item(&self, key: impl AsRef<[u8]>) -> Result<Option<Item>, ClientError> {
+        let key = checked_key(key.as_ref())?;
+        let resp = self.execute(&op("get", key)).await?;
+        match Status::from_u32(resp.status) {
+            Some(Status::NotFound | Status::Expired) => Ok(None),
+            _ => {
+                check_status(&resp)?;
+                Ok(Some(Item {
+                    value: resp.data,
+                    metadata: resp.metadata.unwrap_or_default(),
+                }))
+            }
+        }
+    }
+
+    /// Stores `value` under `key` for `ttl_s` seconds (0 = server default).
+    pub async fn set(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        ttl_s: u32,
+    ) -> Result<Metadata, ClientError> {
+        let key = checked_key(key.as_ref())?;
+        let mut o = op("set", key);
+        o.value = Bytes::copy_from_slice(value.as_ref());
+        o.ttl = ttl_s;
+        Ok(self.call(o).await?.metadata.unwrap_or_default())
+    }
+
+    /// Removes `key`; whether it existed.
+    pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool, ClientError> {
+        let key = checked_key(key.as_ref())?;
+        let resp = self.execute(&op("delete", key)).await?;
+        if resp.status == Status::NotFound.code_number() {
+            return Ok(false);
+        }
+        check_status(&resp)?;
+        Ok(true)
+    }
+
+    /// Values of `keys`, in order; `None` for keys missing or expired.
+    pub async fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Bytes>>, ClientError> {
+        let mut o = op("get_many", b"");
+        o.keys = keys.iter().map(|k| Bytes::copy_from_slice(k.as_ref())).collect();
+        let resp = self.call(o).await?;
+        resp.items
+            .into_iter()
+            .map(|item| match Status::from_u32(item.status) {
+                Some(Status::Ok) => Ok(Some(item.data)),
+                Some(Status::NotFound | Status::Expired) => Ok(None),
+                _ => Err(item_error(&item)),
+            })
+            .collect()
+    }
+
+    /// Stores every entry with `ttl_s`; per-entry results in order.
+    pub async fn set_many<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        entries: &[(K, V)],
+        ttl_s: u32,
+    ) -> Result<Vec<ItemResult>, ClientError> {
+        let mut o = op("set_many", b"");
+        o.ttl = ttl_s;
+        o.entries = entries
+            .iter()
+            .map(|(k, v)| proto::Entry {
+                key: Bytes::copy_from_slice(k.as_ref()),
+                value: Bytes::copy_from_slice(v.as_ref()),
+                ttl: 0,
+            })
+            .collect();
+        Ok(self.call(o).await?.items)
+    }
+
+    /// Removes `keys`; how many existed.
+    pub async fn delete_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<usize, ClientError> {
+        let mut o = op("delete_many", b"");
+        o.keys = keys.iter().map(|k| Bytes::copy_from_slice(k.as_ref())).collect();
+        Ok(self.call(o).await?.items.iter().filter(|i| i.status == 0).count())
+    }
+
+    /// Keys matching a glob (at most `limit`, 0 = 1000).
+    pub async fn pattern(&self, glob: &str, limit: u32) -> Result<Vec<Bytes>, ClientError> {
+        let mut o = op("pattern", glob.as_bytes());
+        o.limit = limit;
+        Ok(self.call(o).await?.items.into_iter().map(|i| i.key).collect())
+    }
+
+    /// Removes every item on every shard; how many there were.
+    pub async fn flush(&self) -> Result<u64, ClientError> {
+        let resp = self.call(op("flush", b"")).await?;
+        Ok(json(&resp)?["flushed"].as_u64().unwrap_or(0))
+    }
+
+    /// Server statistics (JSON).
+    pub async fn stats(&self) -> Result<serde_json::Value, ClientError> {
+        json(&self.call(op("stats", b"")).await?)
+    }
+
+    /// Server health (JSON).
+    pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
+        json(&self.call(op("health", b"")).await?)
+    }
+}
+
+fn op(name: &str, key: &[u8]) -> proto::CacheOperation {
+    proto::CacheOperation {
+        operation: name.into(),
+        key: Bytes::copy_from_slice(key),
+        ..Default::default()
+    }
+}
+
+fn checked_key(key: &[u8]) -> Result<&[u8], ClientError> {
+    check_key(key)
+        .map(|()| key)
+        .map_err(|e| ClientError::InvalidRequest(e.message().into()))
+}
+
+fn json(resp: &proto::CacheResponse) -> Result<serde_json::Value, ClientError> {
+    serde_json::from_slice(&resp.data).map_err(|e| ClientError::Protocol(format!("answer is not JSON: {e}")))
+}
+
+/// Turns an error status into an error.
+pub(crate) fn check_status(resp: &proto::CacheResponse) -> Result<(), ClientError> {
+    match Status::from_u32(resp.status) {
+        Some(Status::Ok) => Ok(()),
+        Some(status) => Err(ClientError::Server {
+            status,
+            message: String::from_utf8_lossy(&resp.data).into_owned(),
+        }),
+        None => Err(ClientError::UnknownStatus(resp.status)),
+    }
+}
+
+fn item_error(item: &ItemResult) -> ClientError {
+    match Status::from_u32(item.status) {
+        Some(status) => ClientError::Server {
+            status,
+            message: String::from_utf8_lossy(&item.data).into_owned(),
+        },
+        None => ClientError::UnknownStatus(item.status),
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in [0, base × 2^attempt].
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let cap = base.saturating_mul(1 << attempt.min(10));
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(attempt);
+    let fraction = (h.finish() % 1000) as u32;
+    cap * fraction / 1000
+}

@@ -1,0 +1,383 @@
+//! Key → owner shard, and the forwarding of operations to their owners over
+//! glommio's channel mesh.
+//!
+//! A connection gathers everything one read produced for one owner into a
+//! single [`Batch`] (the raw request frames, copied once), sends it, and
+//! awaits the owner's answer frames. Forwarding one operation at a time would
+//! pay a cross-core wake-up per request; a batch pays one per read.
+//!
+//! Two meshes are used, one for requests and one for replies, so that a
+//! shard blocked sending a reply can never wait on a peer that is itself
+//! blocked sending a request to it.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
+use tracing::warn;
+
+use crate::frame::FRAME_HEADER_BYTES;
+use crate::ops::OpKind;
+use crate::protocol::binary::{decode_operation, ResponseEncoder};
+use crate::shard::stats::Tally;
+use crate::shard::Shard;
+use crate::Status;
+
+/// Frames of operations sent to an owner shard, and its answers.
+pub struct Batch {
+    origin: usize,
+    slot: u32,
+    generation: u32,
+    now_us: u64,
+    /// Request frames (length-prefixed), executed in order.
+    pub frames: Vec<u8>,
+    /// Response frames, one per request frame, in order.
+    pub replies: Vec<u8>,
+}
+
+/// Capacity of each mesh channel, in batches.
+const MESH_CHANNEL_BATCHES: usize = 1024;
+
+/// How long a connection waits for an owner shard before answering
+/// CACHE_005 for the forwarded operations.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The meshes to build before starting the shards (one clone per shard).
+#[derive(Clone)]
+pub struct MeshPlan {
+    requests: MeshBuilder<Batch, Full>,
+    replies: MeshBuilder<Batch, Full>,
+    /// shard id → mesh peer id, filled as shards join.
+    peer_of_shard: Arc<Vec<AtomicUsize>>,
+    joined: Arc<std::sync::Barrier>,
+}
+
+// SAFETY: MeshBuilder is Send (glommio declares it so); the rest is Arc of
+// Sync types. Each shard thread takes its own clone.
+unsafe impl Send for MeshPlan {}
+
+impl MeshPlan {
+    pub fn new(shards: usize) -> Self {
+        MeshPlan {
+            requests: MeshBuilder::full(shards, MESH_CHANNEL_BATCHES),
+            replies: MeshBuilder::full(shards, MESH_CHANNEL_BATCHES),
+            peer_of_shard: Arc::new((0..shards).map(|_| AtomicUsize::new(usize::MAX)).collect()),
+            joined: Arc::new(std::sync::Barrier::new(shards)),
+        }
+    }
+}
+
+/// One waiting forward.
+#[derive(Default)]
+struct Slot {
+    generation: u32,
+    in_use: bool,
+    reply: Option<Batch>,
+    waker: Option<Waker>,
+}
+
+/// Forwards waiting for replies; ids are recycled so a steady state
+/// allocates nothing.
+#[derive(Default)]
+struct ReplySlots {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+}
+
+impl ReplySlots {
+    fn acquire(&mut self) -> (u32, u32) {
+        let idx = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(Slot::default());
+            (self.slots.len() - 1) as u32
+        });
+        let slot = &mut self.slots[idx as usize];
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.in_use = true;
+        (idx, slot.generation)
+    }
+
+    fn release(&mut self, idx: u32) {
+        let slot = &mut self.slots[idx as usize];
+        slot.in_use = false;
+        slot.reply = None;
+        slot.waker = None;
+        self.free.push(idx);
+    }
+
+    /// Delivers a reply; returns it back if nobody waits for it any more.
+    fn complete(&mut self, batch: Batch) -> Option<Batch> {
+        match self.slots.get_mut(batch.slot as usize) {
+            Some(slot) if slot.in_use && slot.generation == batch.generation => {
+                if let Some(w) = slot.waker.take() {
+                    w.wake();
+                }
+                slot.reply = Some(batch);
+                None
+            }
+            _ => Some(batch),
+        }
+    }
+}
+
+/// Routes forwarded work of one shard.
+pub struct Router {
+    shard: Rc<Shard>,
+    requests: Option<Senders<Batch>>,
+    replies: Option<Senders<Batch>>,
+    peer_of_shard: Vec<usize>,
+    slots: RefCell<ReplySlots>,
+    pool: RefCell<Vec<Vec<u8>>>,
+}
+
+/// Why a forward failed; the forwarded operations answer CACHE_005 or
+/// CACHE_011.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardError {
+    Timeout,
+    Unavailable,
+}
+
+impl ForwardError {
+    pub fn status(self) -> Status {
+        match self {
+            ForwardError::Timeout => Status::Timeout,
+            ForwardError::Unavailable => Status::Unavailable,
+        }
+    }
+}
+
+impl Router {
+    /// Joins the meshes (all shards must call this concurrently) and starts
+    /// the tasks that serve forwarded batches and deliver replies.
+    pub async fn join(shard: Rc<Shard>, plan: MeshPlan) -> Rc<Router> {
+        let count = shard.count();
+        if count == 1 {
+            return Rc::new(Router {
+                shard,
+                requests: None,
+                replies: None,
+                peer_of_shard: vec![0],
+                slots: RefCell::default(),
+                pool: RefCell::default(),
+            });
+        }
+        let (req_tx, req_rx) = plan.requests.join().await.expect("join request mesh");
+        let (rep_tx, rep_rx) = plan.replies.join().await.expect("join reply mesh");
+        plan.peer_of_shard[shard.id()].store(req_tx.peer_id(), Ordering::SeqCst);
+        // Startup only: every shard has joined both meshes, so waiting here
+        // for the others to publish their peer ids cannot deadlock.
+        plan.joined.wait();
+        let peer_of_shard = plan
+            .peer_of_shard
+            .iter()
+            .map(|p| p.load(Ordering::SeqCst))
+            .collect();
+        let router = Rc::new(Router {
+            shard,
+            requests: Some(req_tx),
+            replies: Some(rep_tx),
+            peer_of_shard,
+            slots: RefCell::default(),
+            pool: RefCell::default(),
+        });
+        router.spawn_receivers(req_rx, rep_rx);
+        router
+    }
+
+    fn spawn_receivers(self: &Rc<Self>, mut requests: Receivers<Batch>, mut replies: Receivers<Batch>) {
+        for (_, rx) in requests.streams() {
+            let router = self.clone();
+            glommio::spawn_local(async move {
+                while let Some(mut batch) = rx.recv().await {
+                    router.serve_batch(&mut batch);
+                    let origin = router.peer_of_shard[batch.origin];
+                    if let Some(tx) = &router.replies {
+                        if tx.send_to(origin, batch).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            })
+            .detach();
+        }
+        for (_, rx) in replies.streams() {
+            let router = self.clone();
+            glommio::spawn_local(async move {
+                while let Some(batch) = rx.recv().await {
+                    if let Some(orphan) = router.slots.borrow_mut().complete(batch) {
+                        router.recycle(orphan);
+                    }
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// Executes a batch forwarded to this shard.
+    fn serve_batch(&self, batch: &mut Batch) {
+        let mut pos = 0;
+        let frames = &batch.frames;
+        let mut ops = 0u64;
+        while pos + FRAME_HEADER_BYTES <= frames.len() {
+            let len = u32::from_be_bytes(frames[pos..pos + 4].try_into().expect("4 bytes")) as usize;
+            let body = &frames[pos + FRAME_HEADER_BYTES..pos + FRAME_HEADER_BYTES + len];
+            pos += FRAME_HEADER_BYTES + len;
+            ops += 1;
+            // The origin decoded and validated these frames already.
+            match decode_operation(body) {
+                Ok(op) => match OpKind::parse(op.operation) {
+                    Some(kind) => self
+                        .shard
+                        .execute_local(&op, kind, batch.now_us, &mut batch.replies),
+                    None => ResponseEncoder::error(
+                        &mut batch.replies,
+                        Status::UnknownOperation,
+                        "unknown operation",
+                        b"",
+                    ),
+                },
+                Err(_) => {
+                    ResponseEncoder::error(&mut batch.replies, Status::Malformed, "malformed request", b"")
+                }
+            }
+        }
+        batch.frames.clear();
+        self.shard.tally(Tally::Requests(ops));
+    }
+
+    /// A cleared buffer for request frames.
+    pub fn take_buffer(&self) -> Vec<u8> {
+        self.pool.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Returns buffers to the pool; very large ones are dropped so one huge
+    /// batch does not pin memory forever.
+    pub fn give_buffer(&self, mut buf: Vec<u8>) {
+        const KEEP_CAPACITY: usize = 1 << 20;
+        const KEEP_BUFFERS: usize = 256;
+        let mut pool = self.pool.borrow_mut();
+        if buf.capacity() <= KEEP_CAPACITY && pool.len() < KEEP_BUFFERS {
+            buf.clear();
+            pool.push(buf);
+        }
+    }
+
+    fn recycle(&self, batch: Batch) {
+        self.give_buffer(batch.frames);
+        self.give_buffer(batch.replies);
+    }
+
+    /// Sends `frames` (request frames) to `owner`. Await the answer with
+    /// [`PendingForward::wait`]; start every forward of a read before
+    /// waiting on any, so their round trips overlap.
+    pub async fn start_forward(
+        &self,
+        owner: usize,
+        frames: Vec<u8>,
+        now_us: u64,
+    ) -> Result<PendingForward<'_>, ForwardError> {
+        let Some(tx) = &self.requests else {
+            self.give_buffer(frames);
+            return Err(ForwardError::Unavailable);
+        };
+        let deadline = std::time::Instant::now() + FORWARD_TIMEOUT;
+        let (slot, generation) = self.slots.borrow_mut().acquire();
+        let guard = SlotGuard { router: self, slot };
+        let batch = Batch {
+            origin: self.shard.id(),
+            slot,
+            generation,
+            now_us,
+            frames,
+            replies: self.take_buffer(),
+        };
+        self.shard.tally(Tally::ForwardedBatch);
+        if tx.send_to(self.peer_of_shard[owner], batch).await.is_err() {
+            // The owner's channel is closed (the server is stopping).
+            return Err(ForwardError::Unavailable);
+        }
+        Ok(PendingForward { guard, deadline })
+    }
+}
+
+/// A forwarded batch whose answer has not been awaited yet.
+pub struct PendingForward<'a> {
+    guard: SlotGuard<'a>,
+    deadline: std::time::Instant,
+}
+
+impl PendingForward<'_> {
+    /// The owner's response frames; the buffer goes back with
+    /// [`Router::give_buffer`].
+    pub async fn wait(self) -> Result<Vec<u8>, ForwardError> {
+        let router = self.guard.router;
+        let reply = WaitReply {
+            router,
+            slot: self.guard.slot,
+        };
+        let timeout = async {
+            glommio::timer::sleep(self.deadline.saturating_duration_since(std::time::Instant::now())).await;
+            None
+        };
+        let result = futures_lite::future::or(async { Some(reply.await) }, timeout).await;
+        drop(self.guard);
+        match result {
+            Some(batch) => {
+                router.give_buffer(batch.frames);
+                Ok(batch.replies)
+            }
+            None => {
+                warn!("forward to an owner shard timed out");
+                Err(ForwardError::Timeout)
+            }
+        }
+    }
+}
+
+/// Releases a reply slot however the forward ends (answered, timed out, or
+/// the connection's future dropped).
+struct SlotGuard<'a> {
+    router: &'a Router,
+    slot: u32,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        let reply = {
+            let mut slots = self.router.slots.borrow_mut();
+            let reply = slots.slots[self.slot as usize].reply.take();
+            slots.release(self.slot);
+            reply
+        };
+        if let Some(batch) = reply {
+            self.router.recycle(batch);
+        }
+    }
+}
+
+struct WaitReply<'a> {
+    router: &'a Router,
+    slot: u32,
+}
+
+impl Future for WaitReply<'_> {
+    type Output = Batch;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Batch> {
+        let mut slots = self.router.slots.borrow_mut();
+        let slot = &mut slots.slots[self.slot as usize];
+        match slot.reply.take() {
+            Some(batch) => Poll::Ready(batch),
+            None => {
+                slot.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! REST requests → operations → the connection's [`Dispatcher`] (the same
+//! routing, forwarding and merging as the binary protocol) → answers.
+
+use prost::Message;
+use serde_json::json;
+
+use crate::frame::encode_frame;
+use crate::frame::FRAME_HEADER_BYTES;
+use crate::ops::OpKind;
+use crate::proto::{CacheOperation, CacheResponse};
+use crate::protocol::http::{Method, RequestHead};
+use crate::protocol::rest::request::{self, BatchItem};
+use crate::protocol::rest::response;
+use crate::protocol::rest::{routes, Query, RestError, Route};
+use crate::server::dispatch::Dispatcher;
+use crate::server::{ShardRuntime, StopHandle};
+use crate::time::unix_now_us;
+use crate::Status;
+
+pub const JSON: &str = "application/json";
+const OCTETS: &str = "application/octet-stream";
+
+/// A whole answer.
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    /// `Allow` of a 405.
+    pub allow: Option<&'static str>,
+}
+
+/// What the connection sends back.
+pub enum Outcome {
+    Reply(Reply),
+    /// A batch: the connection streams its answer, cycle by cycle.
+    Batch(BatchJob),
+}
+
+/// A parsed batch, ready to run.
+pub struct BatchJob {
+    pub items: Vec<BatchItem>,
+    /// One operation frame per item.
+    pub frames: Vec<u8>,
+    pub force_base64: bool,
+}
+
+fn now_ms() -> u64 {
+    unix_now_us() / 1000
+}
+
+/// An ICD 8.2 error answer.
+pub fn error_reply(http: u16, status: Status, message: &str, key: Option<&[u8]>, operation: &str) -> Reply {
+    Reply {
+        status: http,
+        content_type: JSON,
+        body: response::error_body(status, message, key, operation, now_ms()),
+        allow: None,
+    }
+}
+
+fn rest_error(e: RestError, key: Option<&[u8]>, operation: &str) -> Outcome {
+    Outcome::Reply(error_reply(e.http_status, e.status, &e.message, key, operation))
+}
+
+fn json_reply(status: u16, body: Vec<u8>) -> Outcome {
+    Outcome::Reply(Reply {
+        status,
+        content_type: JSON,
+        body,
+        allow: None,
+    })
+}
+
+/// Answers one request.
+pub async fn handle(rt: &ShardRuntime, d: &mut Dispatcher, head: &RequestHead, body: &[u8]) -> Outcome {
+    let route = match routes::resolve(&head.method, &head.path) {
+        Ok(route) => route,
+        Err(routes::RouteError::NotFound) => {
+            let e = RestError::of(Status::UnknownOperation, format!("no endpoint {}", head.path));
+            return rest_error(
+                RestError {
+                    http_status: 404,
+                    ..e
+                },
+                None,
+                "",
+            );
+        }
+        Err(routes::RouteError::MethodNotAllowed { allow }) => {
+            let message = format!("{} is not allowed here (allowed: {allow})", head.method.as_str());
+            let mut reply = error_reply(405, Status::UnknownOperation, &message, None, "");
+            reply.allow = Some(allow);
+            return Outcome::Reply(reply);
+        }
+        Err(routes::RouteError::BadEncoding(message)) => {
+            return rest_error(RestError::malformed(message), None, "")
+        }
+    };
+    let query = match Query::parse(head.query.as_deref()) {
+        Ok(q) => q,
+        Err(e) => return rest_error(e, None, ""),
+    };
+    if let Err(reply) = authorize(rt, d, head, &route) {
+        return Outcome::Reply(reply);
+    }
+    match handle_route(rt, d, head, body, route, &query).await {
+        Ok(outcome) => outcome,
+        Err((e, key, op)) => rest_error(e, key.as_deref(), op),
+    }
+}
+
+type Failure = (RestError, Option<Vec<u8>>, &'static str);
+
+// ---- security (issue 5): credentials of each request ----
+
+/// Sets the dispatcher's grant from `Authorization: Bearer`. Health
+/// endpoints stay open; anything else needs a valid token when auth is on
+/// (401 AUTH_001 without one); the permission itself is checked where the
+/// operation is routed (403 AUTH_002).
+fn authorize(rt: &ShardRuntime, d: &mut Dispatcher, head: &RequestHead, route: &Route) -> Result<(), Reply> {
+    use crate::auth::Grant;
+    if !rt.auth.enabled() {
+        d.set_grant(Grant::UNRESTRICTED);
+        return Ok(());
+    }
+    if matches!(route, Route::Live | Route::Ready | Route::CacheHealth) {
+        d.set_grant(Grant::NONE);
+        return Ok(());
+    }
+    let token = head.bearer.as_deref().unwrap_or_default();
+    match rt.auth.authenticate(token.as_bytes(), None) {
+        Ok(grant) => {
+            d.set_grant(grant);
+            Ok(())
+        }
+        Err(e) => {
+            d.set_grant(Grant::NONE);
+            let message = format!("invalid credentials: {e}");
+            Err(error_reply(401, Status::InvalidCredentials, &message, None, ""))
+        }
+    }
+}
+
+/// Refuses an endpoint that does not go through the dispatcher (reload,
+/// metrics) unless the request's grant has `need`.
+fn require(d: &Dispatcher, need: crate::auth::Permissions, operation: &'static str) -> Result<(), Failure> {
+    let grant = d.grant();
+    let now = unix_now_us();
+    if grant.allows(need, now) {
+        return Ok(());
+    }
+    let (status, message) = grant.refusal(need, now);
+    Err((RestError::of(status, message), None, operation))
+}
+
+// ---- end of security ----
+
+async fn handle_route(
+    rt: &ShardRuntime,
+    d: &mut Dispatcher,
+    head: &RequestHead,
+    body: &[u8],
+    route: Route,
+    query: &Query,
+) -> Result<Outcome, Failure> {
+    let force_base64 = query.force_base64().map_err(|e| (e, None, ""))?;
+    match route {
+        Route::Key(key) => {
+            let (kind, op) = match head.method {
+                Method::Put => {
+                    let op = request::put_operation(&key, body, head.content_type.as_deref(), query)
+                        .map_err(|e| (e, Some(key.clone()), "set"))?;
+                    (OpKind::Set, op)
+                }
+                Method::Delete => (OpKind::Delete, request::key_operation(OpKind::Delete, &key)),
+                _ => (OpKind::Get, request::key_operation(OpKind::Get, &key)),
+            };
+            let resp = execute(rt, d, &op)
+                .await
+                .map_err(|e| (e, Some(key.clone()), kind.name()))?;
+            let wants_octets = head.accept.as_deref().is_some_and(|a| a.contains(OCTETS));
+            if kind == OpKind::Get && resp.status == 0 && wants_octets {
+                return Ok(Outcome::Reply(Reply {
+                    status: 200,
+                    content_type: OCTETS,
+                    body: resp.data.to_vec(),
+                    allow: None,
+                }));
+            }
+            answer(kind, &resp, force_base64, Some(&key))
+        }
+        Route::Batch => {
+            let (items, frames) = request::batch_operations(body).map_err(|e| (e, None, "batch"))?;
+            check_frames(rt, &frames).map_err(|e| (e, None, "batch"))?;
+            Ok(Outcome::Batch(BatchJob {
+                items,
+                frames,
+                force_base64,
+            }))
+        }
+        Route::Pattern(pattern) => {
+            let op = request::pattern_operation(&pattern, query).map_err(|e| (e, None, "pattern"))?;
+            let resp = execute(rt, d, &op).await.map_err(|e| (e, None, "pattern"))?;
+            if resp.status != 0 {
+                return answer(OpKind::Pattern, &resp, false, Some(&pattern));
+            }
+            Ok(json_reply(
+                200,
+                response::success_with(&response::pattern_data(&resp)),
+            ))
+        }
+        Route::Flush | Route::Stats | Route::CacheHealth => {
+            let kind = match route {
+                Route::Flush => OpKind::Flush,
+                Route::Stats => OpKind::Stats,
+                _ => OpKind::Health,
+            };
+            let resp = execute(rt, d, &request::admin_operation(kind))
+                .await
+                .map_err(|e| (e, None, kind.name()))?;
+            let healthy =
+                serde_json::from_slice::<serde_json::Value>(&resp.data).is_ok_and(|v| v["status"] == "ok");
+            if kind == OpKind::Health && resp.status == 0 && !healthy {
+                return Ok(json_reply(503, response::success_body(kind, &resp, false)));
+            }
+            answer(kind, &resp, false, None)
+        }
+        Route::Reload => {
+            require(d, crate::auth::CACHE_RELOAD, "reload")?;
+            Ok(json_reply(200, response::success_with(&reload_report(rt).await)))
+        }
+        Route::Live => Ok(json_reply(
+            200,
+            json!({ "status": "live" }).to_string().into_bytes(),
+        )),
+        Route::Ready => Ok(readiness(rt)),
+        Route::Metrics => {
+            require(d, crate::auth::METRICS_READ, "stats")?;
+            // Every shard's counters and histograms, merged; a shard that
+            // does not answer within the deadline shows as down.
+            let deadline = glommio::timer::sleep(METRICS_DEADLINE);
+            let snapshot = rt.server.control.gather(deadline).await;
+            Ok(Outcome::Reply(Reply {
+                status: 200,
+                content_type: METRICS_CONTENT_TYPE,
+                body: crate::metrics::render_prometheus(&snapshot).into_bytes(),
+                allow: None,
+            }))
+        }
+    }
+}
+
+/// A success body or the ICD error of `resp`.
+fn answer(
+    kind: OpKind,
+    resp: &CacheResponse,
+    force_base64: bool,
+    key: Option<&[u8]>,
+) -> Result<Outcome, Failure> {
+    let status = Status::from_u32(resp.status).unwrap_or(Status::Unavailable);
+    if status == Status::Ok {
+        return Ok(json_reply(200, response::success_body(kind, resp, force_base64)));
+    }
+    let message = String::from_utf8_lossy(&resp.data);
+    Err((
+        RestError::of(status, message),
+        key.map(<[u8]>::to_vec),
+        kind.name(),
+    ))
+}
+
+/// 200 once every shard serves (start() returns only then) and while the
+/// server is not stopping and every shard's executor runs; else 503.
+fn readiness(rt: &ShardRuntime) -> Outcome {
+    use std::sync::atomic::Ordering;
+    let stopping = rt.server.stopping.load(Ordering::Relaxed) || rt.shard.is_draining();
+    let started = rt.server.started.load(Ordering::Acquire);
+    let alive = StopHandle(rt.server.clone()).all_shards_alive(READY_HEARTBEAT_AGE);
+    let (status, state) = match (started, stopping, alive) {
+        (_, true, _) => (503, "draining"),
+        (false, _, _) => (503, "starting"),
+        (true, false, false) => (503, "shard_stalled"),
+        (true, false, true) => (200, "ready"),
+    };
+    let body = json!({ "status": state, "shards": rt.shard.count() });
+    json_reply(status, body.to_string().into_bytes())
+}
+
+/// A shard whose executor has not run for this long makes the server
+/// not ready (heartbeats come every 50 ms).
+const READY_HEARTBEAT_AGE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Content type of the Prometheus text exposition format.
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// How long a scrape waits for the shards' snapshots.
+const METRICS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `POST /api/v2/cache/reload`: re-reads the configuration (see
+/// [`crate::reload`]) and reports what changed and what needs a restart.
+async fn reload_report(rt: &ShardRuntime) -> serde_json::Value {
+    match rt.server.control.reloader.get() {
+        Some(reloader) => serde_json::to_value(reloader.reload().await).unwrap_or_default(),
+        None => json!({
+            "reloaded": [],
+            "requires_restart": [],
+            "errors": ["this server was started without a configuration to reload"],
+            "shards_applied": 0
+        }),
+    }
+}
+
+/// Refuses an operation frame the dispatcher would treat as a stream error.
+fn check_frames(rt: &ShardRuntime, frames: &[u8]) -> Result<(), RestError> {
+    let max = rt.shard.limits().max_frame_bytes;
+    let mut pos = 0;
+    while let Some(header) = frames.get(pos..pos + FRAME_HEADER_BYTES) {
+        let len = u32::from_be_bytes(header.try_into().expect("4 bytes")) as usize;
+        if len > max {
+            return Err(RestError::of(
+                Status::FrameTooLarge,
+                format!("an operation is larger than {max} bytes"),
+            ));
+        }
+        pos += FRAME_HEADER_BYTES + len;
+    }
+    Ok(())
+}
+
+/// Runs one operation through the dispatcher and decodes its answer.
+pub async fn execute(
+    rt: &ShardRuntime,
+    d: &mut Dispatcher,
+    op: &CacheOperation,
+) -> Result<CacheResponse, RestError> {
+    let mut frame = Vec::with_capacity(op.encoded_len() + FRAME_HEADER_BYTES);
+    encode_frame(op, &mut frame);
+    check_frames(rt, &frame)?;
+    d.clear_output();
+    d.run(rt, &frame).await;
+    let answers = response_frames(d.output());
+    let first = answers.into_iter().next();
+    first.ok_or_else(|| RestError::of(Status::Unavailable, "no answer from the shard"))
+}
+
+/// Decodes the response frames of a dispatcher's output.
+pub fn response_frames(output: &[u8]) -> Vec<CacheResponse> {
+    let mut answers = Vec::new();
+    let mut pos = 0;
+    while let Some(header) = output.get(pos..pos + FRAME_HEADER_BYTES) {
+        let len = u32::from_be_bytes(header.try_into().expect("4 bytes")) as usize;
+        let body = output.get(pos + FRAME_HEADER_BYTES..pos + FRAME_HEADER_BYTES + len);
+        answers.push(
+            body.and_then(|b| CacheResponse::decode(b).ok())
+                .unwrap_or_else(|| CacheResponse {
+                    status: Status::Unavailable.code_number(),
+                    data: "undecodable answer".into(),
+                    ..Default::default()
+                }),
+        );
+        pos += FRAME_HEADER_BYTES + len;
+    }
+    answers
+}
