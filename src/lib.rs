@@ -21,22 +21,22 @@
 //! - the Message Hub bridge: [`hub`];
 //! - the server: [`server`] (listeners, connections, dispatch).
 
-pub mod auth;
+mod auth;
 pub mod codec;
 pub mod config;
 pub mod control;
 #[doc(hidden)]
 pub mod hostile;
-pub mod hub;
+mod hub;
 pub mod metrics;
 pub mod ops;
-pub mod pattern;
+mod pattern;
 pub mod protocol;
 pub mod server;
 pub mod shard;
-pub mod size;
+mod size;
 pub mod slab;
-pub mod time;
+mod time;
 
 pub use dnd_cache_client as client;
 pub use dnd_cache_client::{CacheClient, ClientConfig, ClientError};

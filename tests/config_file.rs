@@ -180,6 +180,7 @@ fn sighup_and_reload_apply_runtime_settings_and_name_the_rest() {
 
     // SIGHUP re-reads the file.
     std::fs::write(&file.0, "config:\n  policies:\n    ttl_default: 200\n").unwrap();
+    // SAFETY: kill(2) on our own child's pid; no memory is touched.
     unsafe { libc::kill(server.child.id() as i32, libc::SIGHUP) };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while ttl_of_a_new_write(&mut c, b"b") != 200 {

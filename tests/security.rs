@@ -327,6 +327,7 @@ fn reload_rotates_keys_by_kid() {
 
     // SIGHUP does the same.
     std::fs::copy(key_path("rsa-public.pem"), &active).unwrap();
+    // SAFETY: kill(2) on our own child's pid; no memory is touched.
     unsafe { libc::kill(server.child.id() as i32, libc::SIGHUP) };
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {

@@ -10,7 +10,7 @@ pub mod hub;
 pub mod verifier;
 
 pub use hub::{AuthHub, ShardAuth};
-pub use verifier::{AuthError, AuthSettings, Verifier};
+pub use verifier::AuthSettings;
 
 use crate::ops::OpKind;
 
@@ -124,15 +124,6 @@ impl Grant {
             )
         }
     }
-}
-
-/// Names of the permissions in `bits`, for answers and logs.
-pub fn permission_names(bits: Permissions) -> Vec<&'static str> {
-    PERMISSION_NAMES
-        .iter()
-        .filter(|(_, b)| bits & b != 0)
-        .map(|&(n, _)| n)
-        .collect()
 }
 
 #[cfg(test)]

@@ -196,6 +196,7 @@ impl Verifier {
     }
 
     /// Number of keys.
+    #[cfg(test)]
     pub fn key_count(&self) -> usize {
         self.keys.len()
     }

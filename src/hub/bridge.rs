@@ -233,14 +233,14 @@ impl Bridge {
     fn hold(&mut self, event: &ItemEventRef<'_>, due: Instant) {
         match self.pending.get_mut(event.key) {
             Some(p) => {
-                p.event = event.to_owned();
+                p.event = (*event).to_owned();
                 p.merged += 1;
                 BridgeCounters::add(&self.counters().coalesced, 1);
             }
             None => {
                 self.due_order.push_back((due, event.key.to_vec()));
                 let pending = Pending {
-                    event: event.to_owned(),
+                    event: (*event).to_owned(),
                     merged: 0,
                 };
                 self.pending.insert(event.key.to_vec(), pending);

@@ -7,7 +7,7 @@
 
 use std::fmt::Write;
 
-use super::snapshot::{MetricsSnapshot, ShardSnapshot};
+use super::snapshot::{BridgeSnapshot, MetricsSnapshot, OpSnapshot, ShardSnapshot};
 
 /// Upper bounds of the `cache_latency` buckets, in microseconds (10 µs to
 /// 1 s; `+Inf` follows).
@@ -16,14 +16,152 @@ pub const LATENCY_BUCKETS_US: [u64; 16] = [
     1_000_000,
 ];
 
+/// A family with one sample per shard.
+struct ShardFamily {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    value: fn(&ShardSnapshot) -> u64,
+}
+
+/// Per-shard families, in exposition order.
+const SHARD_FAMILIES: &[ShardFamily] = &[
+    ShardFamily {
+        name: "cache_items",
+        kind: "gauge",
+        help: "Items held (expired ones not yet reclaimed included).",
+        value: |s| s.items,
+    },
+    ShardFamily {
+        name: "cache_evicted_total",
+        kind: "counter",
+        help: "Items evicted to make room.",
+        value: |s| s.evictions,
+    },
+    ShardFamily {
+        name: "cache_expired_total",
+        kind: "counter",
+        help: "Items removed because their TTL passed.",
+        value: |s| s.expirations,
+    },
+    ShardFamily {
+        name: "cache_flushed_total",
+        kind: "counter",
+        help: "Items removed by flush.",
+        value: |s| s.flushed,
+    },
+    ShardFamily {
+        name: "cache_rejected_writes_total",
+        kind: "counter",
+        help: "Writes refused (storage full or item too large).",
+        value: |s| s.rejected_writes,
+    },
+    ShardFamily {
+        name: "cache_connections_open",
+        kind: "gauge",
+        help: "Client connections open.",
+        value: |s| s.connections_open,
+    },
+    ShardFamily {
+        name: "cache_connections_accepted_total",
+        kind: "counter",
+        help: "Client connections accepted.",
+        value: |s| s.connections_accepted,
+    },
+    ShardFamily {
+        name: "cache_connections_refused_total",
+        kind: "counter",
+        help: "Connections refused over --max-connections.",
+        value: |s| s.connections_refused,
+    },
+    ShardFamily {
+        name: "cache_forwarded_ops_total",
+        kind: "counter",
+        help: "Operations forwarded to their owner shard.",
+        value: |s| s.forwarded_ops,
+    },
+    ShardFamily {
+        name: "cache_protocol_errors_total",
+        kind: "counter",
+        help: "Frames that could not be decoded.",
+        value: |s| s.protocol_errors,
+    },
+    ShardFamily {
+        name: "cache_events_enqueued_total",
+        kind: "counter",
+        help: "Item events handed to the Message Hub bridge.",
+        value: |s| s.events_queued,
+    },
+    ShardFamily {
+        name: "cache_events_dropped_total",
+        kind: "counter",
+        help: "Item events dropped because the bridge queue was full.",
+        value: |s| s.events_dropped,
+    },
+];
+
+/// A family with one sample per (service, operation) of lookups.
+struct LookupFamily {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    value: fn(&OpSnapshot) -> f64,
+}
+
+/// Lookup families (operations with at least one hit or miss), in order.
+const LOOKUP_FAMILIES: &[LookupFamily] = &[
+    LookupFamily {
+        name: "cache_hits_total",
+        kind: "counter",
+        help: "Lookups that found their key.",
+        value: |op| op.hits as f64,
+    },
+    LookupFamily {
+        name: "cache_misses_total",
+        kind: "counter",
+        help: "Lookups that did not find their key (absent or expired).",
+        value: |op| op.misses as f64,
+    },
+    LookupFamily {
+        name: "cache_hit_rate",
+        kind: "gauge",
+        help: "Hits / (hits + misses) since start.",
+        value: |op| op.hits as f64 / (op.hits + op.misses) as f64,
+    },
+];
+
+/// Reads one counter of the Message Hub bridge.
+type BridgeRead = fn(&BridgeSnapshot) -> u64;
+
+/// A counter of the Message Hub bridge: (name, help, value).
+type BridgeCounter = (&'static str, &'static str, BridgeRead);
+
 /// Renders a merged snapshot as Prometheus text. The REST front end serves
 /// this at `/health/metrics` with content type
 /// `text/plain; version=0.0.4`.
 pub fn render_prometheus(m: &MetricsSnapshot) -> String {
     let mut out = String::with_capacity(8192);
-    let o = &mut out;
-    let node = escape(&m.node);
+    render_node(&mut out, m);
+    for f in SHARD_FAMILIES {
+        family(&mut out, f.name, f.kind, f.help);
+        for s in m.shards.iter().flatten() {
+            sample(
+                &mut out,
+                f.name,
+                &[("shard", &s.shard.to_string())],
+                (f.value)(s) as f64,
+            );
+        }
+    }
+    render_requests(&mut out, m);
+    render_latency(&mut out, m);
+    render_bridge(&mut out, &m.bridge);
+    out
+}
 
+/// Build, node and shard status, replication, memory.
+fn render_node(o: &mut String, m: &MetricsSnapshot) {
+    let node = escape(&m.node);
     family(o, "cache_build_info", "gauge", "Build of the server; always 1.");
     sample(
         o,
@@ -31,7 +169,6 @@ pub fn render_prometheus(m: &MetricsSnapshot) -> String {
         &[("version", &escape(&m.version)), ("node", &node)],
         1.0,
     );
-
     family(
         o,
         "cache_node_status",
@@ -45,7 +182,6 @@ pub fn render_prometheus(m: &MetricsSnapshot) -> String {
         &[("node", &node), ("zone", &escape(&m.zone))],
         up,
     );
-
     family(
         o,
         "cache_shard_up",
@@ -53,14 +189,9 @@ pub fn render_prometheus(m: &MetricsSnapshot) -> String {
         "1 when the shard answered the scrape.",
     );
     for (i, s) in m.shards.iter().enumerate() {
-        sample(
-            o,
-            "cache_shard_up",
-            &[("shard", &i.to_string())],
-            f64::from(u8::from(s.is_some())),
-        );
+        let up = f64::from(u8::from(s.is_some()));
+        sample(o, "cache_shard_up", &[("shard", &i.to_string())], up);
     }
-
     family(
         o,
         "cache_replication_lag",
@@ -73,7 +204,6 @@ pub fn render_prometheus(m: &MetricsSnapshot) -> String {
         &[("node", &node), ("target", "none")],
         0.0,
     );
-
     family(
         o,
         "cache_memory_usage",
@@ -94,7 +224,6 @@ pub fn render_prometheus(m: &MetricsSnapshot) -> String {
         &[("node", &node), ("type", "limit")],
         limit,
     );
-
     family(
         o,
         "cache_shard_memory_bytes",
@@ -103,117 +232,19 @@ pub fn render_prometheus(m: &MetricsSnapshot) -> String {
     );
     for s in m.shards.iter().flatten() {
         let shard = s.shard.to_string();
-        sample(
-            o,
-            "cache_shard_memory_bytes",
-            &[("shard", &shard), ("type", "used")],
-            s.used_bytes as f64,
-        );
-        sample(
-            o,
-            "cache_shard_memory_bytes",
-            &[("shard", &shard), ("type", "limit")],
-            s.limit_bytes as f64,
-        );
+        for (kind, bytes) in [("used", s.used_bytes), ("limit", s.limit_bytes)] {
+            sample(
+                o,
+                "cache_shard_memory_bytes",
+                &[("shard", &shard), ("type", kind)],
+                bytes as f64,
+            );
+        }
     }
+}
 
-    per_shard(
-        o,
-        m,
-        "cache_items",
-        "gauge",
-        "Items held (expired ones not yet reclaimed included).",
-        |s| s.items,
-    );
-    per_shard(
-        o,
-        m,
-        "cache_evicted_total",
-        "counter",
-        "Items evicted to make room.",
-        |s| s.evictions,
-    );
-    per_shard(
-        o,
-        m,
-        "cache_expired_total",
-        "counter",
-        "Items removed because their TTL passed.",
-        |s| s.expirations,
-    );
-    per_shard(
-        o,
-        m,
-        "cache_flushed_total",
-        "counter",
-        "Items removed by flush.",
-        |s| s.flushed,
-    );
-    per_shard(
-        o,
-        m,
-        "cache_rejected_writes_total",
-        "counter",
-        "Writes refused (storage full or item too large).",
-        |s| s.rejected_writes,
-    );
-    per_shard(
-        o,
-        m,
-        "cache_connections_open",
-        "gauge",
-        "Client connections open.",
-        |s| s.connections_open,
-    );
-    per_shard(
-        o,
-        m,
-        "cache_connections_accepted_total",
-        "counter",
-        "Client connections accepted.",
-        |s| s.connections_accepted,
-    );
-    per_shard(
-        o,
-        m,
-        "cache_connections_refused_total",
-        "counter",
-        "Connections refused over --max-connections.",
-        |s| s.connections_refused,
-    );
-    per_shard(
-        o,
-        m,
-        "cache_forwarded_ops_total",
-        "counter",
-        "Operations forwarded to their owner shard.",
-        |s| s.forwarded_ops,
-    );
-    per_shard(
-        o,
-        m,
-        "cache_protocol_errors_total",
-        "counter",
-        "Frames that could not be decoded.",
-        |s| s.protocol_errors,
-    );
-    per_shard(
-        o,
-        m,
-        "cache_events_enqueued_total",
-        "counter",
-        "Item events handed to the Message Hub bridge.",
-        |s| s.events_queued,
-    );
-    per_shard(
-        o,
-        m,
-        "cache_events_dropped_total",
-        "counter",
-        "Item events dropped because the bridge queue was full.",
-        |s| s.events_dropped,
-    );
-
+/// Requests, errors and lookups by (service, operation).
+fn render_requests(o: &mut String, m: &MetricsSnapshot) {
     family(
         o,
         "cache_requests_total",
@@ -245,46 +276,21 @@ pub fn render_prometheus(m: &MetricsSnapshot) -> String {
             );
         }
     }
-    let lookups = || m.ops.iter().filter(|op| op.hits + op.misses > 0);
-    family(o, "cache_hits_total", "counter", "Lookups that found their key.");
-    for op in lookups() {
-        sample(
-            o,
-            "cache_hits_total",
-            &[("service", &escape(&op.service)), ("operation", op.operation)],
-            op.hits as f64,
-        );
+    for f in LOOKUP_FAMILIES {
+        family(o, f.name, f.kind, f.help);
+        for op in m.ops.iter().filter(|op| op.hits + op.misses > 0) {
+            sample(
+                o,
+                f.name,
+                &[("service", &escape(&op.service)), ("operation", op.operation)],
+                (f.value)(op),
+            );
+        }
     }
-    family(
-        o,
-        "cache_misses_total",
-        "counter",
-        "Lookups that did not find their key (absent or expired).",
-    );
-    for op in lookups() {
-        sample(
-            o,
-            "cache_misses_total",
-            &[("service", &escape(&op.service)), ("operation", op.operation)],
-            op.misses as f64,
-        );
-    }
-    family(
-        o,
-        "cache_hit_rate",
-        "gauge",
-        "Hits / (hits + misses) since start.",
-    );
-    for op in lookups() {
-        let rate = op.hits as f64 / (op.hits + op.misses) as f64;
-        sample(
-            o,
-            "cache_hit_rate",
-            &[("service", &escape(&op.service)), ("operation", op.operation)],
-            rate,
-        );
-    }
+}
 
+/// The `cache_latency` histogram by (service, operation).
+fn render_latency(o: &mut String, m: &MetricsSnapshot) {
     family(
         o,
         "cache_latency",
@@ -314,8 +320,10 @@ pub fn render_prometheus(m: &MetricsSnapshot) -> String {
         sample(o, "cache_latency_sum", &labels, op.latency_sum_us as f64 / 1e6);
         sample(o, "cache_latency_count", &labels, count as f64);
     }
+}
 
-    let b = &m.bridge;
+/// The Message Hub bridge's state and counters.
+fn render_bridge(o: &mut String, b: &BridgeSnapshot) {
     family(
         o,
         "cache_hub_enabled",
@@ -336,53 +344,42 @@ pub fn render_prometheus(m: &MetricsSnapshot) -> String {
         "Connections to NATS re-established.",
         b.reconnects,
     );
-    family(
+    labelled(
         o,
         "cache_events_published_total",
-        "counter",
         "Events published to the Message Hub, by event.",
+        "event",
+        &[
+            ("cache.item.updated", |b| b.published_item_events),
+            ("cache.health.status", |b| b.published_health_events),
+        ],
+        b,
     );
-    sample(
-        o,
-        "cache_events_published_total",
-        &[("event", "cache.item.updated")],
-        b.published_item_events as f64,
-    );
-    sample(
-        o,
-        "cache_events_published_total",
-        &[("event", "cache.health.status")],
-        b.published_health_events as f64,
-    );
-    counter(
-        o,
-        "cache_events_publish_failures_total",
-        "Publishes that failed or timed out (the event is lost).",
-        b.publish_failures,
-    );
-    counter(
-        o,
-        "cache_events_coalesced_total",
-        "Item events merged into a later event on the same key.",
-        b.coalesced,
-    );
-    family(
+    const FAILURES: [BridgeCounter; 2] = [
+        (
+            "cache_events_publish_failures_total",
+            "Publishes that failed or timed out (the event is lost).",
+            |b| b.publish_failures,
+        ),
+        (
+            "cache_events_coalesced_total",
+            "Item events merged into a later event on the same key.",
+            |b| b.coalesced,
+        ),
+    ];
+    for (name, help, value) in FAILURES {
+        counter(o, name, help, value(b));
+    }
+    labelled(
         o,
         "cache_hub_messages_received_total",
-        "counter",
         "Messages received from the Message Hub, by subject.",
-    );
-    sample(
-        o,
-        "cache_hub_messages_received_total",
-        &[("subject", "config.cache.update")],
-        b.received_config as f64,
-    );
-    sample(
-        o,
-        "cache_hub_messages_received_total",
-        &[("subject", "control.cache.action")],
-        b.received_control as f64,
+        "subject",
+        &[
+            ("config.cache.update", |b| b.received_config),
+            ("control.cache.action", |b| b.received_control),
+        ],
+        b,
     );
     counter(
         o,
@@ -390,7 +387,21 @@ pub fn render_prometheus(m: &MetricsSnapshot) -> String {
         "Received messages refused as invalid.",
         b.invalid_messages,
     );
-    out
+}
+
+/// A counter family with one sample per value of one label.
+fn labelled(
+    o: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    samples: &[(&str, BridgeRead)],
+    b: &BridgeSnapshot,
+) {
+    family(o, name, "counter", help);
+    for (value, read) in samples {
+        sample(o, name, &[(label, value)], read(b) as f64);
+    }
 }
 
 fn family(o: &mut String, name: &str, kind: &str, help: &str) {
@@ -401,20 +412,6 @@ fn family(o: &mut String, name: &str, kind: &str, help: &str) {
 fn counter(o: &mut String, name: &str, help: &str, value: u64) {
     family(o, name, "counter", help);
     sample(o, name, &[], value as f64);
-}
-
-fn per_shard(
-    o: &mut String,
-    m: &MetricsSnapshot,
-    name: &str,
-    kind: &str,
-    help: &str,
-    f: impl Fn(&ShardSnapshot) -> u64,
-) {
-    family(o, name, kind, help);
-    for s in m.shards.iter().flatten() {
-        sample(o, name, &[("shard", &s.shard.to_string())], f(s) as f64);
-    }
 }
 
 /// One sample line; label values must already be escaped.

@@ -7,8 +7,8 @@
 //! - [`rest`]: REST paths and JSON ↔ operations and answers.
 
 pub mod binary;
-pub mod http;
+pub(crate) mod http;
 pub mod rest;
-pub mod wire;
+pub(crate) mod wire;
 
 pub use binary::{decode_operation, OpView, ResponseEncoder};

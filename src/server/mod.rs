@@ -7,13 +7,13 @@
 //!   `shutdown`: what every connection needs.
 
 mod binary;
-pub mod dispatch;
+pub(crate) mod dispatch;
 mod inbuf;
 mod listener;
 mod rest;
-pub mod shutdown;
+mod shutdown;
 pub(crate) mod tls;
-pub mod uring;
+mod uring;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -301,7 +301,9 @@ async fn run_shard(
     // SAFETY: each fd is a bound, listening TCP socket created by
     // `listener::bind_all` and owned by this shard alone.
     let public = unsafe { glommio::net::TcpListener::from_raw_fd(public_fd.into_raw_fd()) };
+    // SAFETY: as above.
     let own = unsafe { glommio::net::TcpListener::from_raw_fd(own_fd.into_raw_fd()) };
+    // SAFETY: as above.
     let http = unsafe { glommio::net::TcpListener::from_raw_fd(http_fd.into_raw_fd()) };
     let accept_public = glommio::spawn_local(accept_loop(rt.clone(), public, Front::Binary));
     let accept_own = glommio::spawn_local(accept_loop(rt.clone(), own, Front::Binary));

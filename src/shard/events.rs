@@ -96,7 +96,7 @@ impl<'a> ItemEventRef<'a> {
         }
     }
 
-    pub fn to_owned(&self) -> ItemEvent {
+    pub fn to_owned(self) -> ItemEvent {
         let mut record = Vec::with_capacity(self.encoded_len());
         self.encode(&mut record);
         ItemEvent { record }

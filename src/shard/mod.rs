@@ -14,11 +14,11 @@
 #[cfg(test)]
 mod codec_tests;
 mod commands;
-pub mod events;
-pub mod execute;
-pub mod item;
-pub mod policy;
-pub mod stats;
+pub(crate) mod events;
+pub(crate) mod execute;
+pub(crate) mod item;
+pub(crate) mod policy;
+pub(crate) mod stats;
 pub mod store;
 
 use std::cell::{Cell, Ref, RefCell, RefMut};

@@ -103,6 +103,7 @@ impl TestServer {
 
     /// SIGTERM, then the exit status within `within`.
     pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) on our own child's pid; no memory is touched.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {

@@ -1,5 +1,6 @@
-//! Key → owner shard, and the forwarding of operations to their owners over
-//! glommio's channel mesh.
+//! The cross-shard transport: operations forwarded to their owner shard
+//! over glommio's channel mesh (the owner decision itself is
+//! [`super::route`]).
 //!
 //! A connection gathers everything one read produced for one owner into a
 //! single [`Batch`] (the raw request frames, copied once), sends it, and

@@ -131,10 +131,6 @@ impl CycleRecord {
     pub fn len(&self) -> usize {
         self.entries.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
 }
 
 /// Records the answered cycle: `input` is what the requests were read
