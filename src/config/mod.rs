@@ -59,6 +59,21 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+/// An id or label (service id, environment, node id, zone): 1-128
+/// characters of A-Z a-z 0-9 _ - . : (safe in metrics labels and subjects).
+fn check_label(flag: &'static str, value: &str) -> Result<(), ConfigError> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(flag, "must be 1-128 characters of A-Z a-z 0-9 _ - . :"))
+    }
+}
+
 fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         flag,
@@ -138,24 +153,8 @@ impl ServerConfig {
             }
         }
         let security = crate::config::SecurityConfig::from_args(&cli.security, cli.bind)?;
-        let id_ok = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 128
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
-        };
-        if !id_ok(&cli.service_id) {
-            return Err(invalid(
-                "--service-id",
-                "must be 1-128 characters of A-Z a-z 0-9 _ - . :",
-            ));
-        }
-        if !id_ok(&cli.environment) {
-            return Err(invalid(
-                "--environment",
-                "must be 1-128 characters of A-Z a-z 0-9 _ - . :",
-            ));
-        }
+        check_label("--service-id", &cli.service_id)?;
+        check_label("--environment", &cli.environment)?;
         let hub = hub_config(cli, &cpus)?;
         let policy = start_policy(cli)?;
         Ok(ServerConfig {
@@ -207,25 +206,9 @@ fn hub_config(cli: &Cli, _cpus: &[usize]) -> Result<HubConfig, ConfigError> {
     if !(16..=1 << 20).contains(&cli.event_queue) {
         return Err(invalid("--event-queue", "must be 16 to 1048576 events"));
     }
-    let label_ok = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 128
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
-    };
     let node_id = cli.node_id.clone().unwrap_or_else(host_name);
-    if !label_ok(&node_id) {
-        return Err(invalid(
-            "--node-id",
-            "must be 1-128 characters of A-Z a-z 0-9 _ - . :",
-        ));
-    }
-    if !label_ok(&cli.zone) {
-        return Err(invalid(
-            "--zone",
-            "must be 1-128 characters of A-Z a-z 0-9 _ - . :",
-        ));
-    }
+    check_label("--node-id", &node_id)?;
+    check_label("--zone", &cli.zone)?;
     Ok(HubConfig {
         nats_url: cli.nats_url.clone(),
         health_interval: std::time::Duration::from_secs(cli.health_interval),
