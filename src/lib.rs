@@ -22,6 +22,7 @@
 //! - the server: [`server`] (listeners, connections, dispatch).
 
 mod auth;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod control;

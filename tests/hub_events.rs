@@ -7,13 +7,11 @@
 
 mod common;
 
-use std::net::TcpStream as StdTcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::Message;
 use bytes::Bytes;
+use common::nats::{require_nats, Nats};
 use common::{get, keys_op, op, set, set_many, stats, Raw, TestServer};
 use dnd_cache::proto::{CacheConnection, CacheOperation};
 use futures_lite::StreamExt;
@@ -21,93 +19,6 @@ use prost::Message as _;
 use serde_json::{json, Value};
 
 const ITEM_SUBJECT: &str = "cache.item.updated";
-
-fn nats_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/local/bin".into()])
-        .map(|d| d.join("nats-server"))
-        .find(|p| p.is_file())
-}
-
-/// The nats-server binary; `None` (with a note) when absent and not required.
-fn require_nats() -> Option<PathBuf> {
-    match nats_binary() {
-        Some(bin) => Some(bin),
-        None if std::env::var_os("DND_REQUIRE_NATS").is_some() => {
-            panic!("DND_REQUIRE_NATS is set but no nats-server binary was found")
-        }
-        None => {
-            eprintln!("note: nats-server not installed; skipping (apt-get install nats-server)");
-            None
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Nats {
-    child: Child,
-    bin: PathBuf,
-    port: u16,
-}
-
-impl Nats {
-    fn start(bin: PathBuf) -> Nats {
-        let port = free_port();
-        let mut nats = Nats {
-            child: spawn_nats(&bin, port),
-            bin,
-            port,
-        };
-        nats.wait_ready();
-        nats
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn restart(&mut self) {
-        self.child = spawn_nats(&self.bin, self.port);
-        self.wait_ready();
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while StdTcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(self.child.try_wait().unwrap().is_none(), "nats-server exited");
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-fn spawn_nats(bin: &PathBuf, port: u16) -> Child {
-    Command::new(bin)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nats-server")
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn start_server(nats: &Nats, extra: &[&str]) -> TestServer {
     let url = nats.url();

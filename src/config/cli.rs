@@ -96,9 +96,24 @@ pub struct Cli {
     /// Server id in metrics and events (default: the host name).
     #[arg(long)]
     pub node_id: Option<String>,
-    /// Zone of this node (metrics label, health events).
+    /// Zone of this node (metrics label, health events, replica placement).
     #[arg(long, default_value = "default")]
     pub zone: String,
+    /// Nodes the cluster is meant to have (1: this node alone, no NATS needed).
+    #[arg(long, default_value_t = 1)]
+    pub cluster_nodes: usize,
+    /// Copies of each key in the cluster: 1 or 2 (2 needs --nats-url).
+    #[arg(long, default_value_t = 1)]
+    pub replication: u8,
+    /// Zones of the cluster, comma separated; this node's --zone must be one of them.
+    #[arg(long, value_name = "ZONES")]
+    pub cluster_zones: Option<String>,
+    /// Name of the cluster: its JetStream KV bucket and subject prefix.
+    #[arg(long, default_value = "dnd-cache")]
+    pub cluster_name: String,
+    /// Host other nodes and clients dial for this node (default: --bind, or 127.0.0.1 for 0.0.0.0).
+    #[arg(long, value_name = "HOST")]
+    pub advertise_addr: Option<String>,
     /// REST: milliseconds a request (head, plus 1 s per MiB of body) may take to arrive.
     #[arg(long, hide = true, default_value_t = 10_000)]
     pub http_request_timeout_ms: u64,

@@ -36,9 +36,10 @@ const KEYS: &[(&str, &str, Shape)] = &[
     ("config.service.id", "--service-id", Shape::Value),
     ("config.service.version", "", Shape::Informational),
     ("config.service.environment", "--environment", Shape::Value),
-    ("config.cluster.nodes", "", Shape::Informational),
-    ("config.cluster.zones", "", Shape::Informational),
-    ("config.cluster.replication", "", Shape::Informational),
+    ("config.cluster.nodes", "--cluster-nodes", Shape::Value),
+    ("config.cluster.zones", "--cluster-zones", Shape::JoinedList),
+    ("config.cluster.replication", "--replication", Shape::Value),
+    ("config.cluster.name", "--cluster-name", Shape::Value),
     ("config.policies.eviction", "--eviction", Shape::Value),
     ("config.policies.ttl_default", "--ttl-default", Shape::Value),
     ("config.policies.max_memory", "--max-memory", Shape::Value),
@@ -66,6 +67,7 @@ const KEYS: &[(&str, &str, Shape)] = &[
     ("config.shards.pin", "--no-pin", Shape::InvertedSwitch),
     ("config.node.id", "--node-id", Shape::Value),
     ("config.node.zone", "--zone", Shape::Value),
+    ("config.node.advertise_addr", "--advertise-addr", Shape::Value),
     ("config.nats.url", "--nats-url", Shape::Value),
     ("config.nats.health_interval", "--health-interval", Shape::Value),
     ("config.nats.hub_cpu", "--hub-cpu", Shape::Value),
@@ -203,7 +205,12 @@ pub fn render(config: &crate::config::ServerConfig) -> String {
     let doc = serde_json::json!({
         "config": {
             "service": { "id": config.service_id, "version": crate::SERVER_VERSION, "environment": config.environment },
-            "cluster": { "nodes": 1, "zones": [], "replication": 1 },
+            "cluster": {
+                "nodes": config.cluster.nodes,
+                "zones": config.cluster.zones,
+                "replication": config.cluster.replication,
+                "name": config.cluster.name,
+            },
             "policies": {
                 "eviction": config.eviction.name(),
                 "ttl_default": config.ttl_default_s,
@@ -219,7 +226,7 @@ pub fn render(config: &crate::config::ServerConfig) -> String {
                 "max_frame_bytes": config.max_frame_bytes,
             },
             "shards": { "cpus": cpus.join(","), "pin": config.pin },
-            "node": { "id": config.hub.node_id, "zone": config.hub.zone },
+            "node": { "id": config.hub.node_id, "zone": config.hub.zone, "advertise_addr": config.cluster.advertise_host },
             "nats": nats,
             "cache_types": cache_types,
         }
@@ -365,9 +372,12 @@ mod tests {
         let mut pairs: Vec<(String, String)> = a.chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect();
         pairs.sort();
         let expected = [
+            ("--cluster-nodes", "3"),
+            ("--cluster-zones", "us-east-1a,us-east-1b"),
             ("--environment", "production"),
             ("--eviction", "lru"),
             ("--max-memory", "75%"),
+            ("--replication", "2"),
             ("--service-id", "cache_service"),
             ("--ttl-default", "3600"),
         ];

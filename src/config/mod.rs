@@ -3,6 +3,7 @@
 //! say why. Sizes are parsed once, here ([`crate::size`]).
 
 mod cli;
+mod cluster;
 pub mod file;
 mod host;
 mod hub;
@@ -11,6 +12,7 @@ mod security;
 use std::net::IpAddr;
 
 pub use cli::{Cli, CliExit};
+pub use cluster::ClusterConfig;
 pub use host::{online_cpus, parse_cpu_list};
 pub use hub::HubConfig;
 pub use security::{SecurityArgs, SecurityConfig};
@@ -47,6 +49,8 @@ pub struct ServerConfig {
     pub security: crate::config::SecurityConfig,
     /// Message Hub bridge settings.
     pub hub: HubConfig,
+    /// Cluster settings (`enabled` false: a node alone).
+    pub cluster: ClusterConfig,
     /// The policy shards start with (TTLs, cache types, event switches).
     pub policy: Policy,
 }
@@ -156,6 +160,7 @@ impl ServerConfig {
         check_label("--service-id", &cli.service_id)?;
         check_label("--environment", &cli.environment)?;
         let hub = hub_config(cli, &cpus)?;
+        let cluster = ClusterConfig::from_cli(cli)?;
         let policy = start_policy(cli)?;
         Ok(ServerConfig {
             service_id: cli.service_id.clone(),
@@ -177,6 +182,7 @@ impl ServerConfig {
             http_idle_timeout: std::time::Duration::from_millis(cli.http_idle_timeout_ms.max(1)),
             security,
             hub,
+            cluster,
             policy,
         })
     }

@@ -26,6 +26,14 @@ use crate::shard::{Shard, ShardCommand};
 /// Commands waiting per shard; a full queue refuses more.
 const COMMAND_QUEUE: usize = 64;
 
+/// The cluster as this node sees it (set when the node runs in a cluster).
+pub trait ClusterView: Send + Sync {
+    /// Node statuses for a scrape.
+    fn metrics(&self) -> crate::metrics::ClusterSnapshot;
+    /// The map and node states for `health`.
+    fn health(&self) -> serde_json::Value;
+}
+
 /// Shared by every shard, the bridge and scrapes.
 pub struct ControlPlane {
     queues: Vec<ArrayQueue<ShardCommand>>,
@@ -41,6 +49,8 @@ pub struct ControlPlane {
     policy: std::sync::Mutex<Policy>,
     /// Re-reads the configuration (set by the binary once it has one).
     pub reloader: std::sync::OnceLock<Arc<reload::Reloader>>,
+    /// The cluster's state (set at start when the node runs in a cluster).
+    pub cluster: std::sync::OnceLock<Arc<dyn ClusterView>>,
 }
 
 impl ControlPlane {
@@ -53,6 +63,7 @@ impl ControlPlane {
             zone,
             policy: std::sync::Mutex::new(policy),
             reloader: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
         }
     }
 
@@ -130,7 +141,9 @@ impl ControlPlane {
         };
         futures_lite::future::or(collect, deadline).await;
         let shards = answers.into_inner();
-        MetricsSnapshot::merge(&self.node_id, &self.zone, shards, self.bridge.snapshot())
+        let mut snapshot = MetricsSnapshot::merge(&self.node_id, &self.zone, shards, self.bridge.snapshot());
+        snapshot.cluster = self.cluster.get().map(|c| c.metrics());
+        snapshot
     }
 }
 

@@ -14,7 +14,7 @@ mod snapshot;
 
 pub use bridge::BridgeCounters;
 pub use render::render_prometheus;
-pub use snapshot::{BridgeSnapshot, MetricsSnapshot, OpSnapshot, ShardSnapshot};
+pub use snapshot::{BridgeSnapshot, ClusterSnapshot, MetricsSnapshot, NodeStatus, OpSnapshot, ShardSnapshot};
 
 use hdrhistogram::Histogram;
 

@@ -173,15 +173,35 @@ fn render_node(o: &mut String, m: &MetricsSnapshot) {
         o,
         "cache_node_status",
         "gauge",
-        "1 when every shard of the node answered the scrape, else 0.",
+        "Per node: 0 down, 1 serving, 2 syncing (a node alone: 1 when every shard answered the scrape).",
     );
-    let up = f64::from(u8::from(m.all_shards_up()));
-    sample(
-        o,
-        "cache_node_status",
-        &[("node", &node), ("zone", &escape(&m.zone))],
-        up,
-    );
+    match &m.cluster {
+        None => {
+            let up = f64::from(u8::from(m.all_shards_up()));
+            sample(
+                o,
+                "cache_node_status",
+                &[("node", &node), ("zone", &escape(&m.zone))],
+                up,
+            );
+        }
+        Some(cluster) => {
+            for n in &cluster.nodes {
+                // This node reports itself down when a shard is.
+                let status = if n.node == m.node && !m.all_shards_up() {
+                    0
+                } else {
+                    n.status
+                };
+                sample(
+                    o,
+                    "cache_node_status",
+                    &[("node", &escape(&n.node)), ("zone", &escape(&n.zone))],
+                    f64::from(status),
+                );
+            }
+        }
+    }
     family(
         o,
         "cache_shard_up",

@@ -73,6 +73,23 @@ pub struct MetricsSnapshot {
     /// Merged over the shards, sorted by (service, operation).
     pub ops: Vec<OpSnapshot>,
     pub bridge: BridgeSnapshot,
+    /// The cluster's nodes as this node sees them; `None` for a node alone.
+    pub cluster: Option<ClusterSnapshot>,
+}
+
+/// The cluster as one node sees it, for a scrape.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterSnapshot {
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// One node of the cluster: `cache_node_status{node,zone}`.
+#[derive(Clone, Debug)]
+pub struct NodeStatus {
+    pub node: String,
+    pub zone: String,
+    /// 0 down, 1 serving, 2 syncing.
+    pub status: u8,
 }
 
 impl MetricsSnapshot {
@@ -111,6 +128,7 @@ impl MetricsSnapshot {
             shards,
             ops,
             bridge,
+            cluster: None,
         }
     }
 

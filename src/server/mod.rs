@@ -99,6 +99,7 @@ pub struct RunningServer {
     info: Arc<ServerInfo>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
     hub: Option<std::thread::JoinHandle<()>>,
+    cluster: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -135,8 +136,8 @@ impl RunningServer {
         for t in self.threads {
             let _ = t.join();
         }
-        if let Some(hub) = self.hub {
-            let _ = hub.join();
+        for helper in [self.hub, self.cluster].into_iter().flatten() {
+            let _ = helper.join();
         }
     }
 }
@@ -281,6 +282,15 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
     } else {
         None
     };
+    let me = crate::cluster::slots::NodeInfo {
+        id: config.hub.node_id.clone(),
+        zone: config.hub.zone.clone(),
+        host: config.cluster.advertise_host.clone(),
+        port: listeners.public_addr.port(),
+        http_port: listeners.http_addr.port(),
+        shard_ports: listeners.shard_ports.clone(),
+    };
+    let cluster = start_cluster(config, me, &info)?;
     Ok(RunningServer {
         binary_addr: listeners.public_addr,
         shard_ports: listeners.shard_ports,
@@ -288,7 +298,29 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         info,
         threads,
         hub,
+        cluster,
     })
+}
+
+/// Starts the cluster agent when the node runs in a cluster.
+fn start_cluster(
+    config: &ServerConfig,
+    me: crate::cluster::slots::NodeInfo,
+    info: &Arc<ServerInfo>,
+) -> anyhow::Result<Option<std::thread::JoinHandle<()>>> {
+    let (true, Some(url)) = (config.cluster.enabled, config.hub.nats_url.clone()) else {
+        return Ok(None);
+    };
+    let state = crate::cluster::ClusterState::new(me, config.cluster.replication);
+    let _ = info.control.cluster.set(state.clone());
+    let stop_info = info.clone();
+    let stopping = Arc::new(move || stop_info.stopping.load(Ordering::Relaxed));
+    Ok(Some(crate::cluster::start(
+        config.cluster.clone(),
+        url,
+        state,
+        stopping,
+    )?))
 }
 
 async fn run_shard(

@@ -115,6 +115,8 @@ pub enum Job {
         correlation_id: Vec<u8>,
         limit: usize,
         local_reply: Vec<u8>,
+        /// `health`: the cluster's state as this node sees it.
+        cluster: Option<Value>,
     },
 }
 
@@ -159,13 +161,20 @@ impl Job {
         }
     }
 
-    pub fn every_shard(max_frame: usize, kind: OpKind, op: &OpView<'_>, local_reply: Vec<u8>) -> Job {
+    pub fn every_shard(
+        max_frame: usize,
+        kind: OpKind,
+        op: &OpView<'_>,
+        local_reply: Vec<u8>,
+        cluster: Option<Value>,
+    ) -> Job {
         Job::EveryShard {
             max_frame,
             kind,
             correlation_id: op.correlation_id.to_vec(),
             limit: pattern_limit(op.limit),
             local_reply,
+            cluster,
         }
     }
 
@@ -250,6 +259,7 @@ impl Job {
                 correlation_id,
                 limit,
                 local_reply,
+                cluster,
             } => {
                 let mut answers: Vec<(usize, Result<proto::CacheResponse, ForwardError>)> = Vec::new();
                 for (shard, reply) in replies.iter_mut().enumerate() {
@@ -260,7 +270,8 @@ impl Job {
                     };
                     answers.push((shard, answer));
                 }
-                merge_every_shard(*kind, correlation_id, *limit, *max_frame, &answers, out);
+                let cluster = cluster.as_ref();
+                merge_every_shard(*kind, correlation_id, *limit, *max_frame, &answers, cluster, out);
             }
         }
     }
@@ -286,6 +297,7 @@ fn merge_every_shard(
     limit: usize,
     max_frame: usize,
     answers: &[(usize, Result<proto::CacheResponse, ForwardError>)],
+    cluster: Option<&Value>,
     out: &mut Vec<u8>,
 ) {
     let failed: Vec<(usize, ForwardError)> = answers
@@ -370,13 +382,16 @@ fn merge_every_shard(
             } else {
                 "degraded"
             };
-            let body = json!({
+            let mut body = json!({
                 "status": status,
                 "shards": answers.len(),
                 "shards_ok": healthy,
                 "server_version": crate::SERVER_VERSION,
-            })
-            .to_string();
+            });
+            if let Some(cluster) = cluster {
+                body["cluster"] = cluster.clone();
+            }
+            let body = body.to_string();
             ResponseEncoder::simple(out, Status::Ok, body.as_bytes(), None, corr);
         }
     }

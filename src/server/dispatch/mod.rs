@@ -309,8 +309,13 @@ impl Dispatcher {
                 }
                 let mut local = Vec::new();
                 shard.execute_local(&op, kind, now_us, &mut local);
+                let cluster = match kind {
+                    OpKind::Health => rt.server.control.cluster.get().map(|c| c.health()),
+                    _ => None,
+                };
+                let max_frame = shard.limits().max_frame_bytes;
                 self.jobs
-                    .push(Job::every_shard(shard.limits().max_frame_bytes, kind, &op, local));
+                    .push(Job::every_shard(max_frame, kind, &op, local, cluster));
                 self.steps.push(Step::Job {
                     index: (self.jobs.len() - 1) as u32,
                 });

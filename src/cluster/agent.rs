@@ -1,0 +1,285 @@
+//! The cluster agent: one thread with a Tokio runtime and its own NATS
+//! connection (apart from the Message Hub bridge, so that a burst of events
+//! never delays a heartbeat).
+//!
+//! Every [`HEARTBEAT_INTERVAL`] it publishes this node's heartbeat on
+//! `dnd.cluster.<name>.hb` and looks at who it heard from within
+//! [`FAILURE_TIMEOUT`]. The live node with the lowest id is the
+//! coordinator: when the live set differs from the map's nodes, it plans a
+//! new map ([`super::slots::plan`]) and writes it to the KV bucket
+//! `<name>` under `map` with compare-and-set on the revision it read
+//! ([`super::bucket`]). Two coordinators (a partition, a slow read) cannot
+//! both win: the loser's write fails, it re-reads the map and plans again.
+//! Every node installs the maps it sees (a subscription to the key's
+//! subject brings each new one at once; a read every tick covers a missed
+//! message), never one of a lower epoch.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::{ConnectOptions, Event};
+use bytes::Bytes;
+use futures_lite::StreamExt;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::bucket::Bucket;
+use super::liveness::Liveness;
+use super::slots::{plan, NodeInfo, SlotMap};
+use super::ClusterState;
+use crate::config::ClusterConfig;
+
+/// Period of heartbeats (and of the coordinator's look at membership).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
+
+/// A node not heard from for this long is out of the cluster.
+pub const FAILURE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// After (re)connecting to NATS, time to hear every live node before
+/// acting as coordinator: a node that has just come back must not take its
+/// silent peers for dead.
+const SETTLE: Duration = Duration::from_millis(1500);
+
+/// Most planning rounds before a map is written (a few suffice).
+const PLAN_ROUNDS: usize = 20;
+
+/// The KV key of the slot map.
+const MAP_KEY: &str = "map";
+
+/// What a node publishes every [`HEARTBEAT_INTERVAL`].
+#[derive(Debug, Serialize, Deserialize)]
+struct Heartbeat {
+    node: NodeInfo,
+    /// Epoch of the map the node runs with (0: none yet).
+    epoch: u64,
+}
+
+/// Starts the agent's thread. It runs until `stopping` returns true.
+pub fn start(
+    config: ClusterConfig,
+    nats_url: String,
+    state: Arc<ClusterState>,
+    stopping: Arc<dyn Fn() -> bool + Send + Sync>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name("cluster".into()).spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("build the cluster agent's Tokio runtime");
+        runtime.block_on(run(config, nats_url, state, stopping));
+    })
+}
+
+/// Connection events the agent reacts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Up,
+    Down,
+}
+
+async fn run(
+    config: ClusterConfig,
+    url: String,
+    state: Arc<ClusterState>,
+    stopping: Arc<dyn Fn() -> bool + Send + Sync>,
+) {
+    let (link_tx, mut link_rx) = tokio::sync::mpsc::unbounded_channel();
+    let options = ConnectOptions::new()
+        .name(format!("dnd-cache cluster {}", state.me.id))
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2))
+        .reconnect_delay_callback(|attempt| {
+            Duration::from_millis(50u64 << attempt.min(4)).min(Duration::from_millis(500))
+        })
+        .event_callback(move |event| {
+            let link = link_tx.clone();
+            async move {
+                match event {
+                    Event::Connected => drop(link.send(Link::Up)),
+                    Event::Disconnected => drop(link.send(Link::Down)),
+                    _ => {}
+                }
+            }
+        });
+    let client = match options.connect(url.as_str()).await {
+        Ok(client) => client,
+        Err(e) => {
+            warn!(error = %e, url, "cluster agent not started: bad NATS address");
+            return;
+        }
+    };
+    let subject = format!("dnd.cluster.{}.hb", config.name);
+    let mut agent = Agent {
+        bucket: Bucket::new(client.clone(), &config.name, MAP_KEY),
+        client,
+        subject,
+        config,
+        state,
+        live: Liveness::default(),
+        current: None,
+        settled_at: Instant::now() + SETTLE,
+    };
+    let (mut heartbeats, mut maps) = loop {
+        let hb = agent.client.subscribe(agent.subject.clone()).await;
+        let maps = agent.client.subscribe(agent.bucket.subject().to_string()).await;
+        match (hb, maps) {
+            (Ok(hb), Ok(maps)) => break (hb, maps),
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(error = %e, "cluster: subscribing");
+                tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+            }
+        }
+    };
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    info!(node = %agent.state.me.id, name = %agent.config.name, "cluster agent started");
+    loop {
+        if stopping() {
+            return;
+        }
+        tokio::select! {
+            _ = tick.tick() => agent.tick().await,
+            Some(msg) = heartbeats.next() => agent.heard(&msg.payload),
+            Some(_) = maps.next() => agent.refresh().await,
+            Some(link) = link_rx.recv() => agent.link(link),
+        }
+    }
+}
+
+struct Agent {
+    client: async_nats::Client,
+    bucket: Bucket,
+    subject: String,
+    config: ClusterConfig,
+    state: Arc<ClusterState>,
+    live: Liveness,
+    /// The map installed and its KV revision.
+    current: Option<(Arc<SlotMap>, u64)>,
+    /// No coordinating before this instant (see [`SETTLE`]).
+    settled_at: Instant,
+}
+
+impl Agent {
+    fn link(&mut self, link: Link) {
+        self.state.set_connected(link == Link::Up);
+        if link == Link::Up {
+            // Rebuild liveness from fresh heartbeats before coordinating;
+            // the server may have lost the bucket.
+            self.live.clear();
+            self.bucket.reset();
+            self.settled_at = Instant::now() + SETTLE;
+        }
+    }
+
+    fn heard(&mut self, payload: &[u8]) {
+        match serde_json::from_slice::<Heartbeat>(payload) {
+            Ok(hb) if hb.node.id != self.state.me.id => self.live.saw(hb.node, Instant::now()),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cluster: unreadable heartbeat"),
+        }
+    }
+
+    /// Reads the map and installs it when its epoch is higher than the
+    /// one in force; keeps its revision for the next compare-and-set.
+    async fn refresh(&mut self) {
+        match self.bucket.read().await {
+            Ok(Some((value, revision))) => self.seen(&value, revision),
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "cluster: reading the map"),
+        }
+    }
+
+    fn seen(&mut self, value: &[u8], revision: u64) {
+        match serde_json::from_slice::<SlotMap>(value) {
+            Ok(map) if map.check().is_ok() => {
+                let newer = self.current.as_ref().is_none_or(|(m, _)| map.epoch > m.epoch);
+                if newer {
+                    info!(epoch = map.epoch, nodes = ?map.node_ids(), "cluster: slot map installed");
+                    let map = Arc::new(map);
+                    self.state.install(map.clone());
+                    self.current = Some((map, revision));
+                } else if let Some((m, rev)) = &mut self.current {
+                    if m.epoch == map.epoch {
+                        *rev = revision;
+                    }
+                }
+            }
+            Ok(map) => warn!(epoch = map.epoch, error = ?map.check(), "cluster: ignoring a malformed map"),
+            Err(e) => warn!(error = %e, "cluster: unreadable map"),
+        }
+    }
+
+    async fn tick(&mut self) {
+        let me = self.state.me.clone();
+        let hb = Heartbeat {
+            node: me.clone(),
+            epoch: self.current.as_ref().map_or(0, |(m, _)| m.epoch),
+        };
+        if let Ok(body) = serde_json::to_vec(&hb) {
+            let _ = self.client.publish(self.subject.clone(), body.into()).await;
+        }
+        let now = Instant::now();
+        let mut alive = self.live.alive(now, FAILURE_TIMEOUT);
+        alive.push(me.clone());
+        alive.sort_by(|a, b| a.id.cmp(&b.id));
+        self.state
+            .set_alive(alive.iter().map(|n| (n.id.clone(), n.zone.clone())).collect());
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
+        if connected {
+            self.refresh().await;
+        }
+        if !connected || now < self.settled_at || alive[0].id != me.id {
+            return;
+        }
+        // The first map waits for the cluster to be whole, or for the
+        // settle time to pass twice over (a cluster that starts degraded
+        // still serves).
+        if self.current.is_none() && alive.len() < self.config.nodes && now < self.settled_at + SETTLE {
+            return;
+        }
+        self.coordinate(&alive).await;
+    }
+
+    /// Writes a new map when the live set differs from the current map's.
+    async fn coordinate(&mut self, alive: &[super::slots::NodeInfo]) {
+        let prev = self.current.as_ref().map(|(m, _)| m.clone());
+        let min_epoch = self.state.highest_epoch() + 1;
+        // Plan until nothing moves (swaps can need the replicas the step
+        // before placed), so one write carries the settled map.
+        let replication = self.config.replication;
+        let mut next = plan(prev.as_deref(), alive, replication, min_epoch, &|_| true);
+        for _ in 0..PLAN_ROUNDS {
+            let mut again = plan(Some(&next), alive, replication, 0, &|_| true);
+            again.epoch = next.epoch;
+            if again.primary == next.primary && again.replica == next.replica {
+                break;
+            }
+            next = again;
+        }
+        if let Some(prev) = &prev {
+            if prev.nodes == next.nodes && prev.primary == next.primary && prev.replica == next.replica {
+                return;
+            }
+        }
+        let Ok(body) = serde_json::to_vec(&next) else {
+            return;
+        };
+        let expected = self.current.as_ref().map_or(0, |(_, revision)| *revision);
+        let written = self.bucket.write(Bytes::from(body), expected).await;
+        match written {
+            Ok(revision) => {
+                info!(epoch = next.epoch, nodes = ?next.node_ids(), "cluster: new slot map written");
+                let map = Arc::new(next);
+                self.state.install(map.clone());
+                self.current = Some((map, revision));
+            }
+            Err(e) => {
+                // Another coordinator won, or our revision is stale: read
+                // the map again and plan from it next time.
+                warn!(error = %e, epoch = next.epoch, "cluster: map update lost; re-reading");
+                self.current = None;
+                self.refresh().await;
+            }
+        }
+    }
+}

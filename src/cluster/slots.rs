@@ -1,0 +1,441 @@
+//! The slot map: [`SLOTS`] slots of the key space, each with a primary
+//! node and (with replication 2) a replica on another node, in another
+//! zone where the cluster has one. A map has an epoch; every change makes a
+//! new map with a higher epoch, written with compare-and-set in the
+//! cluster's JetStream KV bucket (`agent.rs`), so two nodes cannot both
+//! install one.
+//!
+//! [`plan`] is a pure function of the previous map and the live nodes:
+//! slots stay where they are while their nodes live, a slot whose primary
+//! is gone goes to its replica, and only what is needed moves to balance
+//! the load. Property-tested below.
+
+use serde::{Deserialize, Serialize};
+
+/// Slots of the key space.
+pub const SLOTS: usize = 4096;
+
+/// No node (a slot without a replica).
+pub const NO_NODE: u16 = u16::MAX;
+
+/// The slot of a key hash: its top 12 bits, so that the slot and the shard
+/// inside a node (`hash % shards`) are independent.
+#[inline]
+pub fn slot_of(hash: u64) -> usize {
+    (hash >> (64 - SLOTS.trailing_zeros())) as usize
+}
+
+/// A member of the cluster as other nodes and clients reach it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// `--node-id`: unique in the cluster.
+    pub id: String,
+    /// `--zone`.
+    pub zone: String,
+    /// `--advertise-addr`: the host other nodes and clients dial.
+    pub host: String,
+    /// Public binary port.
+    pub port: u16,
+    /// REST port.
+    pub http_port: u16,
+    /// Binary port of each shard.
+    pub shard_ports: Vec<u16>,
+}
+
+/// Who holds each slot, at one epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotMap {
+    /// Raised by every change; a node never installs a lower one.
+    pub epoch: u64,
+    /// Copies of each slot wanted (1 or 2).
+    pub replication: u8,
+    /// The members, sorted by id; slots name them by index.
+    pub nodes: Vec<NodeInfo>,
+    /// Primary of each slot (index into `nodes`).
+    pub primary: Vec<u16>,
+    /// Replica of each slot, or [`NO_NODE`].
+    pub replica: Vec<u16>,
+}
+
+impl SlotMap {
+    /// The index of a node in this map.
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id == id)
+    }
+
+    /// Slots whose primary, and whose replica, is node `index`.
+    pub fn slot_counts(&self, index: usize) -> (usize, usize) {
+        let primary = self.primary.iter().filter(|&&p| p as usize == index).count();
+        let replica = self.replica.iter().filter(|&&r| r as usize == index).count();
+        (primary, replica)
+    }
+
+    /// Whether the map is well formed: every slot has a live primary, a
+    /// replica (when wanted and possible) on another node.
+    pub fn check(&self) -> Result<(), String> {
+        if self.primary.len() != SLOTS || self.replica.len() != SLOTS {
+            return Err(format!("{} slots, not {SLOTS}", self.primary.len()));
+        }
+        if self.nodes.is_empty() {
+            return Err("no node".into());
+        }
+        if !self.nodes.windows(2).all(|w| w[0].id < w[1].id) {
+            return Err("nodes not sorted by id or listed twice".into());
+        }
+        let n = self.nodes.len();
+        for slot in 0..SLOTS {
+            let (p, r) = (self.primary[slot] as usize, self.replica[slot]);
+            if p >= n {
+                return Err(format!("slot {slot}: primary {p} is not a node"));
+            }
+            if r != NO_NODE && (r as usize >= n || r as usize == p) {
+                return Err(format!("slot {slot}: replica {r} is not another node"));
+            }
+            if r == NO_NODE && self.replication >= 2 && n >= 2 {
+                return Err(format!("slot {slot}: no replica"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The node ids, in map order.
+    pub fn node_ids(&self) -> Vec<&str> {
+        self.nodes.iter().map(|n| n.id.as_str()).collect()
+    }
+}
+
+/// The map for `alive` (every live node, any order), moving as little as
+/// possible from `prev`. Its epoch is `prev`'s + 1, or 1 for a first map;
+/// `min_epoch` raises it (a map re-created after the bucket was lost must
+/// not reuse an epoch a node has seen). `can_serve(id)`: whether a node
+/// holds the data of the slots it replicates, and so may take them over
+/// to balance the load.
+pub fn plan(
+    prev: Option<&SlotMap>,
+    alive: &[NodeInfo],
+    replication: u8,
+    min_epoch: u64,
+    can_serve: &dyn Fn(&str) -> bool,
+) -> SlotMap {
+    let mut nodes = alive.to_vec();
+    nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    nodes.dedup_by(|a, b| a.id == b.id);
+    let n = nodes.len();
+    assert!(n > 0 && n < NO_NODE as usize, "a map needs 1 to 65534 nodes");
+    // Previous index → new index, for the nodes still alive.
+    let carry = |old: u16| -> Option<u16> {
+        let prev = prev?;
+        let id = &prev.nodes.get(old as usize)?.id;
+        nodes.iter().position(|x| &x.id == id).map(|i| i as u16)
+    };
+    let mut primary = vec![NO_NODE; SLOTS];
+    let mut replica = vec![NO_NODE; SLOTS];
+    if let Some(prev) = prev {
+        for slot in 0..SLOTS {
+            let p = prev.primary.get(slot).and_then(|&p| carry(p));
+            let r = prev.replica.get(slot).and_then(|&r| carry(r));
+            match (p, r) {
+                (Some(p), r) => {
+                    primary[slot] = p;
+                    replica[slot] = r.filter(|&r| r != p).unwrap_or(NO_NODE);
+                }
+                // The primary is gone: its replica takes over.
+                (None, Some(r)) => primary[slot] = r,
+                (None, None) => {}
+            }
+        }
+    }
+    let serve = |i: usize| can_serve(&nodes[i].id);
+    balance_primaries(&mut primary, &mut replica, n, replication, &serve);
+    if replication >= 2 && n >= 2 {
+        place_replicas(&primary, &mut replica, &nodes);
+    } else {
+        replica.fill(NO_NODE);
+    }
+    let epoch = prev.map_or(1, |p| p.epoch + 1).max(min_epoch);
+    SlotMap {
+        epoch,
+        replication: replication.clamp(1, 2),
+        nodes,
+        primary,
+        replica,
+    }
+}
+
+/// How many slots node `i` of `n` should hold: an even share, the first
+/// `SLOTS % n` nodes one more.
+fn target(i: usize, n: usize) -> usize {
+    SLOTS / n + usize::from(i < SLOTS % n)
+}
+
+/// Gives every slot a primary. A slot without one goes to its replica's
+/// node (which holds its data), else to the node furthest under its share.
+/// Then load moves by swapping roles: a slot of a node over its share
+/// whose replica sits on a node under its share, and may serve
+/// (`can_serve`: it holds its replicas' data), changes hands without a byte
+/// moved. With one copy there is no replica to swap with: slots move from
+/// nodes over their share to nodes under it (their items are lost).
+fn balance_primaries(
+    primary: &mut [u16],
+    replica: &mut [u16],
+    n: usize,
+    copies: u8,
+    can_serve: &dyn Fn(usize) -> bool,
+) {
+    let mut count = vec![0usize; n];
+    for &p in primary.iter().filter(|&&p| p != NO_NODE) {
+        count[p as usize] += 1;
+    }
+    let most_under = |count: &[usize]| {
+        (0..n)
+            .max_by_key(|&i| (target(i, n) as isize - count[i] as isize, std::cmp::Reverse(i)))
+            .expect("at least one node")
+    };
+    for slot in 0..SLOTS {
+        if primary[slot] != NO_NODE {
+            continue;
+        }
+        let r = replica[slot];
+        let to = if r != NO_NODE {
+            r as usize
+        } else {
+            most_under(&count)
+        };
+        primary[slot] = to as u16;
+        replica[slot] = NO_NODE;
+        count[to] += 1;
+    }
+    for slot in (0..SLOTS).rev() {
+        let (p, r) = (primary[slot] as usize, replica[slot]);
+        if r == NO_NODE || count[p] <= target(p, n) {
+            continue;
+        }
+        let r = r as usize;
+        if count[r] < target(r, n) && can_serve(r) {
+            primary[slot] = r as u16;
+            replica[slot] = p as u16;
+            count[p] -= 1;
+            count[r] += 1;
+        }
+    }
+    if copies >= 2 {
+        return;
+    }
+    for slot in (0..SLOTS).rev() {
+        let p = primary[slot] as usize;
+        if count[p] > target(p, n) {
+            let to = most_under(&count);
+            if count[to] < target(to, n) {
+                primary[slot] = to as u16;
+                count[p] -= 1;
+                count[to] += 1;
+            }
+        }
+    }
+}
+
+/// Gives every slot a replica on another node, in another zone than its
+/// primary's when one exists: replicas that fit stay, missing ones go to
+/// the least loaded node that fits, and a replica moves only when that
+/// strictly evens the load (so re-planning settles instead of churning).
+fn place_replicas(primary: &[u16], replica: &mut [u16], nodes: &[NodeInfo]) {
+    let n = nodes.len();
+    let other_zone_exists = |p: usize| nodes.iter().any(|x| x.zone != nodes[p].zone);
+    let fits = |p: usize, r: usize| r != p && (nodes[r].zone != nodes[p].zone || !other_zone_exists(p));
+    let mut count = vec![0usize; n];
+    for slot in 0..SLOTS {
+        let (p, r) = (primary[slot] as usize, replica[slot]);
+        if r != NO_NODE && fits(p, r as usize) {
+            count[r as usize] += 1;
+        } else {
+            replica[slot] = NO_NODE;
+        }
+    }
+    let least = |count: &[usize], p: usize| (0..n).filter(|&r| fits(p, r)).min_by_key(|&r| (count[r], r));
+    for slot in 0..SLOTS {
+        if replica[slot] == NO_NODE {
+            if let Some(r) = least(&count, primary[slot] as usize) {
+                replica[slot] = r as u16;
+                count[r] += 1;
+            }
+        }
+    }
+    for slot in 0..SLOTS {
+        let (p, r) = (primary[slot] as usize, replica[slot] as usize);
+        if let Some(to) = least(&count, p) {
+            if count[to] + 1 < count[r] {
+                replica[slot] = to as u16;
+                count[r] -= 1;
+                count[to] += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn node(id: &str, zone: &str) -> NodeInfo {
+        NodeInfo {
+            id: id.into(),
+            zone: zone.into(),
+            host: "127.0.0.1".into(),
+            port: 7000,
+            http_port: 8000,
+            shard_ports: vec![7100],
+        }
+    }
+
+    fn counts(map: &SlotMap) -> Vec<(usize, usize)> {
+        (0..map.nodes.len()).map(|i| map.slot_counts(i)).collect()
+    }
+
+    #[test]
+    fn three_nodes_in_two_zones() {
+        let nodes = [node("a", "z1"), node("b", "z2"), node("c", "z1")];
+        let map = plan(None, &nodes, 2, 0, &|_| true);
+        map.check().unwrap();
+        assert_eq!(map.epoch, 1);
+        for (p, _) in counts(&map) {
+            assert!((1365..=1366).contains(&p), "{p}");
+        }
+        for slot in 0..SLOTS {
+            let (p, r) = (map.primary[slot] as usize, map.replica[slot] as usize);
+            assert_ne!(map.nodes[p].zone, map.nodes[r].zone, "slot {slot}");
+        }
+    }
+
+    #[test]
+    fn a_lost_primary_hands_its_slots_to_their_replicas() {
+        let nodes = [node("a", "z1"), node("b", "z2"), node("c", "z1")];
+        let before = plan(None, &nodes, 2, 0, &|_| true);
+        let after = plan(Some(&before), &[node("a", "z1"), node("b", "z2")], 2, 0, &|_| {
+            true
+        });
+        after.check().unwrap();
+        assert_eq!(after.epoch, 2);
+        let c = before.index_of("c").unwrap() as u16;
+        for slot in 0..SLOTS {
+            if before.primary[slot] == c {
+                let replica = &before.nodes[before.replica[slot] as usize].id;
+                assert_eq!(
+                    &after.nodes[after.primary[slot] as usize].id, replica,
+                    "slot {slot}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_joining_node_takes_primaries_once_it_serves_its_replicas() {
+        let two = [node("a", "z1"), node("b", "z2")];
+        let three = [node("a", "z1"), node("b", "z2"), node("c", "z1")];
+        let first = plan(None, &two, 2, 0, &|_| true);
+        let joined = plan(Some(&first), &three, 2, 0, &|id| id != "c");
+        joined.check().unwrap();
+        let c = joined.index_of("c").unwrap();
+        let (p, r) = joined.slot_counts(c);
+        assert_eq!(p, 0, "not filled yet: no primaries");
+        assert!(r > 600, "replicas to fill: {r}");
+        let filled = plan(Some(&joined), &three, 2, 0, &|_| true);
+        filled.check().unwrap();
+        // Zones bind the swaps: every slot keeps a copy on b (the only
+        // node of z2), so c takes b's primaries first.
+        let (p, _) = filled.slot_counts(c);
+        assert!(p > 600, "primaries once filled: {p}");
+    }
+
+    #[test]
+    fn in_one_zone_swaps_balance_a_grown_cluster() {
+        let one = [node("a", "z")];
+        let two = [node("a", "z"), node("b", "z")];
+        let all = |_: &str| true;
+        let first = plan(None, &one, 2, 0, &all);
+        let grown = plan(Some(&first), &two, 2, 0, &all);
+        assert_eq!(counts(&grown), [(4096, 0), (0, 4096)], "b gets copies first");
+        let balanced = plan(Some(&grown), &two, 2, 0, &all);
+        assert_eq!(counts(&balanced), [(2048, 2048), (2048, 2048)]);
+    }
+
+    #[test]
+    fn slot_of_uses_the_top_bits() {
+        assert_eq!(slot_of(0), 0);
+        assert_eq!(slot_of(u64::MAX), SLOTS - 1);
+        assert_eq!(slot_of(1 << 52), 1);
+    }
+
+    fn arb_nodes() -> impl Strategy<Value = Vec<NodeInfo>> {
+        proptest::collection::btree_map(0u8..12, 0u8..3, 1..8).prop_map(|m| {
+            m.into_iter()
+                .map(|(id, zone)| node(&format!("n{id:02}"), &format!("z{zone}")))
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn maps_stay_valid_balanced_and_stable(
+            first in arb_nodes(), second in arb_nodes(), replication in 1u8..=2
+        ) {
+            let all = |_: &str| true;
+            let a = plan(None, &first, replication, 0, &all);
+            prop_assert!(a.check().is_ok(), "{:?}", a.check());
+            let b = plan(Some(&a), &second, replication, 0, &all);
+            prop_assert!(b.check().is_ok(), "{:?}", b.check());
+            prop_assert!(b.epoch > a.epoch);
+            let n = b.nodes.len();
+            if replication == 1 || n == 1 {
+                for (i, (p, _)) in counts(&b).into_iter().enumerate() {
+                    prop_assert_eq!(p, target(i, n), "primaries of node {}", i);
+                }
+            }
+            // Zones: a replica shares its primary's zone only when no
+            // other zone has a node.
+            for slot in 0..SLOTS {
+                let r = b.replica[slot];
+                if r != NO_NODE {
+                    let p = &b.nodes[b.primary[slot] as usize];
+                    let r = &b.nodes[r as usize];
+                    let other = b.nodes.iter().any(|x| x.zone != p.zone);
+                    prop_assert!(r.zone != p.zone || !other);
+                }
+            }
+            // Re-planning with nothing changed settles within a few maps
+            // (swaps need the replicas the previous map placed), then
+            // nothing moves.
+            let mut m = b.clone();
+            let mut settled = false;
+            let mut moves = Vec::new();
+            for _ in 0..20 {
+                let again = plan(Some(&m), &second, replication, 0, &all);
+                if again.primary == m.primary && again.replica == m.replica {
+                    settled = true;
+                    break;
+                }
+                let moved = |x: &[u16], y: &[u16]| x.iter().zip(y).filter(|(a, b)| a != b).count();
+                moves.push((moved(&again.primary, &m.primary), moved(&again.replica, &m.replica)));
+                m = again;
+            }
+            prop_assert!(settled, "no fixpoint within 20 plans: {:?}", moves);
+            // A slot whose primary lives on keeps it, or swaps roles
+            // with its replica; a lost primary's slot goes to its replica.
+            for slot in 0..SLOTS {
+                let old_p = &a.nodes[a.primary[slot] as usize].id;
+                let new_p = &b.nodes[b.primary[slot] as usize].id;
+                let old_r = (a.replica[slot] != NO_NODE).then(|| &a.nodes[a.replica[slot] as usize].id);
+                if replication == 2 && b.index_of(old_p).is_some() {
+                    prop_assert!(new_p == old_p || Some(new_p) == old_r, "slot {}", slot);
+                }
+                if b.index_of(old_p).is_none() {
+                    if let Some(r) = old_r.filter(|r| b.index_of(r).is_some()) {
+                        prop_assert_eq!(new_p, r, "slot {} fails over to its replica", slot);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The cluster's membership and slot map (issue 17, stage 1) with real
+//! processes: a `nats-server -js` and three `cache-server` nodes on free
+//! loopback ports, in zones a, b, a.
+//!
+//! Without a `nats-server` binary these tests print a note and pass, unless
+//! `DND_REQUIRE_NATS` is set (tests/suites/25-nats.sh sets it).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::http::HttpConn;
+use common::nats::{require_nats, Nats};
+use common::TestServer;
+use serde_json::Value;
+
+/// Flags of node `id` in `zone` of a three-node cluster with two copies.
+fn node(nats: &Nats, id: &str, zone: &str) -> TestServer {
+    let url = nats.url();
+    TestServer::start(&[
+        "--nats-url",
+        &url,
+        "--cluster-nodes",
+        "3",
+        "--replication",
+        "2",
+        "--cluster-zones",
+        "a,b",
+        "--zone",
+        zone,
+        "--node-id",
+        id,
+        "--cluster-name",
+        "test-cluster",
+    ])
+}
+
+/// The `cluster` member of `GET /api/v2/cache/health`.
+fn cluster_health(server: &TestServer) -> Value {
+    let resp = HttpConn::open(server.http).get("/api/v2/cache/health");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    resp.json()["cache_response"]["data"]["cluster"].clone()
+}
+
+/// Polls a node's health until `done` holds, for at most `within`.
+fn wait_for(server: &TestServer, within: Duration, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let health = cluster_health(server);
+        if done(&health) {
+            return health;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {within:?}; last: {health:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn serving(health: &Value) -> Vec<String> {
+    health["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["status"] == "serving")
+        .map(|n| n["id"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn slot_totals(health: &Value) -> (u64, u64) {
+    let nodes = health["nodes"].as_array().cloned().unwrap_or_default();
+    let sum = |field: &str| nodes.iter().map(|n| n[field].as_u64().unwrap_or(0)).sum();
+    (sum("primary_slots"), sum("replica_slots"))
+}
+
+#[test]
+fn three_nodes_agree_on_one_map_and_drop_a_dead_node() {
+    let Some(bin) = require_nats() else { return };
+    let nats = Nats::start_js(bin);
+    let mut nodes = [
+        node(&nats, "n1", "a"),
+        node(&nats, "n2", "b"),
+        node(&nats, "n3", "a"),
+    ];
+
+    let whole = |h: &Value| serving(h) == ["n1", "n2", "n3"] && slot_totals(h) == (4096, 4096);
+    let first = wait_for(&nodes[0], Duration::from_secs(15), "a map of three nodes", whole);
+    let epoch = first["epoch"].as_u64().unwrap();
+    assert!(epoch >= 1);
+    for other in &nodes[1..] {
+        let h = wait_for(other, Duration::from_secs(5), "the same map everywhere", |h| {
+            h["epoch"].as_u64() == Some(epoch) && whole(h)
+        });
+        assert_eq!(h["replication"], 2);
+        assert_eq!(h["slots"], 4096);
+    }
+    // Each node holds about a third of the primaries.
+    for n in first["nodes"].as_array().unwrap() {
+        let p = n["primary_slots"].as_u64().unwrap();
+        assert!((1365..=1366).contains(&p), "{n}");
+    }
+
+    // Metrics: one cache_node_status per node, in its zone.
+    let metrics = HttpConn::open(nodes[0].http).get("/health/metrics").text();
+    for (id, zone) in [("n1", "a"), ("n2", "b"), ("n3", "a")] {
+        let line = format!("cache_node_status{{node=\"{id}\",zone=\"{zone}\"}} 1");
+        assert!(metrics.contains(&line), "{line} missing in:\n{metrics}");
+    }
+
+    // A killed node is out within the failure timeout: a new map, with a
+    // higher epoch, holds every slot on the two others.
+    let killed = Instant::now();
+    let _ = nodes[2].child.kill();
+    let _ = nodes[2].child.wait();
+    let after = wait_for(&nodes[0], Duration::from_secs(10), "a map without n3", |h| {
+        h["epoch"].as_u64().unwrap_or(0) > epoch
+            && h["nodes"].as_array().is_some_and(|n| n.len() == 2)
+            && slot_totals(h) == (4096, 4096)
+    });
+    let took = killed.elapsed();
+    assert_eq!(serving(&after), ["n1", "n2"]);
+    eprintln!("map without the killed node after {took:?}");
+    let metrics = HttpConn::open(nodes[1].http).get("/health/metrics").text();
+    assert!(!metrics.contains("node=\"n3\""), "{metrics}");
+}
+
+#[test]
+fn a_cluster_without_nats_is_refused_with_exit_78() {
+    let out = std::process::Command::new(common::server_bin())
+        .args([
+            "--cluster-nodes",
+            "3",
+            "--replication",
+            "2",
+            "--port",
+            "0",
+            "--http-port",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--nats-url"), "{err}");
+}
+
+#[test]
+fn a_node_alone_shows_no_cluster() {
+    let server = TestServer::start(&[]);
+    let resp = HttpConn::open(server.http).get("/api/v2/cache/health");
+    let data = &resp.json()["cache_response"]["data"];
+    assert_eq!(data["status"], "ok");
+    assert!(data.get("cluster").is_none(), "{data}");
+}
