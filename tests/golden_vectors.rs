@@ -327,6 +327,8 @@ fn responses() -> Vec<(&'static str, CacheResponse)> {
                     server_version: "0.1.0".into(),
                     max_frame_bytes: 16 << 20,
                     max_item_bytes: 1 << 20,
+                    // A node alone: no cluster fields on the wire.
+                    ..Default::default()
                 }),
                 ..Default::default()
             },

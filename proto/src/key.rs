@@ -18,6 +18,16 @@ pub fn key_hash(key: &[u8], seed: u64) -> u64 {
     xxh3_64_with_seed(key, seed)
 }
 
+/// Slots of a cluster's key space (docs/cluster.md).
+pub const SLOTS: usize = 4096;
+
+/// The cluster slot of a key hash: its top 12 bits, so that the slot and
+/// the shard inside a node (`hash % shards`) are independent.
+#[inline]
+pub fn slot_of(hash: u64) -> usize {
+    (hash >> (64 - SLOTS.trailing_zeros())) as usize
+}
+
 /// Owner shard of a key hash: `hash % shard_count` (the wire contract).
 #[inline]
 pub fn owner_of(hash: u64, shard_count: usize) -> usize {

@@ -33,6 +33,10 @@ pub enum Status {
     Unavailable = 11,
     /// CACHE_012 Batch too large.
     BatchTooLarge = 12,
+    /// CACHE_013 The key's slot belongs to another node of the cluster;
+    /// `data` is JSON `{"moved": {"slot", "node", "address", "http",
+    /// "epoch"}}` naming it.
+    Moved = 13,
     /// AUTH_001 Invalid credentials.
     InvalidCredentials = 101,
     /// AUTH_002 Insufficient permissions.
@@ -41,7 +45,7 @@ pub enum Status {
 
 impl Status {
     /// Every status, for tables and tests.
-    pub const ALL: [Status; 15] = [
+    pub const ALL: [Status; 16] = [
         Status::Ok,
         Status::NotFound,
         Status::Expired,
@@ -55,6 +59,7 @@ impl Status {
         Status::Handshake,
         Status::Unavailable,
         Status::BatchTooLarge,
+        Status::Moved,
         Status::InvalidCredentials,
         Status::Forbidden,
     ];
@@ -85,6 +90,7 @@ impl Status {
             Status::Handshake => "CACHE_010",
             Status::Unavailable => "CACHE_011",
             Status::BatchTooLarge => "CACHE_012",
+            Status::Moved => "CACHE_013",
             Status::InvalidCredentials => "AUTH_001",
             Status::Forbidden => "AUTH_002",
         }
@@ -106,6 +112,7 @@ impl Status {
             Status::Handshake => "Handshake required",
             Status::Unavailable => "Service unavailable",
             Status::BatchTooLarge => "Batch too large",
+            Status::Moved => "Key owned by another node",
             Status::InvalidCredentials => "Invalid credentials",
             Status::Forbidden => "Insufficient permissions",
         }
@@ -127,7 +134,7 @@ mod tests {
         for s in Status::ALL {
             assert_eq!(Status::from_u32(s.code_number()), Some(s));
         }
-        assert_eq!(Status::from_u32(13), None);
+        assert_eq!(Status::from_u32(14), None);
         assert_eq!(Status::NotFound.code(), "CACHE_001");
         assert_eq!(Status::Forbidden.code(), "AUTH_002");
     }

@@ -28,6 +28,8 @@ use super::liveness::Liveness;
 use super::slots::{plan, NodeInfo, SlotMap};
 use super::ClusterState;
 use crate::config::ClusterConfig;
+use crate::control::ControlPlane;
+use crate::shard::{Ownership, ShardCommand};
 
 /// Period of heartbeats (and of the coordinator's look at membership).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
@@ -59,6 +61,7 @@ pub fn start(
     config: ClusterConfig,
     nats_url: String,
     state: Arc<ClusterState>,
+    control: Arc<ControlPlane>,
     stopping: Arc<dyn Fn() -> bool + Send + Sync>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("cluster".into()).spawn(move || {
@@ -66,7 +69,7 @@ pub fn start(
             .enable_all()
             .build()
             .expect("build the cluster agent's Tokio runtime");
-        runtime.block_on(run(config, nats_url, state, stopping));
+        runtime.block_on(run(config, nats_url, state, control, stopping));
     })
 }
 
@@ -81,6 +84,7 @@ async fn run(
     config: ClusterConfig,
     url: String,
     state: Arc<ClusterState>,
+    control: Arc<ControlPlane>,
     stopping: Arc<dyn Fn() -> bool + Send + Sync>,
 ) {
     let (link_tx, mut link_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -115,6 +119,7 @@ async fn run(
         subject,
         config,
         state,
+        control,
         live: Liveness::default(),
         current: None,
         settled_at: Instant::now() + SETTLE,
@@ -147,6 +152,7 @@ async fn run(
 }
 
 struct Agent {
+    control: Arc<ControlPlane>,
     client: async_nats::Client,
     bucket: Bucket,
     subject: String,
@@ -195,9 +201,7 @@ impl Agent {
                 let newer = self.current.as_ref().is_none_or(|(m, _)| map.epoch > m.epoch);
                 if newer {
                     info!(epoch = map.epoch, nodes = ?map.node_ids(), "cluster: slot map installed");
-                    let map = Arc::new(map);
-                    self.state.install(map.clone());
-                    self.current = Some((map, revision));
+                    self.install(Arc::new(map), revision);
                 } else if let Some((m, rev)) = &mut self.current {
                     if m.epoch == map.epoch {
                         *rev = revision;
@@ -207,6 +211,20 @@ impl Agent {
             Ok(map) => warn!(epoch = map.epoch, error = ?map.check(), "cluster: ignoring a malformed map"),
             Err(e) => warn!(error = %e, "cluster: unreadable map"),
         }
+    }
+
+    /// Runs with `map` from now on: every shard gets its slot ownership.
+    fn install(&mut self, map: Arc<SlotMap>, revision: u64) {
+        self.state.install(map.clone());
+        let ownership = Arc::new(ownership(&map, &self.state.me.id));
+        for shard in 0..self.control.shard_count() {
+            // A full queue means a stuck shard; it keeps the older map and
+            // the next map reaches it.
+            let _ = self
+                .control
+                .send(shard, ShardCommand::Ownership(ownership.clone()));
+        }
+        self.current = Some((map, revision));
     }
 
     async fn tick(&mut self) {
@@ -261,6 +279,10 @@ impl Agent {
                 return;
             }
         }
+        if prev.is_none() && next.seed == 0 {
+            // The first map chooses the key hash seed of the cluster.
+            next.seed = random_seed();
+        }
         let Ok(body) = serde_json::to_vec(&next) else {
             return;
         };
@@ -269,9 +291,7 @@ impl Agent {
         match written {
             Ok(revision) => {
                 info!(epoch = next.epoch, nodes = ?next.node_ids(), "cluster: new slot map written");
-                let map = Arc::new(next);
-                self.state.install(map.clone());
-                self.current = Some((map, revision));
+                self.install(Arc::new(next), revision);
             }
             Err(e) => {
                 // Another coordinator won, or our revision is stale: read
@@ -282,4 +302,32 @@ impl Agent {
             }
         }
     }
+}
+
+/// Slot ownership as shards check it, from a map, for node `me`.
+pub(super) fn ownership(map: &SlotMap, me: &str) -> Ownership {
+    Ownership {
+        epoch: map.epoch,
+        me: map.index_of(me).map(|i| i as u16),
+        primary: map.primary.clone(),
+        nodes: map
+            .nodes
+            .iter()
+            .map(|n| crate::proto::ClusterNode {
+                id: n.id.clone(),
+                zone: n.zone.clone(),
+                host: n.host.clone(),
+                port: u32::from(n.port),
+                shard_ports: n.shard_ports.iter().map(|&p| u32::from(p)).collect(),
+                http_port: u32::from(n.http_port),
+            })
+            .collect(),
+    }
+}
+
+/// A non-zero seed no client can predict.
+fn random_seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::getrandom(&mut bytes);
+    u64::from_le_bytes(bytes).max(1)
 }

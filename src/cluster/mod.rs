@@ -8,8 +8,9 @@
 //!   watch, and (on the coordinator, the live node with the lowest id) the
 //!   compare-and-set of a new map when membership changes.
 //!
-//! The data path does not read this module's state yet: the map is shown
-//! by `health`, `/health/metrics` and the logs (stage 1 of issue 17).
+//! Shards get each map as an [`crate::shard::Ownership`] through the
+//! control plane: a request for a key of another node's slot is answered
+//! CACHE_013 naming that node (REST: 307 to it).
 
 mod agent;
 mod bucket;
@@ -73,6 +74,20 @@ impl ClusterState {
         let mut v = self.view();
         v.highest_epoch = v.highest_epoch.max(map.epoch);
         v.map = Some(map);
+    }
+
+    /// Waits (polling, at start only) until a map is installed.
+    pub fn wait_for_map(&self, within: std::time::Duration) -> Option<Arc<SlotMap>> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(map) = self.map() {
+                return Some(map);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     pub(crate) fn set_alive(&self, alive: Vec<(String, String)>) {

@@ -12,18 +12,10 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Slots of the key space.
-pub const SLOTS: usize = 4096;
+pub use crate::key::{slot_of, SLOTS};
 
 /// No node (a slot without a replica).
 pub const NO_NODE: u16 = u16::MAX;
-
-/// The slot of a key hash: its top 12 bits, so that the slot and the shard
-/// inside a node (`hash % shards`) are independent.
-#[inline]
-pub fn slot_of(hash: u64) -> usize {
-    (hash >> (64 - SLOTS.trailing_zeros())) as usize
-}
 
 /// A member of the cluster as other nodes and clients reach it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +39,9 @@ pub struct NodeInfo {
 pub struct SlotMap {
     /// Raised by every change; a node never installs a lower one.
     pub epoch: u64,
+    /// The key hash seed every node uses (chosen with the first map), so
+    /// that a key has the same slot everywhere.
+    pub seed: u64,
     /// Copies of each slot wanted (1 or 2).
     pub replication: u8,
     /// The members, sorted by id; slots name them by index.
@@ -155,6 +150,7 @@ pub fn plan(
     let epoch = prev.map_or(1, |p| p.epoch + 1).max(min_epoch);
     SlotMap {
         epoch,
+        seed: prev.map_or(0, |p| p.seed),
         replication: replication.clamp(1, 2),
         nodes,
         primary,

@@ -192,7 +192,27 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
     let policy = config.start_policy();
     let events_on = config.hub.nats_url.is_some();
     let mut event_queues = Vec::new();
-    let seed = config.hash_seed.unwrap_or_else(random_seed);
+    let me = crate::cluster::slots::NodeInfo {
+        id: config.hub.node_id.clone(),
+        zone: config.hub.zone.clone(),
+        host: config.cluster.advertise_host.clone(),
+        port: listeners.public_addr.port(),
+        http_port: listeners.http_addr.port(),
+        shard_ports: listeners.shard_ports.clone(),
+    };
+    let (cluster, cluster_state) = start_cluster(config, me, &info)?;
+    // In a cluster every node hashes keys with the map's seed, so that a
+    // key has one slot everywhere: wait for the first map.
+    let seed = match &cluster_state {
+        Some(state) => match state.wait_for_map(CLUSTER_JOIN_TIMEOUT) {
+            Some(map) => map.seed,
+            None => anyhow::bail!(
+                "no cluster map within {CLUSTER_JOIN_TIMEOUT:?}: is nats-server reachable at {} and started with -js?",
+                config.hub.nats_url.as_deref().unwrap_or_default()
+            ),
+        },
+        None => config.hash_seed.unwrap_or_else(random_seed),
+    };
     let per_shard_memory = config.max_memory_bytes / shards;
     let plan = MeshPlan::new(shards);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
@@ -282,15 +302,6 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
     } else {
         None
     };
-    let me = crate::cluster::slots::NodeInfo {
-        id: config.hub.node_id.clone(),
-        zone: config.hub.zone.clone(),
-        host: config.cluster.advertise_host.clone(),
-        port: listeners.public_addr.port(),
-        http_port: listeners.http_addr.port(),
-        shard_ports: listeners.shard_ports.clone(),
-    };
-    let cluster = start_cluster(config, me, &info)?;
     Ok(RunningServer {
         binary_addr: listeners.public_addr,
         shard_ports: listeners.shard_ports,
@@ -307,21 +318,27 @@ fn start_cluster(
     config: &ServerConfig,
     me: crate::cluster::slots::NodeInfo,
     info: &Arc<ServerInfo>,
-) -> anyhow::Result<Option<std::thread::JoinHandle<()>>> {
+) -> anyhow::Result<ClusterParts> {
     let (true, Some(url)) = (config.cluster.enabled, config.hub.nats_url.clone()) else {
-        return Ok(None);
+        return Ok((None, None));
     };
     let state = crate::cluster::ClusterState::new(me, config.cluster.replication);
     let _ = info.control.cluster.set(state.clone());
     let stop_info = info.clone();
     let stopping = Arc::new(move || stop_info.stopping.load(Ordering::Relaxed));
-    Ok(Some(crate::cluster::start(
-        config.cluster.clone(),
-        url,
-        state,
-        stopping,
-    )?))
+    let control = info.control.clone();
+    let agent = crate::cluster::start(config.cluster.clone(), url, state.clone(), control, stopping)?;
+    Ok((Some(agent), Some(state)))
 }
+
+/// The cluster agent's thread and the cluster's state, in a cluster.
+type ClusterParts = (
+    Option<std::thread::JoinHandle<()>>,
+    Option<Arc<crate::cluster::ClusterState>>,
+);
+
+/// How long a node in a cluster waits at start for the slot map.
+const CLUSTER_JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn run_shard(
     rt: Rc<ShardRuntime>,

@@ -28,6 +28,8 @@ pub enum ShardCommand {
         pattern: bool,
         done: oneshot::Sender<u64>,
     },
+    /// Take the cluster's slot ownership (a new map).
+    Ownership(Arc<super::Ownership>),
     /// Replace the shard's policy; answers once applied.
     Policy {
         policy: Arc<Policy>,
@@ -57,6 +59,7 @@ impl Shard {
                 };
                 let _ = done.send(removed);
             }
+            ShardCommand::Ownership(ownership) => self.install_ownership(ownership),
             ShardCommand::Policy { policy, applied } => {
                 self.apply_policy(&policy);
                 let _ = applied.send(());

@@ -100,11 +100,11 @@ impl Shard {
         match kind {
             OpKind::GetMany => {
                 for key in op.keys() {
-                    if check_key(key).is_err() {
-                        ResponseEncoder::put_item(out, key, Status::InvalidKey, b"", None);
+                    let hash = key_hash(key, self.seed);
+                    if self.refuse_item(key, hash, out) {
                         continue;
                     }
-                    match store.get(key_hash(key, self.seed), key, now_us) {
+                    match store.get(hash, key, now_us) {
                         Lookup::Hit(item) => self.with_value(item, |value| match value {
                             // No answer frame may exceed the frame limit
                             // (checked on the decoded length): the client
@@ -135,9 +135,11 @@ impl Shard {
             }
             OpKind::DeleteMany => {
                 for key in op.keys() {
-                    let status = if check_key(key).is_err() {
-                        Status::InvalidKey
-                    } else if store.delete(key_hash(key, self.seed), key) {
+                    let hash = key_hash(key, self.seed);
+                    if self.refuse_item(key, hash, out) {
+                        continue;
+                    }
+                    let status = if store.delete(hash, key) {
                         Status::Ok
                     } else {
                         Status::NotFound
@@ -147,12 +149,11 @@ impl Shard {
             }
             _ => {
                 for EntryView { key, value, ttl } in op.entries() {
-                    if check_key(key).is_err() {
-                        ResponseEncoder::put_item(out, key, Status::InvalidKey, b"", None);
+                    let hash = key_hash(key, self.seed);
+                    if self.refuse_item(key, hash, out) {
                         continue;
                     }
                     let ttl = self.resolve_ttl(key, if ttl == 0 { op.ttl } else { ttl });
-                    let hash = key_hash(key, self.seed);
                     match self.write_item(&mut store, hash, key, value, ttl, &op.options, now_us) {
                         Ok(meta) => ResponseEncoder::put_item(out, key, Status::Ok, b"", Some(&meta)),
                         Err((status, message)) => {
@@ -164,6 +165,21 @@ impl Shard {
         }
         ResponseEncoder::put_summary(out, Status::Ok, op.correlation_id, false);
         ResponseEncoder::finish(out, frame);
+    }
+
+    /// Answers a batch item that breaks the key rules (CACHE_004) or whose
+    /// slot another node of the cluster owns (CACHE_013); true if it did.
+    #[inline]
+    fn refuse_item(&self, key: &[u8], hash: u64, out: &mut Vec<u8>) -> bool {
+        if let Err(e) = check_key(key) {
+            ResponseEncoder::put_item(out, key, e.status(), b"", None);
+            return true;
+        }
+        if let Some(moved) = self.moved(hash) {
+            ResponseEncoder::put_item(out, key, Status::Moved, moved.as_bytes(), None);
+            return true;
+        }
+        false
     }
 
     fn execute_pattern(&self, op: &OpView<'_>, now_us: u64, out: &mut Vec<u8>) {

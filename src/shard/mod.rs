@@ -56,6 +56,36 @@ pub struct Shard {
     policy: RefCell<policy::Policy>,
     /// This shard's end of the Message Hub event queue; `None` = events off.
     events: Option<events::EventSink>,
+    /// In a cluster: which node owns each slot (`None`: a node alone).
+    ownership: RefCell<Option<std::sync::Arc<Ownership>>>,
+}
+
+/// Which node of the cluster owns each slot, as a shard checks it
+/// (built by `crate::cluster` from the slot map).
+#[derive(Debug)]
+pub struct Ownership {
+    pub epoch: u64,
+    /// This node's index in `nodes` (`None`: not in the map yet).
+    pub me: Option<u16>,
+    /// Primary node of each slot.
+    pub primary: Vec<u16>,
+    /// The nodes, as clients dial them (also sent in the handshake).
+    pub nodes: Vec<crate::proto::ClusterNode>,
+}
+
+impl Ownership {
+    /// The CACHE_013 answer for a slot owned by `node`: JSON naming it.
+    pub fn moved(&self, slot: usize, node: u16) -> String {
+        let n = self.nodes.get(node as usize);
+        serde_json::json!({ "moved": {
+            "slot": slot,
+            "node": n.map(|n| n.id.as_str()),
+            "address": n.map(|n| format!("{}:{}", n.host, n.port)),
+            "http": n.map(|n| format!("{}:{}", n.host, n.http_port)),
+            "epoch": self.epoch,
+        }})
+        .to_string()
+    }
 }
 
 impl Shard {
@@ -81,6 +111,7 @@ impl Shard {
             metrics: RefCell::default(),
             policy: RefCell::new(policy),
             events: None,
+            ownership: RefCell::new(None),
         }
     }
 
@@ -148,6 +179,31 @@ impl Shard {
     /// Whether values can be encrypted at rest (a key was configured).
     pub fn can_encrypt(&self) -> bool {
         self.codec.borrow().can_encrypt()
+    }
+
+    /// In a cluster, `Some(CACHE_013 message)` when the key hash's slot
+    /// belongs to another node; `None` when it is this node's (or the node
+    /// runs alone).
+    #[inline]
+    pub fn moved(&self, hash: u64) -> Option<String> {
+        let ownership = self.ownership.borrow();
+        let o = ownership.as_ref()?;
+        let slot = crate::key::slot_of(hash);
+        let owner = o.primary[slot];
+        (Some(owner) != o.me).then(|| o.moved(slot, owner))
+    }
+
+    /// The cluster's ownership in force (for the handshake).
+    pub fn ownership(&self) -> Option<std::sync::Arc<Ownership>> {
+        self.ownership.borrow().clone()
+    }
+
+    /// Takes a new slot ownership (a new cluster map), unless older.
+    pub fn install_ownership(&self, ownership: std::sync::Arc<Ownership>) {
+        let mut current = self.ownership.borrow_mut();
+        if current.as_ref().is_none_or(|c| c.epoch <= ownership.epoch) {
+            *current = Some(ownership);
+        }
     }
 
     /// Whether the server is shutting down.

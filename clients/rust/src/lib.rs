@@ -24,7 +24,7 @@ use bytes::Bytes;
 use tokio::sync::Mutex;
 
 use connection::Connection;
-use dnd_cache_proto::key::{key_hash, owner_of};
+use dnd_cache_proto::key::{key_hash, owner_of, slot_of, SLOTS};
 use dnd_cache_proto::pb as proto;
 use dnd_cache_proto::validate::check_key;
 
@@ -108,8 +108,92 @@ struct Inner {
     hello: proto::CacheConnection,
     seed: u64,
     /// Route 0..n: one per shard when shard-aware; else a single route.
-    shards: Vec<Route>,
-    public: Route,
+    shards: Vec<Arc<Route>>,
+    public: Arc<Route>,
+    /// In a cluster: the slots of other nodes (docs/cluster.md).
+    cluster: Option<Cluster>,
+}
+
+/// Where each slot of a cluster lives, as this client last learned it (the
+/// handshake's map, then each CACHE_013 answer).
+struct Cluster {
+    /// `None`: the node this client connected to; else another node's
+    /// public port.
+    slots: std::sync::RwLock<Vec<Option<Arc<Route>>>>,
+    /// One route per node address, shared by its slots.
+    nodes: std::sync::Mutex<std::collections::HashMap<String, Arc<Route>>>,
+}
+
+impl Cluster {
+    fn from_handshake(map: &proto::Handshake) -> Option<Cluster> {
+        if map.cluster_epoch == 0 || map.slot_primary.len() != SLOTS {
+            return None;
+        }
+        let cluster = Cluster {
+            slots: std::sync::RwLock::new(vec![None; SLOTS]),
+            nodes: std::sync::Mutex::new(std::collections::HashMap::new()),
+        };
+        let routes: Vec<Option<Arc<Route>>> = map
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                (i as u32 != map.node_index).then(|| cluster.node(&format!("{}:{}", n.host, n.port)))
+            })
+            .collect();
+        {
+            let mut slots = cluster.slots.write().unwrap_or_else(|e| e.into_inner());
+            for (slot, &p) in map.slot_primary.iter().enumerate() {
+                slots[slot] = routes.get(p as usize).cloned().flatten();
+            }
+        }
+        Some(cluster)
+    }
+
+    /// The route to a node's public port.
+    fn node(&self, address: &str) -> Arc<Route> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes
+            .entry(address.to_string())
+            .or_insert_with(|| {
+                Arc::new(Route {
+                    address: address.to_string(),
+                    conn: Mutex::new(None),
+                })
+            })
+            .clone()
+    }
+
+    fn route(&self, slot: usize) -> Option<Arc<Route>> {
+        self.slots.read().unwrap_or_else(|e| e.into_inner())[slot].clone()
+    }
+
+    /// A CACHE_013 answer: the slot lives at `address` from now on.
+    fn moved(&self, slot: usize, address: &str) -> Arc<Route> {
+        let route = self.node(address);
+        if let Some(s) = self
+            .slots
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(slot)
+        {
+            *s = Some(route.clone());
+        }
+        route
+    }
+}
+
+/// Most CACHE_013 redirections one request follows.
+const MAX_REDIRECTS: u32 = 3;
+
+/// The slot and node address of a CACHE_013 answer.
+fn moved_target(data: &[u8]) -> Option<(usize, String)> {
+    let v: serde_json::Value = serde_json::from_slice(data).ok()?;
+    let moved = &v["moved"];
+    Some((
+        moved["slot"].as_u64()? as usize,
+        moved["address"].as_str()?.to_string(),
+    ))
 }
 
 impl CacheClient {
@@ -141,18 +225,21 @@ impl CacheClient {
             {
                 map.shard_ports
                     .iter()
-                    .map(|port| Route {
-                        address: format!("{host}:{port}"),
-                        conn: Mutex::new(None),
+                    .map(|port| {
+                        Arc::new(Route {
+                            address: format!("{host}:{port}"),
+                            conn: Mutex::new(None),
+                        })
                     })
                     .collect()
             } else {
                 Vec::new()
             };
-        let public = Route {
+        let public = Arc::new(Route {
             address: config.address.clone(),
             conn: Mutex::new(Some(Arc::new(first))),
-        };
+        });
+        let cluster = Cluster::from_handshake(&map);
         Ok(CacheClient {
             inner: Arc::new(Inner {
                 config,
@@ -160,16 +247,21 @@ impl CacheClient {
                 seed: map.hash_seed,
                 shards,
                 public,
+                cluster,
             }),
         })
     }
 
-    fn route_for(&self, key: &[u8]) -> &Route {
+    fn route_for(&self, key: &[u8]) -> Arc<Route> {
+        let hash = key_hash(key, self.inner.seed);
+        if let Some(route) = self.inner.cluster.as_ref().and_then(|c| c.route(slot_of(hash))) {
+            return route;
+        }
         let shards = &self.inner.shards;
         if shards.is_empty() {
-            &self.inner.public
+            self.inner.public.clone()
         } else {
-            &shards[owner_of(key_hash(key, self.inner.seed), shards.len())]
+            shards[owner_of(hash, shards.len())].clone()
         }
     }
 
@@ -194,15 +286,18 @@ impl CacheClient {
 
     /// Sends an operation (retrying failures of the connection) and returns
     /// the raw answer, whatever its status.
+    /// In a cluster, a key's request goes to the node that owns its slot;
+    /// a CACHE_013 answer (the map moved) is followed to the node it names.
     pub async fn execute(&self, op: &proto::CacheOperation) -> Result<proto::CacheResponse, ClientError> {
-        let route = match op.operation.as_str() {
+        let mut route = match op.operation.as_str() {
             "get" | "set" | "delete" => self.route_for(&op.key),
-            _ => &self.inner.public,
+            _ => self.inner.public.clone(),
         };
         let config = &self.inner.config;
         let mut attempt = 0;
+        let mut redirects = 0;
         loop {
-            let result = match self.connection(route).await {
+            let result = match self.connection(&route).await {
                 Ok(conn) => conn.call(op, config.request_timeout).await,
                 Err(e) => Err(e),
             };
@@ -212,6 +307,19 @@ impl CacheClient {
                 {
                     attempt += 1;
                     tokio::time::sleep(backoff(config.backoff, attempt)).await;
+                }
+                Ok(resp) if resp.status == Status::Moved.code_number() && redirects < MAX_REDIRECTS => {
+                    let Some((slot, address)) = moved_target(&resp.data) else {
+                        return Ok(resp);
+                    };
+                    redirects += 1;
+                    route = match &self.inner.cluster {
+                        Some(cluster) => cluster.moved(slot, &address),
+                        None => Arc::new(Route {
+                            address,
+                            conn: Mutex::new(None),
+                        }),
+                    };
                 }
                 other => return other,
             }
@@ -275,14 +383,17 @@ impl CacheClient {
         let mut o = op("get_many", b"");
         o.keys = keys.iter().map(|k| Bytes::copy_from_slice(k.as_ref())).collect();
         let resp = self.call(o).await?;
-        resp.items
-            .into_iter()
-            .map(|item| match Status::from_u32(item.status) {
-                Some(Status::Ok) => Ok(Some(item.data)),
-                Some(Status::NotFound | Status::Expired) => Ok(None),
-                _ => Err(item_error(&item)),
-            })
-            .collect()
+        let mut values = Vec::with_capacity(resp.items.len());
+        for item in resp.items {
+            values.push(match Status::from_u32(item.status) {
+                Some(Status::Ok) => Some(item.data),
+                Some(Status::NotFound | Status::Expired) => None,
+                // In a cluster: a key of another node's slot.
+                Some(Status::Moved) => self.get(&item.key).await?,
+                _ => return Err(item_error(&item)),
+            });
+        }
+        Ok(values)
     }
 
     /// Stores every entry with `ttl_s`; per-entry results in order.
@@ -301,14 +412,36 @@ impl CacheClient {
                 ttl: 0,
             })
             .collect();
-        Ok(self.call(o).await?.items)
+        let mut items = self.call(o).await?.items;
+        for (item, (_, value)) in items.iter_mut().zip(entries) {
+            // In a cluster: a key of another node's slot.
+            if item.status == Status::Moved.code_number() {
+                let metadata = self.set(&item.key, value, ttl_s).await?;
+                *item = ItemResult {
+                    key: item.key.clone(),
+                    status: Status::Ok.code_number(),
+                    data: Bytes::new(),
+                    metadata: Some(metadata),
+                };
+            }
+        }
+        Ok(items)
     }
 
     /// Removes `keys`; how many existed.
     pub async fn delete_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<usize, ClientError> {
         let mut o = op("delete_many", b"");
         o.keys = keys.iter().map(|k| Bytes::copy_from_slice(k.as_ref())).collect();
-        Ok(self.call(o).await?.items.iter().filter(|i| i.status == 0).count())
+        let mut removed = 0;
+        for item in self.call(o).await?.items {
+            removed += match Status::from_u32(item.status) {
+                Some(Status::Ok) => 1,
+                // In a cluster: a key of another node's slot.
+                Some(Status::Moved) => usize::from(self.delete(&item.key).await?),
+                _ => 0,
+            };
+        }
+        Ok(removed)
     }
 
     /// Keys matching a glob (at most `limit`, 0 = 1000).

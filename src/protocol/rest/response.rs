@@ -29,6 +29,8 @@ pub fn http_status(status: Status) -> u16 {
         Status::TooManyConnections | Status::Unavailable => 503,
         Status::InvalidCredentials => 401,
         Status::Forbidden => 403,
+        // With a Location header naming the owner node (docs/cluster.md).
+        Status::Moved => 307,
     }
 }
 

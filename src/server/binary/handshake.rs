@@ -171,6 +171,7 @@ fn answer(rt: &ShardRuntime, hello: &proto::CacheConnection, out: &mut Vec<u8>) 
     };
     // ---- end of security ----
     let info = &rt.server;
+    let ownership = rt.shard.ownership();
     let response = proto::CacheResponse {
         status: 0,
         correlation_id: hello.correlation_id.clone(),
@@ -183,6 +184,13 @@ fn answer(rt: &ShardRuntime, hello: &proto::CacheConnection, out: &mut Vec<u8>) 
             server_version: crate::SERVER_VERSION.into(),
             max_frame_bytes: rt.shard.limits().max_frame_bytes as u32,
             max_item_bytes: rt.shard.limits().max_item_bytes as u32,
+            cluster_epoch: ownership.as_ref().map_or(0, |o| o.epoch),
+            nodes: ownership.as_ref().map(|o| o.nodes.clone()).unwrap_or_default(),
+            node_index: ownership.as_ref().and_then(|o| o.me).map_or(0, u32::from),
+            slot_primary: ownership
+                .as_ref()
+                .map(|o| o.primary.iter().map(|&p| u32::from(p)).collect())
+                .unwrap_or_default(),
         }),
         ..Default::default()
     };

@@ -275,6 +275,10 @@ impl Dispatcher {
                     return self.refuse(e, op.correlation_id, start);
                 }
                 let (hash, owner) = owner_of_key(shard, op.key);
+                if let Some(moved) = shard.moved(hash) {
+                    ResponseEncoder::error(&mut self.out, Status::Moved, &moved, op.correlation_id);
+                    return self.push_local(start);
+                }
                 if owner == shard.id() {
                     shard.execute_single(&op, kind, hash, now_us, &mut self.out);
                     self.push_local(start);

@@ -98,7 +98,10 @@ impl<S: Transport> Conn<S> {
         head_only: bool,
     ) -> std::io::Result<()> {
         let mut out = Vec::with_capacity(256 + reply.body.len());
-        let allow = reply.allow.map(|a| [("Allow", a)]);
+        let extra = reply
+            .header
+            .as_ref()
+            .map(|(name, value)| [(*name, value.as_str())]);
         write_response_head(
             &mut out,
             minor,
@@ -106,7 +109,7 @@ impl<S: Transport> Conn<S> {
             Some(reply.content_type),
             ResponseLength::Known(reply.body.len()),
             keep_alive,
-            allow.as_ref().map_or(&[][..], |a| &a[..]),
+            extra.as_ref().map_or(&[][..], |a| &a[..]),
         );
         if !head_only {
             out.extend_from_slice(&reply.body);

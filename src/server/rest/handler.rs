@@ -25,8 +25,8 @@ pub struct Reply {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
-    /// `Allow` of a 405.
-    pub allow: Option<&'static str>,
+    /// One more header: `Allow` of a 405, `Location` of a 307.
+    pub header: Option<(&'static str, String)>,
 }
 
 /// What the connection sends back.
@@ -54,7 +54,7 @@ pub fn error_reply(http: u16, status: Status, message: &str, key: Option<&[u8]>,
         status: http,
         content_type: JSON,
         body: response::error_body(status, message, key, operation, now_ms()),
-        allow: None,
+        header: None,
     }
 }
 
@@ -67,7 +67,7 @@ fn json_reply(status: u16, body: Vec<u8>) -> Outcome {
         status,
         content_type: JSON,
         body,
-        allow: None,
+        header: None,
     })
 }
 
@@ -89,7 +89,7 @@ pub async fn handle(rt: &ShardRuntime, d: &mut Dispatcher, head: &RequestHead, b
         Err(routes::RouteError::MethodNotAllowed { allow }) => {
             let message = format!("{} is not allowed here (allowed: {allow})", head.method.as_str());
             let mut reply = error_reply(405, Status::UnknownOperation, &message, None, "");
-            reply.allow = Some(allow);
+            reply.header = Some(("Allow", allow.to_string()));
             return Outcome::Reply(reply);
         }
         Err(routes::RouteError::BadEncoding(message)) => {
@@ -105,11 +105,24 @@ pub async fn handle(rt: &ShardRuntime, d: &mut Dispatcher, head: &RequestHead, b
     }
     match handle_route(rt, d, head, body, route, &query).await {
         Ok(outcome) => outcome,
+        Err((e, key, op)) if e.status == Status::Moved => moved(&e, head, key.as_deref(), op),
         Err((e, key, op)) => rest_error(e, key.as_deref(), op),
     }
 }
 
 type Failure = (RestError, Option<Vec<u8>>, &'static str);
+
+/// A key of another node's slot (docs/cluster.md): 307 to the same path
+/// on that node's REST port, with the ICD 8.2 body naming CACHE_013.
+fn moved(e: &RestError, head: &RequestHead, key: Option<&[u8]>, operation: &str) -> Outcome {
+    let target: serde_json::Value = serde_json::from_str(&e.message).unwrap_or_default();
+    let mut reply = error_reply(307, Status::Moved, &e.message, key, operation);
+    if let Some(http) = target["moved"]["http"].as_str() {
+        let query = head.query.as_deref().map_or(String::new(), |q| format!("?{q}"));
+        reply.header = Some(("Location", format!("http://{http}{}{query}", head.path)));
+    }
+    Outcome::Reply(reply)
+}
 
 // ---- security (issue 5): credentials of each request ----
 
@@ -184,7 +197,7 @@ async fn handle_route(
                     status: 200,
                     content_type: OCTETS,
                     body: resp.data.to_vec(),
-                    allow: None,
+                    header: None,
                 }));
             }
             answer(kind, &resp, force_base64, Some(&key))
@@ -244,7 +257,7 @@ async fn handle_route(
                 status: 200,
                 content_type: METRICS_CONTENT_TYPE,
                 body: crate::metrics::render_prometheus(&snapshot).into_bytes(),
-                allow: None,
+                header: None,
             }))
         }
     }
