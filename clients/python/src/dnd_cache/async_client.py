@@ -7,11 +7,11 @@ It shares the codec (``wire``), the requests and the reading of answers
 is its own.
 
 **Pipelining.** Calls that run at the same time share a connection: each
-writes its frame at once and waits for its answer; one reader task per
-connection hands the answers out in the order the requests were written
-(the server answers in request order, docs/protocol.md). A call that is
-cancelled leaves its request on the wire: the reader still takes its
-answer off the stream and drops it, so the next call gets its own answer.
+writes its frame at once and waits for its answer; the connection hands the
+answers out in the order the requests were written (the server answers in
+request order, docs/protocol.md). A call that is cancelled leaves its
+request on the wire: its answer is still taken off the stream and dropped,
+so the next call gets its own answer.
 """
 
 from __future__ import annotations
@@ -42,8 +42,12 @@ __all__ = ["AsyncCacheClient", "AsyncConnection", "AsyncConnectionPool"]
 K = TypeVar("K", str, bytes)
 
 
-class AsyncConnection:
+class AsyncConnection(asyncio.Protocol):
     """One handshaken connection carrying any number of requests in flight.
+
+    An ``asyncio.Protocol``: answers are cut out of the received bytes in
+    ``data_received`` and handed to the waiting calls in order, with no
+    reader task and no coroutine per answer.
 
     ``broken`` once the stream can no longer be trusted (transport error,
     undecodable frame, a request past its timeout, a status after which the
@@ -58,11 +62,13 @@ class AsyncConnection:
         self.handshake = wire.Handshake()
         self._request_timeout = request_timeout
         self._max_frame = DEFAULT_MAX_FRAME
-        self._reader: Optional[asyncio.StreamReader] = None
-        self._writer: Optional[asyncio.StreamWriter] = None
+        self._loop = asyncio.get_running_loop()
+        self._transport: Optional[asyncio.Transport] = None
+        self._received = bytearray()
+        self._outgoing: List[bytes] = []
         self._pending: Deque["asyncio.Future[wire.CacheResponse]"] = deque()
-        self._reader_task: Optional["asyncio.Task[None]"] = None
-        self._drain_lock = asyncio.Lock()
+        self._write_paused: Optional["asyncio.Future[None]"] = None
+        self._lost: "asyncio.Future[None]" = self._loop.create_future()
 
     @classmethod
     async def open(
@@ -88,14 +94,14 @@ class AsyncConnection:
     async def _connect(self, hello: wire.CacheConnection) -> None:
         host, port = self.endpoint
         try:
-            self._reader, self._writer = await asyncio.open_connection(host, port)
+            await self._loop.create_connection(lambda: self, host, port)
         except OSError as exc:
             raise CacheConnectionError(f"connect to {host}:{port}: {exc}") from exc
-        self._writer.write(wire.frame(hello))
-        self.handshake = handshake_of(await self._read_response())
+        answer = self._loop.create_future()
+        self._send(hello, answer)
+        self.handshake = handshake_of(await answer)
         if self.handshake.max_frame_bytes:
             self._max_frame = self.handshake.max_frame_bytes
-        self._reader_task = asyncio.get_running_loop().create_task(self._read_answers())
 
     @property
     def in_flight(self) -> int:
@@ -104,61 +110,104 @@ class AsyncConnection:
 
     async def request(self, op: wire.CacheOperation) -> wire.CacheResponse:
         """Writes ``op`` behind the requests already in flight and waits for its answer."""
-        if self.broken or self._writer is None:
-            raise CacheConnectionError("connection closed")
-        # Frame and queue position are taken together, with no await between
-        # them, so the n-th answer is always the n-th waiter's.
-        answer: "asyncio.Future[wire.CacheResponse]" = asyncio.get_running_loop().create_future()
-        self._writer.write(wire.frame(op))
-        self._pending.append(answer)
-        self.last_used = time.monotonic()
+        answer: "asyncio.Future[wire.CacheResponse]" = self._loop.create_future()
+        self._send(op, answer)
+        timer = self._loop.call_later(self._request_timeout, self._time_out, answer)
         try:
-            if self._writer.transport.get_write_buffer_size() > 0:
-                async with self._drain_lock:
-                    await self._writer.drain()
-            done, _ = await asyncio.wait((answer,), timeout=self._request_timeout)
+            if self._write_paused is not None:
+                await asyncio.shield(self._write_paused)
+            return await answer
         except asyncio.CancelledError:
-            # The answer will still arrive; the reader drops it.
+            # The request is on the wire and its answer will come: the
+            # cancelled future tells data_received to drop it.
             answer.cancel()
             raise
-        except (OSError, RuntimeError) as exc:
-            answer.cancel()
-            self._fail(CacheConnectionError(f"connection lost: {exc}"))
-            raise CacheConnectionError(f"connection lost: {exc}") from exc
-        if not done:
-            # Every answer behind this one waits for it too: give up the stream.
-            answer.cancel()
-            self._fail(CacheConnectionError("an earlier request on this connection timed out"))
-            raise OperationTimeoutError(f"no answer within {self._request_timeout}s", status=0)
-        return answer.result()
+        finally:
+            timer.cancel()
 
     def close(self) -> None:
         self._fail(CacheConnectionError("connection closed"))
 
     async def wait_closed(self) -> None:
-        task = self._reader_task
-        if task is not None and task is not asyncio.current_task():
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        if self._transport is not None:
+            await asyncio.shield(self._lost)
 
-    async def _read_answers(self) -> None:
+    # -- asyncio.Protocol ---------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._received
+        buf += data
+        start = 0
         try:
-            while True:
-                answer = await self._read_response()
-                if not self._pending:
-                    raise CacheError("an answer nobody asked for", code="CLIENT_003")
-                waiter = self._pending.popleft()
-                if not waiter.done():
-                    waiter.set_result(answer)
-                if answer.status in CLOSING_STATUSES:
-                    raise CacheConnectionError(f"server closed after status {answer.status}")
+            while len(buf) - start >= 4:
+                length = frame_length(bytes(buf[start : start + 4]), self._max_frame)
+                end = start + 4 + length
+                if len(buf) < end:
+                    break
+                answer = decode_response(bytes(buf[start + 4 : end]))
+                start = end
+                self._deliver(answer)
         except CacheError as exc:
             self._fail(exc)
-        except asyncio.CancelledError:
-            self._fail(CacheConnectionError("connection closed"))
-            raise
+        finally:
+            del buf[:start]
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        reason = f"connection lost: {exc}" if exc else "connection closed by the server"
+        self._fail(CacheConnectionError(reason))
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._write_paused is None:
+            self._write_paused = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        paused, self._write_paused = self._write_paused, None
+        if paused is not None and not paused.done():
+            paused.set_result(None)
+
+    # -- internals ----------------------------------------------------------
+
+    def _send(self, msg: Any, answer: "asyncio.Future[wire.CacheResponse]") -> None:
+        if self.broken or self._transport is None:
+            raise CacheConnectionError("connection closed")
+        # Frame and queue position are taken together, with no await between
+        # them, so the n-th answer is always the n-th waiter's.
+        if not self._outgoing:
+            self._loop.call_soon(self._flush)
+        self._outgoing.append(wire.frame(msg))
+        self._pending.append(answer)
+        self.last_used = time.monotonic()
+
+    def _flush(self) -> None:
+        """Writes the frames of every call of this loop iteration with one
+        send: a send per request cost more client CPU than the request."""
+        frames, self._outgoing = self._outgoing, []
+        if frames and not self.broken and self._transport is not None:
+            self._transport.write(b"".join(frames))
+
+    def _deliver(self, answer: wire.CacheResponse) -> None:
+        if not self._pending:
+            raise CacheError("an answer nobody asked for", code="CLIENT_003")
+        waiter = self._pending.popleft()
+        if not waiter.done():  # a cancelled call's answer is dropped here
+            waiter.set_result(answer)
+        if answer.status in CLOSING_STATUSES:
+            raise CacheConnectionError(f"server closed after status {answer.status}")
+
+    def _time_out(self, answer: "asyncio.Future[wire.CacheResponse]") -> None:
+        if answer.done():
+            return
+        answer.set_exception(
+            OperationTimeoutError(f"no answer within {self._request_timeout}s", status=0)
+        )
+        # Every answer behind this one waits for it too: give up the stream.
+        self._fail(CacheConnectionError("an earlier request on this connection timed out"))
 
     def _fail(self, error: CacheError) -> None:
         """Marks the connection broken, fails every waiter, closes the socket."""
@@ -167,21 +216,9 @@ class AsyncConnection:
             waiter = self._pending.popleft()
             if not waiter.done():
                 waiter.set_exception(error)
-        task = self._reader_task
-        if task is not None and not task.done() and task is not asyncio.current_task():
-            task.cancel()
-        if self._writer is not None:
-            self._writer.close()
-
-    async def _read_response(self) -> wire.CacheResponse:
-        assert self._reader is not None
-        try:
-            length = frame_length(await self._reader.readexactly(4), self._max_frame)
-            return decode_response(await self._reader.readexactly(length))
-        except asyncio.IncompleteReadError as exc:
-            raise CacheConnectionError("connection closed by the server") from exc
-        except OSError as exc:
-            raise CacheConnectionError(f"connection lost: {exc}") from exc
+        self.resume_writing()
+        if self._transport is not None:
+            self._transport.close()
 
 
 class AsyncConnectionPool:
@@ -191,7 +228,7 @@ class AsyncConnectionPool:
     new connection opens only when every one holds ``config.max_pipeline``
     requests (and fewer than ``pool_max_size`` are open), one opening at a
     time. Connections beyond ``pool_min_size`` idle for ``pool_idle_timeout``
-    are closed.
+    are closed (checked at most once a second).
     """
 
     def __init__(
@@ -205,42 +242,50 @@ class AsyncConnectionPool:
         self._config = config
         self._conns: List[AsyncConnection] = []
         self._opening: Optional["asyncio.Future[AsyncConnection]"] = None
+        self._next_reap = 0.0
         self._closed = False
 
     @property
     def size(self) -> int:
-        return len(self._conns)
+        """Live connections."""
+        return sum(1 for c in self._conns if not c.broken)
 
     async def acquire(self) -> AsyncConnection:
         cfg = self._config
         while True:
             if self._closed:
                 raise CacheConnectionError("client closed")
-            self._reap()
-            best = min(self._conns, key=lambda c: c.in_flight, default=None)
+            now = time.monotonic()
+            if now >= self._next_reap:
+                self._reap(now)
+            best: Optional[AsyncConnection] = None
+            for conn in self._conns:
+                if not conn.broken and (best is None or conn.in_flight < best.in_flight):
+                    best = conn
             if best is not None and (
-                best.in_flight < cfg.max_pipeline or len(self._conns) >= cfg.pool_max_size
+                best.in_flight < cfg.max_pipeline or self.size >= cfg.pool_max_size
             ):
                 return best
             if self._opening is None:
                 self._opening = asyncio.ensure_future(self._open())
-            opening = self._opening
             # shield: a cancelled caller does not abort a connect others wait for.
-            await asyncio.shield(opening)
+            await asyncio.shield(self._opening)
 
     async def _open(self) -> AsyncConnection:
         try:
-            conn: AsyncConnection = await self._opener(self.endpoint)
+            conn = await self._opener(self.endpoint)
             if self._closed:
                 conn.close()
             else:
+                self._reap(time.monotonic())
                 self._conns.append(conn)
             return conn
         finally:
             self._opening = None
 
-    def _reap(self) -> None:
-        cutoff = time.monotonic() - self._config.pool_idle_timeout
+    def _reap(self, now: float) -> None:
+        self._next_reap = now + 1.0
+        cutoff = now - self._config.pool_idle_timeout
         keep: List[AsyncConnection] = []
         for conn in self._conns:
             idle = conn.in_flight == 0 and conn.last_used < cutoff
