@@ -20,7 +20,20 @@ import asyncio
 import json
 import time
 from collections import deque
-from typing import Any, Awaitable, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Tuple, TypeVar, Union
+from typing import (
+    Any,
+    Awaitable,
+    Callable,
+    Deque,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
 from . import operations as ops
 from . import wire
@@ -105,7 +118,7 @@ class AsyncConnection(asyncio.Protocol):
 
     @property
     def in_flight(self) -> int:
-        """Requests written whose answer has not arrived yet."""
+        """Requests sent, or queued to send, whose answer has not arrived."""
         return len(self._pending)
 
     async def request(self, op: wire.CacheOperation) -> wire.CacheResponse:
