@@ -124,3 +124,70 @@ pub fn value_codec(data: &[u8]) {
         assert!(c.scratch_capacity() <= 2 * MAX_BYTES + data.len());
     });
 }
+
+/// Message Hub: a `config.cache.update` or `control.cache.action` payload,
+/// read as the bridge reads it: JSON, the envelope (`Incoming::read`), the
+/// `data` object; the policy change applied to a start policy; an
+/// `invalidate` target checked as a key or a pattern and matched.
+pub fn hub_message(data: &[u8]) {
+    use crate::hub::envelope::Incoming;
+    use crate::hub::policy::{CacheType, Policy};
+    use serde_json::Value;
+
+    let Ok(body) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
+    let incoming = Incoming::read(&body, None);
+    let fields = [&incoming.correlation_id, &incoming.source, &incoming.event];
+    assert!(fields.into_iter().flatten().all(|s| !s.is_empty()));
+    let Some(data) = body.get("data").filter(|d| d.is_object()) else {
+        return;
+    };
+    let mut policy = Policy::new(3600, 0);
+    match policy.apply(data) {
+        Ok(_) => {
+            assert_eq!(policy.version, 1);
+            assert!(policy.coalesce_ms <= 60_000);
+            if let Some(memory) = &policy.max_memory {
+                assert!(crate::config::parse_memory(memory).is_ok());
+            }
+            for t in CacheType::ALL {
+                let _ = policy.resolve_ttl(t.prefix(), 0);
+            }
+            // The bridge answers with the policy as JSON.
+            assert!(serde_json::to_vec(&policy).is_ok());
+        }
+        Err(_) => assert_eq!(policy.version, 0),
+    }
+    let target = data.get("target").and_then(Value::as_str).unwrap_or("");
+    let pattern = data
+        .get("parameters")
+        .and_then(|p| p.get("pattern"))
+        .and_then(Value::as_bool)
+        .unwrap_or_else(|| target.contains(['*', '?', '[']));
+    if pattern && crate::pattern::is_valid_pattern(target.as_bytes()) {
+        let _ = crate::pattern::glob_match(target.as_bytes(), b"character:1234");
+        let _ = crate::pattern::glob_match(target.as_bytes(), target.as_bytes());
+    } else if !pattern && crate::key::is_valid_key(target.as_bytes()) {
+        assert!(!target.is_empty() && target.len() <= 250);
+    }
+}
+
+/// YAML configuration file: the file becomes flags (`config_file::to_args`),
+/// and clap parses them as `--config FILE` would.
+pub fn config_file(data: &[u8]) {
+    use clap::Parser;
+
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(args) = crate::config_file::to_args(text, "fuzz.yaml") else {
+        return;
+    };
+    // Every argument list starts with a flag the file is allowed to set.
+    if let Some(first) = args.first() {
+        let flag = first.to_str().unwrap_or_default();
+        assert!(crate::config_file::key_of_flag(flag).is_some(), "{flag}");
+    }
+    let _ = crate::config::Cli::try_parse_from(std::iter::once("cache-server".into()).chain(args));
+}

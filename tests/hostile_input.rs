@@ -42,6 +42,13 @@ fn seed_frames() -> Vec<u8> {
 const SEED_HTTP: &[u8] = b"PUT /api/v2/cache/k HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a.b.c\r\n\
 Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /health/live HTTP/1.0\r\n\r\n";
 
+/// A `config.cache.update` and a `control.cache.action` body (ICD 3.2).
+const SEED_HUB_CONFIG: &[u8] = br#"{"event":"config.cache.update","correlation_id":"c-1","source":"ops","data":{"policy":"ttl","parameters":{"ttl":600},"scope":"character"}}"#;
+const SEED_HUB_CONTROL: &[u8] = br#"{"event":"control.cache.action","data":{"action":"invalidate","target":"character:*","parameters":{"pattern":true}}}"#;
+
+/// A configuration file touching every value shape (systemd/config.example.yaml style).
+const SEED_CONFIG: &[u8] = b"config:\n  service:\n    id: cache_service\n  policies:\n    eviction: lru\n    ttl_default: 3600\n    max_memory: \"75%\"\n  shards:\n    cpus: [0, 1]\n    pin: false\n  nats:\n    event_headers: true\n  cache_types:\n    character:\n      ttl: 600\n  auth:\n    public_key_files: [a.pem, b.pem]\n";
+
 fn mutated(seed: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8).prop_map(move |edits| {
         let mut bytes = seed.clone();
@@ -91,4 +98,59 @@ proptest! {
     fn value_codec_random(data in proptest::collection::vec(any::<u8>(), 0..1024)) {
         hostile::value_codec(&data);
     }
+
+    #[test]
+    fn hub_message_random(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+        hostile::hub_message(&data);
+    }
+
+    #[test]
+    fn hub_message_mutated(data in mutated(SEED_HUB_CONFIG.to_vec()), control in mutated(SEED_HUB_CONTROL.to_vec())) {
+        hostile::hub_message(&data);
+        hostile::hub_message(&control);
+    }
+
+    #[test]
+    fn hub_message_shaped(policy in "ttl|ttl_default|consistency|events|eviction|max_memory|[a-z]{0,8}",
+                          scope in "global|character|campaign|[a-z*]{0,8}",
+                          value in "-?[0-9]{1,20}|\"[0-9a-zA-Z%.]{0,12}\"|true|false|null|\\{\\}",
+                          target in "[a-z:*?\\[\\]!\\\\ ]{0,20}") {
+        let config = format!(r#"{{"data":{{"policy":"{policy}","scope":"{scope}","parameters":{{"value":{value},"coalesce_ms":{value},"enabled":{value}}}}}}}"#);
+        hostile::hub_message(config.as_bytes());
+        let control = format!(r#"{{"data":{{"action":"invalidate","target":"{target}"}}}}"#);
+        hostile::hub_message(control.as_bytes());
+    }
+
+    #[test]
+    fn config_file_random(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+        hostile::config_file(&data);
+    }
+
+    #[test]
+    fn config_file_mutated(data in mutated(SEED_CONFIG.to_vec())) {
+        hostile::config_file(&data);
+    }
+}
+
+/// Every file of a `tests/corpus/` directory: fuzz seeds, and the inputs
+/// of crashes the fuzzers found, replayed by stable CI.
+fn replay_corpus(dir: &str, body: fn(&[u8])) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/corpus")
+        .join(dir);
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        body(&std::fs::read(entry.unwrap().path()).unwrap());
+        n += 1;
+    }
+    assert!(n > 0, "{} holds inputs", dir.display());
+}
+
+#[test]
+fn corpus_replays_through_the_fuzz_bodies() {
+    replay_corpus("hub", hostile::hub_message);
+    replay_corpus("config", hostile::config_file);
+    replay_corpus("jwt", hostile::jwt);
+    replay_corpus("binary", hostile::binary_frames);
+    replay_corpus("http", hostile::http_requests);
 }

@@ -6,8 +6,15 @@
                          options={"consistency": "strong"})
     client.set("character:1234", {"name": "Aria"}, ttl=3600)
     client.get_json("character:1234")
+
+    # asyncio: the same methods as coroutines, pipelined on shared connections
+    from dnd_cache import AsyncCacheClient
+
+    async with AsyncCacheClient(service_id="character_service") as client:
+        await client.set("character:1234", {"name": "Aria"}, ttl=3600)
 """
 
+from .async_client import AsyncCacheClient
 from .breaker import CircuitBreaker
 from .client import CacheClient, owner_shard
 from .config import ClientConfig
@@ -39,6 +46,7 @@ from .wire import Metadata, Options
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncCacheClient",
     "BatchError",
     "BatchTooLargeError",
     "CacheClient",

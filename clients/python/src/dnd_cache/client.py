@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import random
 import threading
 import time
-from dataclasses import dataclass
 from typing import (
     Any,
     Callable,
@@ -21,44 +19,20 @@ from typing import (
     Union,
 )
 
-import xxhash
-
+from . import operations as ops
 from . import wire
 from .breaker import CircuitBreaker
 from .config import ClientConfig, make_options, resolve_address
-from .connection import Connection, ConnectionPool, Endpoint
-from .errors import (
-    BatchError,
-    CacheConnectionError,
-    CacheError,
-    CircuitOpenError,
-    error_for_status,
-)
-from .values import Key, encode_key, encode_value
+from .connection import Connection, ConnectionPool
+from .errors import CacheConnectionError, CacheError
+from .operations import MAX_BATCH_KEYS
+from .retry import RetryState
+from .routing import Endpoint, Topology, owner_shard
+from .values import Key, encode_value
+
+__all__ = ["CacheClient", "MAX_BATCH_KEYS", "owner_shard"]
 
 K = TypeVar("K", str, bytes)
-T = TypeVar("T")
-
-#: Most keys the server accepts in one batch request (CACHE_012 above it).
-MAX_BATCH_KEYS = 10_000
-_MISS_STATUSES = (1, 2)  # CACHE_001 not found, CACHE_002 expired
-
-
-def owner_shard(key: bytes, seed: int, shard_count: int) -> int:
-    """The shard that owns ``key``: ``xxh3_64_with_seed(key, seed) % shard_count``."""
-    return xxhash.xxh3_64_intdigest(key, seed) % shard_count
-
-
-@dataclass(frozen=True)
-class Topology:
-    """What the handshake told about the shards."""
-
-    host: str
-    shard_ports: Tuple[int, ...]
-    seed: int
-
-    def endpoint_for(self, key: bytes) -> Endpoint:
-        return (self.host, self.shard_ports[owner_shard(key, self.seed, len(self.shard_ports))])
 
 
 class CacheClient:
@@ -108,11 +82,7 @@ class CacheClient:
 
     def get(self, key: Key) -> Optional[bytes]:
         """The value of ``key``, or ``None`` when it is missing or expired."""
-        answer = self._single(wire.CacheOperation(operation="get", key=encode_key(key)))
-        if answer.status in _MISS_STATUSES:
-            return None
-        _raise_for(answer)
-        return answer.data
+        return ops.get_result(self._single(ops.get_request(key)))
 
     def get_str(self, key: Key) -> Optional[str]:
         """The value decoded as UTF-8, or ``None`` on a miss."""
@@ -130,65 +100,30 @@ class CacheClient:
         ``ttl=None`` or 0 takes the server's default TTL. Returns the stored
         item's metadata.
         """
-        op = wire.CacheOperation(
-            operation="set", key=encode_key(key), value=encode_value(data), ttl=_ttl(ttl)
-        )
-        answer = self._single(op)
-        _raise_for(answer)
-        return answer.metadata or wire.Metadata()
+        return ops.set_result(self._single(ops.set_request(key, data, ttl)))
 
     def delete(self, key: Key) -> bool:
         """Removes ``key``; ``True`` if it existed."""
-        answer = self._single(wire.CacheOperation(operation="delete", key=encode_key(key)))
-        if answer.status == 1:
-            return False
-        _raise_for(answer)
-        return True
+        return ops.delete_result(self._single(ops.delete_request(key)))
 
     def get_many(self, keys: Iterable[K]) -> Dict[K, bytes]:
         """The values of the keys found; missing and expired keys are left out."""
-        results = self._batch("get_many", list(dict.fromkeys(keys)))
-        found: Dict[K, bytes] = {}
-        errors: Dict[Key, CacheError] = {}
-        for key, item in results:
-            if item.status == 0:
-                found[key] = item.data
-            elif item.status not in _MISS_STATUSES:
-                errors[key] = error_for_status(item.status, _message(item.data))
-        if errors:
-            raise BatchError(errors)
-        return found
+        return ops.get_many_result(self._batch("get_many", list(dict.fromkeys(keys))))
 
     def set_many(self, mapping: Mapping[K, Any], ttl: Optional[int] = None) -> None:
         """Stores every pair; raises :class:`BatchError` naming the keys that failed."""
         values = {key: encode_value(value) for key, value in mapping.items()}
-        results = self._batch("set_many", list(values), values=values, ttl=_ttl(ttl))
-        errors: Dict[Key, CacheError] = {
-            key: error_for_status(item.status, _message(item.data))
-            for key, item in results
-            if item.status != 0
-        }
-        if errors:
-            raise BatchError(errors)
+        ops.set_many_result(
+            self._batch("set_many", list(values), values=values, ttl=ops.ttl_seconds(ttl))
+        )
 
     def delete_many(self, keys: Iterable[K]) -> int:
         """Removes the keys; returns how many existed."""
-        results = self._batch("delete_many", list(dict.fromkeys(keys)))
-        errors: Dict[Key, CacheError] = {
-            key: error_for_status(item.status, _message(item.data))
-            for key, item in results
-            if item.status not in (0, 1)
-        }
-        if errors:
-            raise BatchError(errors)
-        return sum(1 for _, item in results if item.status == 0)
+        return ops.delete_many_result(self._batch("delete_many", list(dict.fromkeys(keys))))
 
     def health(self) -> Dict[str, Any]:
         """The server's health document (``{"status": "ok", ...}``)."""
-        answer = self._single(wire.CacheOperation(operation="health"))
-        _raise_for(answer)
-        result: Dict[str, Any] = json.loads(answer.data)
-        return result
+        return ops.health_result(self._single(wire.CacheOperation(operation="health")))
 
     def close(self) -> None:
         """Closes every connection; later calls raise CacheConnectionError."""
@@ -217,29 +152,12 @@ class CacheClient:
         values: Optional[Mapping[K, bytes]] = None,
         ttl: int = 0,
     ) -> List[Tuple[K, wire.ItemResult]]:
-        """Splits the keys by owner shard (and into chunks the server accepts),
-        sends each group to its shard, and returns (key, item) in key order."""
-        encoded = {key: encode_key(key) for key in keys}
-        groups: Dict[Endpoint, List[K]] = {}
-        for key in keys:
-            groups.setdefault(self._endpoint_for(encoded[key]), []).append(key)
+        """Sends each shard its keys (in chunks the server accepts) and returns
+        (key, item) in key order."""
         results: Dict[K, wire.ItemResult] = {}
-        for endpoint, group in groups.items():
-            for start in range(0, len(group), MAX_BATCH_KEYS):
-                chunk = group[start : start + MAX_BATCH_KEYS]
-                op = wire.CacheOperation(operation=operation, ttl=ttl)
-                if values is None:
-                    op.keys = [encoded[k] for k in chunk]
-                else:
-                    op.entries = [wire.Entry(key=encoded[k], value=values[k]) for k in chunk]
-                answer = self._with_retries(lambda: self._send(endpoint, [op])[0])
-                _raise_for(answer)
-                if len(answer.items) != len(chunk):
-                    raise CacheError(
-                        f"{operation}: {len(answer.items)} items for {len(chunk)} keys",
-                        code="CLIENT_003",
-                    )
-                results.update(zip(chunk, answer.items))
+        for chunk in ops.plan_batch(operation, keys, self._endpoint_for, values, ttl):
+            answer = self._with_retries(lambda: self._send(chunk.endpoint, [chunk.op])[0])
+            results.update(ops.chunk_items(chunk, answer))
         return [(key, results[key]) for key in keys]
 
     def _endpoint_for(self, key: bytes) -> Endpoint:
@@ -249,49 +167,31 @@ class CacheClient:
         return topology.endpoint_for(key)
 
     def _with_retries(self, attempt: Callable[[], wire.CacheResponse]) -> wire.CacheResponse:
-        cfg = self.config
-        for n in range(cfg.retries + 1):
-            if not self.breaker.allow():
-                raise CircuitOpenError("circuit breaker open: the server is failing")
+        state = RetryState(self.config, self.breaker)
+        while True:
+            state.before_attempt()
             try:
                 answer = attempt()
             except CacheError as exc:
-                if not exc.retryable:
-                    # A refused handshake or a bad key says nothing about health.
-                    self.breaker.abandon()
-                    raise
-                self.breaker.record(False)
                 if isinstance(exc, CacheConnectionError):
                     self._topology = None  # the shard ports may be stale
-                if n == cfg.retries:
-                    raise
-                self._backoff(n)
+                time.sleep(state.after_error(exc))
                 continue
             except BaseException:
-                self.breaker.abandon()
+                state.interrupted()
                 raise
-            error = error_for_status(answer.status) if answer.status else None
-            if error is not None and error.retryable:
-                self.breaker.record(False)
-                if n < cfg.retries:
-                    self._backoff(n)
-                    continue
-            else:
-                self.breaker.record(True)
-            return answer
-        raise AssertionError("unreachable")
-
-    def _backoff(self, attempt: int) -> None:
-        cap = min(self.config.backoff_max, self.config.backoff_base * (2**attempt))
-        time.sleep(random.uniform(0, cap))  # full jitter
+            delay = state.after_answer(answer)
+            if delay is None:
+                return answer
+            time.sleep(delay)
 
     def _send(
-        self, endpoint: Endpoint, ops: Sequence[wire.CacheOperation]
+        self, endpoint: Endpoint, requests: Sequence[wire.CacheOperation]
     ) -> List[wire.CacheResponse]:
         pool = self._pool(endpoint)
         conn = pool.acquire()
         try:
-            return conn.roundtrip(ops)
+            return conn.roundtrip(requests)
         finally:
             pool.release(conn)
 
@@ -316,26 +216,7 @@ class CacheClient:
     def _connect(self, endpoint: Endpoint) -> Connection:
         cfg = self.config
         conn = Connection(endpoint, self._hello, cfg.connect_timeout, cfg.request_timeout)
-        hs = conn.handshake
-        if hs.hash == "xxh3_64" and hs.shard_count > 0 and len(hs.shard_ports) == hs.shard_count:
-            topology = Topology(endpoint[0], tuple(hs.shard_ports), hs.hash_seed)
-            if topology != self._topology:
-                self._topology = topology
+        topology = Topology.from_handshake(endpoint[0], conn.handshake)
+        if topology is not None and topology != self._topology:
+            self._topology = topology
         return conn
-
-
-def _ttl(ttl: Optional[int]) -> int:
-    if ttl is None:
-        return 0
-    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 <= ttl < 2**32:
-        raise ValueError(f"ttl is whole seconds in [0, 2^32), got {ttl!r}")
-    return ttl
-
-
-def _message(data: bytes) -> str:
-    return data.decode("utf-8", "replace")
-
-
-def _raise_for(answer: wire.CacheResponse) -> None:
-    if answer.status != 0:
-        raise error_for_status(answer.status, _message(answer.data))

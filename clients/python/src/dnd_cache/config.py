@@ -31,12 +31,17 @@ class ClientConfig:
     breaker_cooldown: float = 5.0
     # Send each key to the port of its owner shard when the server lists them.
     shard_aware: bool = True
+    # AsyncCacheClient only: requests in flight on one connection before
+    # another connection to the same port is opened.
+    max_pipeline: int = 100
 
     def __post_init__(self) -> None:
         if self.retries < 0:
             raise ValueError("retries must be >= 0")
         if not 0 < self.pool_min_size <= self.pool_max_size:
             raise ValueError("need 0 < pool_min_size <= pool_max_size")
+        if self.max_pipeline < 1:
+            raise ValueError("max_pipeline must be >= 1")
         if not 0 < self.breaker_threshold <= 1:
             raise ValueError("breaker_threshold must be in (0, 1]")
 

@@ -7,9 +7,10 @@ import struct
 import threading
 import time
 from collections import deque
-from typing import Callable, Deque, List, Sequence, Tuple
+from typing import Callable, Deque, List, Sequence
 
 from . import wire
+from .routing import Endpoint
 from .errors import (
     CLOSING_STATUSES,
     CacheConnectionError,
@@ -18,11 +19,35 @@ from .errors import (
     error_for_status,
 )
 
-Endpoint = Tuple[str, int]
 
 # Before the handshake the server caps frames at 16 KiB; after it, at the
 # handshake's max_frame_bytes. Anything longer from the server is garbage.
-_DEFAULT_MAX_FRAME = 16 << 20
+DEFAULT_MAX_FRAME = 16 << 20
+
+
+def frame_length(header: bytes, max_frame: int) -> int:
+    """The body length a frame header announces; a length past the limit is
+    not the protocol."""
+    (length,) = struct.unpack(">I", header)
+    if length > max_frame + 1024:
+        raise ProtocolError(f"frame of {length} bytes exceeds the limit")
+    return int(length)
+
+
+def decode_response(body: bytes) -> wire.CacheResponse:
+    try:
+        return wire.decode(wire.CacheResponse, body)
+    except wire.WireError as exc:
+        raise ProtocolError(f"undecodable response: {exc}") from exc
+
+
+def handshake_of(answer: wire.CacheResponse) -> wire.Handshake:
+    """The handshake of the server's first answer, or its refusal as an error."""
+    if answer.status != 0:
+        raise error_for_status(answer.status, answer.data.decode("utf-8", "replace"))
+    if answer.handshake is None:
+        raise ProtocolError("handshake answer without `handshake`")
+    return answer.handshake
 
 
 class Connection:
@@ -44,7 +69,7 @@ class Connection:
         self.broken = False
         self.last_used = time.monotonic()
         self._request_timeout = request_timeout
-        self._max_frame = _DEFAULT_MAX_FRAME
+        self._max_frame = DEFAULT_MAX_FRAME
         try:
             self._sock = socket.create_connection(endpoint, timeout=connect_timeout)
         except OSError as exc:
@@ -53,12 +78,7 @@ class Connection:
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._sock.settimeout(connect_timeout)
             self._send(wire.frame(hello))
-            answer = self._read_response()
-            if answer.status != 0:
-                raise error_for_status(answer.status, answer.data.decode("utf-8", "replace"))
-            if answer.handshake is None:
-                raise ProtocolError("handshake answer without `handshake`")
-            self.handshake: wire.Handshake = answer.handshake
+            self.handshake: wire.Handshake = handshake_of(self._read_response())
             if self.handshake.max_frame_bytes:
                 self._max_frame = self.handshake.max_frame_bytes
             self._sock.settimeout(request_timeout)
@@ -95,15 +115,8 @@ class Connection:
             raise CacheConnectionError(f"connection lost: {exc}") from exc
 
     def _read_response(self) -> wire.CacheResponse:
-        header = self._read_exact(4)
-        (length,) = struct.unpack(">I", header)
-        if length > self._max_frame + 1024:
-            raise ProtocolError(f"frame of {length} bytes exceeds the limit")
-        body = self._read_exact(length)
-        try:
-            return wire.decode(wire.CacheResponse, body)
-        except wire.WireError as exc:
-            raise ProtocolError(f"undecodable response: {exc}") from exc
+        length = frame_length(self._read_exact(4), self._max_frame)
+        return decode_response(self._read_exact(length))
 
     def _read_exact(self, n: int) -> bytes:
         buf = bytearray(n)

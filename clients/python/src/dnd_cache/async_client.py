@@ -1,0 +1,482 @@
+"""The asyncio client: :class:`AsyncCacheClient`, the methods of
+:class:`~dnd_cache.CacheClient` as coroutines.
+
+It shares the codec (``wire``), the requests and the reading of answers
+(``operations``), the routing (``routing``), the retries and circuit breaker
+(``retry``) and the errors with the synchronous client; only the transport
+is its own.
+
+**Pipelining.** Calls that run at the same time share a connection: each
+writes its frame at once and waits for its answer; the connection hands the
+answers out in the order the requests were written (the server answers in
+request order, docs/protocol.md). A call that is cancelled leaves its
+request on the wire: its answer is still taken off the stream and dropped,
+so the next call gets its own answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from typing import (
+    Any,
+    Awaitable,
+    Callable,
+    Deque,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Tuple,
+    TypeVar,
+    Union,
+)
+
+from . import operations as ops
+from . import wire
+from .breaker import CircuitBreaker
+from .config import ClientConfig, make_options, resolve_address
+from .connection import DEFAULT_MAX_FRAME, decode_response, frame_length, handshake_of
+from .errors import (
+    CLOSING_STATUSES,
+    CacheConnectionError,
+    CacheError,
+    OperationTimeoutError,
+)
+from .retry import RetryState
+from .routing import Endpoint, Topology
+from .values import Key, encode_value
+
+__all__ = ["AsyncCacheClient", "AsyncConnection", "AsyncConnectionPool"]
+
+K = TypeVar("K", str, bytes)
+
+
+class AsyncConnection(asyncio.Protocol):
+    """One handshaken connection carrying any number of requests in flight.
+
+    An ``asyncio.Protocol``: answers are cut out of the received bytes in
+    ``data_received`` and handed to the waiting calls in order, with no
+    reader task and no coroutine per answer.
+
+    ``broken`` once the stream can no longer be trusted (transport error,
+    undecodable frame, a request past its timeout, a status after which the
+    server closes): every waiting call then fails with a retryable error and
+    the pool opens a new connection.
+    """
+
+    def __init__(self, endpoint: Endpoint, request_timeout: float) -> None:
+        self.endpoint = endpoint
+        self.broken = False
+        self.last_used = time.monotonic()
+        self.handshake = wire.Handshake()
+        self._request_timeout = request_timeout
+        self._max_frame = DEFAULT_MAX_FRAME
+        self._loop = asyncio.get_running_loop()
+        self._transport: Optional[asyncio.Transport] = None
+        self._received = bytearray()
+        self._outgoing: List[bytes] = []
+        self._pending: Deque["asyncio.Future[wire.CacheResponse]"] = deque()
+        self._write_paused: Optional["asyncio.Future[None]"] = None
+        self._lost: "asyncio.Future[None]" = self._loop.create_future()
+
+    @classmethod
+    async def open(
+        cls,
+        endpoint: Endpoint,
+        hello: wire.CacheConnection,
+        connect_timeout: float,
+        request_timeout: float,
+    ) -> "AsyncConnection":
+        conn = cls(endpoint, request_timeout)
+        try:
+            await asyncio.wait_for(conn._connect(hello), connect_timeout)
+        except asyncio.TimeoutError as exc:
+            conn.close()
+            raise CacheConnectionError(
+                f"connect to {endpoint[0]}:{endpoint[1]}: no handshake within {connect_timeout}s"
+            ) from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def _connect(self, hello: wire.CacheConnection) -> None:
+        host, port = self.endpoint
+        try:
+            await self._loop.create_connection(lambda: self, host, port)
+        except OSError as exc:
+            raise CacheConnectionError(f"connect to {host}:{port}: {exc}") from exc
+        answer = self._loop.create_future()
+        self._send(hello, answer)
+        self.handshake = handshake_of(await answer)
+        if self.handshake.max_frame_bytes:
+            self._max_frame = self.handshake.max_frame_bytes
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent, or queued to send, whose answer has not arrived."""
+        return len(self._pending)
+
+    async def request(self, op: wire.CacheOperation) -> wire.CacheResponse:
+        """Writes ``op`` behind the requests already in flight and waits for its answer."""
+        answer: "asyncio.Future[wire.CacheResponse]" = self._loop.create_future()
+        self._send(op, answer)
+        timer = self._loop.call_later(self._request_timeout, self._time_out, answer)
+        try:
+            if self._write_paused is not None:
+                await asyncio.shield(self._write_paused)
+            return await answer
+        except asyncio.CancelledError:
+            # The request is on the wire and its answer will come: the
+            # cancelled future tells data_received to drop it.
+            answer.cancel()
+            raise
+        finally:
+            timer.cancel()
+
+    def close(self) -> None:
+        self._fail(CacheConnectionError("connection closed"))
+
+    async def wait_closed(self) -> None:
+        if self._transport is not None:
+            await asyncio.shield(self._lost)
+
+    # -- asyncio.Protocol ---------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._received
+        buf += data
+        start = 0
+        try:
+            while len(buf) - start >= 4:
+                length = frame_length(bytes(buf[start : start + 4]), self._max_frame)
+                end = start + 4 + length
+                if len(buf) < end:
+                    break
+                answer = decode_response(bytes(buf[start + 4 : end]))
+                start = end
+                self._deliver(answer)
+        except CacheError as exc:
+            self._fail(exc)
+        finally:
+            del buf[:start]
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        reason = f"connection lost: {exc}" if exc else "connection closed by the server"
+        self._fail(CacheConnectionError(reason))
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._write_paused is None:
+            self._write_paused = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        paused, self._write_paused = self._write_paused, None
+        if paused is not None and not paused.done():
+            paused.set_result(None)
+
+    # -- internals ----------------------------------------------------------
+
+    def _send(self, msg: Any, answer: "asyncio.Future[wire.CacheResponse]") -> None:
+        if self.broken or self._transport is None:
+            raise CacheConnectionError("connection closed")
+        # Frame and queue position are taken together, with no await between
+        # them, so the n-th answer is always the n-th waiter's.
+        if not self._outgoing:
+            self._loop.call_soon(self._flush)
+        self._outgoing.append(wire.frame(msg))
+        self._pending.append(answer)
+        self.last_used = time.monotonic()
+
+    def _flush(self) -> None:
+        """Writes the frames of every call of this loop iteration with one
+        send: a send per request cost more client CPU than the request."""
+        frames, self._outgoing = self._outgoing, []
+        if frames and not self.broken and self._transport is not None:
+            self._transport.write(b"".join(frames))
+
+    def _deliver(self, answer: wire.CacheResponse) -> None:
+        if not self._pending:
+            raise CacheError("an answer nobody asked for", code="CLIENT_003")
+        waiter = self._pending.popleft()
+        if not waiter.done():  # a cancelled call's answer is dropped here
+            waiter.set_result(answer)
+        if answer.status in CLOSING_STATUSES:
+            raise CacheConnectionError(f"server closed after status {answer.status}")
+
+    def _time_out(self, answer: "asyncio.Future[wire.CacheResponse]") -> None:
+        if answer.done():
+            return
+        answer.set_exception(
+            OperationTimeoutError(f"no answer within {self._request_timeout}s", status=0)
+        )
+        # Every answer behind this one waits for it too: give up the stream.
+        self._fail(CacheConnectionError("an earlier request on this connection timed out"))
+
+    def _fail(self, error: CacheError) -> None:
+        """Marks the connection broken, fails every waiter, closes the socket."""
+        self.broken = True
+        while self._pending:
+            waiter = self._pending.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+        self.resume_writing()
+        if self._transport is not None:
+            self._transport.close()
+
+
+class AsyncConnectionPool:
+    """Connections to one endpoint (ICD 9.2 ``pool``), shared by pipelining.
+
+    A call takes the live connection with the fewest requests in flight; a
+    new connection opens only when every one holds ``config.max_pipeline``
+    requests (and fewer than ``pool_max_size`` are open), one opening at a
+    time. Connections beyond ``pool_min_size`` idle for ``pool_idle_timeout``
+    are closed (checked at most once a second).
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        opener: Callable[[Endpoint], Awaitable[AsyncConnection]],
+        config: ClientConfig,
+    ) -> None:
+        self.endpoint = endpoint
+        self._opener = opener
+        self._config = config
+        self._conns: List[AsyncConnection] = []
+        self._opening: Optional["asyncio.Future[AsyncConnection]"] = None
+        self._next_reap = 0.0
+        self._closed = False
+
+    @property
+    def size(self) -> int:
+        """Live connections."""
+        return sum(1 for c in self._conns if not c.broken)
+
+    async def acquire(self) -> AsyncConnection:
+        cfg = self._config
+        while True:
+            if self._closed:
+                raise CacheConnectionError("client closed")
+            now = time.monotonic()
+            if now >= self._next_reap:
+                self._reap(now)
+            best: Optional[AsyncConnection] = None
+            for conn in self._conns:
+                if not conn.broken and (best is None or conn.in_flight < best.in_flight):
+                    best = conn
+            if best is not None and (
+                best.in_flight < cfg.max_pipeline or self.size >= cfg.pool_max_size
+            ):
+                return best
+            if self._opening is None:
+                self._opening = asyncio.ensure_future(self._open())
+            # shield: a cancelled caller does not abort a connect others wait for.
+            await asyncio.shield(self._opening)
+
+    async def _open(self) -> AsyncConnection:
+        try:
+            conn = await self._opener(self.endpoint)
+            if self._closed:
+                conn.close()
+            else:
+                self._reap(time.monotonic())
+                self._conns.append(conn)
+            return conn
+        finally:
+            self._opening = None
+
+    def _reap(self, now: float) -> None:
+        self._next_reap = now + 1.0
+        cutoff = now - self._config.pool_idle_timeout
+        keep: List[AsyncConnection] = []
+        for conn in self._conns:
+            idle = conn.in_flight == 0 and conn.last_used < cutoff
+            if conn.broken or (idle and len(keep) >= self._config.pool_min_size):
+                conn.close()
+            else:
+                keep.append(conn)
+        self._conns = keep
+
+    async def close(self) -> None:
+        self._closed = True
+        conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+        for conn in conns:
+            await conn.wait_closed()
+
+
+class AsyncCacheClient:
+    """The asyncio client of one dnd-cache server: the methods of
+    :class:`~dnd_cache.CacheClient`, awaited (``await client.get(key)``).
+
+    Same constructor, same routing of each key to its owner shard, same
+    ICD 9.2 behaviour (timeouts, retries with jittered backoff, pool,
+    circuit breaker) and the same errors. Use it from one event loop;
+    ``async with AsyncCacheClient(...) as client:`` closes it.
+    """
+
+    def __init__(
+        self,
+        service_id: str,
+        options: Union[None, wire.Options, Mapping[str, Any]] = None,
+        address: Optional[str] = None,
+        token: Optional[str] = None,
+        config: Optional[ClientConfig] = None,
+    ) -> None:
+        if not service_id:
+            raise ValueError("service_id is required")
+        self.config = config or ClientConfig()
+        self._public: Endpoint = resolve_address(address)
+        self._hello = wire.CacheConnection(
+            service_id=service_id,
+            auth_token=token or "",
+            options=make_options(options),
+            protocol_version=1,
+        )
+        self.breaker = CircuitBreaker(
+            threshold=self.config.breaker_threshold,
+            window=self.config.breaker_window,
+            min_requests=self.config.breaker_min_requests,
+            cooldown=self.config.breaker_cooldown,
+        )
+        self._pools: Dict[Endpoint, AsyncConnectionPool] = {}
+        self._topology: Optional[Topology] = None
+        self._closed = False
+
+    # -- public API --------------------------------------------------------
+
+    async def get(self, key: Key) -> Optional[bytes]:
+        """The value of ``key``, or ``None`` when it is missing or expired."""
+        return ops.get_result(await self._single(ops.get_request(key)))
+
+    async def get_str(self, key: Key) -> Optional[str]:
+        """The value decoded as UTF-8, or ``None`` on a miss."""
+        data = await self.get(key)
+        return None if data is None else data.decode("utf-8")
+
+    async def get_json(self, key: Key, default: Any = None) -> Any:
+        """The value parsed as JSON, or ``default`` on a miss."""
+        data = await self.get(key)
+        return default if data is None else json.loads(data)
+
+    async def set(self, key: Key, data: Any, ttl: Optional[int] = None) -> wire.Metadata:
+        """Stores ``data`` (bytes as is, str as UTF-8, else JSON) for ``ttl`` seconds."""
+        return ops.set_result(await self._single(ops.set_request(key, data, ttl)))
+
+    async def delete(self, key: Key) -> bool:
+        """Removes ``key``; ``True`` if it existed."""
+        return ops.delete_result(await self._single(ops.delete_request(key)))
+
+    async def get_many(self, keys: Iterable[K]) -> Dict[K, bytes]:
+        """The values of the keys found; missing and expired keys are left out."""
+        return ops.get_many_result(await self._batch("get_many", list(dict.fromkeys(keys))))
+
+    async def set_many(self, mapping: Mapping[K, Any], ttl: Optional[int] = None) -> None:
+        """Stores every pair; raises :class:`BatchError` naming the keys that failed."""
+        values = {key: encode_value(value) for key, value in mapping.items()}
+        results = await self._batch("set_many", list(values), values, ops.ttl_seconds(ttl))
+        ops.set_many_result(results)
+
+    async def delete_many(self, keys: Iterable[K]) -> int:
+        """Removes the keys; returns how many existed."""
+        return ops.delete_many_result(await self._batch("delete_many", list(dict.fromkeys(keys))))
+
+    async def health(self) -> Dict[str, Any]:
+        """The server's health document (``{"status": "ok", ...}``)."""
+        return ops.health_result(await self._single(wire.CacheOperation(operation="health")))
+
+    async def close(self) -> None:
+        """Closes every connection; later calls raise CacheConnectionError."""
+        self._closed = True
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            await pool.close()
+
+    async def __aenter__(self) -> "AsyncCacheClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- routing and resilience --------------------------------------------
+
+    async def _single(self, op: wire.CacheOperation) -> wire.CacheResponse:
+        return await self._with_retries(self._endpoint_for(op.key), op)
+
+    async def _batch(
+        self,
+        operation: str,
+        keys: List[K],
+        values: Optional[Mapping[K, bytes]] = None,
+        ttl: int = 0,
+    ) -> List[Tuple[K, wire.ItemResult]]:
+        """Sends every shard its chunks at once and returns (key, item) in key order."""
+        chunks = ops.plan_batch(operation, keys, self._endpoint_for, values, ttl)
+        answers = await asyncio.gather(
+            *(self._with_retries(chunk.endpoint, chunk.op) for chunk in chunks)
+        )
+        results: Dict[K, wire.ItemResult] = {}
+        for chunk, answer in zip(chunks, answers):
+            results.update(ops.chunk_items(chunk, answer))
+        return [(key, results[key]) for key in keys]
+
+    def _endpoint_for(self, key: bytes) -> Endpoint:
+        topology = self._topology
+        if topology is None or not self.config.shard_aware or not key:
+            return self._public
+        return topology.endpoint_for(key)
+
+    async def _with_retries(
+        self, endpoint: Endpoint, op: wire.CacheOperation
+    ) -> wire.CacheResponse:
+        state = RetryState(self.config, self.breaker)
+        while True:
+            state.before_attempt()
+            try:
+                conn = await self._pool(endpoint).acquire()
+                answer = await conn.request(op)
+            except CacheError as exc:
+                if isinstance(exc, CacheConnectionError):
+                    # The shard ports may be stale: the public port takes any key.
+                    self._topology = None
+                    endpoint = self._public
+                await asyncio.sleep(state.after_error(exc))
+                continue
+            except BaseException:
+                state.interrupted()
+                raise
+            delay = state.after_answer(answer)
+            if delay is None:
+                return answer
+            await asyncio.sleep(delay)
+
+    def _pool(self, endpoint: Endpoint) -> AsyncConnectionPool:
+        if self._closed:
+            raise CacheConnectionError("client closed")
+        pool = self._pools.get(endpoint)
+        if pool is None:
+            pool = AsyncConnectionPool(endpoint, self._connect, self.config)
+            self._pools[endpoint] = pool
+        return pool
+
+    async def _connect(self, endpoint: Endpoint) -> AsyncConnection:
+        cfg = self.config
+        conn = await AsyncConnection.open(
+            endpoint, self._hello, cfg.connect_timeout, cfg.request_timeout
+        )
+        topology = Topology.from_handshake(endpoint[0], conn.handshake)
+        if topology is not None and topology != self._topology:
+            self._topology = topology
+        return conn
