@@ -131,7 +131,7 @@ pub fn value_codec(data: &[u8]) {
 /// `invalidate` target checked as a key or a pattern and matched.
 pub fn hub_message(data: &[u8]) {
     use crate::hub::envelope::Incoming;
-    use crate::hub::policy::{CacheType, Policy};
+    use crate::shard::policy::{CacheType, Policy};
     use serde_json::Value;
 
     let Ok(body) = serde_json::from_slice::<Value>(data) else {
@@ -149,7 +149,7 @@ pub fn hub_message(data: &[u8]) {
             assert_eq!(policy.version, 1);
             assert!(policy.coalesce_ms <= 60_000);
             if let Some(memory) = &policy.max_memory {
-                assert!(crate::config::parse_memory(memory).is_ok());
+                assert!(crate::size::parse_memory(memory).is_ok());
             }
             for t in CacheType::ALL {
                 let _ = policy.resolve_ttl(t.prefix(), 0);
@@ -181,13 +181,13 @@ pub fn config_file(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(args) = crate::config_file::to_args(text, "fuzz.yaml") else {
+    let Ok(args) = crate::config::file::to_args(text, "fuzz.yaml") else {
         return;
     };
     // Every argument list starts with a flag the file is allowed to set.
     if let Some(first) = args.first() {
         let flag = first.to_str().unwrap_or_default();
-        assert!(crate::config_file::key_of_flag(flag).is_some(), "{flag}");
+        assert!(crate::config::file::key_of_flag(flag).is_some(), "{flag}");
     }
     let _ = crate::config::Cli::try_parse_from(std::iter::once("cache-server".into()).chain(args));
 }

@@ -12,7 +12,7 @@
 //! [`crate::control`] plane. The message format is in docs/events.md.
 
 mod bridge;
-mod envelope;
+pub(crate) mod envelope;
 mod item_message;
 
 use std::sync::Arc;
