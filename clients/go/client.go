@@ -51,6 +51,34 @@ type Client struct {
 	pools    map[string]*pool
 	topology *topology
 	closed   bool
+	// In a cluster: slots learned (from CACHE_013) to live on other nodes.
+	moved map[int]string
+}
+
+// statusMoved is CACHE_013: the key's slot belongs to another node of the
+// cluster, named in the answer's data (docs/cluster.md).
+const statusMoved = 13
+
+// maxRedirects bounds the CACHE_013 redirections one request follows.
+const maxRedirects = 3
+
+// movedTarget is the slot and node address a CACHE_013 answer names.
+func movedTarget(data []byte) (int, string, bool) {
+	var body struct {
+		Moved struct {
+			Slot    int    `json:"slot"`
+			Address string `json:"address"`
+		} `json:"moved"`
+	}
+	if err := json.Unmarshal(data, &body); err != nil || body.Moved.Address == "" {
+		return 0, "", false
+	}
+	return body.Moved.Slot, body.Moved.Address, true
+}
+
+// slotOf is the cluster slot of a key: the top 12 bits of its hash.
+func slotOf(key []byte, seed uint64) int {
+	return int(xxh3.Hash64Seed(key, seed) >> 52)
 }
 
 // topology is what a handshake said about the shards.
@@ -303,9 +331,38 @@ func (c *Client) single(ctx context.Context, op *wire.CacheOperation) (*wire.Cac
 		return nil, c.err
 	}
 	body := op.Marshal()
-	return c.withRetries(ctx, func() (*wire.CacheResponse, error) {
-		return c.send(ctx, c.addressFor(op.Key), body)
-	})
+	redirect := ""
+	for n := 0; ; n++ {
+		r, err := c.withRetries(ctx, func() (*wire.CacheResponse, error) {
+			addr := redirect
+			if addr == "" {
+				addr = c.addressFor(op.Key)
+			}
+			return c.send(ctx, addr, body)
+		})
+		if err != nil || r.Status != statusMoved || n == maxRedirects {
+			return r, err
+		}
+		slot, addr, ok := movedTarget(r.Data)
+		if !ok {
+			return r, nil
+		}
+		// In a cluster: the key's slot lives on another node.
+		c.mu.Lock()
+		if c.moved == nil {
+			c.moved = map[int]string{}
+		}
+		c.moved[slot] = addr
+		c.mu.Unlock()
+		redirect = addr
+	}
+}
+
+// singleOf is one item of a batch as its own request (a key another node of
+// the cluster owns, answered CACHE_013 in the batch).
+func singleOf(operation string, key []byte, value []byte, ttl uint32) *wire.CacheOperation {
+	single := map[string]string{"get_many": "get", "set_many": "set", "delete_many": "delete"}[operation]
+	return &wire.CacheOperation{Operation: single, Key: key, Value: value, TTL: ttl}
 }
 
 // batch splits keys by owner shard and into chunks the server accepts,
@@ -374,6 +431,22 @@ func (c *Client) batch(ctx context.Context, operation string, keys []string, val
 			return nil, err
 		}
 	}
+	for i := range results {
+		if results[i].Status != statusMoved {
+			continue
+		}
+		// In a cluster: a key of another node, sent there alone.
+		key := []byte(keys[i])
+		var value []byte
+		if values != nil {
+			value = values[keys[i]]
+		}
+		r, err := c.single(ctx, singleOf(operation, key, value, ttl))
+		if err != nil {
+			return nil, err
+		}
+		results[i] = wire.ItemResult{Key: key, Status: r.Status, Data: r.Data, Metadata: r.Metadata}
+	}
 	return results, nil
 }
 
@@ -384,7 +457,14 @@ func (c *Client) addressFor(key []byte) string {
 	}
 	c.mu.Lock()
 	t := c.topology
+	var moved string
+	if t != nil && c.moved != nil {
+		moved = c.moved[slotOf(key, t.seed)]
+	}
 	c.mu.Unlock()
+	if moved != "" {
+		return moved
+	}
 	if t == nil {
 		return c.cfg.Address
 	}
@@ -491,7 +571,9 @@ func (c *Client) dial(ctx context.Context, addr string) (*conn, error) {
 		return nil, err
 	}
 	hs := conn.handshake
-	if hs.Hash == "xxh3_64" && hs.ShardCount > 0 && len(hs.ShardPorts) == int(hs.ShardCount) {
+	// Shard ports come from the node this client was given: other nodes of a
+	// cluster are reached on their public port.
+	if addr == c.cfg.Address && hs.Hash == "xxh3_64" && hs.ShardCount > 0 && len(hs.ShardPorts) == int(hs.ShardCount) {
 		c.mu.Lock()
 		c.topology = &topology{ports: hs.ShardPorts, seed: hs.HashSeed}
 		c.mu.Unlock()

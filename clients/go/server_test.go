@@ -20,6 +20,7 @@ type testServer struct {
 	cmd    *exec.Cmd
 	Addr   string
 	Shards []string
+	extra  []string // more flags (a cluster node's)
 }
 
 func serverBinary(t *testing.T) string {
@@ -53,10 +54,11 @@ func (s *testServer) start() {
 
 // tryStart starts the server; safe to call from any goroutine.
 func (s *testServer) tryStart() error {
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for {
-		cmd := exec.Command(s.bin, "--bind", "127.0.0.1", "--port", s.port, "--shard-port-base", "0",
-			"--http-port", "0", "--shards", "2", "--no-pin", "--max-memory", "64MiB")
+		args := append([]string{"--bind", "127.0.0.1", "--port", s.port, "--shard-port-base", "0",
+			"--http-port", "0", "--shards", "2", "--no-pin", "--max-memory", "64MiB"}, s.extra...)
+		cmd := exec.Command(s.bin, args...)
 		out, err := cmd.StdoutPipe()
 		if err != nil {
 			return err

@@ -6,6 +6,7 @@
 # Expects DND_CACHE_SERVER_BIN (set by tests/run-all.sh); builds the server
 # when run alone without it.
 # needs: golang-go go
+# needs: nats-server nats-server
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -13,7 +14,8 @@ if [ -z "${DND_CACHE_SERVER_BIN:-}" ]; then
   cargo build --release --bin cache-server
   export DND_CACHE_SERVER_BIN="$PWD/target/release/cache-server"
 fi
-export DND_CACHE_REQUIRE_SERVER=1 DND_INTEROP_REQUIRED=1
+# The cluster tests of both clients need a real nats-server (-js).
+export DND_CACHE_REQUIRE_SERVER=1 DND_INTEROP_REQUIRED=1 DND_REQUIRE_NATS=1
 
 echo "-- python client"
 venv="${TMPDIR:-/tmp}/dnd-cache-clients-venv"

@@ -32,9 +32,10 @@ def require_binary() -> str:
 class Server:
     """One cache-server process; ``restart`` keeps the public port."""
 
-    def __init__(self, binary: str, shards: int = 2) -> None:
+    def __init__(self, binary: str, shards: int = 2, extra: Optional[List[str]] = None) -> None:
         self.binary = binary
         self.shards = shards
+        self.extra = list(extra or [])
         self.port = 0
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.info: Dict[str, str] = {}
@@ -51,9 +52,9 @@ class Server:
         args = [
             self.binary, "--bind", "127.0.0.1", "--port", str(self.port),
             "--shard-port-base", "0", "--http-port", "0", "--shards", str(self.shards),
-            "--no-pin", "--max-memory", "64MiB",
+            "--no-pin", "--max-memory", "64MiB", *self.extra,
         ]
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         while True:
             self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
             line = self._read_line(deadline)

@@ -78,6 +78,21 @@ type Handshake struct {
 	ServerVersion string   `proto:"6,server_version"`
 	MaxFrameBytes uint32   `proto:"7,max_frame_bytes"`
 	MaxItemBytes  uint32   `proto:"8,max_item_bytes"`
+	// In a cluster (docs/cluster.md): the map's epoch, nodes and slots.
+	ClusterEpoch uint64        `proto:"9,cluster_epoch"`
+	Nodes        []ClusterNode `proto:"10,nodes"`
+	NodeIndex    uint32        `proto:"11,node_index"`
+	SlotPrimary  []uint32      `proto:"12,slot_primary"`
+}
+
+// ClusterNode is a node of the cluster as clients dial it.
+type ClusterNode struct {
+	ID         string   `proto:"1,id"`
+	Zone       string   `proto:"2,zone"`
+	Host       string   `proto:"3,host"`
+	Port       uint32   `proto:"4,port"`
+	ShardPorts []uint32 `proto:"5,shard_ports"`
+	HTTPPort   uint32   `proto:"6,http_port"`
 }
 
 // CacheResponse answers a CacheConnection or a CacheOperation.
@@ -229,6 +244,35 @@ func (m *Handshake) append(b []byte) []byte {
 	e.string(6, m.ServerVersion)
 	e.uint(7, uint64(m.MaxFrameBytes))
 	e.uint(8, uint64(m.MaxItemBytes))
+	e.uint(9, m.ClusterEpoch)
+	for i := range m.Nodes {
+		e.message(10, m.Nodes[i].append(nil))
+	}
+	e.uint(11, uint64(m.NodeIndex))
+	if len(m.SlotPrimary) > 0 {
+		var packed encoder
+		for _, p := range m.SlotPrimary {
+			packed.varint(uint64(p))
+		}
+		e.raw(12, packed)
+	}
+	return e
+}
+
+func (m *ClusterNode) append(b []byte) []byte {
+	e := encoder(b)
+	e.string(1, m.ID)
+	e.string(2, m.Zone)
+	e.string(3, m.Host)
+	e.uint(4, uint64(m.Port))
+	if len(m.ShardPorts) > 0 {
+		var packed encoder
+		for _, p := range m.ShardPorts {
+			packed.varint(uint64(p))
+		}
+		e.raw(5, packed)
+	}
+	e.uint(6, uint64(m.HTTPPort))
 	return e
 }
 
@@ -583,11 +627,63 @@ func (m *Handshake) decode(d *decoder) error {
 			m.MaxFrameBytes, err = d.u32(num, wt)
 		case 8:
 			m.MaxItemBytes, err = d.u32(num, wt)
+		case 9:
+			m.ClusterEpoch, err = d.uint(num, wt)
+		case 10:
+			var sub *decoder
+			if sub, err = d.sub(num, wt); err == nil {
+				var n ClusterNode
+				if err = n.decode(sub); err == nil {
+					m.Nodes = append(m.Nodes, n)
+				}
+			}
+		case 11:
+			m.NodeIndex, err = d.u32(num, wt)
+		case 12:
+			m.SlotPrimary, err = d.u32s(m.SlotPrimary, num, wt)
 		default:
 			err = d.skip(wt)
 		}
 		return err
 	})
+}
+
+func (m *ClusterNode) decode(d *decoder) error {
+	return d.fields(func(num, wt int) (err error) {
+		switch num {
+		case 1:
+			m.ID, err = d.string(num, wt)
+		case 2:
+			m.Zone, err = d.string(num, wt)
+		case 3:
+			m.Host, err = d.string(num, wt)
+		case 4:
+			m.Port, err = d.u32(num, wt)
+		case 5:
+			m.ShardPorts, err = d.u32s(m.ShardPorts, num, wt)
+		case 6:
+			m.HTTPPort, err = d.u32(num, wt)
+		default:
+			err = d.skip(wt)
+		}
+		return err
+	})
+}
+
+// u32s appends a repeated uint32 field, packed or not.
+func (d *decoder) u32s(out []uint32, num, wt int) ([]uint32, error) {
+	if wt == wireVarint {
+		p, err := d.u32(num, wt)
+		return append(out, p), err
+	}
+	sub, err := d.sub(num, wt)
+	for err == nil && sub.more() {
+		var p uint32
+		if p, err = sub.u32(num, wireVarint); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out, err
 }
 
 // Unmarshal decodes b into m.

@@ -48,6 +48,7 @@ var messages = map[string]reflect.Type{
 	"CacheResponse":   reflect.TypeOf(CacheResponse{}),
 	"ItemResult":      reflect.TypeOf(ItemResult{}),
 	"Handshake":       reflect.TypeOf(Handshake{}),
+	"ClusterNode":     reflect.TypeOf(ClusterNode{}),
 }
 
 // protoType names the proto type a Go field stands for.

@@ -47,7 +47,7 @@ from .errors import (
     OperationTimeoutError,
 )
 from .retry import RetryState
-from .routing import Endpoint, Topology
+from .routing import MAX_REDIRECTS, MOVED, Endpoint, Topology, moved_target, slot_of
 from .values import Key, encode_value
 
 __all__ = ["AsyncCacheClient", "AsyncConnection", "AsyncConnectionPool"]
@@ -353,6 +353,8 @@ class AsyncCacheClient:
         )
         self._pools: Dict[Endpoint, AsyncConnectionPool] = {}
         self._topology: Optional[Topology] = None
+        # In a cluster: slots learned (from CACHE_013) to live on other nodes.
+        self._moved: Dict[int, Endpoint] = {}
         self._closed = False
 
     # -- public API --------------------------------------------------------
@@ -413,7 +415,15 @@ class AsyncCacheClient:
     # -- routing and resilience --------------------------------------------
 
     async def _single(self, op: wire.CacheOperation) -> wire.CacheResponse:
-        return await self._with_retries(self._endpoint_for(op.key), op)
+        endpoint = self._endpoint_for(op.key)
+        for _ in range(MAX_REDIRECTS + 1):
+            answer = await self._with_retries(endpoint, op)
+            moved = moved_target(answer.data) if answer.status == MOVED else None
+            if moved is None:
+                return answer
+            # In a cluster: the key's slot lives on another node.
+            self._moved[moved[0]] = endpoint = moved[1]
+        return answer
 
     async def _batch(
         self,
@@ -430,13 +440,19 @@ class AsyncCacheClient:
         results: Dict[K, wire.ItemResult] = {}
         for chunk, answer in zip(chunks, answers):
             results.update(ops.chunk_items(chunk, answer))
+        for key, item in results.items():
+            if item.status == MOVED:
+                # In a cluster: a key of another node, sent there alone.
+                single = ops.single_of_batch(operation, item.key, values, key, ttl)
+                results[key] = ops.item_of(item.key, await self._single(single))
         return [(key, results[key]) for key in keys]
 
     def _endpoint_for(self, key: bytes) -> Endpoint:
         topology = self._topology
         if topology is None or not self.config.shard_aware or not key:
             return self._public
-        return topology.endpoint_for(key)
+        moved = self._moved.get(slot_of(key, topology.seed)) if self._moved else None
+        return moved or topology.endpoint_for(key)
 
     async def _with_retries(
         self, endpoint: Endpoint, op: wire.CacheOperation
@@ -477,6 +493,8 @@ class AsyncCacheClient:
             endpoint, self._hello, cfg.connect_timeout, cfg.request_timeout
         )
         topology = Topology.from_handshake(endpoint[0], conn.handshake)
-        if topology is not None and topology != self._topology:
+        # Shard ports come from the node this client was given: other nodes
+        # of a cluster are reached on their public port.
+        if endpoint == self._public and topology is not None and topology != self._topology:
             self._topology = topology
         return conn

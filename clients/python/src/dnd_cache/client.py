@@ -27,7 +27,7 @@ from .connection import Connection, ConnectionPool
 from .errors import CacheConnectionError, CacheError
 from .operations import MAX_BATCH_KEYS
 from .retry import RetryState
-from .routing import Endpoint, Topology, owner_shard
+from .routing import MAX_REDIRECTS, MOVED, Endpoint, Topology, moved_target, owner_shard, slot_of
 from .values import Key, encode_value
 
 __all__ = ["CacheClient", "MAX_BATCH_KEYS", "owner_shard"]
@@ -76,6 +76,8 @@ class CacheClient:
         self._lock = threading.Lock()
         self._pools: Dict[Endpoint, ConnectionPool] = {}
         self._topology: Optional[Topology] = None
+        # In a cluster: slots learned (from CACHE_013) to live on other nodes.
+        self._moved: Dict[int, Endpoint] = {}
         self._closed = False
 
     # -- public API --------------------------------------------------------
@@ -142,8 +144,19 @@ class CacheClient:
     # -- routing and resilience --------------------------------------------
 
     def _single(self, op: wire.CacheOperation) -> wire.CacheResponse:
-        key = op.key
-        return self._with_retries(lambda: self._send(self._endpoint_for(key), [op])[0])
+        redirect: Optional[Endpoint] = None
+        for _ in range(MAX_REDIRECTS + 1):
+            # The owner is looked up again on each attempt: a retry after a
+            # connection error may find other ports.
+            answer = self._with_retries(
+                lambda: self._send(redirect or self._endpoint_for(op.key), [op])[0]
+            )
+            moved = moved_target(answer.data) if answer.status == MOVED else None
+            if moved is None:
+                return answer
+            # In a cluster: the key's slot lives on another node.
+            self._moved[moved[0]] = redirect = moved[1]
+        return answer
 
     def _batch(
         self,
@@ -158,13 +171,19 @@ class CacheClient:
         for chunk in ops.plan_batch(operation, keys, self._endpoint_for, values, ttl):
             answer = self._with_retries(lambda: self._send(chunk.endpoint, [chunk.op])[0])
             results.update(ops.chunk_items(chunk, answer))
+        for key, item in results.items():
+            if item.status == MOVED:
+                # In a cluster: a key of another node, sent there alone.
+                single = ops.single_of_batch(operation, item.key, values, key, ttl)
+                results[key] = ops.item_of(item.key, self._single(single))
         return [(key, results[key]) for key in keys]
 
     def _endpoint_for(self, key: bytes) -> Endpoint:
         topology = self._topology
         if topology is None or not self.config.shard_aware or not key:
             return self._public
-        return topology.endpoint_for(key)
+        moved = self._moved.get(slot_of(key, topology.seed)) if self._moved else None
+        return moved or topology.endpoint_for(key)
 
     def _with_retries(self, attempt: Callable[[], wire.CacheResponse]) -> wire.CacheResponse:
         state = RetryState(self.config, self.breaker)
@@ -217,6 +236,8 @@ class CacheClient:
         cfg = self.config
         conn = Connection(endpoint, self._hello, cfg.connect_timeout, cfg.request_timeout)
         topology = Topology.from_handshake(endpoint[0], conn.handshake)
-        if topology is not None and topology != self._topology:
+        # Shard ports come from the node this client was given: other nodes
+        # of a cluster are reached on their public port.
+        if endpoint == self._public and topology is not None and topology != self._topology:
             self._topology = topology
         return conn

@@ -99,6 +99,14 @@ class BatchTooLargeError(CacheError):
     code, status = "CACHE_012", 12
 
 
+class MovedError(CacheError):
+    """The key's slot belongs to another node of the cluster (docs/cluster.md);
+    the clients follow it themselves, so callers see this only past three
+    redirections."""
+
+    code, status = "CACHE_013", 13
+
+
 class InvalidCredentialsError(CacheError):
     code, status = "AUTH_001", 101
 
@@ -164,6 +172,7 @@ _BY_STATUS: Dict[int, Type[CacheError]] = {
         HandshakeError,
         UnavailableError,
         BatchTooLargeError,
+        MovedError,
         InvalidCredentialsError,
         PermissionDeniedError,
     )

@@ -157,3 +157,23 @@ def message(data: bytes) -> str:
 def raise_for(answer: wire.CacheResponse) -> None:
     if answer.status != 0:
         raise error_for_status(answer.status, message(answer.data))
+
+
+#: The single-key operation of each batch operation.
+_SINGLE_OF = {"get_many": "get", "set_many": "set", "delete_many": "delete"}
+
+
+def single_of_batch(
+    operation: str, key: bytes, values: Optional[Mapping[K, bytes]], original: K, ttl: int
+) -> wire.CacheOperation:
+    """One item of a batch as its own request (a key another node of the
+    cluster owns, answered CACHE_013 in the batch)."""
+    op = wire.CacheOperation(operation=_SINGLE_OF[operation], key=key, ttl=ttl)
+    if values is not None:
+        op.value = values[original]
+    return op
+
+
+def item_of(key: bytes, answer: wire.CacheResponse) -> wire.ItemResult:
+    """A single request's answer as the batch item it stands for."""
+    return wire.ItemResult(key=key, status=answer.status, data=answer.data, metadata=answer.metadata)

@@ -26,6 +26,7 @@ __all__ = [
     "CacheOperation",
     "Entry",
     "Metadata",
+    "ClusterNode",
     "CacheResponse",
     "ItemResult",
     "Handshake",
@@ -161,6 +162,25 @@ class ItemResult:
 
 
 @dataclass
+class ClusterNode:
+    id: str = ""
+    zone: str = ""
+    host: str = ""
+    port: int = 0
+    shard_ports: List[int] = field(default_factory=list)
+    http_port: int = 0
+
+    FIELDS: ClassVar[Tuple[Field, ...]] = (
+        Field(1, "id", "string"),
+        Field(2, "zone", "string"),
+        Field(3, "host", "string"),
+        Field(4, "port", "uint32"),
+        Field(5, "shard_ports", "uint32", repeated=True),
+        Field(6, "http_port", "uint32"),
+    )
+
+
+@dataclass
 class Handshake:
     shard_id: int = 0
     shard_count: int = 0
@@ -170,6 +190,10 @@ class Handshake:
     server_version: str = ""
     max_frame_bytes: int = 0
     max_item_bytes: int = 0
+    cluster_epoch: int = 0
+    nodes: List[ClusterNode] = field(default_factory=list)
+    node_index: int = 0
+    slot_primary: List[int] = field(default_factory=list)
 
     FIELDS: ClassVar[Tuple[Field, ...]] = (
         Field(1, "shard_id", "uint32"),
@@ -180,6 +204,10 @@ class Handshake:
         Field(6, "server_version", "string"),
         Field(7, "max_frame_bytes", "uint32"),
         Field(8, "max_item_bytes", "uint32"),
+        Field(9, "cluster_epoch", "uint64"),
+        Field(10, "nodes", "ClusterNode", repeated=True),
+        Field(11, "node_index", "uint32"),
+        Field(12, "slot_primary", "uint32", repeated=True),
     )
 
 
@@ -214,6 +242,7 @@ MESSAGES: Dict[str, Type[Any]] = {
         Metadata,
         CacheResponse,
         ItemResult,
+        ClusterNode,
         Handshake,
     )
 }
