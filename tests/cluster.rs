@@ -33,6 +33,8 @@ fn node(nats: &Nats, id: &str, zone: &str) -> TestServer {
         id,
         "--cluster-name",
         "test-cluster",
+        "--health-interval",
+        "1",
     ])
 }
 
@@ -112,6 +114,7 @@ fn three_nodes_agree_on_one_map_and_drop_a_dead_node() {
     }
 
     requests_reach_the_owner_of_their_slot(&nodes);
+    health_events_carry_the_cluster(&nats, epoch);
 
     // A killed node is out within the failure timeout: a new map, with a
     // higher epoch, holds every slot on the two others.
@@ -234,4 +237,32 @@ fn requests_reach_the_owner_of_their_slot(nodes: &[TestServer]) {
         }
     }
     assert!(followed > 0, "some REST keys belong to other nodes");
+}
+
+/// `cache.health.status` carries the node's view of the cluster.
+fn health_events_carry_the_cluster(nats: &Nats, epoch: u64) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use futures_lite::StreamExt;
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let mut sub = client.subscribe("cache.health.status").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let msg = tokio::time::timeout(left, sub.next())
+                .await
+                .expect("a health event")
+                .unwrap();
+            let body: Value = serde_json::from_slice(&msg.payload).unwrap();
+            let cluster = &body["data"]["cluster"];
+            if cluster["epoch"].as_u64() >= Some(epoch) {
+                assert_eq!(cluster["nodes"].as_array().map(Vec::len), Some(3), "{body}");
+                assert_eq!(cluster["replication"], 2);
+                return;
+            }
+        }
+    });
 }

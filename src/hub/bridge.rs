@@ -367,6 +367,12 @@ impl Bridge {
             "memory_used_bytes": used,
             "events_dropped": snapshot.total(|s| s.events_dropped),
         });
+        let mut data = data;
+        if let Some(cluster) = self.control.cluster.get() {
+            // The node's view of the cluster: epoch, members, their states
+            // and slots (docs/cluster.md).
+            data["cluster"] = cluster.health();
+        }
         if !self.connected() {
             return;
         }
