@@ -451,12 +451,16 @@ impl Store {
     }
 
     /// Evicts the oldest regions while the index has grown the total past
-    /// the budget, sparing the region of `keep` (the item being written).
+    /// the budget (read records get their second chance, as in
+    /// [`Store::allocate`]), sparing the region of `keep` (the item being
+    /// written).
     fn release_over_budget(&mut self, keep: Option<ItemId>, now_us: u64) {
+        let mut attempt = 0;
         while self.items.over_budget() {
-            if !self.evict_oldest(false, keep, now_us) {
+            if !self.evict_oldest(attempt < SECOND_CHANCES_PER_WRITE, keep, now_us) {
                 break;
             }
+            attempt += 1;
         }
     }
 
