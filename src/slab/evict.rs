@@ -1,6 +1,6 @@
 //! Eviction: the oldest region goes, its read records moved on.
 
-use super::record::{clear_accessed, total_len, word0, DEAD_BIT};
+use super::record::{spend_chance, total_len, word0, DEAD_BIT};
 use super::{ItemId, Region, Slab};
 
 impl Slab {
@@ -58,7 +58,7 @@ impl Slab {
                 if keep.is_empty() {
                     self.release_large(i as usize);
                 } else {
-                    clear_accessed(self.large[i as usize].record.as_deref_mut().expect("live"));
+                    spend_chance(self.large[i as usize].record.as_deref_mut().expect("live"));
                     self.queue.push_back((region, generation));
                 }
                 Vec::new()
@@ -103,7 +103,7 @@ impl Slab {
                 .expect("open segment");
             for &(offset, len) in &kept {
                 to[at..at + len].copy_from_slice(&mem[offset..offset + len]);
-                clear_accessed(&mut to[at..]);
+                spend_chance(&mut to[at..]);
                 moves.push(at);
                 at += aligned(len);
             }
@@ -132,7 +132,7 @@ impl Slab {
             if offset != at {
                 mem.copy_within(offset..offset + len, at);
             }
-            clear_accessed(&mut mem[at..]);
+            spend_chance(&mut mem[at..]);
             moves.push(at);
             at += aligned(len);
         }

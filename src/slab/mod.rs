@@ -4,7 +4,7 @@
 //! A shard's share of `max_memory` is cut into segments (a 256th of it,
 //! between 64 KiB and 1 MiB). Records are appended to the open segment,
 //! back to back (no size classes, so no rounding waste and nothing to
-//! rebalance); records above an eighth of a segment get an allocation of
+//! rebalance); records above a quarter of a segment get an allocation of
 //! their own (a *large record*), counted against the same budget. Segments
 //! and large records are *regions*, kept in one queue in the order they
 //! were written.
@@ -161,7 +161,7 @@ impl Slab {
             segment_bytes: page_bytes,
             align_shift,
             offset_bits: page_bytes.trailing_zeros() - align_shift,
-            large_above: page_bytes / 8,
+            large_above: page_bytes / 4,
             segments: Vec::new(),
             free_segments: Vec::new(),
             open: None,
@@ -456,11 +456,7 @@ impl Slab {
     /// Marks a record as read, for the second chance.
     #[inline]
     pub fn touch(&mut self, id: ItemId) {
-        let record = self.record_mut(id);
-        let w = word0(record);
-        if w & ACCESSED_BIT == 0 {
-            set_word0(record, w | ACCESSED_BIT);
-        }
+        record::count_read(self.record_mut(id));
     }
 
     /// Drops every segment and record.

@@ -5,15 +5,19 @@
 //!
 //! Layout, little-endian:
 //! - bytes 0..8 (`word0`): bits 0..52 belong to the item (its version),
-//!   key length in bits 52..60, [`ACCESSED_BIT`] 60, [`DEAD_BIT`] 61,
-//!   [`WIDE_BIT`] 62;
+//!   key length in bits 52..60, [`DEAD_BIT`] 61, [`WIDE_BIT`] 62, and a
+//!   2-bit read counter in bits 60 ([`ACCESSED_BIT`]) and 63;
 //! - bytes 8..12 belong to the item (TTL and codec bits);
 //! - bytes 12..14: the value length (u16), or bytes 12..16 (u32) when WIDE
 //!   (values of 64 KiB and more);
 //! - the key, then the value.
 
-/// Set when the record was read since eviction last passed it.
+/// Low bit of the read counter: set by the first read since eviction last
+/// passed the record.
 pub const ACCESSED_BIT: u64 = 1 << 60;
+/// High bit of the read counter.
+const READS_HIGH_BIT: u64 = 1 << 63;
+const READS_MASK: u64 = ACCESSED_BIT | READS_HIGH_BIT;
 /// Set when the record was freed; its bytes stay until its segment goes.
 pub const DEAD_BIT: u64 = 1 << 61;
 /// The value length takes 4 bytes instead of 2.
@@ -55,11 +59,33 @@ pub fn set_word0(record: &mut [u8], word: u64) {
     record[..8].copy_from_slice(&word.to_le_bytes());
 }
 
-/// Clears the CLOCK bit: the record's second chance is used.
+/// Reads counted since eviction last passed the record, 0 to 3.
 #[inline]
-pub fn clear_accessed(record: &mut [u8]) {
+pub fn reads(word0: u64) -> u64 {
+    ((word0 >> 60) & 1) | ((word0 >> 62) & 2)
+}
+
+#[inline]
+fn with_reads(word0: u64, reads: u64) -> u64 {
+    (word0 & !READS_MASK) | ((reads & 1) << 60) | ((reads & 2) << 62)
+}
+
+/// Counts a read (saturating at 3).
+#[inline]
+pub fn count_read(record: &mut [u8]) {
     let w = word0(record);
-    set_word0(record, w & !ACCESSED_BIT);
+    let n = reads(w);
+    if n < 3 {
+        set_word0(record, with_reads(w, n + 1));
+    }
+}
+
+/// Spends one of the record's chances: eviction passes it by once per read
+/// counted, so a key read often outlives one read once (a 2-bit CLOCK).
+#[inline]
+pub fn spend_chance(record: &mut [u8]) {
+    let w = word0(record);
+    set_word0(record, with_reads(w, reads(w).saturating_sub(1)));
 }
 
 #[inline]
@@ -126,6 +152,22 @@ mod tests {
             assert_eq!(total_len(&r), r.len());
             assert_eq!(word0(&r) & ITEM_BITS_MASK, 12345);
         }
+    }
+
+    #[test]
+    fn the_read_counter_saturates_at_3_and_spends_one_chance_at_a_time() {
+        let mut r = vec![0u8; record_len(1, 1)];
+        write_frame(&mut r, 99, 1, 1);
+        for expected in [1, 2, 3, 3] {
+            count_read(&mut r);
+            assert_eq!(reads(word0(&r)), expected);
+        }
+        spend_chance(&mut r);
+        assert_eq!(reads(word0(&r)), 2);
+        assert_eq!(
+            (word0(&r) & ITEM_BITS_MASK, key_len(word0(&r)), total_len(&r)),
+            (99, 1, r.len())
+        );
     }
 
     fn value_len_of(r: &[u8]) -> usize {

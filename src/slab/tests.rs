@@ -3,7 +3,7 @@ use super::*;
 
 mod accounting;
 
-/// Segments of 64 KiB: records above 8 KiB are large.
+/// Segments of 64 KiB: records above 16 KiB are large.
 const SEGMENT: usize = MIN_PAGE_BYTES;
 
 fn slab(limit: usize) -> Slab {

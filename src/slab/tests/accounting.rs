@@ -20,8 +20,8 @@ enum Op {
 fn value_len() -> impl Strategy<Value = usize> {
     prop_oneof![
         4 => 0usize..200,
-        2 => 200usize..SEGMENT / 8,
-        1 => SEGMENT / 8..3 * SEGMENT,
+        2 => 200usize..SEGMENT / 4,
+        1 => SEGMENT / 4..3 * SEGMENT,
     ]
 }
 
