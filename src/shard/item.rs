@@ -18,7 +18,6 @@
 use crate::protocol::binary::Meta;
 use crate::slab::record;
 pub use crate::slab::ItemId;
-use crate::slab::ACCESSED_BIT;
 
 /// Bytes of the header of a value under 64 KiB.
 pub const HEADER_BYTES: usize = record::header_len(0);
@@ -86,7 +85,7 @@ impl<'a> ItemView<'a> {
 
     #[inline]
     pub fn was_accessed(&self) -> bool {
-        self.word0() & ACCESSED_BIT != 0
+        record::reads(self.word0()) > 0
     }
 
     #[inline]
