@@ -1,32 +1,25 @@
-//! The stored form of an item: one record holding a 12-byte header, the key
-//! and the value, in a slab chunk (see [`crate::slab`]).
+//! The stored form of an item: one record holding a header, the key and
+//! the value, in a segment or a large record (see [`crate::slab`]).
 //!
-//! Header, little-endian:
+//! Header, little-endian ([`crate::slab::record`] owns the framing):
 //! - bytes 0..8: `version_us` in bits 0..52 (microsecond hybrid clock of the
-//!   write, also its creation time), key length in bits 52..60, the CLOCK
-//!   accessed bit 60, the LONG flag bit 61, padding length in bits 62..64;
+//!   write, also its creation time), then the allocator's bits: key length,
+//!   CLOCK accessed bit, dead bit, wide-length bit;
 //! - bytes 8..12: TTL in seconds in bits 0..30 (0 = never expires; TTLs
 //!   are capped at 2^30 - 1 s, about 34 years), bits 30 and 31 reserved for
-//!   value codecs (compression, encryption).
+//!   value codecs (compression, encryption);
+//! - bytes 12..14: the value length (12..16 for values of 64 KiB and more).
 //!
-//! The value length is not stored when the chunk is at most 3 bytes longer
-//! than the record (the padding length says how much): the small items
-//! that dominate a cache then cost 12 bytes of header. Otherwise (LONG) a
-//! 4-byte value length follows the header.
+//! Records lie back to back in a segment, so a record costs its 14-byte
+//! header and nothing for rounding.
 //!
 //! The index stores only an [`ItemId`]; the key lives in the record.
 
 use crate::protocol::binary::Meta;
+use crate::slab::record;
 pub use crate::slab::ItemId;
-use crate::slab::ACCESSED_BIT;
 
-/// Bytes of the short header.
-pub const HEADER_BYTES: usize = 12;
-
-const VERSION_BITS: u32 = 52;
-const VERSION_MASK: u64 = (1 << VERSION_BITS) - 1;
-const LONG_BIT: u64 = 1 << 61;
-const PAD_SHIFT: u32 = 62;
+const VERSION_MASK: u64 = record::ITEM_BITS_MASK;
 
 /// Largest TTL stored, in seconds.
 pub const MAX_TTL_S: u32 = (1 << 30) - 1;
@@ -43,29 +36,18 @@ pub fn set_codec_flags(chunk: &mut [u8], flags: u32) {
     chunk[8..12].copy_from_slice(&(word | (flags << CODEC_SHIFT)).to_le_bytes());
 }
 
-/// Bytes a record needs at least (its chunk may be larger).
+/// Bytes of the record of an item.
 #[inline]
 pub const fn record_len(key_len: usize, value_len: usize) -> usize {
-    HEADER_BYTES + key_len + value_len
+    record::record_len(key_len, value_len)
 }
 
 /// Writes an item into `chunk` (at least [`record_len`] bytes). The key is
 /// 1 to 255 bytes.
 #[inline]
 pub fn write_record(chunk: &mut [u8], version_us: u64, ttl_s: u32, key: &[u8], value: &[u8]) {
-    let needed = record_len(key.len(), value.len());
-    debug_assert!(!key.is_empty() && key.len() <= 255 && chunk.len() >= needed);
-    let pad = chunk.len() - needed;
-    let mut word0 = (version_us & VERSION_MASK) | ((key.len() as u64) << VERSION_BITS);
-    let key_at = if pad <= 3 {
-        word0 |= (pad as u64) << PAD_SHIFT;
-        HEADER_BYTES
-    } else {
-        word0 |= LONG_BIT;
-        chunk[12..16].copy_from_slice(&(value.len() as u32).to_le_bytes());
-        HEADER_BYTES + 4
-    };
-    chunk[0..8].copy_from_slice(&word0.to_le_bytes());
+    debug_assert!(!key.is_empty() && key.len() <= 255 && chunk.len() >= record_len(key.len(), value.len()));
+    let key_at = record::write_frame(chunk, version_us & VERSION_MASK, key.len(), value.len());
     chunk[8..12].copy_from_slice(&(ttl_s.min(MAX_TTL_S)).to_le_bytes());
     chunk[key_at..key_at + key.len()].copy_from_slice(key);
     chunk[key_at + key.len()..key_at + key.len() + value.len()].copy_from_slice(value);
@@ -95,12 +77,12 @@ impl<'a> ItemView<'a> {
 
     #[inline]
     pub fn key_len(&self) -> usize {
-        ((self.word0() >> VERSION_BITS) & 0xff) as usize
+        record::key_len(self.word0())
     }
 
     #[inline]
     pub fn was_accessed(&self) -> bool {
-        self.word0() & ACCESSED_BIT != 0
+        record::reads(self.word0()) > 0
     }
 
     #[inline]
@@ -117,26 +99,17 @@ impl<'a> ItemView<'a> {
 
     /// The whole record as it lies in the slab (tests of encryption at rest).
     pub fn record_bytes(&self) -> &'a [u8] {
-        self.chunk
+        &self.chunk[..record::total_len(self.chunk)]
     }
 
     #[inline]
     fn key_at(&self) -> usize {
-        if self.word0() & LONG_BIT != 0 {
-            HEADER_BYTES + 4
-        } else {
-            HEADER_BYTES
-        }
+        record::key_at(self.word0())
     }
 
     #[inline]
     pub fn value_len(&self) -> usize {
-        let word0 = self.word0();
-        if word0 & LONG_BIT != 0 {
-            u32::from_le_bytes(self.chunk[12..16].try_into().expect("header")) as usize
-        } else {
-            self.chunk.len() - HEADER_BYTES - self.key_len() - (word0 >> PAD_SHIFT) as usize
-        }
+        record::value_len(self.chunk)
     }
 
     #[inline]
@@ -203,6 +176,19 @@ mod tests {
     }
 
     #[test]
+    fn values_of_64_kib_and_more_round_trip() {
+        let value = vec![9u8; 70_000];
+        let mut buf = vec![0u8; record_len(2, value.len())];
+        write_record(&mut buf, 77, 5, b"kk", &value);
+        let v = ItemView::new(&buf);
+        assert_eq!(
+            (v.key(), v.value().len(), v.ttl_s(), v.version_us()),
+            (&b"kk"[..], 70_000, 5, 77)
+        );
+        assert_eq!(v.record_bytes().len(), 16 + 2 + 70_000);
+    }
+
+    #[test]
     fn huge_ttls_are_capped() {
         let mut buf = vec![0u8; record_len(1, 1)];
         write_record(&mut buf, 5, u32::MAX, b"k", b"v");
@@ -222,7 +208,7 @@ mod tests {
             prop_assert_eq!(v.value(), &value[..]);
             prop_assert_eq!(v.ttl_s(), ttl);
             prop_assert_eq!(v.version_us(), version);
-            prop_assert!(u64::from_le_bytes(chunk[..8].try_into().unwrap()) != 0, "a live record is never all-zero");
+            prop_assert_eq!(v.record_bytes().len(), record_len(key.len(), value.len()));
         }
     }
 }

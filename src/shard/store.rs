@@ -14,7 +14,7 @@ use super::stats::StoreStats;
 use crate::key::key_hash;
 use crate::pattern::glob_match;
 use crate::protocol::binary::Meta;
-use crate::slab::{Slab, Victim};
+use crate::slab::Slab;
 use crate::time::HybridClock;
 
 /// Number of index sub-tables per shard (a power of two).
@@ -78,6 +78,12 @@ pub struct StoreConfig {
 /// Attempts at making room for one write before giving up.
 const MAX_EVICTIONS_PER_WRITE: usize = 64;
 
+/// Regions whose read records get a second chance within one write; past
+/// them the oldest region goes whole, so that a write never moves more than
+/// this many segments' worth of hot records (each move clears their bit,
+/// so the next writes find them evictable, as CLOCK's hand does).
+const SECOND_CHANCES_PER_WRITE: usize = MAX_EVICTIONS_PER_WRITE - 1;
+
 pub struct Store {
     tables: Box<[HashTable<ItemId>]>,
     items: Slab,
@@ -97,7 +103,8 @@ pub struct Store {
 pub struct Upkeep {
     /// Expired items reclaimed.
     pub expired: usize,
-    /// Pages moved to a class that was evicting more.
+    /// Always 0: memory goes to new sizes within the write that needs it
+    /// (kept for the upkeep loop's idea of "busy").
     pub pages_moved: usize,
 }
 
@@ -236,9 +243,7 @@ impl Store {
     pub fn prefetch_records(&self, hash: u64) {
         let items = &self.items;
         let _ = self.tables[subtable_of(hash)].find(table_hash(hash), |&id| {
-            if !id.is_large() {
-                prefetch(items.record(id).as_ptr());
-            }
+            prefetch(items.record_ptr(id));
             false
         });
     }
@@ -300,13 +305,12 @@ impl Store {
         } else {
             ttl_s
         };
-        let new_id = self
-            .allocate(record_len(key.len(), value.len()), now_us)
-            .inspect_err(|_| {
-                self.stats.rejected_writes += 1;
-            })?;
+        let len = record_len(key.len(), value.len());
+        let new_id = self.allocate(len, now_us).inspect_err(|_| {
+            self.stats.rejected_writes += 1;
+        })?;
         let version = self.clock.tick(now_us);
-        write_record(self.items.record_mut(new_id), version, ttl_s, key, value);
+        write_record(self.items.space_mut(new_id, len), version, ttl_s, key, value);
         if flags != 0 {
             set_codec_flags(self.items.record_mut(new_id), flags);
         }
@@ -356,9 +360,10 @@ impl Store {
         Ok(meta)
     }
 
-    /// Memory for a record, evicting under the LRU policy when needed.
+    /// Memory for a record, evicting under the LRU policy when needed: the
+    /// oldest region goes, whatever the size of what it holds.
     fn allocate(&mut self, len: usize, now_us: u64) -> Result<ItemId, WriteError> {
-        for _ in 0..MAX_EVICTIONS_PER_WRITE {
+        for attempt in 0..MAX_EVICTIONS_PER_WRITE {
             if let Ok(id) = self.items.alloc(len) {
                 return Ok(id);
             }
@@ -369,25 +374,41 @@ impl Store {
                 }
                 continue;
             }
-            match self.items.choose_victim(len) {
-                Some(Victim::Item(id)) => self.evict(id, now_us),
-                Some(Victim::Page { page, to_class }) => self.empty_page(page, to_class, now_us),
-                None => return Err(WriteError::Full),
+            if !self.evict_oldest(attempt < SECOND_CHANCES_PER_WRITE, None, now_us) {
+                return Err(WriteError::Full);
             }
         }
         Err(WriteError::Full)
     }
 
-    /// Drops an item chosen by the allocator: out of the index, then its
-    /// memory freed. Expired items count as expirations, others as
-    /// evictions.
-    fn evict(&mut self, id: ItemId, now_us: u64) {
-        self.unindex(id, now_us);
-        if !self.view(id).is_expired(now_us) {
-            // Evicting for its own writes is what makes a class ask for pages.
-            self.items.note_eviction(id);
+    /// Evicts the oldest region (a segment or a large record); with
+    /// `second_chance`, its records read since they were written stay
+    /// (moved, their bit cleared). Expired records count as expirations,
+    /// others as evictions. Returns false when there is nothing to evict
+    /// but the region of `spare`.
+    fn evict_oldest(&mut self, second_chance: bool, spare: Option<ItemId>, now_us: u64) -> bool {
+        let Some(region) = self.items.oldest() else {
+            return false;
+        };
+        if spare.is_some_and(|id| self.items.region_of(id) == region) {
+            return false;
         }
-        self.items.free(id);
+        let mut keep = Vec::new();
+        for id in self.items.live_records(region) {
+            let item = self.view(id);
+            if second_chance && item.was_accessed() && !item.is_expired(now_us) {
+                keep.push(id);
+                continue;
+            }
+            if !item.is_expired(now_us) {
+                self.items.note_eviction(id);
+            }
+            self.unindex(id, now_us);
+        }
+        for (old, new) in self.items.retire(region, &keep) {
+            self.reindex(old, new);
+        }
+        true
     }
 
     /// Removes a record from the index and counts why it went.
@@ -407,51 +428,39 @@ impl Store {
         }
     }
 
-    /// Evicts every record of a page, then moves the page to another class
-    /// or releases it.
-    fn empty_page(&mut self, page: u32, to_class: Option<usize>, now_us: u64) {
-        for id in self.items.live_records(page) {
-            self.unindex(id, now_us);
-        }
-        match to_class {
-            Some(class) => self.items.move_page(page, class),
-            None => self.items.release_page(page),
+    /// Points the index entry of a record the allocator moved at its new
+    /// place.
+    fn reindex(&mut self, old: ItemId, new: ItemId) {
+        let hash = key_hash(self.view(new).key(), self.config.seed);
+        if let Some(slot) = self.tables[subtable_of(hash)].find_mut(table_hash(hash), |&x| x == old) {
+            *slot = new;
         }
     }
 
     /// Background upkeep, bounded: reclaims expired items (at most about
-    /// `budget` index entries visited), moves at most one page toward the
-    /// class evicting the most when classes are out of balance, and releases
-    /// pages if the index grew past the budget. `decay` ages the eviction
-    /// pressure that drives page moves (call it every ~100 ms).
-    pub fn maintain(&mut self, now_us: u64, budget: usize, decay: bool) -> Upkeep {
+    /// `budget` index entries visited) and evicts if the index grew past
+    /// the budget. `decay` is kept for the upkeep loop; the log needs no
+    /// aging.
+    pub fn maintain(&mut self, now_us: u64, budget: usize, _decay: bool) -> Upkeep {
         let expired = self.sweep_expired(now_us, budget);
-        let mut pages_moved = 0;
-        for _ in 0..self.items.pages_per_rebalance() {
-            match self.items.rebalance_move() {
-                Some((page, to_class)) => {
-                    self.empty_page(page, Some(to_class), now_us);
-                    pages_moved += 1;
-                }
-                None => break,
-            }
-        }
-        if decay {
-            self.items.decay_pressure();
-        }
         self.release_over_budget(None, now_us);
-        Upkeep { expired, pages_moved }
+        Upkeep {
+            expired,
+            pages_moved: 0,
+        }
     }
 
-    /// Releases pages while the index has grown the total past the budget,
-    /// sparing the page of `keep` (the item being written).
+    /// Evicts the oldest regions while the index has grown the total past
+    /// the budget (read records get their second chance, as in
+    /// [`Store::allocate`]), sparing the region of `keep` (the item being
+    /// written).
     fn release_over_budget(&mut self, keep: Option<ItemId>, now_us: u64) {
-        let spared = keep.and_then(|id| self.items.page_of(id));
+        let mut attempt = 0;
         while self.items.over_budget() {
-            match self.items.page_to_release(spared) {
-                Some(page) => self.empty_page(page, None, now_us),
-                None => break,
+            if !self.evict_oldest(attempt < SECOND_CHANCES_PER_WRITE, keep, now_us) {
+                break;
             }
+            attempt += 1;
         }
     }
 

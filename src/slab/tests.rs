@@ -1,206 +1,131 @@
+use super::record::{record_len, write_frame};
 use super::*;
-use proptest::prelude::*;
-use std::collections::HashMap;
 
-/// Pages of 1 MiB, as a shard of 1 GiB or more has.
-const PAGE_BYTES: usize = MAX_PAGE_BYTES;
+mod accounting;
+
+/// Segments of 64 KiB: records above 16 KiB are large.
+const SEGMENT: usize = MIN_PAGE_BYTES;
 
 fn slab(limit: usize) -> Slab {
-    Slab::with_page_bytes(limit, PAGE_BYTES)
+    Slab::with_page_bytes(limit, SEGMENT)
 }
 
-/// Writes a live-looking record (non-zero first word) filled with `tag`.
-fn fill(slab: &mut Slab, id: ItemId, tag: u8) {
-    let r = slab.record_mut(id);
-    r.fill(tag);
-    r[..8].copy_from_slice(&(1u64 << 52 | u64::from(tag)).to_le_bytes());
+/// Allocates and writes a record of a `key_len`-byte key and a
+/// `value_len`-byte value, every byte after the header `tag`.
+fn put(slab: &mut Slab, key_len: usize, value_len: usize, tag: u8) -> Result<ItemId, NoMemory> {
+    let len = record_len(key_len, value_len);
+    let id = slab.alloc(len)?;
+    let space = slab.space_mut(id, len);
+    let at = write_frame(space, u64::from(tag), key_len, value_len);
+    space[at..].fill(tag);
+    Ok(id)
 }
 
-fn check(slab: &Slab, id: ItemId, tag: u8) -> bool {
+fn intact(slab: &Slab, id: ItemId, tag: u8) -> bool {
     let r = slab.record(id);
-    r[..8] == (1u64 << 52 | u64::from(tag)).to_le_bytes() && r[8..].iter().all(|&b| b == tag)
+    let at = record::key_at(word0(r));
+    word0(r) & record::ITEM_BITS_MASK == u64::from(tag) && r[at..].iter().all(|&b| b == tag)
+}
+
+/// What the store does: evict the oldest region, keeping read records
+/// when `second_chance`; returns the moves.
+fn evict(slab: &mut Slab, second_chance: bool) -> Option<Vec<(ItemId, ItemId)>> {
+    let region = slab.oldest()?;
+    let keep: Vec<ItemId> = slab
+        .live_records(region)
+        .into_iter()
+        .filter(|&id| second_chance && word0(slab.record(id)) & ACCESSED_BIT != 0)
+        .collect();
+    Some(slab.retire(region, &keep))
 }
 
 #[test]
-fn allocates_within_the_class_and_reuses_freed_chunks() {
-    let mut slab = slab(8 * PAGE_BYTES);
-    let a = slab.alloc(130).unwrap();
-    let b = slab.alloc(130).unwrap();
-    assert_ne!(a, b);
-    assert_eq!(slab.record(a).len(), 132, "4-byte classes below 256 bytes");
-    slab.free(a);
-    assert_eq!(slab.alloc(129).unwrap(), a, "freed chunk reused first");
-    assert_eq!(slab.live_pages(), 1);
+fn records_lie_back_to_back_in_one_segment() {
+    let mut s = slab(8 * SEGMENT);
+    let a = put(&mut s, 16, 100, 1).unwrap();
+    let b = put(&mut s, 16, 100, 2).unwrap();
+    assert_eq!(s.record(a).len(), 130, "14-byte header, no rounding");
+    assert_eq!(b.0 - a.0, 130, "the next record starts right after");
+    assert!(intact(&s, a, 1) && intact(&s, b, 2));
+    assert_eq!(s.live_pages(), 1);
+    assert_eq!(s.live_bytes(), 260);
 }
 
 #[test]
-fn budget_counts_pages_index_and_large_records() {
-    let mut slab = slab(3 * PAGE_BYTES);
-    let big = slab.alloc(PAGE_BYTES).unwrap();
-    assert!(big.is_large());
-    assert_eq!(slab.record(big).len(), PAGE_BYTES);
-    let _small = slab.alloc(100).unwrap();
+fn large_records_share_the_budget_and_the_queue() {
+    let mut s = slab(4 * SEGMENT);
+    let small = put(&mut s, 8, 100, 1).unwrap();
+    let big = put(&mut s, 8, 2 * SEGMENT, 2).unwrap();
+    assert!(big.is_large() && !small.is_large());
+    assert!(
+        put(&mut s, 8, 2 * SEGMENT, 3).is_err(),
+        "a segment and 2 segments' worth fill 3 of 4"
+    );
     assert_eq!(
-        slab.alloc(PAGE_BYTES),
-        Err(NoMemory),
-        "the large record and a page fill 2 of 3 MiB"
+        s.oldest(),
+        Some(Region::Segment(0)),
+        "the segment was written first"
     );
-    slab.set_index_bytes(PAGE_BYTES / 2);
+    evict(&mut s, false).unwrap();
+    assert_eq!(s.oldest(), Some(Region::Large(0)));
     assert!(
-        slab.alloc(200_000).is_err(),
-        "no room for a new page once the index grows"
-    );
-    slab.free(big);
-    assert!(slab.alloc(PAGE_BYTES / 2).is_ok());
-    assert!(slab.used_bytes() <= slab.limit_bytes());
-}
-
-#[test]
-fn clock_spares_recently_read_records() {
-    let mut slab = slab(PAGE_BYTES);
-    let mut ids = Vec::new();
-    while let Ok(id) = slab.alloc(1000) {
-        fill(&mut slab, id, 1);
-        ids.push(id);
-    }
-    assert!(ids.len() > 900);
-    for id in &ids[..ids.len() / 2] {
-        slab.touch(*id);
-    }
-    let victim = match slab.choose_victim(1000) {
-        Some(Victim::Item(id)) => id,
-        other => panic!("expected an item, got {other:?}"),
-    };
-    assert!(
-        ids[ids.len() / 2..].contains(&victim),
-        "an unread record goes first"
+        put(&mut s, 8, SEGMENT, 4).is_ok(),
+        "the evicted segment's memory serves a large record"
     );
 }
 
 #[test]
-fn a_class_without_pages_takes_one_from_another_class() {
-    let mut slab = slab(2 * PAGE_BYTES);
-    while let Ok(id) = slab.alloc(100) {
-        fill(&mut slab, id, 3);
+fn a_closed_segment_whose_records_all_died_goes_back_at_once() {
+    let mut s = slab(8 * SEGMENT);
+    let first: Vec<ItemId> = (0..500).map(|_| put(&mut s, 16, 200, 1).unwrap()).collect();
+    assert_eq!(s.live_pages(), 2, "the second segment is open");
+    let in_first: Vec<ItemId> = first
+        .into_iter()
+        .filter(|id| s.region_of(*id) == Region::Segment(0))
+        .collect();
+    for id in in_first {
+        s.free(id);
     }
-    assert_eq!(slab.live_pages(), 2);
-    let Some(Victim::Page {
-        page,
-        to_class: Some(class),
-    }) = slab.choose_victim(10_000)
-    else {
-        panic!("expected a page move");
-    };
-    let victims = slab.live_records(page);
-    assert!(victims.len() > 7000);
-    slab.move_page(page, class);
-    let id = slab.alloc(10_000).unwrap();
-    assert_eq!(slab.record(id).len(), slab.chunk_bytes_for(10_000));
-    assert_eq!(slab.pages_moved(), 1);
+    assert_eq!(s.live_pages(), 1);
+    assert_eq!(s.oldest(), Some(Region::Segment(1)));
 }
 
 #[test]
-fn pressure_moves_pages_toward_the_evicting_class() {
-    let mut slab = slab(4 * PAGE_BYTES);
-    while let Ok(id) = slab.alloc(100) {
-        fill(&mut slab, id, 1);
-    }
-    assert!(slab.rebalance_move().is_none());
-    let Some(Victim::Page {
-        page,
-        to_class: Some(class),
-    }) = slab.choose_victim(5000)
-    else {
-        panic!()
-    };
-    slab.move_page(page, class);
-    let id = slab.alloc(5000).unwrap();
-    for _ in 0..32 {
-        slab.note_eviction(id);
-    }
-    let (page, to) = slab.rebalance_move().expect("a move toward the evicting class");
-    assert_eq!(Some(to), slab.class_for(5000));
-    assert_ne!(page, id.page() as u32);
-    slab.decay_pressure();
-    slab.decay_pressure();
-    slab.decay_pressure();
-    assert!(slab.rebalance_move().is_none(), "pressure decays");
+fn read_records_survive_the_eviction_of_their_segment() {
+    let mut s = slab(2 * SEGMENT);
+    let ids: Vec<ItemId> = (0..400)
+        .map(|i| put(&mut s, 16, 100, (i % 200) as u8).unwrap())
+        .collect();
+    let hot = ids[10];
+    s.touch(hot);
+    let moves = evict(&mut s, true).unwrap();
+    assert_eq!(moves.len(), 1);
+    assert_eq!(moves[0].0, hot);
+    let moved = moves[0].1;
+    assert!(intact(&s, moved, 10));
+    assert_eq!(word0(s.record(moved)) & ACCESSED_BIT, 0, "its chance is used");
+    assert_eq!(s.live_bytes(), 130, "every other record went");
 }
 
 #[test]
-fn releasing_a_page_returns_its_memory() {
-    let mut slab = slab(2 * PAGE_BYTES);
-    let a = slab.alloc(100).unwrap();
-    fill(&mut slab, a, 9);
-    let page = slab.page_to_release(None).unwrap();
-    assert_eq!(slab.live_records(page), vec![a]);
-    slab.release_page(page);
-    assert_eq!(slab.used_bytes(), 0);
-    let b = slab.alloc(100).unwrap();
-    assert!(!b.is_large());
+fn a_read_large_record_goes_to_the_back_of_the_queue() {
+    let mut s = slab(4 * SEGMENT);
+    let big = put(&mut s, 8, SEGMENT, 5).unwrap();
+    put(&mut s, 8, 100, 6).unwrap();
+    s.touch(big);
+    assert_eq!(evict(&mut s, true).unwrap(), vec![]);
+    assert!(intact(&s, big, 5));
+    assert_eq!(s.oldest(), Some(Region::Segment(0)));
 }
 
 #[test]
-fn page_size_follows_the_shard_size() {
+fn segment_size_follows_the_shard_size() {
     assert_eq!(page_bytes_for(2 << 20), MIN_PAGE_BYTES);
-    assert_eq!(page_bytes_for(32 << 20), 32 << 10);
-    assert_eq!(page_bytes_for(256 << 20), 256 << 10);
+    assert_eq!(page_bytes_for(32 << 20), 128 << 10);
     assert_eq!(page_bytes_for(1 << 30), MAX_PAGE_BYTES);
-    assert_eq!(page_bytes_for(64 << 30), MAX_PAGE_BYTES);
-    // A 32 MiB shard can give every size class pages of its own.
+    // Ids address the largest shard: 32 GiB of 1 MiB segments.
+    let s = Slab::new(32 << 30);
+    assert!(1usize << (31 - s.offset_bits) >= (32 << 30) / MAX_PAGE_BYTES + 2);
     let s = Slab::new(32 << 20);
-    assert!(s.sizes.len() * s.page_bytes() * 2 < 32 << 20);
-}
-
-#[derive(Debug, Clone)]
-enum SlabOp {
-    Alloc(usize),
-    Free(usize),
-}
-
-proptest! {
-    /// Random allocs and frees against a model: records never overlap
-    /// (each keeps its own fill), memory never exceeds the budget, and
-    /// freeing everything leaves no record behind.
-    #[test]
-    fn no_overlap_no_leak(ops in proptest::collection::vec(prop_oneof![
-        prop_oneof![1usize..300, 300usize..20_000, 200_000usize..400_000].prop_map(SlabOp::Alloc),
-        any::<usize>().prop_map(SlabOp::Free),
-    ], 1..300)) {
-        let mut slab = slab(6 * PAGE_BYTES);
-        let mut live: HashMap<ItemId, u8> = HashMap::new();
-        let mut order: Vec<ItemId> = Vec::new();
-        let mut tag = 0u8;
-        for op in ops {
-            match op {
-                SlabOp::Alloc(len) => {
-                    let len = len.max(12);
-                    if let Ok(id) = slab.alloc(len) {
-                        prop_assert!(!live.contains_key(&id), "handed out twice");
-                        prop_assert!(slab.record(id).len() >= len);
-                        tag = tag.wrapping_add(1).max(1);
-                        fill(&mut slab, id, tag);
-                        live.insert(id, tag);
-                        order.push(id);
-                    }
-                }
-                SlabOp::Free(i) if !order.is_empty() => {
-                    let id = order.swap_remove(i % order.len());
-                    slab.free(id);
-                    live.remove(&id);
-                }
-                SlabOp::Free(_) => {}
-            }
-            prop_assert!(slab.used_bytes() <= slab.limit_bytes());
-            for (&id, &t) in &live {
-                prop_assert!(check(&slab, id, t), "record {:?} was overwritten", id);
-            }
-        }
-        for id in order {
-            slab.free(id);
-        }
-        prop_assert_eq!(slab.large_records(), 0);
-        prop_assert!(slab.class_stats().iter().all(|c| c.items == 0));
-        prop_assert_eq!(slab.free_bytes_in_pages(), slab.live_pages() * PAGE_BYTES);
-    }
+    assert_eq!(s.align_shift, 0, "small shards pack records byte by byte");
 }
