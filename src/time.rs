@@ -29,6 +29,12 @@ impl HybridClock {
         self.last_us = now_us.max(self.last_us + 1);
         self.last_us
     }
+
+    /// A version made elsewhere (a replicated write): later ticks exceed it.
+    #[inline]
+    pub fn observe(&mut self, version_us: u64) {
+        self.last_us = self.last_us.max(version_us);
+    }
 }
 
 /// Formats unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`.

@@ -266,3 +266,76 @@ fn health_events_carry_the_cluster(nats: &Nats, epoch: u64) {
         }
     });
 }
+
+#[test]
+fn acknowledged_writes_survive_the_death_of_their_primary() {
+    let Some(bin) = require_nats() else { return };
+    let nats = Nats::start_js(bin);
+    let mut nodes = [
+        node(&nats, "n1", "a"),
+        node(&nats, "n2", "b"),
+        node(&nats, "n3", "a"),
+    ];
+    let whole = |h: &Value| serving(h) == ["n1", "n2", "n3"] && slot_totals(h) == (4096, 4096);
+    let epoch = wait_for(&nodes[0], Duration::from_secs(15), "a map of three nodes", whole)["epoch"]
+        .as_u64()
+        .unwrap();
+    for other in &nodes[1..] {
+        wait_for(other, Duration::from_secs(5), "the same map", |h| {
+            h["epoch"].as_u64() == Some(epoch)
+        });
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = CacheClient::connect(ClientConfig::new("t").address(nodes[0].addr.to_string()))
+            .await
+            .unwrap();
+        for i in 0..300 {
+            client
+                .set(format!("durable:{i}"), format!("v{i}"), 0)
+                .await
+                .unwrap();
+        }
+    });
+    // Replication caught up: every stream's lag gauge back to 0.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for n in &nodes {
+        loop {
+            let metrics = HttpConn::open(n.http).get("/health/metrics").text();
+            let lags: Vec<f64> = metrics
+                .lines()
+                .filter(|l| l.starts_with("cache_replication_lag{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+                .collect();
+            if !lags.is_empty() && lags.iter().all(|&l| l == 0.0) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "replication lag: {lags:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let _ = nodes[2].child.kill();
+    let _ = nodes[2].child.wait();
+    for n in &nodes[..2] {
+        wait_for(n, Duration::from_secs(10), "a map without n3", |h| {
+            h["nodes"].as_array().is_some_and(|n| n.len() == 2) && slot_totals(h).0 == 4096
+        });
+    }
+    runtime.block_on(async {
+        let client = CacheClient::connect(ClientConfig::new("t").address(nodes[1].addr.to_string()))
+            .await
+            .unwrap();
+        let mut lost = Vec::new();
+        for i in 0..300 {
+            if client.get(format!("durable:{i}")).await.unwrap().as_deref()
+                != Some(format!("v{i}").as_bytes())
+            {
+                lost.push(i);
+            }
+        }
+        assert!(lost.is_empty(), "lost after the primary died: {lost:?}");
+    });
+}

@@ -25,11 +25,16 @@ use tracing::{info, warn};
 
 use super::bucket::Bucket;
 use super::liveness::Liveness;
+use super::replicate::Replicator;
 use super::slots::{plan, NodeInfo, SlotMap};
 use super::ClusterState;
 use crate::config::ClusterConfig;
 use crate::control::ControlPlane;
+use crate::shard::replication::ReplQueue;
 use crate::shard::{Ownership, ShardCommand};
+
+/// How often the shards' replication queues are drained and sent.
+pub const REPLICATION_DRAIN: Duration = Duration::from_millis(1);
 
 /// Period of heartbeats (and of the coordinator's look at membership).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
@@ -62,6 +67,7 @@ pub fn start(
     nats_url: String,
     state: Arc<ClusterState>,
     control: Arc<ControlPlane>,
+    repl_queues: Vec<ReplQueue>,
     stopping: Arc<dyn Fn() -> bool + Send + Sync>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("cluster".into()).spawn(move || {
@@ -69,7 +75,7 @@ pub fn start(
             .enable_all()
             .build()
             .expect("build the cluster agent's Tokio runtime");
-        runtime.block_on(run(config, nats_url, state, control, stopping));
+        runtime.block_on(run(config, nats_url, state, control, repl_queues, stopping));
     })
 }
 
@@ -85,6 +91,7 @@ async fn run(
     url: String,
     state: Arc<ClusterState>,
     control: Arc<ControlPlane>,
+    repl_queues: Vec<ReplQueue>,
     stopping: Arc<dyn Fn() -> bool + Send + Sync>,
 ) {
     let (link_tx, mut link_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -113,6 +120,24 @@ async fn run(
         }
     };
     let subject = format!("dnd.cluster.{}.hb", config.name);
+    let mut repl = (!repl_queues.is_empty()).then(|| {
+        Replicator::new(
+            client.clone(),
+            &config.name,
+            &state.me.id,
+            repl_queues,
+            control.clone(),
+        )
+    });
+    let (mut inbox, mut acks) = match &repl {
+        Some(r) => (
+            client.subscribe(r.inbox()).await.ok(),
+            client.subscribe(r.acks()).await.ok(),
+        ),
+        None => (None, None),
+    };
+    let mut drain = tokio::time::interval(REPLICATION_DRAIN);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut agent = Agent {
         bucket: Bucket::new(client.clone(), &config.name, MAP_KEY),
         client,
@@ -147,6 +172,24 @@ async fn run(
             Some(msg) = heartbeats.next() => agent.heard(&msg.payload),
             Some(_) = maps.next() => agent.refresh().await,
             Some(link) = link_rx.recv() => agent.link(link),
+            _ = drain.tick(), if repl.is_some() => {
+                if let (Some(r), Some((map, _))) = (repl.as_mut(), agent.current.as_ref()) {
+                    let map = map.clone();
+                    r.drain(&map).await;
+                    agent.state.set_lag(r.lag());
+                }
+            }
+            Some(msg) = next_message(&mut inbox) => {
+                if let Some(r) = repl.as_mut() {
+                    let map = agent.current.as_ref().map(|(m, _)| m.clone());
+                    r.receive(&msg, map.as_deref()).await;
+                }
+            }
+            Some(msg) = next_message(&mut acks) => {
+                if let Some(r) = repl.as_mut() {
+                    r.acked(&msg.payload);
+                }
+            }
         }
     }
 }
@@ -310,6 +353,7 @@ pub(super) fn ownership(map: &SlotMap, me: &str) -> Ownership {
         epoch: map.epoch,
         me: map.index_of(me).map(|i| i as u16),
         primary: map.primary.clone(),
+        replica: map.replica.clone(),
         nodes: map
             .nodes
             .iter()
@@ -330,4 +374,12 @@ fn random_seed() -> u64 {
     let mut bytes = [0u8; 8];
     let _ = getrandom::getrandom(&mut bytes);
     u64::from_le_bytes(bytes).max(1)
+}
+
+/// The next message of an optional subscription; pending forever without one.
+async fn next_message(sub: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
+    match sub {
+        Some(s) => futures_lite::StreamExt::next(s).await,
+        None => std::future::pending().await,
+    }
 }

@@ -15,6 +15,7 @@
 mod agent;
 mod bucket;
 mod liveness;
+mod replicate;
 pub mod slots;
 
 use std::sync::{Arc, Mutex};
@@ -50,6 +51,8 @@ struct View {
     /// Highest map epoch this node has seen (a map re-created after the
     /// bucket was lost starts above it).
     highest_epoch: u64,
+    /// Seconds behind, per replica target.
+    lag: Vec<(String, f64)>,
 }
 
 impl ClusterState {
@@ -94,6 +97,10 @@ impl ClusterState {
         self.view().alive = alive;
     }
 
+    pub(crate) fn set_lag(&self, lag: Vec<(String, f64)>) {
+        self.view().lag = lag;
+    }
+
     pub(crate) fn set_connected(&self, connected: bool) {
         self.view().nats_connected = connected;
     }
@@ -131,6 +138,7 @@ impl ClusterView for ClusterState {
                 .into_iter()
                 .map(|(node, zone, status)| NodeStatus { node, zone, status })
                 .collect(),
+            lag: self.view().lag.clone(),
         }
     }
 

@@ -216,14 +216,22 @@ fn render_node(o: &mut String, m: &MetricsSnapshot) {
         o,
         "cache_replication_lag",
         "gauge",
-        "Replication lag in seconds (no replication yet: 0).",
+        "Seconds the replica target is behind this node (its oldest unacknowledged write); target=\"none\" without replication.",
     );
-    sample(
-        o,
-        "cache_replication_lag",
-        &[("node", &node), ("target", "none")],
-        0.0,
-    );
+    match m.cluster.as_ref().filter(|c| !c.lag.is_empty()) {
+        Some(cluster) => {
+            for (target, seconds) in &cluster.lag {
+                let labels = [("node", node.as_str()), ("target", &escape(target))];
+                sample(o, "cache_replication_lag", &labels, *seconds);
+            }
+        }
+        None => sample(
+            o,
+            "cache_replication_lag",
+            &[("node", &node), ("target", "none")],
+            0.0,
+        ),
+    }
     family(
         o,
         "cache_memory_usage",

@@ -81,6 +81,8 @@ pub struct MetricsSnapshot {
 #[derive(Clone, Debug, Default)]
 pub struct ClusterSnapshot {
     pub nodes: Vec<NodeStatus>,
+    /// (replica target, seconds behind) of this node's replication streams.
+    pub lag: Vec<(String, f64)>,
 }
 
 /// One node of the cluster: `cache_node_status{node,zone}`.

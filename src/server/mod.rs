@@ -200,7 +200,16 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         http_port: listeners.http_addr.port(),
         shard_ports: listeners.shard_ports.clone(),
     };
-    let (cluster, cluster_state) = start_cluster(config, me, &info)?;
+    // With two copies, each shard hands its writes to the agent.
+    let replicated = config.cluster.enabled && config.cluster.replication >= 2;
+    let (mut repl_sinks, repl_queues): (Vec<_>, Vec<_>) = (0..shards)
+        .filter(|_| replicated)
+        .map(|_| crate::shard::replication::ReplSink::new())
+        .map(|(sink, queue)| (Some(sink), queue))
+        .unzip();
+    repl_sinks.resize_with(shards, || None);
+    let mut repl_sinks = repl_sinks.into_iter();
+    let (cluster, cluster_state) = start_cluster(config, me, &info, repl_queues)?;
     // In a cluster every node hashes keys with the map's seed, so that a
     // key has one slot everywhere: wait for the first map.
     let seed = match &cluster_state {
@@ -238,6 +247,7 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         let (plan, info, ready) = (plan.clone(), info.clone(), ready_tx.clone());
         let codec = config.security.codec.clone();
         let policy = policy.clone();
+        let repl = repl_sinks.next().flatten();
         let events = events_on.then(|| {
             let (sink, queue) = EventSink::with_capacity(config.hub.event_queue);
             event_queues.push(queue);
@@ -254,6 +264,9 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
                 let codec = crate::codec::ValueCodec::new(&codec, limits.max_item_bytes);
                 let mut shard = Shard::new(id, shards, limits, store).with_codec(codec);
                 shard.attach_hub(policy, events);
+                if let Some(sink) = repl {
+                    shard.attach_replication(sink);
+                }
                 let shard = Rc::new(shard);
                 let auth = crate::auth::ShardAuth::new(info.auth.clone());
                 let router = Router::join(shard.clone(), plan).await;
@@ -318,6 +331,7 @@ fn start_cluster(
     config: &ServerConfig,
     me: crate::cluster::slots::NodeInfo,
     info: &Arc<ServerInfo>,
+    repl_queues: Vec<crate::shard::replication::ReplQueue>,
 ) -> anyhow::Result<ClusterParts> {
     let (true, Some(url)) = (config.cluster.enabled, config.hub.nats_url.clone()) else {
         return Ok((None, None));
@@ -327,7 +341,14 @@ fn start_cluster(
     let stop_info = info.clone();
     let stopping = Arc::new(move || stop_info.stopping.load(Ordering::Relaxed));
     let control = info.control.clone();
-    let agent = crate::cluster::start(config.cluster.clone(), url, state.clone(), control, stopping)?;
+    let agent = crate::cluster::start(
+        config.cluster.clone(),
+        url,
+        state.clone(),
+        control,
+        repl_queues,
+        stopping,
+    )?;
     Ok((Some(agent), Some(state)))
 }
 

@@ -30,6 +30,9 @@ pub enum ShardCommand {
     },
     /// Take the cluster's slot ownership (a new map).
     Ownership(Arc<super::Ownership>),
+    /// Apply writes a primary replicated to this node (records of
+    /// [`super::replication`]).
+    Replicated(Vec<u8>),
     /// Replace the shard's policy; answers once applied.
     Policy {
         policy: Arc<Policy>,
@@ -60,6 +63,9 @@ impl Shard {
                 let _ = done.send(removed);
             }
             ShardCommand::Ownership(ownership) => self.install_ownership(ownership),
+            ShardCommand::Replicated(records) => {
+                self.apply_replicated(&records);
+            }
             ShardCommand::Policy { policy, applied } => {
                 self.apply_policy(&policy);
                 let _ = applied.send(());

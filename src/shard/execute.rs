@@ -71,7 +71,10 @@ impl Shard {
             OpKind::Set => {
                 let ttl = self.resolve_ttl(op.key, op.ttl);
                 match self.write_item(&mut store, hash, op.key, op.value, ttl, &op.options, now_us) {
-                    Ok(meta) => ResponseEncoder::simple(out, Status::Ok, b"", Some(&meta), corr),
+                    Ok(meta) => {
+                        self.replicate_set(hash, op.key, op.value, ttl, &op.options, meta.version);
+                        ResponseEncoder::simple(out, Status::Ok, b"", Some(&meta), corr)
+                    }
                     Err((status, message)) => ResponseEncoder::error(out, status, message, corr),
                 }
             }
@@ -81,6 +84,7 @@ impl Shard {
                 } else {
                     Status::NotFound
                 };
+                self.replicate_delete(hash, op.key);
                 ResponseEncoder::simple(out, status, b"", None, corr)
             }
         }
@@ -144,6 +148,7 @@ impl Shard {
                     } else {
                         Status::NotFound
                     };
+                    self.replicate_delete(hash, key);
                     ResponseEncoder::put_item(out, key, status, b"", None);
                 }
             }
@@ -155,7 +160,10 @@ impl Shard {
                     }
                     let ttl = self.resolve_ttl(key, if ttl == 0 { op.ttl } else { ttl });
                     match self.write_item(&mut store, hash, key, value, ttl, &op.options, now_us) {
-                        Ok(meta) => ResponseEncoder::put_item(out, key, Status::Ok, b"", Some(&meta)),
+                        Ok(meta) => {
+                            self.replicate_set(hash, key, value, ttl, &op.options, meta.version);
+                            ResponseEncoder::put_item(out, key, Status::Ok, b"", Some(&meta))
+                        }
                         Err((status, message)) => {
                             ResponseEncoder::put_item(out, key, status, message.as_bytes(), None)
                         }
@@ -281,6 +289,99 @@ impl Shard {
             "events_queued": self.metrics.borrow().events_queued,
             "events_dropped": self.metrics.borrow().events_dropped,
         })
+    }
+}
+
+// ---- replication (docs/cluster.md): what primaries send, replicas apply ----
+
+impl Shard {
+    #[inline]
+    fn replicate_set(
+        &self,
+        hash: u64,
+        key: &[u8],
+        value: &[u8],
+        ttl: u32,
+        options: &OptionsView<'_>,
+        version: u64,
+    ) {
+        use super::replication::{ReplRecord, OPT_COMPRESSION, OPT_ENCRYPTION, OP_SET};
+        if self.repl.is_none() {
+            return;
+        }
+        let options = (u8::from(options.compression) * OPT_COMPRESSION)
+            | (u8::from(options.encryption) * OPT_ENCRYPTION);
+        let record = ReplRecord {
+            target: 0,
+            op: OP_SET,
+            options,
+            ttl_s: ttl,
+            version,
+            key,
+            value,
+        };
+        self.replicate(hash, record);
+    }
+
+    #[inline]
+    fn replicate_delete(&self, hash: u64, key: &[u8]) {
+        use super::replication::{ReplRecord, OP_DELETE};
+        if self.repl.is_none() {
+            return;
+        }
+        let record = ReplRecord {
+            target: 0,
+            op: OP_DELETE,
+            options: 0,
+            ttl_s: 0,
+            version: 0,
+            key,
+            value: b"",
+        };
+        self.replicate(hash, record);
+    }
+
+    /// Applies writes its primaries replicated to this node: sets keep the
+    /// primary's version (so both copies carry the same version and
+    /// expiry), through the value codec when the write asked for it.
+    /// Returns how many records were applied.
+    pub fn apply_replicated(&self, records: &[u8]) -> usize {
+        use super::replication::{records as read, OPT_COMPRESSION, OPT_ENCRYPTION, OP_DELETE, OP_SET};
+        let now_us = crate::time::unix_now_us();
+        let mut store = self.store.borrow_mut();
+        let mut applied = 0;
+        for r in read(records) {
+            if check_key(r.key).is_err() {
+                continue;
+            }
+            let hash = key_hash(r.key, self.seed);
+            match r.op {
+                OP_SET => {
+                    let (compress, encrypt) =
+                        (r.options & OPT_COMPRESSION != 0, r.options & OPT_ENCRYPTION != 0);
+                    let written = if !(self.codec_eager | compress | encrypt) {
+                        store
+                            .set_replicated(hash, r.key, r.value, r.ttl_s, 0, r.version, now_us)
+                            .is_ok()
+                    } else {
+                        let mut codec = self.codec.borrow_mut();
+                        match codec.encode(r.key, r.value, compress, encrypt) {
+                            Ok((stored, flags)) => store
+                                .set_replicated(hash, r.key, stored, r.ttl_s, flags, r.version, now_us)
+                                .is_ok(),
+                            Err(_) => false,
+                        }
+                    };
+                    applied += usize::from(written);
+                }
+                OP_DELETE => {
+                    store.delete(hash, r.key);
+                    applied += 1;
+                }
+                _ => {}
+            }
+        }
+        applied
     }
 }
 

@@ -18,6 +18,7 @@ pub(crate) mod events;
 pub(crate) mod execute;
 pub(crate) mod item;
 pub(crate) mod policy;
+pub mod replication;
 pub(crate) mod stats;
 pub mod store;
 
@@ -58,6 +59,8 @@ pub struct Shard {
     events: Option<events::EventSink>,
     /// In a cluster: which node owns each slot (`None`: a node alone).
     ownership: RefCell<Option<std::sync::Arc<Ownership>>>,
+    /// With replication 2: writes handed to the replicas.
+    repl: Option<replication::ReplSink>,
 }
 
 /// Which node of the cluster owns each slot, as a shard checks it
@@ -69,6 +72,8 @@ pub struct Ownership {
     pub me: Option<u16>,
     /// Primary node of each slot.
     pub primary: Vec<u16>,
+    /// Replica node of each slot (`u16::MAX`: none).
+    pub replica: Vec<u16>,
     /// The nodes, as clients dial them (also sent in the handshake).
     pub nodes: Vec<crate::proto::ClusterNode>,
 }
@@ -112,6 +117,7 @@ impl Shard {
             policy: RefCell::new(policy),
             events: None,
             ownership: RefCell::new(None),
+            repl: None,
         }
     }
 
@@ -191,6 +197,39 @@ impl Shard {
         let slot = crate::key::slot_of(hash);
         let owner = o.primary[slot];
         (Some(owner) != o.me).then(|| o.moved(slot, owner))
+    }
+
+    /// With replication 2: where this shard hands its writes.
+    pub fn attach_replication(&mut self, sink: replication::ReplSink) {
+        self.repl = Some(sink);
+    }
+
+    /// The replica node of a key hash's slot, when this node is its
+    /// primary and the slot has one.
+    #[inline]
+    fn replica_target(&self, hash: u64) -> Option<u16> {
+        let ownership = self.ownership.borrow();
+        let o = ownership.as_ref()?;
+        let slot = crate::key::slot_of(hash);
+        let replica = o.replica[slot];
+        (Some(o.primary[slot]) == o.me && replica != u16::MAX).then_some(replica)
+    }
+
+    /// Hands a write of a slot this node is primary of to its replica.
+    #[inline]
+    pub(crate) fn replicate(&self, hash: u64, record: replication::ReplRecord<'_>) {
+        let Some(sink) = &self.repl else { return };
+        if let Some(target) = self.replica_target(hash) {
+            sink.push(&replication::ReplRecord { target, ..record });
+        }
+    }
+
+    /// The end of a read cycle: the cycle's writes go to the replicas.
+    #[inline]
+    pub fn end_cycle(&self) {
+        if let Some(sink) = &self.repl {
+            sink.hand_over();
+        }
     }
 
     /// The cluster's ownership in force (for the handshake).

@@ -296,6 +296,38 @@ impl Store {
         flags: u32,
         now_us: u64,
     ) -> Result<Meta, WriteError> {
+        self.insert(hash, key, value, ttl_s, flags, None, now_us)
+    }
+
+    /// [`Store::set_flagged`] of a write made on another node (a replica
+    /// applying its primary's write): it keeps the primary's `version`, so
+    /// both copies have the same version and expiry.
+    #[allow(clippy::too_many_arguments)]
+    pub fn set_replicated(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        value: &[u8],
+        ttl_s: u32,
+        flags: u32,
+        version: u64,
+        now_us: u64,
+    ) -> Result<Meta, WriteError> {
+        self.clock.observe(version);
+        self.insert(hash, key, value, ttl_s, flags, Some(version), now_us)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        value: &[u8],
+        ttl_s: u32,
+        flags: u32,
+        version: Option<u64>,
+        now_us: u64,
+    ) -> Result<Meta, WriteError> {
         if key.len() + value.len() > self.config.max_item_bytes {
             self.stats.rejected_writes += 1;
             return Err(WriteError::TooLarge);
@@ -309,7 +341,7 @@ impl Store {
         let new_id = self.allocate(len, now_us).inspect_err(|_| {
             self.stats.rejected_writes += 1;
         })?;
-        let version = self.clock.tick(now_us);
+        let version = version.unwrap_or_else(|| self.clock.tick(now_us));
         write_record(self.items.space_mut(new_id, len), version, ttl_s, key, value);
         if flags != 0 {
             set_codec_flags(self.items.record_mut(new_id), flags);

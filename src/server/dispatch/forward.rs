@@ -250,6 +250,7 @@ impl Router {
         }
         batch.frames.clear();
         self.shard.tally(Tally::Requests(ops));
+        self.shard.end_cycle();
     }
 
     /// A cleared buffer for request frames.

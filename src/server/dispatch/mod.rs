@@ -206,6 +206,7 @@ impl Dispatcher {
             &self.out[out_start..]
         };
         observe_cycle(&rt.shard, &self.identity, &self.record, input, answers);
+        rt.shard.end_cycle();
         self.steps.clear();
         self.jobs.clear();
         self.needs_assembly = false;
