@@ -79,6 +79,7 @@ func NewClient(cfg *Config) *Client {
 				Encryption:  c.cfg.Options.Encryption,
 			},
 			ProtocolVersion: 1,
+			CorrelationID:   c.cfg.CorrelationID,
 		}).Marshal()
 	}
 	return c
@@ -302,6 +303,11 @@ func (c *Client) single(ctx context.Context, op *wire.CacheOperation) (*wire.Cac
 	if c.err != nil {
 		return nil, c.err
 	}
+	id, err := c.correlationID(ctx)
+	if err != nil {
+		return nil, err
+	}
+	op.CorrelationID = id
 	body := op.Marshal()
 	return c.withRetries(ctx, func() (*wire.CacheResponse, error) {
 		return c.send(ctx, c.addressFor(op.Key), body)
@@ -313,6 +319,10 @@ func (c *Client) single(ctx context.Context, op *wire.CacheOperation) (*wire.Cac
 func (c *Client) batch(ctx context.Context, operation string, keys []string, values map[string][]byte, ttl uint32) ([]wire.ItemResult, error) {
 	if c.err != nil {
 		return nil, c.err
+	}
+	id, err := c.correlationID(ctx)
+	if err != nil {
+		return nil, err
 	}
 	groups := map[string][]int{}
 	var order []string
@@ -342,7 +352,7 @@ func (c *Client) batch(ctx context.Context, operation string, keys []string, val
 	errs := make([]error, len(chunks))
 	var wg sync.WaitGroup
 	for n, ch := range chunks {
-		op := &wire.CacheOperation{Operation: operation, TTL: ttl}
+		op := &wire.CacheOperation{Operation: operation, TTL: ttl, CorrelationID: id}
 		for _, i := range ch.indexes {
 			if values == nil {
 				op.Keys = append(op.Keys, []byte(keys[i]))

@@ -69,6 +69,11 @@ class CacheClient:
     handshake and apply to every request; ``token`` is the JWT sent as
     ``auth_token``. Connections open lazily on first use.
 
+    ``correlation_id`` (ICD 1.1) is sent in the handshake and with every
+    request of this client; each operation also takes a ``correlation_id``
+    keyword that overrides it for that call. The server echoes it in the
+    answer and puts it in the ``cache.item.updated`` events the write causes.
+
     Every operation is retried on connection errors, timeouts, CACHE_009 and
     CACHE_011, up to ``config.retries`` times with exponential backoff and
     full jitter: a cache's get, set and delete are idempotent (a repeated set
@@ -82,16 +87,19 @@ class CacheClient:
         address: Optional[str] = None,
         token: Optional[str] = None,
         config: Optional[ClientConfig] = None,
+        correlation_id: Optional[str] = None,
     ) -> None:
         if not service_id:
             raise ValueError("service_id is required")
         self.config = config or ClientConfig()
+        self.correlation_id = _correlation_id(correlation_id)
         self._public: Endpoint = resolve_address(address)
         self._hello = wire.CacheConnection(
             service_id=service_id,
             auth_token=token or "",
             options=make_options(options),
             protocol_version=1,
+            correlation_id=self.correlation_id,
         )
         self.breaker = CircuitBreaker(
             threshold=self.config.breaker_threshold,
@@ -106,25 +114,35 @@ class CacheClient:
 
     # -- public API --------------------------------------------------------
 
-    def get(self, key: Key) -> Optional[bytes]:
+    def get(self, key: Key, *, correlation_id: Optional[str] = None) -> Optional[bytes]:
         """The value of ``key``, or ``None`` when it is missing or expired."""
-        answer = self._single(wire.CacheOperation(operation="get", key=encode_key(key)))
+        op = wire.CacheOperation(operation="get", key=encode_key(key))
+        answer = self._single(op, correlation_id)
         if answer.status in _MISS_STATUSES:
             return None
         _raise_for(answer)
         return answer.data
 
-    def get_str(self, key: Key) -> Optional[str]:
+    def get_str(self, key: Key, *, correlation_id: Optional[str] = None) -> Optional[str]:
         """The value decoded as UTF-8, or ``None`` on a miss."""
-        data = self.get(key)
+        data = self.get(key, correlation_id=correlation_id)
         return None if data is None else data.decode("utf-8")
 
-    def get_json(self, key: Key, default: Any = None) -> Any:
+    def get_json(
+        self, key: Key, default: Any = None, *, correlation_id: Optional[str] = None
+    ) -> Any:
         """The value parsed as JSON, or ``default`` on a miss."""
-        data = self.get(key)
+        data = self.get(key, correlation_id=correlation_id)
         return default if data is None else json.loads(data)
 
-    def set(self, key: Key, data: Any, ttl: Optional[int] = None) -> wire.Metadata:
+    def set(
+        self,
+        key: Key,
+        data: Any,
+        ttl: Optional[int] = None,
+        *,
+        correlation_id: Optional[str] = None,
+    ) -> wire.Metadata:
         """Stores ``data`` (bytes as is, str as UTF-8, else JSON) for ``ttl`` seconds.
 
         ``ttl=None`` or 0 takes the server's default TTL. Returns the stored
@@ -133,21 +151,24 @@ class CacheClient:
         op = wire.CacheOperation(
             operation="set", key=encode_key(key), value=encode_value(data), ttl=_ttl(ttl)
         )
-        answer = self._single(op)
+        answer = self._single(op, correlation_id)
         _raise_for(answer)
         return answer.metadata or wire.Metadata()
 
-    def delete(self, key: Key) -> bool:
+    def delete(self, key: Key, *, correlation_id: Optional[str] = None) -> bool:
         """Removes ``key``; ``True`` if it existed."""
-        answer = self._single(wire.CacheOperation(operation="delete", key=encode_key(key)))
+        op = wire.CacheOperation(operation="delete", key=encode_key(key))
+        answer = self._single(op, correlation_id)
         if answer.status == 1:
             return False
         _raise_for(answer)
         return True
 
-    def get_many(self, keys: Iterable[K]) -> Dict[K, bytes]:
+    def get_many(
+        self, keys: Iterable[K], *, correlation_id: Optional[str] = None
+    ) -> Dict[K, bytes]:
         """The values of the keys found; missing and expired keys are left out."""
-        results = self._batch("get_many", list(dict.fromkeys(keys)))
+        results = self._batch("get_many", list(dict.fromkeys(keys)), correlation_id=correlation_id)
         found: Dict[K, bytes] = {}
         errors: Dict[Key, CacheError] = {}
         for key, item in results:
@@ -159,10 +180,18 @@ class CacheClient:
             raise BatchError(errors)
         return found
 
-    def set_many(self, mapping: Mapping[K, Any], ttl: Optional[int] = None) -> None:
+    def set_many(
+        self,
+        mapping: Mapping[K, Any],
+        ttl: Optional[int] = None,
+        *,
+        correlation_id: Optional[str] = None,
+    ) -> None:
         """Stores every pair; raises :class:`BatchError` naming the keys that failed."""
         values = {key: encode_value(value) for key, value in mapping.items()}
-        results = self._batch("set_many", list(values), values=values, ttl=_ttl(ttl))
+        results = self._batch(
+            "set_many", list(values), values=values, ttl=_ttl(ttl), correlation_id=correlation_id
+        )
         errors: Dict[Key, CacheError] = {
             key: error_for_status(item.status, _message(item.data))
             for key, item in results
@@ -171,9 +200,11 @@ class CacheClient:
         if errors:
             raise BatchError(errors)
 
-    def delete_many(self, keys: Iterable[K]) -> int:
+    def delete_many(self, keys: Iterable[K], *, correlation_id: Optional[str] = None) -> int:
         """Removes the keys; returns how many existed."""
-        results = self._batch("delete_many", list(dict.fromkeys(keys)))
+        results = self._batch(
+            "delete_many", list(dict.fromkeys(keys)), correlation_id=correlation_id
+        )
         errors: Dict[Key, CacheError] = {
             key: error_for_status(item.status, _message(item.data))
             for key, item in results
@@ -183,9 +214,9 @@ class CacheClient:
             raise BatchError(errors)
         return sum(1 for _, item in results if item.status == 0)
 
-    def health(self) -> Dict[str, Any]:
+    def health(self, *, correlation_id: Optional[str] = None) -> Dict[str, Any]:
         """The server's health document (``{"status": "ok", ...}``)."""
-        answer = self._single(wire.CacheOperation(operation="health"))
+        answer = self._single(wire.CacheOperation(operation="health"), correlation_id)
         _raise_for(answer)
         result: Dict[str, Any] = json.loads(answer.data)
         return result
@@ -206,7 +237,10 @@ class CacheClient:
 
     # -- routing and resilience --------------------------------------------
 
-    def _single(self, op: wire.CacheOperation) -> wire.CacheResponse:
+    def _single(
+        self, op: wire.CacheOperation, correlation_id: Optional[str] = None
+    ) -> wire.CacheResponse:
+        op.correlation_id = self._correlation_for(correlation_id)
         key = op.key
         return self._with_retries(lambda: self._send(self._endpoint_for(key), [op])[0])
 
@@ -216,6 +250,7 @@ class CacheClient:
         keys: List[K],
         values: Optional[Mapping[K, bytes]] = None,
         ttl: int = 0,
+        correlation_id: Optional[str] = None,
     ) -> List[Tuple[K, wire.ItemResult]]:
         """Splits the keys by owner shard (and into chunks the server accepts),
         sends each group to its shard, and returns (key, item) in key order."""
@@ -227,7 +262,9 @@ class CacheClient:
         for endpoint, group in groups.items():
             for start in range(0, len(group), MAX_BATCH_KEYS):
                 chunk = group[start : start + MAX_BATCH_KEYS]
-                op = wire.CacheOperation(operation=operation, ttl=ttl)
+                op = wire.CacheOperation(
+                    operation=operation, ttl=ttl, correlation_id=self._correlation_for(correlation_id)
+                )
                 if values is None:
                     op.keys = [encoded[k] for k in chunk]
                 else:
@@ -241,6 +278,12 @@ class CacheClient:
                     )
                 results.update(zip(chunk, answer.items))
         return [(key, results[key]) for key in keys]
+
+    def _correlation_for(self, per_call: Optional[str]) -> str:
+        """The call's correlation id, else the client's, else none ("")."""
+        if per_call is not None:
+            return _correlation_id(per_call)
+        return self.correlation_id
 
     def _endpoint_for(self, key: bytes) -> Endpoint:
         topology = self._topology
@@ -330,6 +373,20 @@ def _ttl(ttl: Optional[int]) -> int:
     if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 <= ttl < 2**32:
         raise ValueError(f"ttl is whole seconds in [0, 2^32), got {ttl!r}")
     return ttl
+
+
+#: Longest correlation id the server keeps (it cuts longer ones).
+MAX_CORRELATION_ID_BYTES = 64
+
+
+def _correlation_id(value: Optional[str]) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"correlation_id must be a str, got {type(value).__name__}")
+    if len(value.encode("utf-8")) > MAX_CORRELATION_ID_BYTES:
+        raise ValueError(f"correlation_id is at most {MAX_CORRELATION_ID_BYTES} bytes")
+    return value
 
 
 def _message(data: bytes) -> str:
