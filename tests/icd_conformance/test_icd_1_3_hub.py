@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any, Dict
 
@@ -99,18 +100,55 @@ def test_s3_1_2_health_event_has_the_icd_shape(hub: Hub, hub_server: Server) -> 
     assert isinstance(metrics["ops_rate"], int) and metrics["ops_rate"] >= 0
 
 
-def envelope_of(event: str, correlation_id: str) -> Dict[str, Any]:
-    import datetime
-
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+def envelope_of(event: str, correlation_id: str, age_s: float = 0, version: str = "1.0") -> Dict[str, Any]:
+    sent = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=age_s)
     return {
         "event": event,
-        "version": "1.0",
+        "version": version,
         "correlation_id": correlation_id,
         "source": "icd_tests",
-        "timestamp": now.replace("+00:00", "Z"),
+        "timestamp": sent.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "ttl": 60,
     }
+
+
+def test_s1_3_replies_carry_the_envelope(hub: Hub, hub_server: Server) -> None:
+    message = {**envelope_of(CONTROL, "ctl-s1-3"), "data": {"action": "flush", "target": "", "parameters": {}}}
+    reply = hub.request(CONTROL, message)
+    body = json.loads(reply.data)
+    assert_envelope(body, "control.cache.action.reply")
+    assert body["correlation_id"] == "ctl-s1-3"
+    assert body["status"] == "ok" and body["data"]["action"] == "flush"
+    assert reply.headers["Correlation-Id"] == "ctl-s1-3"
+    assert reply.headers["Event-Type"] == "control.cache.action.reply"
+
+
+def test_s1_3_stale_or_unknown_major_messages_are_refused(hub: Hub, hub_server: Server) -> None:
+    change = {"policy": "ttl", "parameters": {"ttl": 9}, "scope": "global"}
+    for message in (
+        {**envelope_of(CONFIG, "stale", age_s=61), "data": change},
+        {**envelope_of(CONFIG, "v2", version="2.0"), "data": change},
+    ):
+        body = json.loads(hub.request(CONFIG, message).data)
+        assert body["status"] == "error", body
+        assert body["correlation_id"] == message["correlation_id"]
+        assert body["error"]["code"] == "CACHE_006"
+    assert hub_server.metric("cache_hub_invalid_messages_total") == 2
+    conn = hub_server.connect("icd_tests")
+    answer = conn.call(wire.CacheOperation(operation="set", key=b"plain:s1-3", value=b"v"))
+    assert answer.metadata.expires_at - answer.metadata.created_at == 3_600_000, "a refused change was applied"
+
+
+def test_s8_2_hub_replies_use_the_error_body(hub: Hub, hub_server: Server) -> None:
+    message = {**envelope_of(CONTROL, "ctl-s8-2"), "data": {"action": "invalidate", "target": "bad key", "parameters": {}}}
+    body = json.loads(hub.request(CONTROL, message).data)
+    assert body["status"] == "error"
+    error = body["error"]
+    assert error["code"] == "CACHE_004"
+    assert isinstance(error["message"], str) and error["message"]
+    assert error["details"]["key"] == "bad key"
+    assert error["details"]["operation"] == "invalidate"
+    assert is_rfc3339(error["details"]["timestamp"])
 
 
 def test_s3_2_1_configuration_event_changes_a_cache_type(hub: Hub, hub_server: Server) -> None:
@@ -138,7 +176,7 @@ def test_s3_2_2_control_event_invalidates_and_flushes(hub: Hub, hub_server: Serv
         "data": {"action": "invalidate", "target": "campaign:*", "parameters": {}},
     }
     reply = json.loads(hub.request(CONTROL, invalidate).data)
-    assert reply["status"] == "ok" and reply["removed"] == 2, reply
+    assert reply["status"] == "ok" and reply["data"]["removed"] == 2, reply
     event = hub.next_json(sub)
     assert event["data"]["operation"] == "invalidate"
     assert event["correlation_id"] == "ctl-s3-2-2"
@@ -147,5 +185,5 @@ def test_s3_2_2_control_event_invalidates_and_flushes(hub: Hub, hub_server: Serv
     assert conn.call(wire.CacheOperation(operation="get", key=b"image:1")).status == 0
     flush = {**envelope_of(CONTROL, "ctl-flush"), "data": {"action": "flush", "target": "", "parameters": {}}}
     reply = json.loads(hub.request(CONTROL, flush).data)
-    assert reply["status"] == "ok" and reply["flushed"] == 1, reply
+    assert reply["status"] == "ok" and reply["data"]["flushed"] == 1, reply
     assert conn.call(wire.CacheOperation(operation="get", key=b"image:1")).status == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 
 import pytest
@@ -38,12 +39,13 @@ def test_s4_cache_type_ttl(server: Server, cache_type: str) -> None:
 def test_s4_cache_type_consistency(hub: Hub, hub_server: Server) -> None:
     # The policy in force, as config.cache.update answers it; types are listed
     # in the order of ICD section 4.
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
     message = {"event": "config.cache.update", "version": "1.0", "correlation_id": "s4",
-               "source": "icd_tests", "timestamp": "2030-01-01T00:00:00.000Z", "ttl": 60,
+               "source": "icd_tests", "timestamp": now.replace("+00:00", "Z"), "ttl": 60,
                "data": {"policy": "events", "parameters": {"enabled": True}, "scope": "global"}}
     reply = json.loads(hub.request("config.cache.update", message).data)
     assert reply["status"] == "ok", reply
-    types = reply["policy"]["types"]
+    types = reply["data"]["policy"]["types"]
     assert [(t["ttl_s"], t["consistency"]) for t in types] == [
         (ttl, consistency) for _, ttl, consistency in CACHE_TYPES.values()
     ]
