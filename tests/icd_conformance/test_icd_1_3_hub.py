@@ -35,6 +35,19 @@ def test_s1_1_correlation_id_of_a_connection_reaches_its_events(hub: Hub, hub_se
     assert hub.next_json(sub)["correlation_id"] == "conn-s1-1"
 
 
+def test_s1_1_rest_correlation_id_is_returned_and_reaches_the_event(hub: Hub, hub_server: Server) -> None:
+    sub = hub.subscribe(ITEM)
+    put = hub_server.rest("PUT", "/api/v2/cache/character:rest-1", {"cache_request": {"value": 1}},
+                          {"X-Correlation-ID": "rest-s1-1"})
+    assert put.status == 200 and put.headers["x-correlation-id"] == "rest-s1-1"
+    assert hub.next_json(sub)["correlation_id"] == "rest-s1-1"
+    # Without one, the server makes one, returns it and uses it.
+    put = hub_server.rest("PUT", "/api/v2/cache/character:rest-2", {"cache_request": {"value": 2}})
+    generated = put.headers["x-correlation-id"]
+    assert len(generated) == 32
+    assert hub.next_json(sub)["correlation_id"] == generated
+
+
 def test_s1_1_clients_set_correlation_ids_per_client_and_per_call(hub: Hub, hub_server: Server) -> None:
     sub = hub.subscribe(ITEM)
     with CacheClient("character_service", address=hub_server.binary, correlation_id="py-client") as c:

@@ -212,8 +212,9 @@ pub struct BatchItem {
 /// Parses a batch body into its items and their operation frames (each a
 /// 4-byte length and a `CacheOperation`, ready for the dispatcher). The
 /// whole batch is refused (400) if any operation is malformed; invalid keys
-/// are answered per item (CACHE_004).
-pub fn batch_operations(body: &[u8]) -> Result<(Vec<BatchItem>, Vec<u8>), RestError> {
+/// are answered per item (CACHE_004). Every operation carries the request's
+/// `correlation_id`.
+pub fn batch_operations(body: &[u8], correlation_id: &str) -> Result<(Vec<BatchItem>, Vec<u8>), RestError> {
     let batch: BatchJson<'_> = serde_json::from_slice(body).map_err(|e| bad_json(&e))?;
     if batch.operations.len() > crate::validate::MAX_BATCH_KEYS {
         return Err(RestError::of(
@@ -241,6 +242,10 @@ pub fn batch_operations(body: &[u8]) -> Result<(Vec<BatchItem>, Vec<u8>), RestEr
                 return Err(at("only a set takes value, value_encoding and ttl"));
             }
             operation(kind, &key)
+        };
+        let op = CacheOperation {
+            correlation_id: correlation_id.into(),
+            ..op
         };
         crate::frame::write_frame(&mut frames, &prost::Message::encode_to_vec(&op));
         items.push(BatchItem { kind, key });
@@ -308,7 +313,7 @@ mod tests {
             {"op": "get", "key_base64": "/w=="},
             {"op": "delete", "key": "a"}
         ]}"#;
-        let (items, frames) = batch_operations(body).unwrap();
+        let (items, frames) = batch_operations(body, "c-1").unwrap();
         assert_eq!(
             items,
             vec![
@@ -339,7 +344,7 @@ mod tests {
             r#"{"ops": []}"#,
         ] {
             assert_eq!(
-                batch_operations(bad.as_bytes()).unwrap_err().http_status,
+                batch_operations(bad.as_bytes(), "").unwrap_err().http_status,
                 400,
                 "{bad}"
             );
@@ -349,7 +354,7 @@ mod tests {
             vec![r#"{"op":"get","key":"k"}"#; 10_001].join(",")
         );
         assert_eq!(
-            batch_operations(many.as_bytes()).unwrap_err().status,
+            batch_operations(many.as_bytes(), "").unwrap_err().status,
             Status::BatchTooLarge
         );
     }

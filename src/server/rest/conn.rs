@@ -16,6 +16,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use super::handler::{self as rest, BatchJob, Outcome, Reply};
+use crate::hub::new_correlation_id;
 use crate::protocol::http::{
     write_chunk, write_response_head, BodyFraming, ChunkedDecoder, HeadReader, HttpError, Method,
     RequestHead, ResponseLength, LAST_CHUNK,
@@ -37,6 +38,10 @@ pub struct HttpSettings {
     pub idle_timeout: Duration,
     pub max_body_bytes: usize,
 }
+
+/// The header that carries a request's correlation id (ICD 1.1), read and
+/// answered on every request.
+pub const CORRELATION_HEADER: &str = "X-Correlation-ID";
 
 /// Batch answers are written in pieces of about this size.
 const STREAM_CHUNK_BYTES: usize = 256 * 1024;
@@ -83,10 +88,12 @@ impl<S: Transport> Conn<S> {
 
     /// Sends an error answer, then closes without resetting the connection
     /// on the client (unread bytes are drained for a moment first).
-    async fn fail(mut self, minor_version: u8, e: HttpError) {
+    async fn fail(mut self, minor_version: u8, correlation_id: &str, e: HttpError) {
         let status = status_for_http_error(e.status);
         let reply = rest::error_reply(e.status, status, &e.message, None, "");
-        let _ = self.send(&reply, minor_version, false, false).await;
+        let _ = self
+            .send(&reply, minor_version, correlation_id, false, false)
+            .await;
         self.linger_close().await;
     }
 
@@ -94,11 +101,20 @@ impl<S: Transport> Conn<S> {
         &mut self,
         reply: &Reply,
         minor: u8,
+        correlation_id: &str,
         keep_alive: bool,
         head_only: bool,
     ) -> std::io::Result<()> {
         let mut out = Vec::with_capacity(256 + reply.body.len());
-        let allow = reply.allow.map(|a| [("Allow", a)]);
+        let correlation = (CORRELATION_HEADER, correlation_id);
+        let with_allow;
+        let extra: &[(&str, &str)] = match reply.allow {
+            Some(allow) => {
+                with_allow = [correlation, ("Allow", allow)];
+                &with_allow
+            }
+            None => std::slice::from_ref(&correlation),
+        };
         write_response_head(
             &mut out,
             minor,
@@ -106,7 +122,7 @@ impl<S: Transport> Conn<S> {
             Some(reply.content_type),
             ResponseLength::Known(reply.body.len()),
             keep_alive,
-            allow.as_ref().map_or(&[][..], |a| &a[..]),
+            extra,
         );
         if !head_only {
             out.extend_from_slice(&reply.body);
@@ -171,7 +187,7 @@ async fn serve_stream<S: Transport>(rt: Rc<ShardRuntime>, stream: S) {
                     break head;
                 }
                 Ok(None) => {}
-                Err(e) => return conn.fail(1, e).await,
+                Err(e) => return conn.fail(1, &new_correlation_id(), e).await,
             }
             let deadline = match started {
                 Some(t) => t + settings.request_timeout,
@@ -181,24 +197,33 @@ async fn serve_stream<S: Transport>(rt: Rc<ShardRuntime>, stream: S) {
                 Read::Data => {}
                 Read::TimedOut if started.is_some() => {
                     return conn
-                        .fail(1, HttpError::new(408, "request head not received in time"))
+                        .fail(
+                            1,
+                            &new_correlation_id(),
+                            HttpError::new(408, "request head not received in time"),
+                        )
                         .await
                 }
                 Read::TimedOut | Read::Closed | Read::Shutdown => return,
             }
         };
         let started = started.unwrap_or_else(Instant::now);
+        // ICD 1.1: every request has a correlation id, the client's or ours;
+        // its operations and events carry it and the answer returns it.
+        let mut head = head;
+        let correlation_id = head.correlation_id.get_or_insert_with(new_correlation_id).clone();
         let body = match read_body(&mut conn, &head, started, &settings).await {
             Ok(body) => body,
             Err(None) => return,
-            Err(Some(e)) => return conn.fail(head.minor_version, e).await,
+            Err(Some(e)) => return conn.fail(head.minor_version, &correlation_id, e).await,
         };
 
         let mut keep_alive = head.keep_alive && !rt.shard.is_draining();
         let sent = match rest::handle(&rt, &mut dispatcher, &head, &body).await {
             Outcome::Reply(reply) => {
                 let head_only = head.method == Method::Head;
-                conn.send(&reply, head.minor_version, keep_alive, head_only).await
+                conn.send(&reply, head.minor_version, &correlation_id, keep_alive, head_only)
+                    .await
             }
             Outcome::Batch(job) => {
                 // HTTP/1.0 has no chunked encoding: the close ends the body.
@@ -301,7 +326,7 @@ async fn stream_batch<S: Transport>(
         Some(rest::JSON),
         length,
         keep_alive,
-        &[],
+        &[(CORRELATION_HEADER, head.correlation_id.as_deref().unwrap_or(""))],
     );
     conn.stream.write_all(&out).await?;
     out.clear();
@@ -372,6 +397,6 @@ pub async fn refuse(stream: TcpStream) {
         shutdown: crate::server::shutdown::ShutdownSignal::default().wait(),
     };
     let reply = rest::error_reply(503, Status::TooManyConnections, "too many connections", None, "");
-    let _ = conn.send(&reply, 1, false, false).await;
+    let _ = conn.send(&reply, 1, &new_correlation_id(), false, false).await;
     conn.linger_close().await;
 }

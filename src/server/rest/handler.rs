@@ -164,6 +164,13 @@ async fn handle_route(
     query: &Query,
 ) -> Result<Outcome, Failure> {
     let force_base64 = query.force_base64().map_err(|e| (e, None, ""))?;
+    // The request's correlation id (ICD 1.1) goes with each of its
+    // operations, into their answers and item events.
+    let correlation_id = head.correlation_id.as_deref().unwrap_or_default();
+    let with_id = |op: CacheOperation| CacheOperation {
+        correlation_id: correlation_id.into(),
+        ..op
+    };
     match route {
         Route::Key(key) => {
             let (kind, op) = match head.method {
@@ -175,7 +182,7 @@ async fn handle_route(
                 Method::Delete => (OpKind::Delete, request::key_operation(OpKind::Delete, &key)),
                 _ => (OpKind::Get, request::key_operation(OpKind::Get, &key)),
             };
-            let resp = execute(rt, d, &op)
+            let resp = execute(rt, d, &with_id(op))
                 .await
                 .map_err(|e| (e, Some(key.clone()), kind.name()))?;
             let wants_octets = head.accept.as_deref().is_some_and(|a| a.contains(OCTETS));
@@ -190,7 +197,8 @@ async fn handle_route(
             answer(kind, &resp, force_base64, Some(&key))
         }
         Route::Batch => {
-            let (items, frames) = request::batch_operations(body).map_err(|e| (e, None, "batch"))?;
+            let (items, frames) =
+                request::batch_operations(body, correlation_id).map_err(|e| (e, None, "batch"))?;
             check_frames(rt, &frames).map_err(|e| (e, None, "batch"))?;
             Ok(Outcome::Batch(BatchJob {
                 items,
@@ -200,7 +208,9 @@ async fn handle_route(
         }
         Route::Pattern(pattern) => {
             let op = request::pattern_operation(&pattern, query).map_err(|e| (e, None, "pattern"))?;
-            let resp = execute(rt, d, &op).await.map_err(|e| (e, None, "pattern"))?;
+            let resp = execute(rt, d, &with_id(op))
+                .await
+                .map_err(|e| (e, None, "pattern"))?;
             if resp.status != 0 {
                 return answer(OpKind::Pattern, &resp, false, Some(&pattern));
             }
@@ -215,7 +225,7 @@ async fn handle_route(
                 Route::Stats => OpKind::Stats,
                 _ => OpKind::Health,
             };
-            let resp = execute(rt, d, &request::admin_operation(kind))
+            let resp = execute(rt, d, &with_id(request::admin_operation(kind)))
                 .await
                 .map_err(|e| (e, None, kind.name()))?;
             let healthy =
