@@ -734,3 +734,44 @@ fn server_metric(server: &TestServer, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
+
+/// `--service-id` and `--environment` reach every published message: the
+/// envelope's `source` and `environment`, in the body and the headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_name_the_configured_service_and_environment() {
+    let Some(bin) = require_nats() else { return };
+    let nats = Nats::start(bin);
+    let client = connect(&nats).await;
+    let mut items = subscribe(&client, ITEM_SUBJECT).await;
+    let mut health = subscribe(&client, "cache.health.status").await;
+    let server = start_server(
+        &nats,
+        &[
+            "--service-id",
+            "cache_eu_1",
+            "--environment",
+            "staging",
+            "--event-headers",
+        ],
+    );
+    let mut raw = server.connect();
+    await_bridge(&mut raw, &mut items, Duration::from_secs(10)).await;
+    raw.call(&set(b"character:src", b"v", 0));
+    let item = next_msg(&mut items, Duration::from_secs(5))
+        .await
+        .expect("an item event");
+    let beat = next_msg(&mut health, Duration::from_secs(5))
+        .await
+        .expect("a health event");
+    for msg in [item, beat] {
+        let b = body(&msg);
+        assert_eq!(
+            (b["source"].as_str(), b["environment"].as_str()),
+            (Some("cache_eu_1"), Some("staging")),
+            "{b}"
+        );
+        let h = msg.headers.as_ref().expect("headers");
+        assert_eq!(h.get("Source-Service").unwrap().as_str(), "cache_eu_1");
+        assert_eq!(h.get("Environment").unwrap().as_str(), "staging");
+    }
+}

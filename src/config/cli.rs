@@ -20,10 +20,10 @@ pub struct Cli {
     /// Print the effective configuration as YAML and exit.
     #[arg(long)]
     pub print_config: bool,
-    /// This server's service id: the source of its events and metrics.
+    /// This server's service id: the `source` of its Message Hub messages.
     #[arg(long, default_value = "cache_service")]
     pub service_id: String,
-    /// Deployment environment label (e.g. production).
+    /// Deployment environment (e.g. production), in its Message Hub messages.
     #[arg(long, default_value = "production")]
     pub environment: String,
     /// Address every listener binds to.

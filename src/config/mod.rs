@@ -215,9 +215,10 @@ fn hub_config(cli: &Cli, _cpus: &[usize]) -> Result<HubConfig, ConfigError> {
         cpu: cli.hub_cpu,
         event_queue: cli.event_queue,
         item_headers: cli.event_headers,
+        source: cli.service_id.clone(),
+        environment: cli.environment.clone(),
         node_id,
         zone: cli.zone.clone(),
-        ..HubConfig::default()
     })
 }
 

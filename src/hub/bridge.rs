@@ -112,7 +112,7 @@ pub async fn run(
         policy,
         pending: HashMap::new(),
         due_order: VecDeque::new(),
-        messages: ItemMessages::new(&config.source, &new_correlation_id()[..16]),
+        messages: ItemMessages::new(&config.source, &config.environment, &new_correlation_id()[..16]),
         last_health: None,
         config,
     };
@@ -274,6 +274,7 @@ impl Bridge {
             let envelope = Envelope {
                 correlation_id: message.correlation_id.to_string(),
                 source: self.config.source.clone(),
+                environment: self.config.environment.clone(),
                 event: SUBJECT_ITEM_UPDATED,
                 version: EVENT_VERSION,
                 timestamp: message.timestamp.to_string(),
@@ -388,6 +389,7 @@ impl Bridge {
         Envelope {
             correlation_id: correlation_id.unwrap_or_else(|| self.next_correlation_id()),
             source: self.config.source.clone(),
+            environment: self.config.environment.clone(),
             event,
             version: EVENT_VERSION,
             timestamp: super::envelope::rfc3339_ms(unix_now_us() / 1000),

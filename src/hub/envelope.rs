@@ -11,6 +11,7 @@ pub const EVENT_VERSION: &str = "1.0";
 /// Header names.
 pub const H_CORRELATION_ID: &str = "Correlation-Id";
 pub const H_SOURCE: &str = "Source-Service";
+pub const H_ENVIRONMENT: &str = "Environment";
 pub const H_EVENT_TYPE: &str = "Event-Type";
 pub const H_EVENT_VERSION: &str = "Event-Version";
 pub const H_TIMESTAMP: &str = "Timestamp";
@@ -21,6 +22,8 @@ pub const H_TTL: &str = "Ttl";
 pub struct Envelope {
     pub correlation_id: String,
     pub source: String,
+    /// The deployment environment (`--environment`): an addition to ICD 1.3.
+    pub environment: String,
     pub event: &'static str,
     pub version: &'static str,
     /// RFC 3339 ([`rfc3339_ms`]).
@@ -38,6 +41,7 @@ impl Envelope {
             version: &'a str,
             correlation_id: &'a str,
             source: &'a str,
+            environment: &'a str,
             timestamp: &'a str,
             ttl: u32,
             data: &'a T,
@@ -47,6 +51,7 @@ impl Envelope {
             version: self.version,
             correlation_id: &self.correlation_id,
             source: &self.source,
+            environment: &self.environment,
             timestamp: &self.timestamp,
             ttl: self.ttl_s,
             data,
@@ -62,6 +67,7 @@ impl Envelope {
         body.insert("version".into(), self.version.into());
         body.insert("correlation_id".into(), self.correlation_id.as_str().into());
         body.insert("source".into(), self.source.as_str().into());
+        body.insert("environment".into(), self.environment.as_str().into());
         body.insert("timestamp".into(), self.timestamp.as_str().into());
         body.insert("ttl".into(), self.ttl_s.into());
         body.insert("status".into(), status.into());
@@ -74,6 +80,7 @@ impl Envelope {
         let mut h = async_nats::HeaderMap::new();
         h.insert(H_CORRELATION_ID, self.correlation_id.as_str());
         h.insert(H_SOURCE, self.source.as_str());
+        h.insert(H_ENVIRONMENT, self.environment.as_str());
         h.insert(H_EVENT_TYPE, self.event);
         h.insert(H_EVENT_VERSION, self.version);
         h.insert(H_TIMESTAMP, self.timestamp.as_str());
@@ -313,6 +320,7 @@ mod tests {
         let e = Envelope {
             correlation_id: "c-1".into(),
             source: "cache_service".into(),
+            environment: "production".into(),
             event: "cache.item.updated",
             version: EVENT_VERSION,
             timestamp: rfc3339_ms(0),

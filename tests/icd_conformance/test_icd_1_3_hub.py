@@ -7,7 +7,7 @@ import datetime
 import json
 from typing import Any, Dict
 
-from conftest import Hub, Server, assert_envelope, is_rfc3339
+from conftest import Hub, Nats, Server, assert_envelope, is_rfc3339
 from dnd_cache import CacheClient, wire
 
 ITEM = "cache.item.updated"
@@ -83,6 +83,20 @@ def test_s1_3_health_events_carry_the_envelope_in_json_and_headers(hub: Hub, hub
     assert headers.get("Event-Version") == body["version"]
     assert headers.get("Timestamp") == body["timestamp"]
     assert headers.get("Ttl") == str(body["ttl"])
+
+
+def test_s1_3_source_and_environment_are_the_configured_ones(hub: Hub, nats_server: Nats) -> None:
+    s = Server("--nats-url", nats_server.url, "--health-interval", "1",
+               "--service-id", "cache_eu_1", "--environment", "staging")
+    try:
+        s.wait_hub_connected()
+        items, health = hub.subscribe(ITEM), hub.subscribe(HEALTH)
+        s.connect("character_service").call(wire.CacheOperation(operation="set", key=b"character:src", value=b"v"))
+        for sub in (items, health):
+            body = hub.next_json(sub)
+            assert (body["source"], body["environment"]) == ("cache_eu_1", "staging"), body
+    finally:
+        s.stop()
 
 
 def test_s3_1_1_cache_event_has_the_icd_shape(hub: Hub, hub_server: Server) -> None:
