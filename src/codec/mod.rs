@@ -87,7 +87,7 @@ pub struct CodecSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
     /// Encryption asked for, but the server has no key (CACHE_006).
-    #[error("encryption requested but the server has no --encryption-key-file")]
+    #[error("encryption requested but this cluster node has no --encryption-key-file (a cluster needs one key on every node)")]
     NoKey,
     /// The stored bytes failed authentication or do not decode (CACHE_011).
     #[error("stored value failed its integrity check")]
@@ -108,7 +108,7 @@ impl CodecError {
 
     pub fn message(self) -> &'static str {
         match self {
-            CodecError::NoKey => "encryption requested but the server has no --encryption-key-file",
+            CodecError::NoKey => "encryption requested but this cluster node has no --encryption-key-file (a cluster needs one key on every node)",
             CodecError::Corrupt => "stored value failed its integrity check",
             CodecError::TooLarge => "stored value claims a size above max_item_bytes",
         }
@@ -157,11 +157,12 @@ impl ValueCodec {
         }
     }
 
-    /// Whether a write that asks for nothing may still be transformed (a
-    /// key is configured, or compression is always on). When false, such
-    /// writes skip the codec entirely.
+    /// Whether a write that asks for nothing may still be transformed
+    /// (`--encrypt-prefix` keys, or compression always on). When false,
+    /// such writes skip the codec entirely: a key alone (every server has
+    /// one, generated at start if not configured) costs a write nothing.
     pub fn eager(&self) -> bool {
-        self.cipher.is_some() || self.compression == CompressionMode::Always
+        (self.cipher.is_some() && !self.prefixes.is_empty()) || self.compression == CompressionMode::Always
     }
 
     /// Whether a key is configured.

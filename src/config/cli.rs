@@ -99,6 +99,11 @@ pub struct Cli {
     /// Zone of this node (metrics label, health events).
     #[arg(long, default_value = "default")]
     pub zone: String,
+    /// Nodes of the cluster this node belongs to (ICD 9.1 `cluster.nodes`).
+    /// Each node serves alone today; in a cluster (more than 1) values must
+    /// be readable on every node, so encryption needs --encryption-key-file.
+    #[arg(long, default_value_t = 1)]
+    pub cluster_nodes: u32,
     /// REST: milliseconds a request (head, plus 1 s per MiB of body) may take to arrive.
     #[arg(long, hide = true, default_value_t = 10_000)]
     pub http_request_timeout_ms: u64,

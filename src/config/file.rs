@@ -36,7 +36,7 @@ const KEYS: &[(&str, &str, Shape)] = &[
     ("config.service.id", "--service-id", Shape::Value),
     ("config.service.version", "", Shape::Informational),
     ("config.service.environment", "--environment", Shape::Value),
-    ("config.cluster.nodes", "", Shape::Informational),
+    ("config.cluster.nodes", "--cluster-nodes", Shape::Value),
     ("config.cluster.zones", "", Shape::Informational),
     ("config.cluster.replication", "", Shape::Informational),
     ("config.policies.eviction", "--eviction", Shape::Value),
@@ -203,7 +203,7 @@ pub fn render(config: &crate::config::ServerConfig) -> String {
     let doc = serde_json::json!({
         "config": {
             "service": { "id": config.service_id, "version": crate::SERVER_VERSION, "environment": config.environment },
-            "cluster": { "nodes": 1, "zones": [], "replication": 1 },
+            "cluster": { "nodes": config.cluster_nodes, "zones": [], "replication": 1 },
             "policies": {
                 "eviction": config.eviction.name(),
                 "ttl_default": config.ttl_default_s,
@@ -365,6 +365,7 @@ mod tests {
         let mut pairs: Vec<(String, String)> = a.chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect();
         pairs.sort();
         let expected = [
+            ("--cluster-nodes", "3"),
             ("--environment", "production"),
             ("--eviction", "lru"),
             ("--max-memory", "75%"),

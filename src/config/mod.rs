@@ -25,6 +25,8 @@ use crate::shard::store::EvictionPolicy;
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub service_id: String,
+    /// `--cluster-nodes` (ICD 9.1 `cluster.nodes`).
+    pub cluster_nodes: u32,
     pub environment: String,
     pub bind: IpAddr,
     pub port: u16,
@@ -152,13 +154,17 @@ impl ServerConfig {
                 return Err(invalid("--shard-port-base", "shard ports overlap --port"));
             }
         }
-        let security = crate::config::SecurityConfig::from_args(&cli.security, cli.bind)?;
+        if cli.cluster_nodes == 0 {
+            return Err(invalid("--cluster-nodes", "must be at least 1"));
+        }
+        let security = crate::config::SecurityConfig::from_args(&cli.security, cli.bind, cli.cluster_nodes)?;
         check_label("--service-id", &cli.service_id)?;
         check_label("--environment", &cli.environment)?;
         let hub = hub_config(cli, &cpus)?;
         let policy = start_policy(cli)?;
         Ok(ServerConfig {
             service_id: cli.service_id.clone(),
+            cluster_nodes: cli.cluster_nodes,
             environment: cli.environment.clone(),
             bind: cli.bind,
             port: cli.port,

@@ -268,6 +268,13 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
     }
     info.started.store(true, Ordering::Release);
     info!(shards, seed, "all shards serving");
+    if config.security.generated_key {
+        info!("values asked to be encrypted use a key generated at start and held in memory only: they last as long as this process (--encryption-key-file to choose the key)");
+    } else if config.security.codec.key.is_none() {
+        warn!(
+            "a cluster node without --encryption-key-file: requests for encryption are refused (CACHE_006)"
+        );
+    }
     let hub = if events_on {
         let stop_info = info.clone();
         let stopping = Arc::new(move || stop_info.stopping.load(Ordering::Relaxed));

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Dict, Iterator
 
@@ -70,13 +69,10 @@ GO_PRELUDE = 'package main\n\nimport "context"\n\nvar ctx = context.Background()
 
 @pytest.fixture(scope="module")
 def example_server() -> Iterator[Server]:
-    """The server the examples talk to (section 5: a server as started by
-    its defaults, apart from the ephemeral ports)."""
-    with tempfile.NamedTemporaryFile() as key:
-        key.write(os.urandom(32))
-        key.flush()
-        s = Server("--encryption-key-file", key.name)
-        yield s
+    """The server the examples talk to: started with its defaults (apart
+    from the ephemeral ports), so without --encryption-key-file."""
+    s = Server()
+    yield s
     s.stop()
 
 
@@ -151,7 +147,7 @@ def test_s9_1_service_configuration_as_written(tmp_path: Path) -> None:
     shown = subprocess.run([binary, "--config", str(path), "--print-config"],
                            capture_output=True, text=True, timeout=30)
     assert shown.returncode == 0, shown.stderr
-    for line in ("id: cache_service", "environment: production", "eviction: lru", "ttl_default: 3600"):
+    for line in ("id: cache_service", "environment: production", "eviction: lru", "ttl_default: 3600", "nodes: 3"):
         assert line in shown.stdout, (line, shown.stdout)
     mem_total = next(int(l.split()[1]) * 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal:"))
     max_memory = next(int(l.split(":")[1]) for l in shown.stdout.splitlines() if l.strip().startswith("max_memory:"))
