@@ -244,11 +244,35 @@ impl ValueCodec {
         Ok(bytes)
     }
 
+    /// Zeroes every scratch buffer that held the plaintext of an
+    /// encrypted value (called once its bytes were copied where they go).
+    pub fn wipe_scratch(&mut self) {
+        use zeroize::Zeroize;
+        self.packed.zeroize();
+        self.opened.zeroize();
+        self.plain.zeroize();
+    }
+
     /// Capacity of the decode buffers, to check that hostile sizes are not
     /// allocated.
     pub fn scratch_capacity(&self) -> usize {
         self.opened.capacity() + self.plain.capacity()
     }
+}
+
+/// Makes room for `additional` more bytes in `buf` without leaving its old
+/// contents in freed memory: a buffer that may hold the plaintext of an
+/// encrypted value grows by copying into a new allocation and zeroing the
+/// old one (a plain `Vec` growth frees it as it is).
+pub fn reserve_wiping(buf: &mut Vec<u8>, additional: usize) {
+    if buf.capacity() - buf.len() >= additional {
+        return;
+    }
+    let wanted = (buf.len() + additional).max(buf.capacity().saturating_mul(2));
+    let mut grown = Vec::with_capacity(wanted);
+    grown.extend_from_slice(buf);
+    zeroize::Zeroize::zeroize(buf);
+    *buf = grown;
 }
 
 fn seeded_rng() -> ChaCha20Rng {
@@ -262,6 +286,10 @@ fn seeded_rng() -> ChaCha20Rng {
 /// `len ‖ lz4(value)` into `out`; false when that is not shorter.
 fn pack(value: &[u8], out: &mut Vec<u8>) -> bool {
     out.clear();
+    reserve_wiping(
+        out,
+        LEN_BYTES + lz4_flex::block::get_maximum_output_size(value.len()),
+    );
     out.resize(
         LEN_BYTES + lz4_flex::block::get_maximum_output_size(value.len()),
         0,
@@ -285,6 +313,7 @@ pub fn unpack(stored: &[u8], max: usize, out: &mut Vec<u8>) -> Result<(), CodecE
         return Err(CodecError::TooLarge);
     }
     out.clear();
+    reserve_wiping(out, len);
     out.resize(len, 0);
     match lz4_flex::block::decompress_into(&stored[LEN_BYTES..], out) {
         Ok(n) if n == len => Ok(()),
@@ -342,6 +371,7 @@ fn open(
     let nonce = XNonce::from(<[u8; NONCE_BYTES]>::try_from(nonce).expect("24 bytes"));
     let tag = Tag::from(<[u8; TAG_BYTES]>::try_from(tag).expect("16 bytes"));
     out.clear();
+    reserve_wiping(out, body.len());
     out.extend_from_slice(body);
     with_aad(key, flags, |aad| {
         cipher.decrypt_in_place_detached(&nonce, aad, out, &tag)

@@ -127,7 +127,10 @@ impl<S: Transport> Conn<S> {
         if !head_only {
             out.extend_from_slice(&reply.body);
         }
-        self.stream.write_all(&out).await
+        let sent = self.stream.write_all(&out).await;
+        // The body may be the plaintext of an encrypted value (issue 19).
+        zeroize::Zeroize::zeroize(&mut out);
+        sent
     }
 
     async fn linger_close(mut self) {
@@ -220,10 +223,16 @@ async fn serve_stream<S: Transport>(rt: Rc<ShardRuntime>, stream: S) {
 
         let mut keep_alive = head.keep_alive && !rt.shard.is_draining();
         let sent = match rest::handle(&rt, &mut dispatcher, &head, &body).await {
-            Outcome::Reply(reply) => {
+            Outcome::Reply(mut reply) => {
                 let head_only = head.method == Method::Head;
-                conn.send(&reply, head.minor_version, &correlation_id, keep_alive, head_only)
-                    .await
+                let sent = conn
+                    .send(&reply, head.minor_version, &correlation_id, keep_alive, head_only)
+                    .await;
+                if dispatcher.held_secret() {
+                    zeroize::Zeroize::zeroize(&mut reply.body);
+                    dispatcher.clear_output();
+                }
+                sent
             }
             Outcome::Batch(job) => {
                 // HTTP/1.0 has no chunked encoding: the close ends the body.
@@ -348,6 +357,9 @@ async fn stream_batch<S: Transport>(
             }
             first = false;
             write_batch_result(&mut body, item.kind, &item.key, &resp, job.force_base64);
+            if d.held_secret() {
+                rest::wipe_response(resp);
+            }
             if body.len() >= STREAM_CHUNK_BYTES {
                 send_piece(conn, &mut out, &body, chunked).await?;
                 body.clear();
@@ -368,7 +380,13 @@ async fn stream_batch<S: Transport>(
         write_batch_result(&mut body, item.kind, &item.key, &resp, job.force_base64);
     }
     body.extend_from_slice(b"]}");
-    send_piece(conn, &mut out, &body, chunked).await?;
+    let sent = send_piece(conn, &mut out, &body, chunked).await;
+    if d.held_secret() {
+        zeroize::Zeroize::zeroize(&mut body);
+        zeroize::Zeroize::zeroize(&mut out);
+        d.clear_output();
+    }
+    sent?;
     if chunked {
         conn.stream.write_all(LAST_CHUNK).await?;
     }

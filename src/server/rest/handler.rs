@@ -186,15 +186,20 @@ async fn handle_route(
                 .await
                 .map_err(|e| (e, Some(key.clone()), kind.name()))?;
             let wants_octets = head.accept.as_deref().is_some_and(|a| a.contains(OCTETS));
-            if kind == OpKind::Get && resp.status == 0 && wants_octets {
-                return Ok(Outcome::Reply(Reply {
+            let outcome = if kind == OpKind::Get && resp.status == 0 && wants_octets {
+                Ok(Outcome::Reply(Reply {
                     status: 200,
                     content_type: OCTETS,
                     body: resp.data.to_vec(),
                     allow: None,
-                }));
+                }))
+            } else {
+                answer(kind, &resp, force_base64, Some(&key))
+            };
+            if d.held_secret() {
+                wipe_response(resp);
             }
-            answer(kind, &resp, force_base64, Some(&key))
+            outcome
         }
         Route::Batch => {
             let (items, frames) =
@@ -351,6 +356,19 @@ pub async fn execute(
     let answers = response_frames(d.output());
     let first = answers.into_iter().next();
     first.ok_or_else(|| RestError::of(Status::Unavailable, "no answer from the shard"))
+}
+
+/// Zeroes the value of an answer that held the plaintext of an encrypted
+/// value, before its memory is freed (issue 19).
+pub fn wipe_response(resp: CacheResponse) {
+    if let Ok(mut data) = resp.data.try_into_mut() {
+        zeroize::Zeroize::zeroize(data.as_mut());
+    }
+    for item in resp.items {
+        if let Ok(mut data) = item.data.try_into_mut() {
+            zeroize::Zeroize::zeroize(data.as_mut());
+        }
+    }
 }
 
 /// Decodes the response frames of a dispatcher's output.
