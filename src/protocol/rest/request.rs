@@ -154,7 +154,20 @@ fn is_envelope(raw: &RawValue) -> bool {
     }
 }
 
+/// Refuses options whose `consistency` is not `""`, `strong` or `eventual`
+/// (as the binary protocol does), so that a batch with such an operation
+/// is refused whole before anything runs.
+fn check_options(item: &ItemJson<'_>) -> Result<(), RestError> {
+    match item.options.as_ref().map(|o| o.consistency.as_str()) {
+        None | Some("" | "strong" | "eventual") => Ok(()),
+        Some(_) => Err(RestError::malformed(
+            "options.consistency must be \"strong\" or \"eventual\"",
+        )),
+    }
+}
+
 fn set_operation(key: &[u8], item: &ItemJson<'_>) -> Result<CacheOperation, RestError> {
+    check_options(item)?;
     let value = item
         .value
         .ok_or_else(|| RestError::malformed("a set needs a value"))?;
@@ -241,6 +254,7 @@ pub fn batch_operations(body: &[u8], correlation_id: &str) -> Result<(Vec<BatchI
             if item.value.is_some() || item.ttl.is_some() || item.value_encoding.is_some() {
                 return Err(at("only a set takes value, value_encoding and ttl"));
             }
+            check_options(item).map_err(|e| at(&e.message))?;
             operation(kind, &key)
         };
         let op = CacheOperation {
@@ -303,6 +317,22 @@ mod tests {
         ] {
             let e = put(bad).expect_err(bad);
             assert_eq!((e.http_status, e.status), (400, Status::Malformed), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_batch_with_a_bad_consistency_is_refused_whole() {
+        for op in [
+            r#""op": "set", "value": 1"#,
+            r#""op": "get""#,
+            r#""op": "delete""#,
+        ] {
+            let body = format!(
+                r#"{{"operations": [{{"op": "get", "key": "a"}}, {{{op}, "key": "b", "options": {{"consistency": "sometimes"}}}}]}}"#
+            );
+            let e = batch_operations(body.as_bytes(), "").unwrap_err();
+            assert_eq!(e.http_status, 400, "{body}");
+            assert!(e.message.contains("operations[1]"), "{}", e.message);
         }
     }
 
