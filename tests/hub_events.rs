@@ -81,19 +81,51 @@ async fn await_bridge(raw: &mut Raw, sub: &mut async_nats::Subscriber, within: D
     panic!("no event from the bridge within {within:?}");
 }
 
-/// A message with the ICD envelope, as another service would send it.
+/// A message with the ICD envelope, as another service would send it now.
 fn hub_message(event: &str, data: Value) -> Bytes {
+    hub_message_at(event, "1.0", now_ms(), 30, data)
+}
+
+fn hub_message_at(event: &str, version: &str, timestamp_ms: u64, ttl_s: u64, data: Value) -> Bytes {
     json!({
         "event": event,
-        "version": "1.0",
+        "version": version,
         "correlation_id": "test-corr-1",
         "source": "test_service",
-        "timestamp": "2025-08-30T12:00:00.000Z",
-        "ttl": 30,
+        "timestamp": rfc3339_ms(timestamp_ms),
+        "ttl": ttl_s,
         "data": data,
     })
     .to_string()
     .into()
+}
+
+/// Unix milliseconds as RFC 3339 UTC (H. Hinnant's `civil_from_days`).
+fn rfc3339_ms(ms: u64) -> String {
+    let (secs, days) = (ms / 1000, (ms / 86_400_000) as i64);
+    let z = days + 719_468;
+    let (era, doe) = (z.div_euclid(146_097), z.rem_euclid(146_097));
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let rem = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 async fn request(client: &async_nats::Client, subject: &'static str, payload: Bytes) -> Value {
@@ -386,7 +418,7 @@ async fn control_actions_flush_and_invalidate_every_shard() {
     )
     .await;
     assert_eq!(
-        (reply["status"].as_str(), reply["removed"].as_u64()),
+        (reply["status"].as_str(), reply["data"]["removed"].as_u64()),
         (Some("ok"), Some(1)),
         "{reply}"
     );
@@ -399,7 +431,7 @@ async fn control_actions_flush_and_invalidate_every_shard() {
         hub_message("control.cache.action", action),
     )
     .await;
-    assert_eq!(reply["removed"], 200, "{reply}");
+    assert_eq!(reply["data"]["removed"], 200, "{reply}");
     assert_eq!(raw.call(&get(b"image:3")).status, 1);
     assert_eq!(raw.call(&get(b"character:3")).status, 0);
 
@@ -508,4 +540,149 @@ async fn bursts_on_one_key_coalesce_within_the_window() {
     assert_eq!(one["coalesced"], 5);
     let two = got.iter().find(|d| d["key"] == "burst:2").unwrap();
     assert!(two.get("coalesced").is_none());
+}
+
+/// ICD 1.3 on incoming messages: a message past its TTL, of an unknown
+/// major version, or without its envelope is refused, counted and not
+/// applied; every reply carries the envelope (JSON fields and headers) and
+/// a refusal the ICD 8.2 error body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_and_unknown_major_messages_are_refused_and_replies_carry_the_envelope() {
+    let Some(bin) = require_nats() else { return };
+    let nats = Nats::start(bin);
+    let client = connect(&nats).await;
+    let mut items = subscribe(&client, ITEM_SUBJECT).await;
+    let server = start_server(&nats, &[]);
+    let mut raw = server.connect();
+    await_bridge(&mut raw, &mut items, Duration::from_secs(10)).await;
+    let ttl_ms = |raw: &mut Raw, key: &[u8]| {
+        let meta = raw.call(&set(key, b"v", 0)).metadata.unwrap();
+        meta.expires_at - meta.created_at
+    };
+    let change = json!({"policy": "ttl", "parameters": {"ttl": 7}, "scope": "global"});
+    let refused = [
+        (
+            "stale",
+            hub_message_at(
+                "config.cache.update",
+                "1.0",
+                now_ms() - 31_000,
+                30,
+                change.clone(),
+            ),
+        ),
+        (
+            "future",
+            hub_message_at(
+                "config.cache.update",
+                "1.0",
+                now_ms() + 600_000,
+                30,
+                change.clone(),
+            ),
+        ),
+        (
+            "version",
+            hub_message_at("config.cache.update", "2.0", now_ms(), 30, change.clone()),
+        ),
+        (
+            "no envelope",
+            Bytes::from(json!({"data": change.clone()}).to_string()),
+        ),
+    ];
+    for (what, message) in refused {
+        let reply = client.request("config.cache.update", message).await.unwrap();
+        let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(body["status"], "error", "{what}: {body}");
+        assert_eq!(body["error"]["code"], "CACHE_006", "{what}: {body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("refused"),
+            "{what}: {body}"
+        );
+        assert_eq!(body["error"]["details"]["operation"], "", "{what}: {body}");
+        assert!(
+            body["error"]["details"]["timestamp"].is_string(),
+            "{what}: {body}"
+        );
+        assert_eq!(body["event"], "config.cache.update.reply", "{what}: {body}");
+        for field in ["correlation_id", "source", "version", "timestamp", "ttl"] {
+            assert!(!body[field].is_null(), "{what}: reply without {field}: {body}");
+        }
+        let headers = reply.headers.as_ref().expect("reply headers");
+        assert_eq!(
+            headers.get("Event-Type").unwrap().as_str(),
+            "config.cache.update.reply"
+        );
+    }
+    assert_eq!(
+        ttl_ms(&mut raw, b"plain:after-refusals"),
+        3_600_000,
+        "a refused message changed the policy"
+    );
+
+    let reply = client
+        .request("config.cache.update", hub_message("config.cache.update", change))
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(body["status"], "ok", "{body}");
+    assert_eq!(
+        body["correlation_id"], "test-corr-1",
+        "the reply keeps the request's correlation id"
+    );
+    assert_eq!(body["data"]["policy"]["default_ttl_s"], 7, "{body}");
+    let headers = reply.headers.as_ref().expect("reply headers");
+    assert_eq!(headers.get("Correlation-Id").unwrap().as_str(), "test-corr-1");
+    assert_eq!(ttl_ms(&mut raw, b"plain:after-update"), 7_000);
+    let invalid = server_metric(&server, "cache_hub_invalid_messages_total");
+    assert_eq!(invalid, Some(4.0));
+}
+
+/// A sample without labels from the server's /health/metrics.
+fn server_metric(server: &TestServer, name: &str) -> Option<f64> {
+    let mut http = common::http::HttpConn::open(server.http);
+    let text = String::from_utf8(http.get("/health/metrics").body).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `--service-id` and `--environment` reach every published message: the
+/// envelope's `source` and `environment`, in the body and the headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_name_the_configured_service_and_environment() {
+    let Some(bin) = require_nats() else { return };
+    let nats = Nats::start(bin);
+    let client = connect(&nats).await;
+    let mut items = subscribe(&client, ITEM_SUBJECT).await;
+    let mut health = subscribe(&client, "cache.health.status").await;
+    let server = start_server(
+        &nats,
+        &[
+            "--service-id",
+            "cache_eu_1",
+            "--environment",
+            "staging",
+            "--event-headers",
+        ],
+    );
+    let mut raw = server.connect();
+    await_bridge(&mut raw, &mut items, Duration::from_secs(10)).await;
+    raw.call(&set(b"character:src", b"v", 0));
+    let item = next_msg(&mut items, Duration::from_secs(5))
+        .await
+        .expect("an item event");
+    let beat = next_msg(&mut health, Duration::from_secs(5))
+        .await
+        .expect("a health event");
+    for msg in [item, beat] {
+        let b = body(&msg);
+        assert_eq!(
+            (b["source"].as_str(), b["environment"].as_str()),
+            (Some("cache_eu_1"), Some("staging")),
+            "{b}"
+        );
+        let h = msg.headers.as_ref().expect("headers");
+        assert_eq!(h.get("Source-Service").unwrap().as_str(), "cache_eu_1");
+        assert_eq!(h.get("Environment").unwrap().as_str(), "staging");
+    }
 }

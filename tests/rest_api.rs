@@ -691,3 +691,61 @@ fn bodies_larger_than_a_frame_are_refused_before_reading() {
     assert_eq!(c.read_response().unwrap().status, 413);
     still_serving(&server);
 }
+
+/// ICD 1.1 over REST: `X-Correlation-ID` is read (or generated), returned
+/// on every answer and carried by the request's operations.
+#[test]
+fn correlation_ids_are_read_returned_and_generated() {
+    let server = TestServer::start(&[]);
+    let mut c = HttpConn::open(server.http);
+    let r = c.request(
+        "PUT",
+        "/api/v2/cache/corr:1",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Correlation-ID", "rest-7"),
+        ],
+        br#"{"cache_request": {"value": 1}}"#,
+    );
+    assert_eq!((r.status, r.header("x-correlation-id")), (200, Some("rest-7")));
+    let r = c.request(
+        "GET",
+        "/api/v2/cache/absent:1",
+        &[("X-Correlation-ID", "rest-8")],
+        b"",
+    );
+    assert_eq!((r.status, r.header("x-correlation-id")), (404, Some("rest-8")));
+    let r = c.request(
+        "POST",
+        "/api/v2/cache/batch",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Correlation-ID", "rest-9"),
+        ],
+        br#"{"operations": [{"op": "get", "key": "corr:1"}]}"#,
+    );
+    assert_eq!((r.status, r.header("x-correlation-id")), (200, Some("rest-9")));
+    let generated: Vec<String> = (0..2)
+        .map(|_| {
+            c.get("/health/live")
+                .header("x-correlation-id")
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        generated
+            .iter()
+            .all(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{generated:?}"
+    );
+    assert_ne!(generated[0], generated[1]);
+    let r = c.request(
+        "GET",
+        "/api/v2/cache/corr:1",
+        &[("X-Correlation-ID", "bad id")],
+        b"",
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error_code(), "CACHE_006");
+}

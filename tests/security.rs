@@ -477,9 +477,36 @@ fn encryption_and_compression_through_every_shard() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// ICD 5.1/5.2 ask for encryption: a server started without
+/// `--encryption-key-file` serves them with a key generated at start.
 #[test]
-fn encryption_without_a_key_is_cache_006() {
+fn encryption_without_a_key_file_uses_a_key_generated_at_start() {
     let server = TestServer::start(&[]);
+    let mut c = Raw::open(server.addr);
+    let answer = hello(
+        &mut c,
+        "",
+        Some(Options {
+            encryption: true,
+            ..Default::default()
+        }),
+    );
+    assert_eq!(answer.status, 0, "{:?}", String::from_utf8_lossy(&answer.data));
+    let mut req = set(b"k", b"secret value", 0);
+    req.options = Some(Options {
+        encryption: true,
+        ..Default::default()
+    });
+    assert_eq!(c.call(&req).status, 0);
+    let back = c.call(&get(b"k"));
+    assert_eq!((back.status, back.data.as_ref()), (0, &b"secret value"[..]));
+}
+
+/// In a cluster values must be readable on every node, so a cluster node
+/// encrypts only with a configured key: without one, asking is CACHE_006.
+#[test]
+fn a_cluster_node_without_a_key_file_refuses_encryption() {
+    let server = TestServer::start(&["--cluster-nodes", "3"]);
     let mut c = Raw::open(server.addr);
     let answer = hello(
         &mut c,

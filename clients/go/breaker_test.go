@@ -180,3 +180,26 @@ func TestRetriesCountAndStopOnClientErrors(t *testing.T) {
 		t.Fatal("CACHE_004 must not be retried")
 	}
 }
+
+// TestICD9_2ClientDefaults checks the defaults against ICD section 9.2
+// (tests/icd_conformance runs it by name).
+func TestICD9_2ClientDefaults(t *testing.T) {
+	t.Setenv(AddressEnv, "")
+	c, err := (Config{ServiceID: "svc"}).withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// connection: timeout 5, retry 3, backoff exponential
+	if c.ConnectTimeout != 5*time.Second || c.RequestTimeout != 5*time.Second || c.Retries != 3 ||
+		c.BackoffBase <= 0 || c.BackoffMax <= c.BackoffBase {
+		t.Errorf("connection: %+v", c)
+	}
+	// pool: min_size 5, max_size 50, idle_timeout 300
+	if c.Pool != (PoolConfig{MinSize: 5, MaxSize: 50, IdleTimeout: 300 * time.Second}) {
+		t.Errorf("pool: %+v", c.Pool)
+	}
+	// circuit_breaker: threshold 0.5, window 60, min_requests 20
+	if c.Breaker.Threshold != 0.5 || c.Breaker.Window != 60*time.Second || c.Breaker.MinRequests != 20 {
+		t.Errorf("circuit_breaker: %+v", c.Breaker)
+	}
+}

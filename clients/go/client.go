@@ -107,6 +107,7 @@ func NewClient(cfg *Config) *Client {
 				Encryption:  c.cfg.Options.Encryption,
 			},
 			ProtocolVersion: 1,
+			CorrelationID:   c.cfg.CorrelationID,
 		}).Marshal()
 	}
 	return c
@@ -330,6 +331,11 @@ func (c *Client) single(ctx context.Context, op *wire.CacheOperation) (*wire.Cac
 	if c.err != nil {
 		return nil, c.err
 	}
+	id, err := c.correlationID(ctx)
+	if err != nil {
+		return nil, err
+	}
+	op.CorrelationID = id
 	body := op.Marshal()
 	redirect := ""
 	for n := 0; ; n++ {
@@ -371,6 +377,10 @@ func (c *Client) batch(ctx context.Context, operation string, keys []string, val
 	if c.err != nil {
 		return nil, c.err
 	}
+	id, err := c.correlationID(ctx)
+	if err != nil {
+		return nil, err
+	}
 	groups := map[string][]int{}
 	var order []string
 	for i, k := range keys {
@@ -399,7 +409,7 @@ func (c *Client) batch(ctx context.Context, operation string, keys []string, val
 	errs := make([]error, len(chunks))
 	var wg sync.WaitGroup
 	for n, ch := range chunks {
-		op := &wire.CacheOperation{Operation: operation, TTL: ttl}
+		op := &wire.CacheOperation{Operation: operation, TTL: ttl, CorrelationID: id}
 		for _, i := range ch.indexes {
 			if values == nil {
 				op.Keys = append(op.Keys, []byte(keys[i]))

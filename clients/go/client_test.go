@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"dnd/cache/internal/wire"
 )
 
 func newTestClient(t *testing.T, s *testServer, mod func(*Config)) *Client {
@@ -311,5 +313,36 @@ func TestRetriesRideOverARestart(t *testing.T) {
 	}
 	if !errors.Is(err, ErrNotFound) {
 		t.Fatalf("want a miss from the restarted server, got %v", err)
+	}
+}
+
+func TestCorrelationIDPerClientAndPerCall(t *testing.T) {
+	s := startServer(t)
+	c := newTestClient(t, s, func(cfg *Config) { cfg.CorrelationID = "go-client-7" })
+	ctx := context.Background()
+	echoed := func(ctx context.Context) string {
+		t.Helper()
+		r, err := c.single(ctx, &wire.CacheOperation{Operation: "get", Key: []byte("go:corr")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.CorrelationID
+	}
+	if got := echoed(ctx); got != "go-client-7" {
+		t.Fatalf("per client: server echoed %q", got)
+	}
+	if got := echoed(WithCorrelationID(ctx, "go-call-8")); got != "go-call-8" {
+		t.Fatalf("per call: server echoed %q", got)
+	}
+	if err := c.Set(WithCorrelationID(ctx, "go-call-9"), "go:corr", "v"); err != nil {
+		t.Fatal(err)
+	}
+	long := WithCorrelationID(ctx, string(make([]byte, MaxCorrelationIDBytes+1)))
+	if _, err := c.Get(long, "go:corr"); err == nil {
+		t.Fatal("a 65-byte correlation id was sent")
+	}
+	bad := NewClient(&Config{ServiceID: "x", Address: s.Addr, CorrelationID: string(make([]byte, 65))})
+	if _, err := bad.Get(ctx, "go:corr"); err == nil {
+		t.Fatal("a 65-byte Config.CorrelationID was accepted")
 	}
 }

@@ -44,6 +44,10 @@ type Config struct {
 	// Token is the JWT sent in the handshake as auth_token.
 	Token   string
 	Options Options
+	// CorrelationID (ICD 1.1) is sent in the handshake and with every
+	// request of the client, unless the call's context carries one
+	// (WithCorrelationID). At most 64 bytes.
+	CorrelationID string
 
 	ConnectTimeout time.Duration // default 5 s
 	RequestTimeout time.Duration // default 5 s, bounds each attempt
@@ -78,6 +82,9 @@ func (c Config) withDefaults() (Config, error) {
 	case "", "strong", "eventual":
 	default:
 		return c, fmt.Errorf("dnd-cache: Consistency must be \"strong\" or \"eventual\", got %q", c.Options.Consistency)
+	}
+	if len(c.CorrelationID) > MaxCorrelationIDBytes {
+		return c, fmt.Errorf("dnd-cache: CorrelationID is at most %d bytes", MaxCorrelationIDBytes)
 	}
 	setDur := func(d *time.Duration, def time.Duration) {
 		if *d <= 0 {

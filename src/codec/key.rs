@@ -23,6 +23,16 @@ impl EncryptionKey {
         &self.0
     }
 
+    /// A new random key from the operating system (getrandom(2)): the key
+    /// of a server started without `--encryption-key-file`.
+    pub fn generate() -> Result<EncryptionKey, String> {
+        let mut key = [0u8; 32];
+        getrandom::getrandom(&mut key).map_err(|e| format!("no random key: {e}"))?;
+        let generated = EncryptionKey::from_bytes(key);
+        key.zeroize();
+        Ok(generated)
+    }
+
     /// Reads `--encryption-key-file`: exactly 32 raw bytes, or 64 hex
     /// digits (a final newline allowed).
     pub fn load(path: &Path) -> Result<EncryptionKey, String> {

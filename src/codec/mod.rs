@@ -87,7 +87,7 @@ pub struct CodecSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
     /// Encryption asked for, but the server has no key (CACHE_006).
-    #[error("encryption requested but the server has no --encryption-key-file")]
+    #[error("encryption requested but this cluster node has no --encryption-key-file (a cluster needs one key on every node)")]
     NoKey,
     /// The stored bytes failed authentication or do not decode (CACHE_011).
     #[error("stored value failed its integrity check")]
@@ -108,7 +108,7 @@ impl CodecError {
 
     pub fn message(self) -> &'static str {
         match self {
-            CodecError::NoKey => "encryption requested but the server has no --encryption-key-file",
+            CodecError::NoKey => "encryption requested but this cluster node has no --encryption-key-file (a cluster needs one key on every node)",
             CodecError::Corrupt => "stored value failed its integrity check",
             CodecError::TooLarge => "stored value claims a size above max_item_bytes",
         }
@@ -157,11 +157,12 @@ impl ValueCodec {
         }
     }
 
-    /// Whether a write that asks for nothing may still be transformed (a
-    /// key is configured, or compression is always on). When false, such
-    /// writes skip the codec entirely.
+    /// Whether a write that asks for nothing may still be transformed
+    /// (`--encrypt-prefix` keys, or compression always on). When false,
+    /// such writes skip the codec entirely: a key alone (every server has
+    /// one, generated at start if not configured) costs a write nothing.
     pub fn eager(&self) -> bool {
-        self.cipher.is_some() || self.compression == CompressionMode::Always
+        (self.cipher.is_some() && !self.prefixes.is_empty()) || self.compression == CompressionMode::Always
     }
 
     /// Whether a key is configured.
@@ -243,11 +244,35 @@ impl ValueCodec {
         Ok(bytes)
     }
 
+    /// Zeroes every scratch buffer that held the plaintext of an
+    /// encrypted value (called once its bytes were copied where they go).
+    pub fn wipe_scratch(&mut self) {
+        use zeroize::Zeroize;
+        self.packed.zeroize();
+        self.opened.zeroize();
+        self.plain.zeroize();
+    }
+
     /// Capacity of the decode buffers, to check that hostile sizes are not
     /// allocated.
     pub fn scratch_capacity(&self) -> usize {
         self.opened.capacity() + self.plain.capacity()
     }
+}
+
+/// Makes room for `additional` more bytes in `buf` without leaving its old
+/// contents in freed memory: a buffer that may hold the plaintext of an
+/// encrypted value grows by copying into a new allocation and zeroing the
+/// old one (a plain `Vec` growth frees it as it is).
+pub fn reserve_wiping(buf: &mut Vec<u8>, additional: usize) {
+    if buf.capacity() - buf.len() >= additional {
+        return;
+    }
+    let wanted = (buf.len() + additional).max(buf.capacity().saturating_mul(2));
+    let mut grown = Vec::with_capacity(wanted);
+    grown.extend_from_slice(buf);
+    zeroize::Zeroize::zeroize(buf);
+    *buf = grown;
 }
 
 fn seeded_rng() -> ChaCha20Rng {
@@ -261,6 +286,10 @@ fn seeded_rng() -> ChaCha20Rng {
 /// `len ‖ lz4(value)` into `out`; false when that is not shorter.
 fn pack(value: &[u8], out: &mut Vec<u8>) -> bool {
     out.clear();
+    reserve_wiping(
+        out,
+        LEN_BYTES + lz4_flex::block::get_maximum_output_size(value.len()),
+    );
     out.resize(
         LEN_BYTES + lz4_flex::block::get_maximum_output_size(value.len()),
         0,
@@ -284,6 +313,7 @@ pub fn unpack(stored: &[u8], max: usize, out: &mut Vec<u8>) -> Result<(), CodecE
         return Err(CodecError::TooLarge);
     }
     out.clear();
+    reserve_wiping(out, len);
     out.resize(len, 0);
     match lz4_flex::block::decompress_into(&stored[LEN_BYTES..], out) {
         Ok(n) if n == len => Ok(()),
@@ -341,6 +371,7 @@ fn open(
     let nonce = XNonce::from(<[u8; NONCE_BYTES]>::try_from(nonce).expect("24 bytes"));
     let tag = Tag::from(<[u8; TAG_BYTES]>::try_from(tag).expect("16 bytes"));
     out.clear();
+    reserve_wiping(out, body.len());
     out.extend_from_slice(body);
     with_aad(key, flags, |aad| {
         cipher.decrypt_in_place_detached(&nonce, aad, out, &tag)

@@ -16,8 +16,10 @@ pub struct HubConfig {
     /// Whether item events repeat the envelope as NATS headers (the body
     /// always carries it).
     pub item_headers: bool,
-    /// Source service id in every envelope.
+    /// Source service id in every envelope (`--service-id`).
     pub source: String,
+    /// Deployment environment in every envelope (`--environment`).
+    pub environment: String,
     /// Server id (metrics `node` label, health events) and its zone.
     pub node_id: String,
     pub zone: String,
@@ -32,6 +34,7 @@ impl Default for HubConfig {
             event_queue: 8192,
             item_headers: false,
             source: "cache_service".into(),
+            environment: "production".into(),
             node_id: "cache-node".into(),
             zone: "default".into(),
         }

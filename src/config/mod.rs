@@ -156,7 +156,7 @@ impl ServerConfig {
                 return Err(invalid("--shard-port-base", "shard ports overlap --port"));
             }
         }
-        let security = crate::config::SecurityConfig::from_args(&cli.security, cli.bind)?;
+        let security = crate::config::SecurityConfig::from_args(&cli.security, cli.bind, cli.cluster_nodes)?;
         check_label("--service-id", &cli.service_id)?;
         check_label("--environment", &cli.environment)?;
         let hub = hub_config(cli, &cpus)?;
@@ -221,9 +221,10 @@ fn hub_config(cli: &Cli, _cpus: &[usize]) -> Result<HubConfig, ConfigError> {
         cpu: cli.hub_cpu,
         event_queue: cli.event_queue,
         item_headers: cli.event_headers,
+        source: cli.service_id.clone(),
+        environment: cli.environment.clone(),
         node_id,
         zone: cli.zone.clone(),
-        ..HubConfig::default()
     })
 }
 

@@ -61,6 +61,8 @@ pub struct SecurityConfig {
     pub codec: CodecSettings,
     /// `--insecure-no-auth` was given.
     pub insecure_no_auth: bool,
+    /// The encryption key was generated at start (no `--encryption-key-file`).
+    pub generated_key: bool,
 }
 
 impl Default for SecurityConfig {
@@ -74,6 +76,7 @@ impl Default for SecurityConfig {
                 ..CodecSettings::default()
             },
             insecure_no_auth: false,
+            generated_key: false,
         }
     }
 }
@@ -88,7 +91,16 @@ fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
 impl SecurityConfig {
     /// Checks the flags against `bind` (protected mode) and loads every
     /// file they name.
-    pub fn from_args(args: &SecurityArgs, bind: IpAddr) -> Result<SecurityConfig, ConfigError> {
+    /// Without `--encryption-key-file`, a node that serves alone
+    /// (`cluster_nodes` 1) encrypts with a key generated at start and kept
+    /// in memory only: encrypted values last as long as the process, like
+    /// the cache itself. A cluster node has no key then (values must be
+    /// readable on every node): requests for encryption get CACHE_006.
+    pub fn from_args(
+        args: &SecurityArgs,
+        bind: IpAddr,
+        cluster_nodes: usize,
+    ) -> Result<SecurityConfig, ConfigError> {
         let settings = AuthSettings {
             hs256_secret_files: args
                 .auth_hs256_secret_file
@@ -134,9 +146,12 @@ impl SecurityConfig {
             Some(path) => Some(Arc::new(
                 EncryptionKey::load(path).map_err(|e| invalid("--encryption-key-file", e))?,
             )),
+            None if cluster_nodes <= 1 => Some(Arc::new(
+                EncryptionKey::generate().map_err(|e| invalid("--encryption-key-file", e))?,
+            )),
             None => None,
         };
-        if key.is_none() && !args.encrypt_prefix.is_empty() {
+        if args.encryption_key_file.is_none() && !args.encrypt_prefix.is_empty() {
             return Err(invalid("--encrypt-prefix", "needs --encryption-key-file"));
         }
         if args.encrypt_prefix.iter().any(String::is_empty) {
@@ -168,6 +183,7 @@ impl SecurityConfig {
                 compression_threshold: args.compression_threshold,
             },
             insecure_no_auth: args.insecure_no_auth,
+            generated_key: args.encryption_key_file.is_none() && cluster_nodes <= 1,
         })
     }
 }
@@ -224,7 +240,7 @@ mod tests {
 
     fn config(args: &[&str]) -> Result<SecurityConfig, ConfigError> {
         let cli = crate::config::Cli::parse_from(std::iter::once("cache-server").chain(args.iter().copied()));
-        SecurityConfig::from_args(&cli.security, cli.bind)
+        SecurityConfig::from_args(&cli.security, cli.bind, cli.cluster_nodes)
     }
 
     #[test]

@@ -10,18 +10,19 @@ use std::time::{Duration, Instant};
 
 use async_nats::{Client, ConnectOptions, Event, Message};
 use futures_lite::StreamExt;
-use serde_json::{json, Value};
-use tokio::sync::oneshot;
+
 use tracing::{info, warn};
 
-use super::envelope::{new_correlation_id, Envelope, Incoming, EVENT_VERSION};
+mod incoming;
+
+use super::envelope::{new_correlation_id, Envelope, EVENT_VERSION};
 use super::item_message::ItemMessages;
 use super::HubConfig;
 use crate::control::ControlPlane;
 use crate::metrics::BridgeCounters;
 use crate::shard::events::{EventQueue, ItemEvent, ItemEventRef, ItemOp};
 use crate::shard::policy::Policy;
-use crate::shard::ShardCommand;
+
 use crate::time::unix_now_us;
 
 /// How often the queues are drained.
@@ -111,7 +112,7 @@ pub async fn run(
         policy,
         pending: HashMap::new(),
         due_order: VecDeque::new(),
-        messages: ItemMessages::new(&config.source, &new_correlation_id()[..16]),
+        messages: ItemMessages::new(&config.source, &config.environment, &new_correlation_id()[..16]),
         last_health: None,
         config,
     };
@@ -273,6 +274,7 @@ impl Bridge {
             let envelope = Envelope {
                 correlation_id: message.correlation_id.to_string(),
                 source: self.config.source.clone(),
+                environment: self.config.environment.clone(),
                 event: SUBJECT_ITEM_UPDATED,
                 version: EVENT_VERSION,
                 timestamp: message.timestamp.to_string(),
@@ -318,68 +320,11 @@ impl Bridge {
         Envelope {
             correlation_id: correlation_id.unwrap_or_else(|| self.next_correlation_id()),
             source: self.config.source.clone(),
+            environment: self.config.environment.clone(),
             event,
             version: EVENT_VERSION,
             timestamp: super::envelope::rfc3339_ms(unix_now_us() / 1000),
             ttl_s,
-        }
-    }
-
-    /// Parses an incoming message: the JSON body, its `data` object and
-    /// its envelope. Counts and logs a message that is not one.
-    fn parse(&self, msg: &Message, expected: &str) -> Result<(Value, Incoming), String> {
-        let body: Value =
-            serde_json::from_slice(&msg.payload).map_err(|e| format!("payload is not JSON: {e}"))?;
-        let incoming = Incoming::read(&body, msg.headers.as_ref());
-        if let Some(event) = &incoming.event {
-            if event != expected {
-                return Err(format!("event {event:?} sent on {expected}"));
-            }
-        }
-        let data = body
-            .get("data")
-            .filter(|d| d.is_object())
-            .cloned()
-            .ok_or("data must be an object")?;
-        Ok((data, incoming))
-    }
-
-    fn refuse(&self, subject: &str, reason: &str) {
-        BridgeCounters::add(&self.counters().invalid_messages, 1);
-        warn!(subject, reason, "invalid Message Hub message ignored");
-    }
-
-    async fn reply(&self, msg: &Message, body: Value) {
-        if let Some(reply) = &msg.reply {
-            let publish = self.client.publish(reply.clone(), body.to_string().into());
-            let _ = tokio::time::timeout(PUBLISH_TIMEOUT, publish).await;
-        }
-    }
-
-    async fn on_config(&mut self, msg: Message) {
-        BridgeCounters::add(&self.counters().received_config, 1);
-        let result = match self.parse(&msg, SUBJECT_CONFIG) {
-            Ok((data, incoming)) => self
-                .control
-                .update_policy(|next| next.apply(&data))
-                .map(|(summary, waits)| (waits, summary, incoming)),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok((waits, summary, incoming)) => {
-                info!(summary, correlation_id = ?incoming.correlation_id, source = ?incoming.source, "policy changed");
-                let applied = wait_applied(waits).await;
-                self.refresh_policy();
-                self.reply(
-                    &msg,
-                    json!({"status": "ok", "applied": summary, "shards": applied, "policy": self.policy}),
-                )
-                .await;
-            }
-            Err(e) => {
-                self.refuse(SUBJECT_CONFIG, &e);
-                self.reply(&msg, json!({"status": "error", "error": e})).await;
-            }
         }
     }
 
@@ -389,143 +334,4 @@ impl Bridge {
             self.policy = self.control.current_policy();
         }
     }
-
-    async fn send_to_shard(&self, shard: usize, mut command: ShardCommand) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(1);
-        loop {
-            match self.control.send(shard, command) {
-                Ok(()) => return true,
-                Err(back) if Instant::now() < deadline => {
-                    command = back;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err(_) => return false,
-            }
-        }
-    }
-
-    /// Runs a command on every shard and adds up their answers; `None`
-    /// when a shard did not answer in time.
-    async fn on_every_shard(&self, make: impl Fn(oneshot::Sender<u64>) -> ShardCommand) -> Option<u64> {
-        let mut waits = Vec::new();
-        for shard in 0..self.control.shard_count() {
-            let (tx, rx) = oneshot::channel();
-            if !self.send_to_shard(shard, make(tx)).await {
-                return None;
-            }
-            waits.push(rx);
-        }
-        let mut total = 0;
-        for rx in waits {
-            total += tokio::time::timeout(SHARD_REPLY_TIMEOUT, rx).await.ok()?.ok()?;
-        }
-        Some(total)
-    }
-
-    async fn on_control(&mut self, msg: Message) {
-        BridgeCounters::add(&self.counters().received_control, 1);
-        let (data, incoming) = match self.parse(&msg, SUBJECT_CONTROL) {
-            Ok(parsed) => parsed,
-            Err(e) => {
-                self.refuse(SUBJECT_CONTROL, &e);
-                return self.reply(&msg, json!({"status": "error", "error": e})).await;
-            }
-        };
-        let action = data.get("action").and_then(Value::as_str).unwrap_or("");
-        let target = data.get("target").and_then(Value::as_str).unwrap_or("");
-        let result = match action {
-            "flush" => self
-                .on_every_shard(ShardCommand::Flush)
-                .await
-                .map(|n| (json!({"flushed": n}), Some((ItemOp::Flush, "*"))))
-                .ok_or_else(|| "a shard did not answer".to_string()),
-            "invalidate" => self.invalidate(&data, target).await,
-            "reload" => match self.control.reloader.get() {
-                Some(reloader) => {
-                    let report = reloader.reload().await;
-                    self.refresh_policy();
-                    Ok((serde_json::to_value(&report).unwrap_or_default(), None))
-                }
-                None => Err("this server has no configuration to reload".to_string()),
-            },
-            "" => Err("data.action must be flush, invalidate or reload".to_string()),
-            other => Err(format!("unknown action {other:?}")),
-        };
-        self.refresh_policy();
-        match result {
-            Ok((answer, event)) => {
-                info!(action, target, correlation_id = ?incoming.correlation_id, "control action done");
-                if let Some((op, key)) = event {
-                    let enabled = match op {
-                        ItemOp::Flush => self.policy.default_events,
-                        _ => self.policy.events_for(key.as_bytes()),
-                    };
-                    if enabled {
-                        let source = incoming.source.as_deref().unwrap_or("");
-                        let corr = incoming.correlation_id.as_deref().unwrap_or("");
-                        let event = ItemEvent::new(
-                            op,
-                            unix_now_us() / 1000,
-                            key.as_bytes(),
-                            source.as_bytes(),
-                            corr.as_bytes(),
-                        );
-                        self.publish_item(&event.view(), 0).await;
-                    }
-                }
-                let mut body = json!({"status": "ok", "action": action});
-                if let (Value::Object(b), Value::Object(a)) = (&mut body, answer) {
-                    b.extend(a);
-                }
-                self.reply(&msg, body).await;
-            }
-            Err(e) => {
-                self.refuse(SUBJECT_CONTROL, &e);
-                self.reply(&msg, json!({"status": "error", "error": e})).await;
-            }
-        }
-    }
-
-    async fn invalidate<'t>(
-        &self,
-        data: &Value,
-        target: &'t str,
-    ) -> Result<(Value, Option<(ItemOp, &'t str)>), String> {
-        let pattern = data
-            .get("parameters")
-            .and_then(|p| p.get("pattern"))
-            .and_then(Value::as_bool)
-            .unwrap_or_else(|| target.contains(['*', '?', '[']));
-        let valid = if pattern {
-            crate::pattern::is_valid_pattern(target.as_bytes())
-        } else {
-            crate::key::is_valid_key(target.as_bytes())
-        };
-        if !valid {
-            return Err(format!("target {target:?} is not a valid key or pattern"));
-        }
-        let removed = self
-            .on_every_shard(|done| ShardCommand::Invalidate {
-                target: target.as_bytes().into(),
-                pattern,
-                done,
-            })
-            .await
-            .ok_or("a shard did not answer")?;
-        Ok((
-            json!({"removed": removed, "pattern": pattern}),
-            Some((ItemOp::Invalidate, target)),
-        ))
-    }
-}
-
-/// Waits for the shards to apply a policy; how many did in time.
-async fn wait_applied(waits: Vec<tokio::sync::oneshot::Receiver<()>>) -> usize {
-    let mut applied = 0;
-    for rx in waits {
-        if let Ok(Ok(())) = tokio::time::timeout(SHARD_REPLY_TIMEOUT, rx).await {
-            applied += 1;
-        }
-    }
-    applied
 }

@@ -26,7 +26,7 @@ const ARENA_CHUNK: usize = 64 * 1024;
 /// Writes item event bodies. One per bridge.
 pub struct ItemMessages {
     arena: BytesMut,
-    /// `"source":"…"` with the source already escaped.
+    /// `,"source":"…","environment":"…"`, already escaped.
     source_field: String,
     /// The RFC 3339 form of `stamp_ms` (events of one millisecond share it).
     stamp_ms: u64,
@@ -46,12 +46,14 @@ pub struct ItemMessage<'a> {
 }
 
 impl ItemMessages {
-    pub fn new(source: &str, id_prefix: &str) -> ItemMessages {
+    pub fn new(source: &str, environment: &str, id_prefix: &str) -> ItemMessages {
+        let text = |s: &str| serde_json::to_string(s).expect("strings serialise");
         ItemMessages {
             arena: BytesMut::with_capacity(ARENA_CHUNK),
             source_field: format!(
-                ",\"source\":{}",
-                serde_json::to_string(source).expect("strings serialise")
+                ",\"source\":{},\"environment\":{}",
+                text(source),
+                text(environment)
             ),
             stamp_ms: u64::MAX,
             stamp: String::new(),
@@ -180,6 +182,7 @@ mod tests {
             "version": "1.0",
             "correlation_id": correlation_id,
             "source": "cache \"svc\"",
+            "environment": "staging",
             "timestamp": stamp,
             "ttl": 60,
             "data": data,
@@ -188,7 +191,7 @@ mod tests {
 
     #[test]
     fn a_body_names_its_write() {
-        let mut m = ItemMessages::new("cache \"svc\"", "p");
+        let mut m = ItemMessages::new("cache \"svc\"", "staging", "p");
         let e = ItemEventRef::new(ItemOp::Set, 1_756_555_200_123, b"character:7", b"char", b"c-1");
         let msg = m.write(&e, 0);
         assert_eq!(msg.correlation_id, "c-1");
@@ -205,7 +208,7 @@ mod tests {
 
     #[test]
     fn writes_without_a_correlation_id_get_fresh_ones() {
-        let mut m = ItemMessages::new("s", "ab");
+        let mut m = ItemMessages::new("s", "e", "ab");
         let e = ItemEventRef::new(ItemOp::Delete, 0, b"k", b"s", b"");
         let first = m.write(&e, 0).correlation_id.to_string();
         let second = m.write(&e, 0).correlation_id.to_string();
@@ -217,7 +220,7 @@ mod tests {
 
     #[test]
     fn bodies_stay_whole_as_the_arena_refills() {
-        let mut m = ItemMessages::new("s", "p");
+        let mut m = ItemMessages::new("s", "e", "p");
         let key = vec![b'k'; 250];
         let mut bodies = Vec::new();
         for i in 0..2_000u64 {
@@ -244,7 +247,7 @@ mod tests {
             op in 0usize..6,
         ) {
             let ops = [ItemOp::Set, ItemOp::Delete, ItemOp::SetMany, ItemOp::DeleteMany, ItemOp::Flush, ItemOp::Invalidate];
-            let mut m = ItemMessages::new("cache \"svc\"", "p");
+            let mut m = ItemMessages::new("cache \"svc\"", "staging", "p");
             let e = ItemEventRef::new(ops[op], at_ms, &key, service.as_bytes(), &corr);
             let msg = m.write(&e, coalesced);
             let corr_id = msg.correlation_id.to_string();

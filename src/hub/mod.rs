@@ -15,6 +15,9 @@ mod bridge;
 pub(crate) mod envelope;
 mod item_message;
 
+/// Correlation ids for requests that bring none (REST uses it too).
+pub(crate) use envelope::new_correlation_id;
+
 use std::sync::Arc;
 
 use crate::config::HubConfig;

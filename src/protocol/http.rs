@@ -113,7 +113,14 @@ pub struct RequestHead {
     /// The credentials of `Authorization: Bearer <token>` (the token only;
     /// an empty string for any other scheme).
     pub bearer: Option<String>,
+    /// `X-Correlation-ID` (ICD 1.1): 1 to [`MAX_CORRELATION_ID_BYTES`]
+    /// visible ASCII characters.
+    pub correlation_id: Option<String>,
 }
+
+/// Longest `X-Correlation-ID` accepted (the binary protocol keeps as many
+/// bytes of a correlation id).
+pub const MAX_CORRELATION_ID_BYTES: usize = 64;
 
 /// Finds and parses request heads in a connection's buffered bytes.
 ///
@@ -192,6 +199,7 @@ fn interpret(req: &httparse::Request<'_, '_>, max_body: usize) -> Result<Request
     let mut content_type = None;
     let mut accept = None;
     let mut bearer = None;
+    let mut correlation_id = None;
     for h in req.headers.iter() {
         let name = h.name.to_ascii_lowercase();
         let value = || {
@@ -239,6 +247,21 @@ fn interpret(req: &httparse::Request<'_, '_>, max_body: usize) -> Result<Request
                 }
                 bearer = Some(bearer_token(value()?).to_string());
             }
+            "x-correlation-id" => {
+                if correlation_id.is_some() {
+                    return Err(HttpError::bad("more than one X-Correlation-ID"));
+                }
+                let id = value()?;
+                if id.is_empty()
+                    || id.len() > MAX_CORRELATION_ID_BYTES
+                    || !id.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    return Err(HttpError::bad(format!(
+                        "X-Correlation-ID must be 1 to {MAX_CORRELATION_ID_BYTES} visible ASCII characters"
+                    )));
+                }
+                correlation_id = Some(id.to_string());
+            }
             _ => {}
         }
     }
@@ -279,6 +302,7 @@ fn interpret(req: &httparse::Request<'_, '_>, max_body: usize) -> Result<Request
         content_type,
         accept,
         bearer,
+        correlation_id,
     })
 }
 

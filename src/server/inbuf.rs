@@ -34,6 +34,13 @@ impl InBuf {
         &self.buf[self.start..self.end]
     }
 
+    /// Zeroes the first `n` buffered bytes (about to be consumed): they
+    /// held the plaintext of an encrypted value.
+    pub fn wipe_front(&mut self, n: usize) {
+        let end = (self.start + n).min(self.end);
+        zeroize::Zeroize::zeroize(&mut self.buf[self.start..end]);
+    }
+
     #[inline]
     pub fn consume(&mut self, n: usize) {
         self.start += n;
@@ -59,10 +66,20 @@ impl InBuf {
         if self.buf.len() - self.start < need || self.end == self.buf.len() {
             // Move the unread bytes to the front, growing if a frame needs it.
             self.buf.copy_within(self.start..self.end, 0);
+            // The moved bytes' old place keeps no copy of them (they may be
+            // the plaintext of a value to encrypt).
+            let stale = self.start.max(buffered)..self.end;
+            zeroize::Zeroize::zeroize(&mut self.buf[stale]);
             self.start = 0;
             self.end = buffered;
             if self.buf.len() < need {
-                self.buf.resize(need.next_power_of_two(), 0);
+                // A new buffer, the old one zeroed: it may have held the
+                // plaintext of an encrypted value (a plain resize would
+                // free it as it is).
+                let mut grown = vec![0; need.next_power_of_two()];
+                grown[..buffered].copy_from_slice(&self.buf[..buffered]);
+                zeroize::Zeroize::zeroize(&mut self.buf);
+                self.buf = grown;
             }
         }
         let room = self.buf.len() - self.end;
@@ -75,6 +92,7 @@ impl InBuf {
     /// Gives back memory after a large frame, once nothing is buffered.
     pub fn shrink_if_idle(&mut self) {
         if self.start == self.end && self.buf.len() > SHRINK_ABOVE {
+            zeroize::Zeroize::zeroize(&mut self.buf);
             self.buf = vec![0; INITIAL_BYTES];
             self.start = 0;
             self.end = 0;

@@ -166,6 +166,9 @@ impl StopHandle {
 /// Binds every listener, starts one pinned executor per shard, and returns
 /// once every shard accepts connections.
 pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
+    if config.security.codec.key.is_some() {
+        wipe_freed_heap_memory();
+    }
     let shards = config.cpus.len();
     let listeners = listener::bind_all(config)?;
     let info = Arc::new(ServerInfo {
@@ -302,6 +305,13 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
     }
     info.started.store(true, Ordering::Release);
     info!(shards, seed, "all shards serving");
+    if config.security.generated_key {
+        info!("values asked to be encrypted use a key generated at start and held in memory only: they last as long as this process (--encryption-key-file to choose the key)");
+    } else if config.security.codec.key.is_none() {
+        warn!(
+            "a cluster node without --encryption-key-file: requests for encryption are refused (CACHE_006)"
+        );
+    }
     let hub = if events_on {
         let stop_info = info.clone();
         let stopping = Arc::new(move || stop_info.stopping.load(Ordering::Relaxed));
@@ -529,4 +539,18 @@ fn random_seed() -> u64 {
             .map_or(0, |d| d.as_nanos()),
     );
     h.finish()
+}
+
+/// Makes the allocator overwrite every block it frees (glibc `M_PERTURB`):
+/// buffers this server owns are zeroed before they are freed or reused
+/// (`zeroize`), but a `Vec` that grows inside a library frees its old block
+/// as it is, and that block may hold the plaintext of an encrypted value
+/// (issue 19). The request path allocates nothing, so the cost falls on
+/// connection setup and on growth.
+fn wipe_freed_heap_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt(3) only changes a setting of the allocator.
+    unsafe {
+        libc::mallopt(libc::M_PERTURB, 0x5a);
+    }
 }

@@ -410,9 +410,14 @@ impl Shard {
         let (stored, flags) = codec
             .encode(key, value, options.compression, options.encryption)
             .map_err(|e| (e.status(), e.message()))?;
-        store
+        let stored = store
             .set_flagged(hash, key, stored, ttl, flags, now_us)
-            .map_err(write_failure)
+            .map_err(write_failure);
+        if flags & crate::codec::ENCRYPTED != 0 {
+            codec.wipe_scratch();
+            self.secret.set(true);
+        }
+        stored
     }
 
     /// Calls `f` with the client's bytes of a stored item: the record's own
@@ -429,9 +434,14 @@ impl Shard {
             return f(Ok(item.value()));
         }
         let mut codec = self.codec.borrow_mut();
-        f(codec
+        let answer = f(codec
             .decode(item.key(), flags, item.value())
-            .map_err(|e| (e.status(), e.message())))
+            .map_err(|e| (e.status(), e.message())));
+        if flags & crate::codec::ENCRYPTED != 0 {
+            codec.wipe_scratch();
+            self.secret.set(true);
+        }
+        answer
     }
 }
 

@@ -50,6 +50,9 @@ pub struct Shard {
     codec: RefCell<crate::codec::ValueCodec>,
     /// Whether writes that ask for nothing still go through the codec.
     codec_eager: bool,
+    /// The plaintext of an encrypted value passed through this shard since
+    /// the last [`Shard::take_secret`]: its caller wipes its buffers.
+    secret: Cell<bool>,
     /// Request metrics of this shard (issue 7).
     metrics: RefCell<crate::metrics::ShardMetrics>,
     /// Default TTLs, cache types and event switches; replaced by the
@@ -113,6 +116,7 @@ impl Shard {
             draining: Cell::new(false),
             codec: RefCell::new(crate::codec::ValueCodec::off(limits.max_item_bytes)),
             codec_eager: false,
+            secret: Cell::new(false),
             metrics: RefCell::default(),
             policy: RefCell::new(policy),
             events: None,
@@ -180,6 +184,14 @@ impl Shard {
     /// within `budget` items.
     pub fn maintain(&self, now_us: u64, budget: usize, decay: bool) -> store::Upkeep {
         self.store.borrow_mut().maintain(now_us, budget, decay)
+    }
+
+    /// Whether the plaintext of an encrypted value was read or written
+    /// since the last call: the caller then wipes the buffers that held
+    /// the request and the answer (issue 19).
+    #[inline]
+    pub fn take_secret(&self) -> bool {
+        self.secret.replace(false)
     }
 
     /// Whether values can be encrypted at rest (a key was configured).

@@ -155,3 +155,17 @@ def test_handshake_errors_are_typed(server: Server) -> None:
 
 def test_health(client: CacheClient) -> None:
     assert client.health()["status"] == "ok"
+
+
+def test_correlation_id_per_client_and_per_call(server: Server) -> None:
+    with CacheClient("python_tests", address=server.address, correlation_id="py-client-7") as c:
+        get = wire.CacheOperation(operation="get", key=b"py:corr")
+        assert c._single(get).correlation_id == "py-client-7"
+        get = wire.CacheOperation(operation="get", key=b"py:corr")
+        assert c._single(get, "py-call-8").correlation_id == "py-call-8"
+        c.set("py:corr", "v", correlation_id="py-call-9")
+        assert c.get("py:corr", correlation_id="py-call-10") == b"v"
+        with pytest.raises(ValueError):
+            c.get("py:corr", correlation_id="x" * 65)
+    with pytest.raises(ValueError):
+        CacheClient("python_tests", address=server.address, correlation_id="x" * 65)

@@ -227,3 +227,21 @@ proptest! {
         prop_assert_eq!(parse_split(&bytes, &cuts), whole);
     }
 }
+
+#[test]
+fn correlation_ids_are_read_and_checked() {
+    let h = head(b"GET /x HTTP/1.1\r\nHost: h\r\nx-correlation-id: req-7\r\n\r\n");
+    assert_eq!(h.correlation_id.as_deref(), Some("req-7"));
+    assert_eq!(head(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n").correlation_id, None);
+    let long = format!(
+        "GET /x HTTP/1.1\r\nHost: h\r\nX-Correlation-ID: {}\r\n\r\n",
+        "a".repeat(65)
+    );
+    for raw in [
+        long.as_bytes(),
+        b"GET /x HTTP/1.1\r\nHost: h\r\nX-Correlation-ID: a b\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: h\r\nX-Correlation-ID: a\r\nX-Correlation-ID: b\r\n\r\n",
+    ] {
+        assert_eq!(status_of(raw), 400);
+    }
+}

@@ -154,7 +154,20 @@ fn is_envelope(raw: &RawValue) -> bool {
     }
 }
 
+/// Refuses options whose `consistency` is not `""`, `strong` or `eventual`
+/// (as the binary protocol does), so that a batch with such an operation
+/// is refused whole before anything runs.
+fn check_options(item: &ItemJson<'_>) -> Result<(), RestError> {
+    match item.options.as_ref().map(|o| o.consistency.as_str()) {
+        None | Some("" | "strong" | "eventual") => Ok(()),
+        Some(_) => Err(RestError::malformed(
+            "options.consistency must be \"strong\" or \"eventual\"",
+        )),
+    }
+}
+
 fn set_operation(key: &[u8], item: &ItemJson<'_>) -> Result<CacheOperation, RestError> {
+    check_options(item)?;
     let value = item
         .value
         .ok_or_else(|| RestError::malformed("a set needs a value"))?;
@@ -212,8 +225,9 @@ pub struct BatchItem {
 /// Parses a batch body into its items and their operation frames (each a
 /// 4-byte length and a `CacheOperation`, ready for the dispatcher). The
 /// whole batch is refused (400) if any operation is malformed; invalid keys
-/// are answered per item (CACHE_004).
-pub fn batch_operations(body: &[u8]) -> Result<(Vec<BatchItem>, Vec<u8>), RestError> {
+/// are answered per item (CACHE_004). Every operation carries the request's
+/// `correlation_id`.
+pub fn batch_operations(body: &[u8], correlation_id: &str) -> Result<(Vec<BatchItem>, Vec<u8>), RestError> {
     let batch: BatchJson<'_> = serde_json::from_slice(body).map_err(|e| bad_json(&e))?;
     if batch.operations.len() > crate::validate::MAX_BATCH_KEYS {
         return Err(RestError::of(
@@ -240,7 +254,12 @@ pub fn batch_operations(body: &[u8]) -> Result<(Vec<BatchItem>, Vec<u8>), RestEr
             if item.value.is_some() || item.ttl.is_some() || item.value_encoding.is_some() {
                 return Err(at("only a set takes value, value_encoding and ttl"));
             }
+            check_options(item).map_err(|e| at(&e.message))?;
             operation(kind, &key)
+        };
+        let op = CacheOperation {
+            correlation_id: correlation_id.into(),
+            ..op
         };
         crate::frame::write_frame(&mut frames, &prost::Message::encode_to_vec(&op));
         items.push(BatchItem { kind, key });
@@ -302,13 +321,29 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_with_a_bad_consistency_is_refused_whole() {
+        for op in [
+            r#""op": "set", "value": 1"#,
+            r#""op": "get""#,
+            r#""op": "delete""#,
+        ] {
+            let body = format!(
+                r#"{{"operations": [{{"op": "get", "key": "a"}}, {{{op}, "key": "b", "options": {{"consistency": "sometimes"}}}}]}}"#
+            );
+            let e = batch_operations(body.as_bytes(), "").unwrap_err();
+            assert_eq!(e.http_status, 400, "{body}");
+            assert!(e.message.contains("operations[1]"), "{}", e.message);
+        }
+    }
+
+    #[test]
     fn batches() {
         let body = br#"{"operations": [
             {"op": "set", "key": "a", "value": {"x": 1}, "ttl": 9},
             {"op": "get", "key_base64": "/w=="},
             {"op": "delete", "key": "a"}
         ]}"#;
-        let (items, frames) = batch_operations(body).unwrap();
+        let (items, frames) = batch_operations(body, "c-1").unwrap();
         assert_eq!(
             items,
             vec![
@@ -339,7 +374,7 @@ mod tests {
             r#"{"ops": []}"#,
         ] {
             assert_eq!(
-                batch_operations(bad.as_bytes()).unwrap_err().http_status,
+                batch_operations(bad.as_bytes(), "").unwrap_err().http_status,
                 400,
                 "{bad}"
             );
@@ -349,7 +384,7 @@ mod tests {
             vec![r#"{"op":"get","key":"k"}"#; 10_001].join(",")
         );
         assert_eq!(
-            batch_operations(many.as_bytes()).unwrap_err().status,
+            batch_operations(many.as_bytes(), "").unwrap_err().status,
             Status::BatchTooLarge
         );
     }

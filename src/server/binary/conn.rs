@@ -73,6 +73,9 @@ async fn serve_stream<S: Transport>(rt: Rc<ShardRuntime>, mut stream: S) {
             }
         }
         let consumed = cycle.run(&rt, inbuf.data()).await;
+        if cycle.held_secret() {
+            inbuf.wipe_front(consumed);
+        }
         inbuf.consume(consumed);
         if stream.write_all(cycle.output()).await.is_err() {
             break;

@@ -74,6 +74,17 @@ pub struct Dispatcher {
     /// Metrics and events of the cycle (src/metrics).
     record: CycleRecord,
     identity: ConnIdentity,
+    /// The output (or the input consumed) since the last write held the
+    /// plaintext of an encrypted value: it is zeroed, not just cleared.
+    secret: bool,
+}
+
+impl Drop for Dispatcher {
+    /// A connection that ends right after an encrypted value's answer
+    /// leaves no plaintext in freed memory.
+    fn drop(&mut self) {
+        self.forget_output();
+    }
 }
 
 impl Dispatcher {
@@ -91,7 +102,15 @@ impl Dispatcher {
             write_encryption: false,
             record: CycleRecord::default(),
             identity: ConnIdentity::anonymous(),
+            secret: false,
         }
+    }
+
+    /// Whether the requests or answers since the last write carried the
+    /// plaintext of an encrypted value: the connection then zeroes the
+    /// input it consumed (issue 19).
+    pub fn held_secret(&self) -> bool {
+        self.secret
     }
 
     /// What the requests that follow may do (after a handshake, or per REST
@@ -123,8 +142,19 @@ impl Dispatcher {
         &self.out
     }
 
-    /// Forgets the output (keeping its buffer).
+    /// Forgets the output (keeping its buffer; zeroed if it held a secret).
     pub fn clear_output(&mut self) {
+        self.forget_output();
+    }
+
+    fn forget_output(&mut self) {
+        if std::mem::take(&mut self.secret) {
+            zeroize::Zeroize::zeroize(&mut self.out);
+            zeroize::Zeroize::zeroize(&mut self.assembled);
+            for frames in &mut self.forward {
+                zeroize::Zeroize::zeroize(frames);
+            }
+        }
         self.out.clear();
     }
 
@@ -132,16 +162,15 @@ impl Dispatcher {
     /// reused).
     pub fn with_output(shards: usize, mut out: Vec<u8>) -> Self {
         out.clear();
-        Dispatcher {
-            out,
-            ..Dispatcher::new(shards)
-        }
+        let mut d = Dispatcher::new(shards);
+        d.out = out;
+        d
     }
 
     /// The output was written: forget it, and give back a buffer that a
     /// burst made large.
     pub fn written(&mut self) {
-        self.out.clear();
+        self.forget_output();
         if self.out.capacity() > 2 * OUT_SOFT_CAP {
             self.out = Vec::with_capacity(4096);
         }
@@ -207,6 +236,7 @@ impl Dispatcher {
         };
         observe_cycle(&rt.shard, &self.identity, &self.record, input, answers);
         rt.shard.end_cycle();
+        self.secret |= rt.shard.take_secret();
         self.steps.clear();
         self.jobs.clear();
         self.needs_assembly = false;

@@ -16,6 +16,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use super::handler::{self as rest, BatchJob, Outcome, Reply};
+use crate::hub::new_correlation_id;
 use crate::protocol::http::{
     write_chunk, write_response_head, BodyFraming, ChunkedDecoder, HeadReader, HttpError, Method,
     RequestHead, ResponseLength, LAST_CHUNK,
@@ -37,6 +38,10 @@ pub struct HttpSettings {
     pub idle_timeout: Duration,
     pub max_body_bytes: usize,
 }
+
+/// The header that carries a request's correlation id (ICD 1.1), read and
+/// answered on every request.
+pub const CORRELATION_HEADER: &str = "X-Correlation-ID";
 
 /// Batch answers are written in pieces of about this size.
 const STREAM_CHUNK_BYTES: usize = 256 * 1024;
@@ -83,10 +88,12 @@ impl<S: Transport> Conn<S> {
 
     /// Sends an error answer, then closes without resetting the connection
     /// on the client (unread bytes are drained for a moment first).
-    async fn fail(mut self, minor_version: u8, e: HttpError) {
+    async fn fail(mut self, minor_version: u8, correlation_id: &str, e: HttpError) {
         let status = status_for_http_error(e.status);
         let reply = rest::error_reply(e.status, status, &e.message, None, "");
-        let _ = self.send(&reply, minor_version, false, false).await;
+        let _ = self
+            .send(&reply, minor_version, correlation_id, false, false)
+            .await;
         self.linger_close().await;
     }
 
@@ -94,14 +101,20 @@ impl<S: Transport> Conn<S> {
         &mut self,
         reply: &Reply,
         minor: u8,
+        correlation_id: &str,
         keep_alive: bool,
         head_only: bool,
     ) -> std::io::Result<()> {
         let mut out = Vec::with_capacity(256 + reply.body.len());
-        let extra = reply
-            .header
-            .as_ref()
-            .map(|(name, value)| [(*name, value.as_str())]);
+        let correlation = (CORRELATION_HEADER, correlation_id);
+        let with_header;
+        let extra: &[(&str, &str)] = match &reply.header {
+            Some((name, value)) => {
+                with_header = [correlation, (*name, value.as_str())];
+                &with_header
+            }
+            None => std::slice::from_ref(&correlation),
+        };
         write_response_head(
             &mut out,
             minor,
@@ -109,12 +122,15 @@ impl<S: Transport> Conn<S> {
             Some(reply.content_type),
             ResponseLength::Known(reply.body.len()),
             keep_alive,
-            extra.as_ref().map_or(&[][..], |a| &a[..]),
+            extra,
         );
         if !head_only {
             out.extend_from_slice(&reply.body);
         }
-        self.stream.write_all(&out).await
+        let sent = self.stream.write_all(&out).await;
+        // The body may be the plaintext of an encrypted value (issue 19).
+        zeroize::Zeroize::zeroize(&mut out);
+        sent
     }
 
     async fn linger_close(mut self) {
@@ -174,7 +190,7 @@ async fn serve_stream<S: Transport>(rt: Rc<ShardRuntime>, stream: S) {
                     break head;
                 }
                 Ok(None) => {}
-                Err(e) => return conn.fail(1, e).await,
+                Err(e) => return conn.fail(1, &new_correlation_id(), e).await,
             }
             let deadline = match started {
                 Some(t) => t + settings.request_timeout,
@@ -184,24 +200,39 @@ async fn serve_stream<S: Transport>(rt: Rc<ShardRuntime>, stream: S) {
                 Read::Data => {}
                 Read::TimedOut if started.is_some() => {
                     return conn
-                        .fail(1, HttpError::new(408, "request head not received in time"))
+                        .fail(
+                            1,
+                            &new_correlation_id(),
+                            HttpError::new(408, "request head not received in time"),
+                        )
                         .await
                 }
                 Read::TimedOut | Read::Closed | Read::Shutdown => return,
             }
         };
         let started = started.unwrap_or_else(Instant::now);
+        // ICD 1.1: every request has a correlation id, the client's or ours;
+        // its operations and events carry it and the answer returns it.
+        let mut head = head;
+        let correlation_id = head.correlation_id.get_or_insert_with(new_correlation_id).clone();
         let body = match read_body(&mut conn, &head, started, &settings).await {
             Ok(body) => body,
             Err(None) => return,
-            Err(Some(e)) => return conn.fail(head.minor_version, e).await,
+            Err(Some(e)) => return conn.fail(head.minor_version, &correlation_id, e).await,
         };
 
         let mut keep_alive = head.keep_alive && !rt.shard.is_draining();
         let sent = match rest::handle(&rt, &mut dispatcher, &head, &body).await {
-            Outcome::Reply(reply) => {
+            Outcome::Reply(mut reply) => {
                 let head_only = head.method == Method::Head;
-                conn.send(&reply, head.minor_version, keep_alive, head_only).await
+                let sent = conn
+                    .send(&reply, head.minor_version, &correlation_id, keep_alive, head_only)
+                    .await;
+                if dispatcher.held_secret() {
+                    zeroize::Zeroize::zeroize(&mut reply.body);
+                    dispatcher.clear_output();
+                }
+                sent
             }
             Outcome::Batch(job) => {
                 // HTTP/1.0 has no chunked encoding: the close ends the body.
@@ -304,7 +335,7 @@ async fn stream_batch<S: Transport>(
         Some(rest::JSON),
         length,
         keep_alive,
-        &[],
+        &[(CORRELATION_HEADER, head.correlation_id.as_deref().unwrap_or(""))],
     );
     conn.stream.write_all(&out).await?;
     out.clear();
@@ -326,6 +357,9 @@ async fn stream_batch<S: Transport>(
             }
             first = false;
             write_batch_result(&mut body, item.kind, &item.key, &resp, job.force_base64);
+            if d.held_secret() {
+                rest::wipe_response(resp);
+            }
             if body.len() >= STREAM_CHUNK_BYTES {
                 send_piece(conn, &mut out, &body, chunked).await?;
                 body.clear();
@@ -346,7 +380,13 @@ async fn stream_batch<S: Transport>(
         write_batch_result(&mut body, item.kind, &item.key, &resp, job.force_base64);
     }
     body.extend_from_slice(b"]}");
-    send_piece(conn, &mut out, &body, chunked).await?;
+    let sent = send_piece(conn, &mut out, &body, chunked).await;
+    if d.held_secret() {
+        zeroize::Zeroize::zeroize(&mut body);
+        zeroize::Zeroize::zeroize(&mut out);
+        d.clear_output();
+    }
+    sent?;
     if chunked {
         conn.stream.write_all(LAST_CHUNK).await?;
     }
@@ -375,6 +415,6 @@ pub async fn refuse(stream: TcpStream) {
         shutdown: crate::server::shutdown::ShutdownSignal::default().wait(),
     };
     let reply = rest::error_reply(503, Status::TooManyConnections, "too many connections", None, "");
-    let _ = conn.send(&reply, 1, false, false).await;
+    let _ = conn.send(&reply, 1, &new_correlation_id(), false, false).await;
     conn.linger_close().await;
 }

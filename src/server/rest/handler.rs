@@ -177,6 +177,13 @@ async fn handle_route(
     query: &Query,
 ) -> Result<Outcome, Failure> {
     let force_base64 = query.force_base64().map_err(|e| (e, None, ""))?;
+    // The request's correlation id (ICD 1.1) goes with each of its
+    // operations, into their answers and item events.
+    let correlation_id = head.correlation_id.as_deref().unwrap_or_default();
+    let with_id = |op: CacheOperation| CacheOperation {
+        correlation_id: correlation_id.into(),
+        ..op
+    };
     match route {
         Route::Key(key) => {
             let (kind, op) = match head.method {
@@ -188,22 +195,28 @@ async fn handle_route(
                 Method::Delete => (OpKind::Delete, request::key_operation(OpKind::Delete, &key)),
                 _ => (OpKind::Get, request::key_operation(OpKind::Get, &key)),
             };
-            let resp = execute(rt, d, &op)
+            let resp = execute(rt, d, &with_id(op))
                 .await
                 .map_err(|e| (e, Some(key.clone()), kind.name()))?;
             let wants_octets = head.accept.as_deref().is_some_and(|a| a.contains(OCTETS));
-            if kind == OpKind::Get && resp.status == 0 && wants_octets {
-                return Ok(Outcome::Reply(Reply {
+            let outcome = if kind == OpKind::Get && resp.status == 0 && wants_octets {
+                Ok(Outcome::Reply(Reply {
                     status: 200,
                     content_type: OCTETS,
                     body: resp.data.to_vec(),
                     header: None,
-                }));
+                }))
+            } else {
+                answer(kind, &resp, force_base64, Some(&key))
+            };
+            if d.held_secret() {
+                wipe_response(resp);
             }
-            answer(kind, &resp, force_base64, Some(&key))
+            outcome
         }
         Route::Batch => {
-            let (items, frames) = request::batch_operations(body).map_err(|e| (e, None, "batch"))?;
+            let (items, frames) =
+                request::batch_operations(body, correlation_id).map_err(|e| (e, None, "batch"))?;
             check_frames(rt, &frames).map_err(|e| (e, None, "batch"))?;
             Ok(Outcome::Batch(BatchJob {
                 items,
@@ -213,7 +226,9 @@ async fn handle_route(
         }
         Route::Pattern(pattern) => {
             let op = request::pattern_operation(&pattern, query).map_err(|e| (e, None, "pattern"))?;
-            let resp = execute(rt, d, &op).await.map_err(|e| (e, None, "pattern"))?;
+            let resp = execute(rt, d, &with_id(op))
+                .await
+                .map_err(|e| (e, None, "pattern"))?;
             if resp.status != 0 {
                 return answer(OpKind::Pattern, &resp, false, Some(&pattern));
             }
@@ -228,7 +243,7 @@ async fn handle_route(
                 Route::Stats => OpKind::Stats,
                 _ => OpKind::Health,
             };
-            let resp = execute(rt, d, &request::admin_operation(kind))
+            let resp = execute(rt, d, &with_id(request::admin_operation(kind)))
                 .await
                 .map_err(|e| (e, None, kind.name()))?;
             let healthy =
@@ -354,6 +369,19 @@ pub async fn execute(
     let answers = response_frames(d.output());
     let first = answers.into_iter().next();
     first.ok_or_else(|| RestError::of(Status::Unavailable, "no answer from the shard"))
+}
+
+/// Zeroes the value of an answer that held the plaintext of an encrypted
+/// value, before its memory is freed (issue 19).
+pub fn wipe_response(resp: CacheResponse) {
+    if let Ok(mut data) = resp.data.try_into_mut() {
+        zeroize::Zeroize::zeroize(data.as_mut());
+    }
+    for item in resp.items {
+        if let Ok(mut data) = item.data.try_into_mut() {
+            zeroize::Zeroize::zeroize(data.as_mut());
+        }
+    }
 }
 
 /// Decodes the response frames of a dispatcher's output.

@@ -170,8 +170,11 @@ impl UringStream {
                 let (start, end) = (start as usize, end as usize);
                 let n = (end - start).min(out.len());
                 // SAFETY: no receive is in flight while the state is `Ready`.
-                let buf = unsafe { &*self.io.buf.get() };
+                let buf = unsafe { &mut *self.io.buf.get() };
                 out[..n].copy_from_slice(&buf[start..start + n]);
+                // Nothing received stays behind in the receive buffer: it
+                // may be the plaintext of a value to encrypt (issue 19).
+                zeroize::Zeroize::zeroize(&mut buf[start..start + n]);
                 self.io.read.set(if start + n == end {
                     ReadState::Idle
                 } else {

@@ -43,6 +43,11 @@ class CacheClient:
     handshake and apply to every request; ``token`` is the JWT sent as
     ``auth_token``. Connections open lazily on first use.
 
+    ``correlation_id`` (ICD 1.1) is sent in the handshake and with every
+    request of this client; each operation also takes a ``correlation_id``
+    keyword that overrides it for that call. The server echoes it in the
+    answer and puts it in the ``cache.item.updated`` events the write causes.
+
     Every operation is retried on connection errors, timeouts, CACHE_009 and
     CACHE_011, up to ``config.retries`` times with exponential backoff and
     full jitter: a cache's get, set and delete are idempotent (a repeated set
@@ -56,16 +61,19 @@ class CacheClient:
         address: Optional[str] = None,
         token: Optional[str] = None,
         config: Optional[ClientConfig] = None,
+        correlation_id: Optional[str] = None,
     ) -> None:
         if not service_id:
             raise ValueError("service_id is required")
         self.config = config or ClientConfig()
+        self.correlation_id = ops.check_correlation_id(correlation_id)
         self._public: Endpoint = resolve_address(address)
         self._hello = wire.CacheConnection(
             service_id=service_id,
             auth_token=token or "",
             options=make_options(options),
             protocol_version=1,
+            correlation_id=self.correlation_id,
         )
         self.breaker = CircuitBreaker(
             threshold=self.config.breaker_threshold,
@@ -82,50 +90,73 @@ class CacheClient:
 
     # -- public API --------------------------------------------------------
 
-    def get(self, key: Key) -> Optional[bytes]:
+    def get(self, key: Key, *, correlation_id: Optional[str] = None) -> Optional[bytes]:
         """The value of ``key``, or ``None`` when it is missing or expired."""
-        return ops.get_result(self._single(ops.get_request(key)))
+        return ops.get_result(self._single(ops.get_request(key), correlation_id))
 
-    def get_str(self, key: Key) -> Optional[str]:
+    def get_str(self, key: Key, *, correlation_id: Optional[str] = None) -> Optional[str]:
         """The value decoded as UTF-8, or ``None`` on a miss."""
-        data = self.get(key)
+        data = self.get(key, correlation_id=correlation_id)
         return None if data is None else data.decode("utf-8")
 
-    def get_json(self, key: Key, default: Any = None) -> Any:
+    def get_json(
+        self, key: Key, default: Any = None, *, correlation_id: Optional[str] = None
+    ) -> Any:
         """The value parsed as JSON, or ``default`` on a miss."""
-        data = self.get(key)
+        data = self.get(key, correlation_id=correlation_id)
         return default if data is None else json.loads(data)
 
-    def set(self, key: Key, data: Any, ttl: Optional[int] = None) -> wire.Metadata:
+    def set(
+        self,
+        key: Key,
+        data: Any,
+        ttl: Optional[int] = None,
+        *,
+        correlation_id: Optional[str] = None,
+    ) -> wire.Metadata:
         """Stores ``data`` (bytes as is, str as UTF-8, else JSON) for ``ttl`` seconds.
 
         ``ttl=None`` or 0 takes the server's default TTL. Returns the stored
         item's metadata.
         """
-        return ops.set_result(self._single(ops.set_request(key, data, ttl)))
+        return ops.set_result(self._single(ops.set_request(key, data, ttl), correlation_id))
 
-    def delete(self, key: Key) -> bool:
+    def delete(self, key: Key, *, correlation_id: Optional[str] = None) -> bool:
         """Removes ``key``; ``True`` if it existed."""
-        return ops.delete_result(self._single(ops.delete_request(key)))
+        return ops.delete_result(self._single(ops.delete_request(key), correlation_id))
 
-    def get_many(self, keys: Iterable[K]) -> Dict[K, bytes]:
+    def get_many(
+        self, keys: Iterable[K], *, correlation_id: Optional[str] = None
+    ) -> Dict[K, bytes]:
         """The values of the keys found; missing and expired keys are left out."""
-        return ops.get_many_result(self._batch("get_many", list(dict.fromkeys(keys))))
+        unique = list(dict.fromkeys(keys))
+        return ops.get_many_result(self._batch("get_many", unique, correlation_id=correlation_id))
 
-    def set_many(self, mapping: Mapping[K, Any], ttl: Optional[int] = None) -> None:
+    def set_many(
+        self,
+        mapping: Mapping[K, Any],
+        ttl: Optional[int] = None,
+        *,
+        correlation_id: Optional[str] = None,
+    ) -> None:
         """Stores every pair; raises :class:`BatchError` naming the keys that failed."""
         values = {key: encode_value(value) for key, value in mapping.items()}
+        ttl_s = ops.ttl_seconds(ttl)
         ops.set_many_result(
-            self._batch("set_many", list(values), values=values, ttl=ops.ttl_seconds(ttl))
+            self._batch("set_many", list(values), values, ttl_s, correlation_id=correlation_id)
         )
 
-    def delete_many(self, keys: Iterable[K]) -> int:
+    def delete_many(self, keys: Iterable[K], *, correlation_id: Optional[str] = None) -> int:
         """Removes the keys; returns how many existed."""
-        return ops.delete_many_result(self._batch("delete_many", list(dict.fromkeys(keys))))
+        unique = list(dict.fromkeys(keys))
+        return ops.delete_many_result(
+            self._batch("delete_many", unique, correlation_id=correlation_id)
+        )
 
-    def health(self) -> Dict[str, Any]:
+    def health(self, *, correlation_id: Optional[str] = None) -> Dict[str, Any]:
         """The server's health document (``{"status": "ok", ...}``)."""
-        return ops.health_result(self._single(wire.CacheOperation(operation="health")))
+        op = wire.CacheOperation(operation="health")
+        return ops.health_result(self._single(op, correlation_id))
 
     def close(self) -> None:
         """Closes every connection; later calls raise CacheConnectionError."""
@@ -143,7 +174,10 @@ class CacheClient:
 
     # -- routing and resilience --------------------------------------------
 
-    def _single(self, op: wire.CacheOperation) -> wire.CacheResponse:
+    def _single(
+        self, op: wire.CacheOperation, correlation_id: Optional[str] = None
+    ) -> wire.CacheResponse:
+        op.correlation_id = self._correlation_for(correlation_id)
         redirect: Optional[Endpoint] = None
         for _ in range(MAX_REDIRECTS + 1):
             # The owner is looked up again on each attempt: a retry after a
@@ -164,19 +198,29 @@ class CacheClient:
         keys: List[K],
         values: Optional[Mapping[K, bytes]] = None,
         ttl: int = 0,
+        *,
+        correlation_id: Optional[str] = None,
     ) -> List[Tuple[K, wire.ItemResult]]:
         """Sends each shard its keys (in chunks the server accepts) and returns
         (key, item) in key order."""
         results: Dict[K, wire.ItemResult] = {}
+        correlation = self._correlation_for(correlation_id)
         for chunk in ops.plan_batch(operation, keys, self._endpoint_for, values, ttl):
+            chunk.op.correlation_id = correlation
             answer = self._with_retries(lambda: self._send(chunk.endpoint, [chunk.op])[0])
             results.update(ops.chunk_items(chunk, answer))
         for key, item in results.items():
             if item.status == MOVED:
                 # In a cluster: a key of another node, sent there alone.
                 single = ops.single_of_batch(operation, item.key, values, key, ttl)
-                results[key] = ops.item_of(item.key, self._single(single))
+                results[key] = ops.item_of(item.key, self._single(single, correlation_id))
         return [(key, results[key]) for key in keys]
+
+    def _correlation_for(self, per_call: Optional[str]) -> str:
+        """The call's correlation id, else the client's, else none ("")."""
+        if per_call is not None:
+            return ops.check_correlation_id(per_call)
+        return self.correlation_id
 
     def _endpoint_for(self, key: bytes) -> Endpoint:
         topology = self._topology

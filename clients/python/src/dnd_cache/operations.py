@@ -177,3 +177,18 @@ def single_of_batch(
 def item_of(key: bytes, answer: wire.CacheResponse) -> wire.ItemResult:
     """A single request's answer as the batch item it stands for."""
     return wire.ItemResult(key=key, status=answer.status, data=answer.data, metadata=answer.metadata)
+
+
+#: Longest correlation id the server keeps (it cuts longer ones).
+MAX_CORRELATION_ID_BYTES = 64
+
+
+def check_correlation_id(value: Optional[str]) -> str:
+    """A correlation id (ICD 1.1) as sent: at most 64 bytes of UTF-8; ``None`` is ""."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"correlation_id must be a str, got {type(value).__name__}")
+    if len(value.encode("utf-8")) > MAX_CORRELATION_ID_BYTES:
+        raise ValueError(f"correlation_id is at most {MAX_CORRELATION_ID_BYTES} bytes")
+    return value

@@ -1,0 +1,177 @@
+//! Plaintext of encrypted values does not stay in the server's memory
+//! (issue 19, item 8): after an encrypted value is written and read back
+//! (over the binary protocol and REST) and later traffic churns the
+//! buffers, no run of its plaintext is found anywhere in the process's
+//! memory, read through `/proc/PID/mem` as a memory dump would.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::FileExt;
+
+use bytes::Bytes;
+use common::http::HttpConn;
+use common::*;
+use dnd_cache::proto::{CacheOperation, Options};
+
+/// Shortest run of the plaintext that counts as found.
+const RUN: usize = 64;
+
+/// 98 KB of text that never repeats itself (a 64-bit LCG in hex), so any
+/// run of it found in memory is a copy of the value.
+fn plaintext() -> Vec<u8> {
+    let mut text = Vec::with_capacity(98_016);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while text.len() < 98_000 {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        text.extend_from_slice(format!("{x:016x}").as_bytes());
+    }
+    text.truncate(98_000);
+    text
+}
+
+/// Bytes of the process's memory that lie in runs of at least [`RUN`]
+/// bytes equal to part of `secret` (which must be lowercase hex).
+fn plaintext_bytes_in_memory(pid: u32, secret: &[u8]) -> usize {
+    // Every 8-byte window of the secret, by value: where a run may start.
+    let windows: HashMap<[u8; 8], Vec<usize>> =
+        secret
+            .windows(8)
+            .enumerate()
+            .fold(HashMap::new(), |mut m, (i, w)| {
+                m.entry(w.try_into().unwrap()).or_default().push(i);
+                m
+            });
+    let mem = File::open(format!("/proc/{pid}/mem")).expect("open /proc/PID/mem (needs ptrace access)");
+    let maps = BufReader::new(File::open(format!("/proc/{pid}/maps")).unwrap());
+    let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    let mut found = 0;
+    let mut buf = Vec::new();
+    for line in maps.lines() {
+        let line = line.unwrap();
+        let mut fields = line.split_whitespace();
+        let range = fields.next().unwrap();
+        let perms = fields.next().unwrap();
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let (start, end) = range.split_once('-').unwrap();
+        let (start, end) = (
+            u64::from_str_radix(start, 16).unwrap(),
+            u64::from_str_radix(end, 16).unwrap(),
+        );
+        buf.resize((end - start) as usize, 0);
+        let Ok(n) = mem.read_at(&mut buf, start) else {
+            continue;
+        };
+        let region = &buf[..n];
+        // Runs of hex text, then the parts of them that are the secret.
+        let mut i = 0;
+        while i < region.len() {
+            if !hex(region[i]) {
+                i += 1;
+                continue;
+            }
+            let run_start = i;
+            while i < region.len() && hex(region[i]) {
+                i += 1;
+            }
+            let n = secret_bytes_in(&region[run_start..i], secret, &windows);
+            if n > 0 && std::env::var_os("DEBUG_SCAN").is_some() {
+                eprintln!("{n} bytes at {:#x} in {line}", start + run_start as u64);
+            }
+            found += n;
+        }
+    }
+    found
+}
+
+fn secret_bytes_in(text: &[u8], secret: &[u8], windows: &HashMap<[u8; 8], Vec<usize>>) -> usize {
+    let mut found = 0;
+    let mut p = 0;
+    while p + RUN <= text.len() {
+        let longest = windows
+            .get(&<[u8; 8]>::try_from(&text[p..p + 8]).unwrap())
+            .into_iter()
+            .flatten()
+            .map(|&s| {
+                text[p..]
+                    .iter()
+                    .zip(&secret[s..])
+                    .take_while(|(a, b)| a == b)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0);
+        if longest >= RUN {
+            if std::env::var_os("DEBUG_SCAN").is_some() {
+                let at = windows[&<[u8; 8]>::try_from(&text[p..p + 8]).unwrap()].clone();
+                eprintln!("run of {longest} starting at secret offsets {at:?}");
+            }
+            found += longest;
+            p += longest;
+        } else {
+            p += 1;
+        }
+    }
+    found
+}
+
+fn encrypted_set(key: &[u8], value: &[u8]) -> CacheOperation {
+    CacheOperation {
+        options: Some(Options {
+            encryption: true,
+            ..Default::default()
+        }),
+        ..set(key, value, 0)
+    }
+}
+
+#[test]
+fn no_plaintext_of_an_encrypted_value_stays_in_memory() {
+    let dir = std::env::temp_dir().join(format!("dnd-cache-plaintext-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("key");
+    std::fs::write(&key_file, [7u8; 32]).unwrap();
+    let server = TestServer::start(&[
+        "--shards",
+        "1",
+        "--encryption-key-file",
+        key_file.to_str().unwrap(),
+    ]);
+    let secret = plaintext();
+
+    let mut c = server.connect();
+    assert_eq!(c.call(&encrypted_set(b"secret:1", &secret)).status, 0);
+    let back = c.call(&get(b"secret:1"));
+    assert_eq!((back.status, back.data.as_ref()), (0, &secret[..]));
+    let mut rest = HttpConn::open(server.http);
+    let r = rest.request(
+        "GET",
+        "/api/v2/cache/secret:1",
+        &[("Accept", "application/octet-stream")],
+        b"",
+    );
+    assert_eq!((r.status, r.body.as_slice()), (200, &secret[..]));
+
+    // Later traffic reuses (and frees and reallocates) the same buffers.
+    let filler = Bytes::from(vec![b'z'; 8 * 1024]);
+    for i in 0..300 {
+        let key = format!("filler:{}", i % 50);
+        assert_eq!(c.call(&set(key.as_bytes(), &filler, 0)).status, 0);
+        assert_eq!(c.call(&get(key.as_bytes())).status, 0);
+    }
+    let r = rest.request("GET", "/api/v2/cache/filler:1", &[], b"");
+    assert_eq!(r.status, 200);
+
+    let found = plaintext_bytes_in_memory(server.child.id(), &secret);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
+        found, 0,
+        "{found} bytes of the encrypted value's plaintext are in the server's memory"
+    );
+}
