@@ -159,11 +159,9 @@ impl Slab {
     /// [`MIN_PAGE_BYTES`] and [`MAX_PAGE_BYTES`]).
     pub fn with_page_bytes(limit_bytes: usize, page_bytes: usize) -> Slab {
         assert!(page_bytes.is_power_of_two() && (MIN_PAGE_BYTES..=MAX_PAGE_BYTES).contains(&page_bytes));
-        // 31 bits of ItemId address 2^31 alignment units: enough for the
-        // budget plus the segments in flight.
-        let units = (limit_bytes + 2 * page_bytes)
-            .div_ceil(1 << 31)
-            .next_power_of_two();
+        // 31 bits of ItemId address 2^31 alignment units: enough for every
+        // segment the budget can hold (spare mappings included).
+        let units = limit_bytes.max(1).div_ceil(1 << 31).next_power_of_two();
         let align_shift = units.trailing_zeros();
         Slab {
             segment_bytes: page_bytes,

@@ -125,7 +125,10 @@ fn segment_size_follows_the_shard_size() {
     assert_eq!(page_bytes_for(1 << 30), MAX_PAGE_BYTES);
     // Ids address the largest shard: 32 GiB of 1 MiB segments.
     let s = Slab::new(32 << 30);
-    assert!(1usize << (31 - s.offset_bits) >= (32 << 30) / MAX_PAGE_BYTES + 2);
+    assert!(1usize << (31 - s.offset_bits) >= (32 << 30) / MAX_PAGE_BYTES);
+    assert_eq!(Slab::new(32 << 30).align_shift, 4);
+    assert_eq!(Slab::new(4 << 30).align_shift, 1);
+    assert_eq!(Slab::new(2 << 30).align_shift, 0, "up to 2 GiB, records are packed byte by byte");
     let s = Slab::new(32 << 20);
     assert_eq!(s.align_shift, 0, "small shards pack records byte by byte");
 }
