@@ -151,7 +151,12 @@ pub struct Slab {
 impl Slab {
     /// An allocator that never holds more than `limit_bytes` (segments,
     /// large records and the index size reported by [`Slab::set_index_bytes`]).
+    ///
+    /// The first call also makes the process's C allocator return large
+    /// blocks to the kernel (see [`mapped::return_large_blocks_to_the_kernel`]),
+    /// so that RSS stays within `--max-memory` plus the baseline.
     pub fn new(limit_bytes: usize) -> Slab {
+        mapped::return_large_blocks_to_the_kernel();
         Slab::with_page_bytes(limit_bytes, page_bytes_for(limit_bytes))
     }
 
@@ -429,7 +434,10 @@ impl Slab {
         &mut self.segments[s].mem.as_deref_mut().expect("live segment")[offset..offset + len]
     }
 
-    /// The record of `id`, exactly its length.
+    /// The record of `id`, from its first byte; the slice may run on past
+    /// its end (the header says where that is: [`record::total_len`]). Not
+    /// cutting it saves parsing the header twice per lookup (GET at
+    /// pipeline 1 in `cargo bench --bench shard_store`, `execute/get_hit_100b`).
     #[inline]
     pub fn record(&self, id: ItemId) -> &[u8] {
         if id.is_large() {
@@ -439,10 +447,10 @@ impl Slab {
                 .expect("live large record");
         }
         let (s, offset) = self.locate(id);
-        let tail = &self.segments[s].mem.as_deref().expect("live segment")[offset..];
-        &tail[..total_len(tail)]
+        &self.segments[s].mem.as_deref().expect("live segment")[offset..]
     }
 
+    /// [`Slab::record`], writable.
     #[inline]
     pub fn record_mut(&mut self, id: ItemId) -> &mut [u8] {
         if id.is_large() {
@@ -452,9 +460,7 @@ impl Slab {
                 .expect("live large record");
         }
         let (s, offset) = self.locate(id);
-        let tail = &mut self.segments[s].mem.as_deref_mut().expect("live segment")[offset..];
-        let len = total_len(tail);
-        &mut tail[..len]
+        &mut self.segments[s].mem.as_deref_mut().expect("live segment")[offset..]
     }
 
     /// Where a record starts, for a prefetch hint (no bounds to check).
