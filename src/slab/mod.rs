@@ -199,6 +199,7 @@ impl Slab {
     /// Changes the budget; segments stay the size they are.
     pub fn set_limit_bytes(&mut self, bytes: usize) {
         self.limit_bytes = bytes;
+        while self.over_budget() && self.spare.pop().is_some() {}
     }
 
     /// Bytes held: segments, large records and the index.
@@ -517,6 +518,17 @@ impl Slab {
 
     pub fn large_evictions(&self) -> u64 {
         self.large_evictions
+    }
+
+    /// Bytes of segments that compaction would give back: dead records and
+    /// padding before each segment's end of appends. Walks the segment
+    /// table (only a write refused under `noeviction` asks).
+    pub fn dead_bytes(&self) -> usize {
+        self.segments
+            .iter()
+            .filter(|s| s.mem.is_some())
+            .map(|s| (s.used - s.live_bytes) as usize)
+            .sum()
     }
 
     /// Bytes of live records.

@@ -90,7 +90,10 @@ fn evict_into(slab: &mut Slab, model: &mut Model, second_chance: bool) -> bool {
         .collect();
     let moves = slab.retire(region, &keep);
     match region {
-        Region::Segment(_) => assert_eq!(moves.len(), keep.len(), "survivors of a segment move"),
+        Region::Segment(_) => assert!(
+            moves.is_empty() || moves.len() == keep.len(),
+            "survivors of a segment all move, or all stay when nothing is reclaimed"
+        ),
         Region::Large(_) => assert!(moves.is_empty(), "a large record stays where it is"),
     }
     model.apply_eviction(slab, &before, &keep, &moves);
