@@ -122,7 +122,7 @@ fn noeviction_reuses_the_memory_of_replaced_items() {
         let key = format!("key{i}");
         assert!(s.delete(key_hash(key.as_bytes(), SEED), key.as_bytes()));
     }
-    let kept = |i: &u32| i % 10 != 0;
+    let kept = |i: &u32| !i.is_multiple_of(10);
     for round in 2..4u8 {
         for i in (0..stored).filter(kept) {
             put(&mut s, &format!("key{i}"), &[round; 100], 0, 0).unwrap();
