@@ -108,6 +108,16 @@ pub struct Upkeep {
     pub pages_moved: usize,
 }
 
+/// Which records of an evicted region stay.
+#[derive(Clone, Copy)]
+enum Keep {
+    /// Those read since eviction last passed them (LRU's second chance).
+    Read,
+    Nothing,
+    /// Every live one: the region is only compacted (`noeviction`).
+    Live,
+}
+
 /// Hash bits that choose a sub-table.
 const SUBTABLE_SELECT_BITS: u32 = 17;
 
@@ -400,25 +410,34 @@ impl Store {
                 return Ok(id);
             }
             if self.config.eviction == EvictionPolicy::NoEviction {
-                // Only expired items may make room.
-                if self.sweep_expired(now_us, 4096) == 0 {
+                // Only expired items and the bytes of dead records may make
+                // room: sweep, then compact the oldest region, keeping every
+                // live record.
+                if self.sweep_expired(now_us, 4096) > 0 {
+                    continue;
+                }
+                if self.items.dead_bytes() == 0 || !self.evict_oldest(Keep::Live, None, now_us) {
                     return Err(WriteError::Full);
                 }
                 continue;
             }
-            if !self.evict_oldest(attempt < SECOND_CHANCES_PER_WRITE, None, now_us) {
+            let keep = if attempt < SECOND_CHANCES_PER_WRITE {
+                Keep::Read
+            } else {
+                Keep::Nothing
+            };
+            if !self.evict_oldest(keep, None, now_us) {
                 return Err(WriteError::Full);
             }
         }
         Err(WriteError::Full)
     }
 
-    /// Evicts the oldest region (a segment or a large record); with
-    /// `second_chance`, its records read since they were written stay
-    /// (moved, their bit cleared). Expired records count as expirations,
-    /// others as evictions. Returns false when there is nothing to evict
-    /// but the region of `spare`.
-    fn evict_oldest(&mut self, second_chance: bool, spare: Option<ItemId>, now_us: u64) -> bool {
+    /// Evicts the oldest region (a segment or a large record), keeping the
+    /// records `keep_which` says (moved, one read count spent). Expired
+    /// records count as expirations, others as evictions. Returns false
+    /// when there is nothing to evict but the region of `spare`.
+    fn evict_oldest(&mut self, keep_which: Keep, spare: Option<ItemId>, now_us: u64) -> bool {
         let Some(region) = self.items.oldest() else {
             return false;
         };
@@ -428,7 +447,12 @@ impl Store {
         let mut keep = Vec::new();
         for id in self.items.live_records(region) {
             let item = self.view(id);
-            if second_chance && item.was_accessed() && !item.is_expired(now_us) {
+            let stays = match keep_which {
+                Keep::Read => item.was_accessed(),
+                Keep::Nothing => false,
+                Keep::Live => true,
+            };
+            if stays && !item.is_expired(now_us) {
                 keep.push(id);
                 continue;
             }
@@ -489,7 +513,12 @@ impl Store {
     fn release_over_budget(&mut self, keep: Option<ItemId>, now_us: u64) {
         let mut attempt = 0;
         while self.items.over_budget() {
-            if !self.evict_oldest(attempt < SECOND_CHANCES_PER_WRITE, keep, now_us) {
+            let keep_which = if attempt < SECOND_CHANCES_PER_WRITE {
+                Keep::Read
+            } else {
+                Keep::Nothing
+            };
+            if !self.evict_oldest(keep_which, keep, now_us) {
                 break;
             }
             attempt += 1;

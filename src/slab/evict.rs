@@ -88,6 +88,18 @@ impl Slab {
             self.release_segment(s);
             return Vec::new();
         }
+        if kept_bytes == self.segments[s as usize].used as usize {
+            // Nothing to reclaim: the segment goes to the tail as it is.
+            let mem = self.segments[s as usize]
+                .mem
+                .as_deref_mut()
+                .expect("live segment");
+            for &(offset, _) in &kept {
+                spend_chance(&mut mem[offset..]);
+            }
+            self.queue.push_back((Region::Segment(s), generation));
+            return Vec::new();
+        }
         self.compactions += 1;
         let target = self.open.filter(|&o| {
             o != s && self.segments[o as usize].used as usize + kept_bytes <= self.segment_bytes

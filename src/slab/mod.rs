@@ -151,7 +151,12 @@ pub struct Slab {
 impl Slab {
     /// An allocator that never holds more than `limit_bytes` (segments,
     /// large records and the index size reported by [`Slab::set_index_bytes`]).
+    ///
+    /// The first call also makes the process's C allocator return large
+    /// blocks to the kernel (see [`mapped::return_large_blocks_to_the_kernel`]),
+    /// so that RSS stays within `--max-memory` plus the baseline.
     pub fn new(limit_bytes: usize) -> Slab {
+        mapped::return_large_blocks_to_the_kernel();
         Slab::with_page_bytes(limit_bytes, page_bytes_for(limit_bytes))
     }
 
@@ -159,11 +164,9 @@ impl Slab {
     /// [`MIN_PAGE_BYTES`] and [`MAX_PAGE_BYTES`]).
     pub fn with_page_bytes(limit_bytes: usize, page_bytes: usize) -> Slab {
         assert!(page_bytes.is_power_of_two() && (MIN_PAGE_BYTES..=MAX_PAGE_BYTES).contains(&page_bytes));
-        // 31 bits of ItemId address 2^31 alignment units: enough for the
-        // budget plus the segments in flight.
-        let units = (limit_bytes + 2 * page_bytes)
-            .div_ceil(1 << 31)
-            .next_power_of_two();
+        // 31 bits of ItemId address 2^31 alignment units: enough for every
+        // segment the budget can hold (spare mappings included).
+        let units = limit_bytes.max(1).div_ceil(1 << 31).next_power_of_two();
         let align_shift = units.trailing_zeros();
         Slab {
             segment_bytes: page_bytes,
@@ -196,6 +199,7 @@ impl Slab {
     /// Changes the budget; segments stay the size they are.
     pub fn set_limit_bytes(&mut self, bytes: usize) {
         self.limit_bytes = bytes;
+        while self.over_budget() && self.spare.pop().is_some() {}
     }
 
     /// Bytes held: segments, large records and the index.
@@ -431,7 +435,10 @@ impl Slab {
         &mut self.segments[s].mem.as_deref_mut().expect("live segment")[offset..offset + len]
     }
 
-    /// The record of `id`, exactly its length.
+    /// The record of `id`, from its first byte; the slice may run on past
+    /// its end (the header says where that is: [`record::total_len`]). Not
+    /// cutting it saves parsing the header twice per lookup (GET at
+    /// pipeline 1 in `cargo bench --bench shard_store`, `execute/get_hit_100b`).
     #[inline]
     pub fn record(&self, id: ItemId) -> &[u8] {
         if id.is_large() {
@@ -441,10 +448,10 @@ impl Slab {
                 .expect("live large record");
         }
         let (s, offset) = self.locate(id);
-        let tail = &self.segments[s].mem.as_deref().expect("live segment")[offset..];
-        &tail[..total_len(tail)]
+        &self.segments[s].mem.as_deref().expect("live segment")[offset..]
     }
 
+    /// [`Slab::record`], writable.
     #[inline]
     pub fn record_mut(&mut self, id: ItemId) -> &mut [u8] {
         if id.is_large() {
@@ -454,9 +461,7 @@ impl Slab {
                 .expect("live large record");
         }
         let (s, offset) = self.locate(id);
-        let tail = &mut self.segments[s].mem.as_deref_mut().expect("live segment")[offset..];
-        let len = total_len(tail);
-        &mut tail[..len]
+        &mut self.segments[s].mem.as_deref_mut().expect("live segment")[offset..]
     }
 
     /// Where a record starts, for a prefetch hint (no bounds to check).
@@ -513,6 +518,17 @@ impl Slab {
 
     pub fn large_evictions(&self) -> u64 {
         self.large_evictions
+    }
+
+    /// Bytes of segments that compaction would give back: dead records and
+    /// padding before each segment's end of appends. Walks the segment
+    /// table (only a write refused under `noeviction` asks).
+    pub fn dead_bytes(&self) -> usize {
+        self.segments
+            .iter()
+            .filter(|s| s.mem.is_some())
+            .map(|s| (s.used - s.live_bytes) as usize)
+            .sum()
     }
 
     /// Bytes of live records.

@@ -23,6 +23,7 @@ fn put(slab: &mut Slab, key_len: usize, value_len: usize, tag: u8) -> Result<Ite
 
 fn intact(slab: &Slab, id: ItemId, tag: u8) -> bool {
     let r = slab.record(id);
+    let r = &r[..total_len(r)];
     let at = record::key_at(word0(r));
     word0(r) & record::ITEM_BITS_MASK == u64::from(tag) && r[at..].iter().all(|&b| b == tag)
 }
@@ -44,7 +45,7 @@ fn records_lie_back_to_back_in_one_segment() {
     let mut s = slab(8 * SEGMENT);
     let a = put(&mut s, 16, 100, 1).unwrap();
     let b = put(&mut s, 16, 100, 2).unwrap();
-    assert_eq!(s.record(a).len(), 130, "14-byte header, no rounding");
+    assert_eq!(total_len(s.record(a)), 130, "14-byte header, no rounding");
     assert_eq!(b.0 - a.0, 130, "the next record starts right after");
     assert!(intact(&s, a, 1) && intact(&s, b, 2));
     assert_eq!(s.live_pages(), 1);
@@ -125,7 +126,14 @@ fn segment_size_follows_the_shard_size() {
     assert_eq!(page_bytes_for(1 << 30), MAX_PAGE_BYTES);
     // Ids address the largest shard: 32 GiB of 1 MiB segments.
     let s = Slab::new(32 << 30);
-    assert!(1usize << (31 - s.offset_bits) >= (32 << 30) / MAX_PAGE_BYTES + 2);
+    assert!(1usize << (31 - s.offset_bits) >= (32 << 30) / MAX_PAGE_BYTES);
+    assert_eq!(Slab::new(32 << 30).align_shift, 4);
+    assert_eq!(Slab::new(4 << 30).align_shift, 1);
+    assert_eq!(
+        Slab::new(2 << 30).align_shift,
+        0,
+        "up to 2 GiB, records are packed byte by byte"
+    );
     let s = Slab::new(32 << 20);
     assert_eq!(s.align_shift, 0, "small shards pack records byte by byte");
 }

@@ -110,6 +110,32 @@ fn noeviction_refuses_writes_and_keeps_every_item() {
 }
 
 #[test]
+fn noeviction_reuses_the_memory_of_replaced_items() {
+    let mut s = store(4 << 20);
+    let mut stored = 0u32;
+    while put(&mut s, &format!("key{stored}"), &[1u8; 100], 0, 0).is_ok() {
+        stored += 1;
+    }
+    // Free a tenth; then replace every other key, twice over: each
+    // replacement leaves a dead record that compaction gives back.
+    for i in (0..stored).step_by(10) {
+        let key = format!("key{i}");
+        assert!(s.delete(key_hash(key.as_bytes(), SEED), key.as_bytes()));
+    }
+    let kept = |i: &u32| !i.is_multiple_of(10);
+    for round in 2..4u8 {
+        for i in (0..stored).filter(kept) {
+            put(&mut s, &format!("key{i}"), &[round; 100], 0, 0).unwrap();
+        }
+    }
+    for i in (0..stored).filter(kept) {
+        assert_eq!(get(&mut s, format!("key{i}").as_bytes(), 0), Some(vec![3u8; 100]));
+    }
+    assert_eq!(s.stats.evictions, 0);
+    assert!(s.used_bytes() <= 4 << 20);
+}
+
+#[test]
 fn lru_keeps_recently_read_keys_over_never_read_ones() {
     let mut s = lru(4 << 20);
     for i in 0..10_000u32 {
