@@ -18,7 +18,8 @@
 //!   (one core's partition, reached through named operations);
 //! - settings: [`config`];
 //! - the control plane: [`control`] (commands to shards, reload);
-//! - the Message Hub bridge: [`hub`];
+//! - the cluster over NATS JetStream: [`cluster`]; the Message Hub bridge:
+//!   `hub`;
 //! - the server: [`server`] (listeners, connections, dispatch).
 
 mod auth;

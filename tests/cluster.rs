@@ -339,3 +339,43 @@ fn acknowledged_writes_survive_the_death_of_their_primary() {
         assert!(lost.is_empty(), "lost after the primary died: {lost:?}");
     });
 }
+
+/// In a cluster values must be readable on every node, so a cluster node
+/// encrypts only with a configured key: without one, asking is CACHE_006
+/// (a node alone generates a key at start instead).
+#[test]
+fn a_cluster_node_without_a_key_file_refuses_encryption() {
+    use dnd_cache::proto::{CacheConnection, Options};
+    use prost::Message as _;
+    let Some(bin) = require_nats() else { return };
+    let nats = Nats::start_js(bin);
+    let url = nats.url();
+    let server = TestServer::start(&[
+        "--nats-url",
+        &url,
+        "--cluster-nodes",
+        "2",
+        "--cluster-name",
+        "no-key",
+    ]);
+    let mut c = common::Raw::open(server.addr);
+    let encrypt = Some(Options {
+        encryption: true,
+        ..Default::default()
+    });
+    let hello = CacheConnection {
+        service_id: "test_service".into(),
+        protocol_version: 1,
+        options: encrypt.clone(),
+        ..Default::default()
+    };
+    c.send_frame(&hello.encode_to_vec());
+    let answer = c.recv().expect("handshake answer");
+    assert_eq!(answer.status, Status::Malformed as u32);
+    assert!(String::from_utf8_lossy(&answer.data).contains("--encryption-key-file"));
+    let mut c = server.connect();
+    let mut req = common::set(b"k", b"v", 0);
+    req.options = encrypt;
+    assert_eq!(c.call(&req).status, Status::Malformed as u32);
+    assert_eq!(c.call(&common::get(b"k")).status, Status::NotFound as u32);
+}

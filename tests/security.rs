@@ -502,32 +502,6 @@ fn encryption_without_a_key_file_uses_a_key_generated_at_start() {
     assert_eq!((back.status, back.data.as_ref()), (0, &b"secret value"[..]));
 }
 
-/// In a cluster values must be readable on every node, so a cluster node
-/// encrypts only with a configured key: without one, asking is CACHE_006.
-#[test]
-fn a_cluster_node_without_a_key_file_refuses_encryption() {
-    let server = TestServer::start(&["--cluster-nodes", "3"]);
-    let mut c = Raw::open(server.addr);
-    let answer = hello(
-        &mut c,
-        "",
-        Some(Options {
-            encryption: true,
-            ..Default::default()
-        }),
-    );
-    assert_eq!(answer.status, Status::Malformed as u32);
-    assert!(String::from_utf8_lossy(&answer.data).contains("--encryption-key-file"));
-    let mut c = server.connect();
-    let mut req = set(b"k", b"v", 0);
-    req.options = Some(Options {
-        encryption: true,
-        ..Default::default()
-    });
-    assert_eq!(c.call(&req).status, Status::Malformed as u32);
-    assert_eq!(c.call(&get(b"k")).status, Status::NotFound as u32);
-}
-
 mod tls {
     use std::sync::Arc;
 

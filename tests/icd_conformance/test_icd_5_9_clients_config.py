@@ -11,7 +11,7 @@ from typing import Dict, Iterator
 
 import pytest
 
-from conftest import REPO, Server, parse_exposition
+from conftest import Nats, REPO, Server, parse_exposition
 
 # ICD 5.1, copied as written.
 ICD_5_1 = '''
@@ -140,22 +140,34 @@ ICD_9_1 = '''config:
 '''
 
 
-def test_s9_1_service_configuration_as_written(tmp_path: Path) -> None:
+def test_s9_1_service_configuration_as_written(tmp_path: Path, nats_server: Nats) -> None:
+    """The ICD's file describes a cluster (3 nodes, 2 copies, two zones): it
+    needs the Message Hub, so alone it is refused (exit 78 naming
+    --nats-url); with a NATS URL and one of its zones the node serves."""
     path = tmp_path / "config.yaml"
     path.write_text(ICD_9_1)
     binary = os.environ.get("DND_CACHE_SERVER_BIN") or str(REPO / "target" / "release" / "cache-server")
-    shown = subprocess.run([binary, "--config", str(path), "--print-config"],
+    alone = subprocess.run([binary, "--config", str(path), "--print-config"],
+                           capture_output=True, text=True, timeout=30)
+    assert alone.returncode == 78, alone
+    assert "--nats-url" in alone.stderr, alone.stderr
+    flags = ["--nats-url", nats_server.url, "--zone", "us-east-1a"]
+    shown = subprocess.run([binary, "--config", str(path), *flags, "--print-config"],
                            capture_output=True, text=True, timeout=30)
     assert shown.returncode == 0, shown.stderr
-    for line in ("id: cache_service", "environment: production", "eviction: lru", "ttl_default: 3600", "nodes: 3"):
+    for line in ("id: cache_service", "environment: production", "eviction: lru", "ttl_default: 3600",
+                 "nodes: 3", "replication: 2", "- us-east-1a", "- us-east-1b"):
         assert line in shown.stdout, (line, shown.stdout)
     mem_total = next(int(l.split()[1]) * 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal:"))
     max_memory = next(int(l.split(":")[1]) for l in shown.stdout.splitlines() if l.strip().startswith("max_memory:"))
     assert abs(max_memory - mem_total * 3 // 4) <= 1024 * 1024, (max_memory, mem_total)
-    # The server serves with it (ports and memory overridden by flags).
-    s = Server("--config", str(path))
+    # The node serves with it (ports and memory overridden by flags): it
+    # waits for the cluster's first map, made alone after a few seconds.
+    s = Server("--config", str(path), *flags, "--cluster-name", "icd-9-1")
     try:
         assert s.rest("GET", "/health/ready").status == 200
+        health = s.rest("GET", "/api/v2/cache/health").json()["cache_response"]["data"]
+        assert health["cluster"]["replication"] == 2, health
     finally:
         assert s.stop() == 0
 
