@@ -77,16 +77,14 @@ fn slot_totals(health: &Value) -> (u64, u64) {
     (sum("primary_slots"), sum("replica_slots"))
 }
 
-#[test]
-fn three_nodes_agree_on_one_map_and_drop_a_dead_node() {
-    let Some(bin) = require_nats() else { return };
-    let nats = Nats::start_js(bin);
-    let mut nodes = [
-        node(&nats, "n1", "a"),
-        node(&nats, "n2", "b"),
-        node(&nats, "n3", "a"),
+/// Three nodes n1, n2, n3 in zones a, b, a, once every node runs with the
+/// same map of all three; with that map's health (from n1).
+fn three_nodes(nats: &Nats) -> ([TestServer; 3], Value) {
+    let nodes = [
+        node(nats, "n1", "a"),
+        node(nats, "n2", "b"),
+        node(nats, "n3", "a"),
     ];
-
     let whole = |h: &Value| serving(h) == ["n1", "n2", "n3"] && slot_totals(h) == (4096, 4096);
     let first = wait_for(&nodes[0], Duration::from_secs(15), "a map of three nodes", whole);
     let epoch = first["epoch"].as_u64().unwrap();
@@ -98,6 +96,15 @@ fn three_nodes_agree_on_one_map_and_drop_a_dead_node() {
         assert_eq!(h["replication"], 2);
         assert_eq!(h["slots"], 4096);
     }
+    (nodes, first)
+}
+
+#[test]
+fn three_nodes_agree_on_one_map_and_drop_a_dead_node() {
+    let Some(bin) = require_nats() else { return };
+    let nats = Nats::start_js(bin);
+    let (mut nodes, first) = three_nodes(&nats);
+    let epoch = first["epoch"].as_u64().unwrap();
     // Every node holds primaries. (Nodes start one after another, each
     // joining the map of those before it; with zones a, b, a the swaps
     // that move load keep one copy of every slot on n2, so the shares are
@@ -271,20 +278,7 @@ fn health_events_carry_the_cluster(nats: &Nats, epoch: u64) {
 fn acknowledged_writes_survive_the_death_of_their_primary() {
     let Some(bin) = require_nats() else { return };
     let nats = Nats::start_js(bin);
-    let mut nodes = [
-        node(&nats, "n1", "a"),
-        node(&nats, "n2", "b"),
-        node(&nats, "n3", "a"),
-    ];
-    let whole = |h: &Value| serving(h) == ["n1", "n2", "n3"] && slot_totals(h) == (4096, 4096);
-    let epoch = wait_for(&nodes[0], Duration::from_secs(15), "a map of three nodes", whole)["epoch"]
-        .as_u64()
-        .unwrap();
-    for other in &nodes[1..] {
-        wait_for(other, Duration::from_secs(5), "the same map", |h| {
-            h["epoch"].as_u64() == Some(epoch)
-        });
-    }
+    let (mut nodes, _) = three_nodes(&nats);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
