@@ -402,129 +402,6 @@ impl Store {
         Ok(meta)
     }
 
-    /// Memory for a record, evicting under the LRU policy when needed: the
-    /// oldest region goes, whatever the size of what it holds.
-    fn allocate(&mut self, len: usize, now_us: u64) -> Result<ItemId, WriteError> {
-        for attempt in 0..MAX_EVICTIONS_PER_WRITE {
-            if let Ok(id) = self.items.alloc(len) {
-                return Ok(id);
-            }
-            if self.config.eviction == EvictionPolicy::NoEviction {
-                // Only expired items and the bytes of dead records may make
-                // room: sweep, then compact the oldest region, keeping every
-                // live record.
-                if self.sweep_expired(now_us, 4096) > 0 {
-                    continue;
-                }
-                if self.items.dead_bytes() == 0 || !self.evict_oldest(Keep::Live, None, now_us) {
-                    return Err(WriteError::Full);
-                }
-                continue;
-            }
-            let keep = if attempt < SECOND_CHANCES_PER_WRITE {
-                Keep::Read
-            } else {
-                Keep::Nothing
-            };
-            if !self.evict_oldest(keep, None, now_us) {
-                return Err(WriteError::Full);
-            }
-        }
-        Err(WriteError::Full)
-    }
-
-    /// Evicts the oldest region (a segment or a large record), keeping the
-    /// records `keep_which` says (moved, one read count spent). Expired
-    /// records count as expirations, others as evictions. Returns false
-    /// when there is nothing to evict but the region of `spare`.
-    fn evict_oldest(&mut self, keep_which: Keep, spare: Option<ItemId>, now_us: u64) -> bool {
-        let Some(region) = self.items.oldest() else {
-            return false;
-        };
-        if spare.is_some_and(|id| self.items.region_of(id) == region) {
-            return false;
-        }
-        let mut keep = Vec::new();
-        for id in self.items.live_records(region) {
-            let item = self.view(id);
-            let stays = match keep_which {
-                Keep::Read => item.was_accessed(),
-                Keep::Nothing => false,
-                Keep::Live => true,
-            };
-            if stays && !item.is_expired(now_us) {
-                keep.push(id);
-                continue;
-            }
-            if !item.is_expired(now_us) {
-                self.items.note_eviction(id);
-            }
-            self.unindex(id, now_us);
-        }
-        for (old, new) in self.items.retire(region, &keep) {
-            self.reindex(old, new);
-        }
-        true
-    }
-
-    /// Removes a record from the index and counts why it went.
-    fn unindex(&mut self, id: ItemId, now_us: u64) {
-        let item = self.view(id);
-        let hash = key_hash(item.key(), self.config.seed);
-        let payload = item.key_len() + item.value_len();
-        if item.is_expired(now_us) {
-            self.stats.expired_evicted += 1;
-        } else {
-            self.stats.evictions += 1;
-        }
-        if let Ok(entry) = self.tables[subtable_of(hash)].find_entry(table_hash(hash), |&x| x == id) {
-            entry.remove();
-            self.items_count -= 1;
-            self.payload_bytes -= payload;
-        }
-    }
-
-    /// Points the index entry of a record the allocator moved at its new
-    /// place.
-    fn reindex(&mut self, old: ItemId, new: ItemId) {
-        let hash = key_hash(self.view(new).key(), self.config.seed);
-        if let Some(slot) = self.tables[subtable_of(hash)].find_mut(table_hash(hash), |&x| x == old) {
-            *slot = new;
-        }
-    }
-
-    /// Background upkeep, bounded: reclaims expired items (at most about
-    /// `budget` index entries visited) and evicts if the index grew past
-    /// the budget. `decay` is kept for the upkeep loop; the log needs no
-    /// aging.
-    pub fn maintain(&mut self, now_us: u64, budget: usize, _decay: bool) -> Upkeep {
-        let expired = self.sweep_expired(now_us, budget);
-        self.release_over_budget(None, now_us);
-        Upkeep {
-            expired,
-            pages_moved: 0,
-        }
-    }
-
-    /// Evicts the oldest regions while the index has grown the total past
-    /// the budget (read records get their second chance, as in
-    /// [`Store::allocate`]), sparing the region of `keep` (the item being
-    /// written).
-    fn release_over_budget(&mut self, keep: Option<ItemId>, now_us: u64) {
-        let mut attempt = 0;
-        while self.items.over_budget() {
-            let keep_which = if attempt < SECOND_CHANCES_PER_WRITE {
-                Keep::Read
-            } else {
-                Keep::Nothing
-            };
-            if !self.evict_oldest(keep_which, keep, now_us) {
-                break;
-            }
-            attempt += 1;
-        }
-    }
-
     /// Removes a key; whether it was there (expired or not).
     pub fn delete(&mut self, hash: u64, key: &[u8]) -> bool {
         let removed = self.remove(hash, key);
@@ -563,37 +440,6 @@ impl Store {
         n
     }
 
-    /// Reclaims expired items, visiting at most about `budget` index entries
-    /// (whole sub-tables, round robin). Returns the number reclaimed.
-    pub fn sweep_expired(&mut self, now_us: u64, budget: usize) -> usize {
-        let mut visited = 0;
-        let mut reclaimed = 0;
-        let mut tables_seen = 0;
-        while visited < budget && tables_seen < SUBTABLES {
-            let t = self.sweep_cursor;
-            self.sweep_cursor = (self.sweep_cursor + 1) % SUBTABLES;
-            tables_seen += 1;
-            let table = &mut self.tables[t];
-            visited += table.len();
-            let items = &mut self.items;
-            let payload = &mut self.payload_bytes;
-            table.retain(|&mut id| {
-                let item = ItemView::new(items.record(id));
-                if item.is_expired(now_us) {
-                    *payload -= item.key_len() + item.value_len();
-                    items.free(id);
-                    reclaimed += 1;
-                    false
-                } else {
-                    true
-                }
-            });
-        }
-        self.items_count -= reclaimed;
-        self.stats.expired_swept += reclaimed as u64;
-        reclaimed
-    }
-
     /// Calls `found` for each live key matching `pattern`, until it returns
     /// false.
     pub fn scan(&self, pattern: &[u8], now_us: u64, mut found: impl FnMut(ItemView<'_>) -> bool) {
@@ -607,6 +453,8 @@ impl Store {
         }
     }
 }
+
+mod evict;
 
 #[cfg(test)]
 mod tests;
