@@ -3,45 +3,8 @@
 
 mod common;
 
-use std::io::Write;
-
 use common::*;
 use dnd_cache::proto::CacheOperation;
-use prost::Message;
-
-/// Resident memory of a process, from /proc.
-fn rss_bytes(pid: u32) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
-/// Sends `count` sets of `value_len`-byte values, pipelined 256 at a time.
-fn write_many(c: &mut Raw, prefix: &str, count: usize, value_len: usize) -> usize {
-    let value = vec![0x5au8; value_len];
-    let mut ok = 0;
-    for chunk_start in (0..count).step_by(256) {
-        let end = (chunk_start + 256).min(count);
-        let mut batch = Vec::new();
-        for i in chunk_start..end {
-            let body = set(format!("{prefix}:{i}").as_bytes(), &value, 0).encode_to_vec();
-            batch.extend_from_slice(&(body.len() as u32).to_be_bytes());
-            batch.extend_from_slice(&body);
-        }
-        c.stream.write_all(&batch).unwrap();
-        for _ in chunk_start..end {
-            if c.recv().unwrap().status == 0 {
-                ok += 1;
-            }
-        }
-    }
-    ok
-}
 
 /// The stated fixed baseline: executable, thread stacks, io_uring rings and
 /// glommio's registered buffers, allocator arenas.

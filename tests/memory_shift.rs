@@ -4,45 +4,10 @@
 
 mod common;
 
-use std::io::Write;
-
 use common::*;
-use prost::Message;
 
 /// The stated fixed baseline (see tests/memory.rs).
 const BASELINE_BYTES: usize = 48 << 20;
-
-fn rss_bytes(pid: u32) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
-/// Sets `prefix:0..count` to `value_len`-byte values, pipelined 256 at a
-/// time; returns how many were answered OK.
-fn write_many(c: &mut Raw, prefix: &str, count: usize, value_len: usize) -> usize {
-    let value = vec![0x5au8; value_len];
-    let mut ok = 0;
-    for start in (0..count).step_by(256) {
-        let end = (start + 256).min(count);
-        let mut batch = Vec::new();
-        for i in start..end {
-            let body = set(format!("{prefix}:{i}").as_bytes(), &value, 0).encode_to_vec();
-            batch.extend_from_slice(&(body.len() as u32).to_be_bytes());
-            batch.extend_from_slice(&body);
-        }
-        c.stream.write_all(&batch).unwrap();
-        for _ in start..end {
-            ok += usize::from(c.recv().unwrap().status == 0);
-        }
-    }
-    ok
-}
 
 /// How many of `prefix:from..to` are held with a `value_len`-byte value.
 fn held(c: &mut Raw, prefix: &str, from: usize, to: usize, value_len: usize) -> usize {

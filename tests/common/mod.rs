@@ -247,3 +247,35 @@ pub fn stats(raw: &mut Raw) -> serde_json::Value {
     assert_eq!(resp.status, 0);
     serde_json::from_slice(&resp.data).unwrap()
 }
+
+/// Resident memory of a process, from /proc.
+pub fn rss_bytes(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Sets `prefix:0..count` to `value_len`-byte values, pipelined 256 at a
+/// time; returns how many were answered OK.
+pub fn write_many(c: &mut Raw, prefix: &str, count: usize, value_len: usize) -> usize {
+    let value = vec![0x5au8; value_len];
+    let mut ok = 0;
+    for start in (0..count).step_by(256) {
+        let end = (start + 256).min(count);
+        let mut batch = Vec::new();
+        for i in start..end {
+            let op = set(format!("{prefix}:{i}").as_bytes(), &value, 0);
+            dnd_cache::frame::encode_frame(&op, &mut batch);
+        }
+        c.stream.write_all(&batch).unwrap();
+        for _ in start..end {
+            ok += usize::from(c.recv().unwrap().status == 0);
+        }
+    }
+    ok
+}
