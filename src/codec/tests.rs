@@ -180,7 +180,7 @@ fn write_options_merge_into_an_encoded_operation() {
     crate::frame::encode_frame(&op, &mut frame);
     let mut merged = Vec::new();
     append_frame_with_options(&frame, false, true, &mut merged);
-    let len = u32::from_be_bytes(merged[..4].try_into().unwrap()) as usize;
+    let len = crate::frame::declared_len(&merged).unwrap();
     assert_eq!(len, merged.len() - 4);
     let view = crate::protocol::binary::decode_operation(&merged[4..]).unwrap();
     assert!(view.options.encryption && !view.options.compression);

@@ -34,8 +34,7 @@ impl ReplyCursor {
     }
 
     fn next_frame(&mut self) -> Option<&[u8]> {
-        let header = self.buf.get(self.pos..self.pos + FRAME_HEADER_BYTES)?;
-        let len = u32::from_be_bytes(header.try_into().ok()?) as usize;
+        let len = crate::frame::declared_len(self.buf.get(self.pos..)?)?;
         let end = self.pos + FRAME_HEADER_BYTES + len;
         let frame = self.buf.get(self.pos..end)?;
         self.pos = end;
@@ -509,14 +508,13 @@ mod cycle_tests {
         assemble_answers(&cycle, &mut [], 0, &mut replies, &mut assembled);
 
         assert_eq!(&assembled[..out.len()], &out[..]);
-        let mut rest = &assembled[out.len()..];
+        let rest = &assembled[out.len()..];
+        let mut frames = crate::frame::Frames::new(rest);
         for expected in ["id-first", "id-second"] {
-            let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
-            let answer = crate::proto::CacheResponse::decode(&rest[4..4 + len]).unwrap();
+            let answer = crate::proto::CacheResponse::decode(frames.next().unwrap()).unwrap();
             assert_eq!(answer.status, Status::Timeout.code_number());
             assert_eq!(answer.correlation_id, expected);
-            rest = &rest[4 + len..];
         }
-        assert!(rest.is_empty(), "one answer per request");
+        assert_eq!(frames.consumed(), rest.len(), "one answer per request");
     }
 }

@@ -23,7 +23,6 @@ use std::time::Duration;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use tracing::warn;
 
-use crate::frame::FRAME_HEADER_BYTES;
 use crate::ops::OpKind;
 use crate::protocol::binary::{decode_operation, ResponseEncoder};
 use crate::shard::stats::Tally;
@@ -225,10 +224,7 @@ impl Router {
         let mut pos = 0;
         let frames = &batch.frames;
         let mut ops = 0u64;
-        while pos + FRAME_HEADER_BYTES <= frames.len() {
-            let len = u32::from_be_bytes(frames[pos..pos + 4].try_into().expect("4 bytes")) as usize;
-            let body = &frames[pos + FRAME_HEADER_BYTES..pos + FRAME_HEADER_BYTES + len];
-            pos += FRAME_HEADER_BYTES + len;
+        while let Some(body) = crate::frame::next_frame(frames, &mut pos) {
             ops += 1;
             // The origin decoded and validated these frames already.
             match decode_operation(body) {

@@ -2,7 +2,7 @@
 //! was, then, once the answers are ready, their statuses, the cycle's
 //! latency, and the write events they cause.
 
-use crate::frame::FRAME_HEADER_BYTES;
+use crate::frame::{next_frame, FRAME_HEADER_BYTES};
 use crate::metrics::{op_slot, ServiceIndex, INVALID_OP};
 use crate::ops::OpKind;
 use crate::protocol::binary::decode_operation;
@@ -228,16 +228,6 @@ fn write_op(slot: u8) -> Option<ItemOp> {
         FLUSH => ItemOp::Flush,
         _ => return None,
     })
-}
-
-/// The body of the next frame of `buf` at `pos`.
-#[inline]
-fn next_frame<'a>(buf: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
-    let header = buf.get(*pos..*pos + FRAME_HEADER_BYTES)?;
-    let len = u32::from_be_bytes(header.try_into().ok()?) as usize;
-    let body = buf.get(*pos + FRAME_HEADER_BYTES..*pos + FRAME_HEADER_BYTES + len)?;
-    *pos += FRAME_HEADER_BYTES + len;
-    Some(body)
 }
 
 /// `CacheResponse.status` of an encoded response (0 when absent).

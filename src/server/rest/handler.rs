@@ -4,8 +4,7 @@
 use prost::Message;
 use serde_json::json;
 
-use crate::frame::encode_frame;
-use crate::frame::FRAME_HEADER_BYTES;
+use crate::frame::{declared_len, encode_frame, FRAME_HEADER_BYTES};
 use crate::ops::OpKind;
 use crate::proto::{CacheOperation, CacheResponse};
 use crate::protocol::http::{Method, RequestHead};
@@ -342,8 +341,7 @@ async fn reload_report(rt: &ShardRuntime) -> serde_json::Value {
 fn check_frames(rt: &ShardRuntime, frames: &[u8]) -> Result<(), RestError> {
     let max = rt.shard.limits().max_frame_bytes;
     let mut pos = 0;
-    while let Some(header) = frames.get(pos..pos + FRAME_HEADER_BYTES) {
-        let len = u32::from_be_bytes(header.try_into().expect("4 bytes")) as usize;
+    while let Some(len) = frames.get(pos..).and_then(declared_len) {
         if len > max {
             return Err(RestError::of(
                 Status::FrameTooLarge,
@@ -388,8 +386,7 @@ pub fn wipe_response(resp: CacheResponse) {
 pub fn response_frames(output: &[u8]) -> Vec<CacheResponse> {
     let mut answers = Vec::new();
     let mut pos = 0;
-    while let Some(header) = output.get(pos..pos + FRAME_HEADER_BYTES) {
-        let len = u32::from_be_bytes(header.try_into().expect("4 bytes")) as usize;
+    while let Some(len) = output.get(pos..).and_then(declared_len) {
         let body = output.get(pos + FRAME_HEADER_BYTES..pos + FRAME_HEADER_BYTES + len);
         answers.push(
             body.and_then(|b| CacheResponse::decode(b).ok())
