@@ -381,7 +381,7 @@ mod tests {
             let meta = meta.map(|(c, e, v)| Meta { created_at_ms: c, expires_at_ms: e, version: v });
             let mut out = Vec::new();
             ResponseEncoder::simple(&mut out, status, &data, meta.as_ref(), corr.as_bytes());
-            let len = u32::from_be_bytes(out[..4].try_into().unwrap()) as usize;
+            let len = crate::frame::declared_len(&out).unwrap();
             prop_assert_eq!(len, out.len() - 4);
             let resp = proto::CacheResponse::decode(&out[4..]).unwrap();
             prop_assert_eq!(resp.status, status.code_number());

@@ -361,8 +361,8 @@ mod tests {
                 },
             ]
         );
-        let first_len = u32::from_be_bytes(frames[..4].try_into().unwrap()) as usize;
-        let first: CacheOperation = prost::Message::decode(&frames[4..4 + first_len]).unwrap();
+        let first = crate::frame::Frames::new(&frames).next().unwrap();
+        let first: CacheOperation = prost::Message::decode(first).unwrap();
         assert_eq!((&first.value[..], first.ttl), (&br#"{"x": 1}"#[..], 9));
 
         for bad in [
