@@ -30,7 +30,7 @@ use super::slots::{plan, NodeInfo, SlotMap};
 use super::ClusterState;
 use crate::config::ClusterConfig;
 use crate::control::ControlPlane;
-use crate::shard::replication::ReplQueue;
+use crate::shard::replication::{ReplShared, ReplWiring};
 use crate::shard::{Ownership, ShardCommand};
 
 /// How often the shards' replication queues are drained and sent.
@@ -53,12 +53,20 @@ const PLAN_ROUNDS: usize = 20;
 /// The KV key of the slot map.
 const MAP_KEY: &str = "map";
 
+/// Safety margin of a lease: a node serves strong requests until
+/// [`FAILURE_TIMEOUT`] minus this after the last heartbeat it knows the
+/// cluster heard (the others cannot have moved its slots before).
+const LEASE_MARGIN: Duration = Duration::from_millis(250);
+
 /// What a node publishes every [`HEARTBEAT_INTERVAL`].
 #[derive(Debug, Serialize, Deserialize)]
 struct Heartbeat {
     node: NodeInfo,
     /// Epoch of the map the node runs with (0: none yet).
     epoch: u64,
+    /// Whether it holds every item of the slots it replicates.
+    #[serde(default)]
+    synced: bool,
 }
 
 /// Starts the agent's thread. It runs until `stopping` returns true.
@@ -67,7 +75,7 @@ pub fn start(
     nats_url: String,
     state: Arc<ClusterState>,
     control: Arc<ControlPlane>,
-    repl_queues: Vec<ReplQueue>,
+    repl: ReplWiring,
     stopping: Arc<dyn Fn() -> bool + Send + Sync>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("cluster".into()).spawn(move || {
@@ -75,7 +83,7 @@ pub fn start(
             .enable_all()
             .build()
             .expect("build the cluster agent's Tokio runtime");
-        runtime.block_on(run(config, nats_url, state, control, repl_queues, stopping));
+        runtime.block_on(run(config, nats_url, state, control, repl, stopping));
     })
 }
 
@@ -91,7 +99,7 @@ async fn run(
     url: String,
     state: Arc<ClusterState>,
     control: Arc<ControlPlane>,
-    repl_queues: Vec<ReplQueue>,
+    wiring: ReplWiring,
     stopping: Arc<dyn Fn() -> bool + Send + Sync>,
 ) {
     let (link_tx, mut link_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -120,21 +128,23 @@ async fn run(
         }
     };
     let subject = format!("dnd.cluster.{}.hb", config.name);
-    let mut repl = (!repl_queues.is_empty()).then(|| {
+    let shared = wiring.shared.clone();
+    let repl = (!wiring.queues.is_empty()).then(|| {
         Replicator::new(
             client.clone(),
             &config.name,
             &state.me.id,
-            repl_queues,
+            wiring.queues,
             control.clone(),
         )
     });
-    let (mut inbox, mut acks) = match &repl {
+    let (mut inbox, mut acks, mut sync_requests) = match &repl {
         Some(r) => (
             client.subscribe(r.inbox()).await.ok(),
             client.subscribe(r.acks()).await.ok(),
+            client.subscribe(r.sync_requests()).await.ok(),
         ),
-        None => (None, None),
+        None => (None, None, None),
     };
     let mut drain = tokio::time::interval(REPLICATION_DRAIN);
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -148,6 +158,9 @@ async fn run(
         live: Liveness::default(),
         current: None,
         settled_at: Instant::now() + SETTLE,
+        repl,
+        shared,
+        pending_follow: None,
     };
     let (mut heartbeats, mut maps) = loop {
         let hb = agent.client.subscribe(agent.subject.clone()).await;
@@ -163,6 +176,7 @@ async fn run(
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(node = %agent.state.me.id, name = %agent.config.name, "cluster agent started");
+    let replicating = agent.repl.is_some();
     loop {
         if stopping() {
             return;
@@ -170,24 +184,28 @@ async fn run(
         tokio::select! {
             _ = tick.tick() => agent.tick().await,
             Some(msg) = heartbeats.next() => agent.heard(&msg.payload),
-            Some(_) = maps.next() => agent.refresh().await,
-            Some(link) = link_rx.recv() => agent.link(link),
-            _ = drain.tick(), if repl.is_some() => {
-                if let (Some(r), Some((map, _))) = (repl.as_mut(), agent.current.as_ref()) {
-                    let map = map.clone();
-                    r.drain(&map).await;
-                    agent.state.set_lag(r.lag());
-                }
+            Some(_) = maps.next() => {
+                agent.refresh().await;
+                agent.follow().await;
             }
+            Some(link) = link_rx.recv() => agent.link(link),
+            _ = agent.shared.wake.notified(), if replicating => agent.drain().await,
+            _ = drain.tick(), if replicating => agent.drain().await,
             Some(msg) = next_message(&mut inbox) => {
-                if let Some(r) = repl.as_mut() {
-                    let map = agent.current.as_ref().map(|(m, _)| m.clone());
+                let map = agent.current.as_ref().map(|(m, _)| m.clone());
+                if let Some(r) = agent.repl.as_mut() {
                     r.receive(&msg, map.as_deref()).await;
                 }
             }
             Some(msg) = next_message(&mut acks) => {
-                if let Some(r) = repl.as_mut() {
+                if let Some(r) = agent.repl.as_mut() {
                     r.acked(&msg.payload);
+                }
+            }
+            Some(msg) = next_message(&mut sync_requests) => {
+                let map = agent.current.as_ref().map(|(m, _)| m.clone());
+                if let (Some(r), Some(map)) = (agent.repl.as_mut(), map) {
+                    r.serve_copy(&msg.payload, &map).await;
                 }
             }
         }
@@ -206,11 +224,33 @@ struct Agent {
     current: Option<(Arc<SlotMap>, u64)>,
     /// No coordinating before this instant (see [`SETTLE`]).
     settled_at: Instant,
+    /// With replication 2: the streams to and from the other nodes.
+    repl: Option<Replicator>,
+    /// Shared with the shards: the agent's doorbell and the lease.
+    shared: Arc<ReplShared>,
+    /// A map was installed since the streams last followed (with the map
+    /// before it).
+    pending_follow: Option<Option<Arc<SlotMap>>>,
 }
 
 impl Agent {
+    /// Sends what the shards queued; fails strong writes past their time.
+    async fn drain(&mut self) {
+        let Some(r) = self.repl.as_mut() else { return };
+        if let Some((map, _)) = self.current.as_ref() {
+            let map = map.clone();
+            r.drain(&map).await;
+        }
+        r.expire(Instant::now());
+        self.state.set_lag(r.lag());
+    }
+
     fn link(&mut self, link: Link) {
         self.state.set_connected(link == Link::Up);
+        if link == Link::Down {
+            // Cut off: no strong request until the cluster hears us again.
+            self.shared.revoke_lease();
+        }
         if link == Link::Up {
             // Rebuild liveness from fresh heartbeats before coordinating;
             // the server may have lost the bucket.
@@ -222,7 +262,10 @@ impl Agent {
 
     fn heard(&mut self, payload: &[u8]) {
         match serde_json::from_slice::<Heartbeat>(payload) {
-            Ok(hb) if hb.node.id != self.state.me.id => self.live.saw(hb.node, Instant::now()),
+            Ok(hb) if hb.node.id != self.state.me.id => {
+                let synced_at = hb.synced.then_some(hb.epoch);
+                self.live.saw(hb.node, synced_at, Instant::now())
+            }
             Ok(_) => {}
             Err(e) => warn!(error = %e, "cluster: unreadable heartbeat"),
         }
@@ -230,11 +273,18 @@ impl Agent {
 
     /// Reads the map and installs it when its epoch is higher than the
     /// one in force; keeps its revision for the next compare-and-set.
-    async fn refresh(&mut self) {
+    /// Whether the read succeeded.
+    async fn refresh(&mut self) -> bool {
         match self.bucket.read().await {
-            Ok(Some((value, revision))) => self.seen(&value, revision),
-            Ok(None) => {}
-            Err(e) => warn!(error = %e, "cluster: reading the map"),
+            Ok(Some((value, revision))) => {
+                self.seen(&value, revision);
+                true
+            }
+            Ok(None) => true,
+            Err(e) => {
+                warn!(error = %e, "cluster: reading the map");
+                false
+            }
         }
     }
 
@@ -256,9 +306,11 @@ impl Agent {
         }
     }
 
-    /// Runs with `map` from now on: every shard gets its slot ownership.
+    /// Runs with `map` from now on: every shard gets its slot ownership;
+    /// the replication streams follow it at the next tick.
     fn install(&mut self, map: Arc<SlotMap>, revision: u64) {
         self.state.install(map.clone());
+        self.pending_follow = Some(self.current.as_ref().map(|(m, _)| m.clone()));
         let ownership = Arc::new(ownership(&map, &self.state.me.id));
         for shard in 0..self.control.shard_count() {
             // A full queue means a stuck shard; it keeps the older map and
@@ -272,10 +324,13 @@ impl Agent {
 
     async fn tick(&mut self) {
         let me = self.state.me.clone();
+        let synced = self.repl.as_ref().is_none_or(|r| r.in_sync());
         let hb = Heartbeat {
             node: me.clone(),
             epoch: self.current.as_ref().map_or(0, |(m, _)| m.epoch),
+            synced,
         };
+        let sent_at_us = crate::time::unix_now_us();
         if let Ok(body) = serde_json::to_vec(&hb) {
             let _ = self.client.publish(self.subject.clone(), body.into()).await;
         }
@@ -283,11 +338,31 @@ impl Agent {
         let mut alive = self.live.alive(now, FAILURE_TIMEOUT);
         alive.push(me.clone());
         alive.sort_by(|a, b| a.id.cmp(&b.id));
-        self.state
-            .set_alive(alive.iter().map(|n| (n.id.clone(), n.zone.clone())).collect());
+        let syncing = alive
+            .iter()
+            .filter(|n| {
+                if n.id == me.id {
+                    !synced
+                } else {
+                    !self.live.synced(&n.id, hb.epoch)
+                }
+            })
+            .map(|n| n.id.clone())
+            .collect();
+        self.state.set_alive(
+            alive.iter().map(|n| (n.id.clone(), n.zone.clone())).collect(),
+            syncing,
+        );
         let connected = self.client.connection_state() == async_nats::connection::State::Connected;
-        if connected {
-            self.refresh().await;
+        if connected && self.refresh().await {
+            // The map read was answered after the heartbeat went out: the
+            // others heard from us at `sent_at_us` or later, and no newer
+            // map moved our slots. They cannot before FAILURE_TIMEOUT.
+            self.renew_lease(sent_at_us);
+        }
+        self.follow().await;
+        if let Some(r) = self.repl.as_mut() {
+            r.ask_for_copies().await;
         }
         if !connected || now < self.settled_at || alive[0].id != me.id {
             return;
@@ -299,18 +374,101 @@ impl Agent {
             return;
         }
         self.coordinate(&alive).await;
+        self.follow().await;
+    }
+
+    /// Extends this node's lease on the slots of its map (docs/cluster.md,
+    /// "Leases") when the map in force names it as it runs now.
+    fn renew_lease(&self, heard_at_us: u64) {
+        let me = &self.state.me;
+        let current = self.current.as_ref().is_some_and(|(m, _)| {
+            m.index_of(&me.id)
+                .is_some_and(|i| m.nodes[i].incarnation == me.incarnation)
+        });
+        if current {
+            let span = (FAILURE_TIMEOUT - LEASE_MARGIN).as_micros() as u64;
+            self.shared.set_lease_until(heard_at_us + span);
+        } else {
+            self.shared.revoke_lease();
+        }
+    }
+
+    /// The replication streams follow the map installed last: a replica
+    /// asks the primaries of the slots it gained for a full copy.
+    async fn follow(&mut self) {
+        let Some(prev) = self.pending_follow.take() else {
+            return;
+        };
+        let Some((map, _)) = self.current.as_ref() else {
+            return;
+        };
+        let map = map.clone();
+        if let Some(r) = self.repl.as_mut() {
+            r.prune(&map);
+            r.follow_map(prev.as_deref(), &map).await;
+        }
     }
 
     /// Writes a new map when the live set differs from the current map's.
     async fn coordinate(&mut self, alive: &[super::slots::NodeInfo]) {
         let prev = self.current.as_ref().map(|(m, _)| m.clone());
         let min_epoch = self.state.highest_epoch() + 1;
-        // Plan until nothing moves (swaps can need the replicas the step
-        // before placed), so one write carries the settled map.
+        let me = self.state.me.id.clone();
+        let my_sync = self.repl.as_ref().is_none_or(|r| r.in_sync());
+        // A node that restarted (same id, new incarnation) is empty: its
+        // primaries go to their replicas first, then it joins as new.
+        let restarted: Vec<String> = match &prev {
+            Some(p) => alive
+                .iter()
+                .filter(|n| {
+                    p.index_of(&n.id)
+                        .is_some_and(|i| p.nodes[i].incarnation != n.incarnation)
+                })
+                .map(|n| n.id.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+        // A node may take over a slot it replicates only while it holds
+        // every item of its slots under the map planned from.
+        let prev_epoch = prev.as_ref().map_or(0, |p| p.epoch);
+        let can_serve = |id: &str| {
+            !restarted.iter().any(|r| r == id)
+                && if id == me {
+                    my_sync
+                } else {
+                    self.live.synced(id, prev_epoch)
+                }
+        };
         let replication = self.config.replication;
-        let mut next = plan(prev.as_deref(), alive, replication, min_epoch, &|_| true);
+        let base = if restarted.is_empty() {
+            prev.as_deref().cloned()
+        } else {
+            let rest: Vec<NodeInfo> = alive
+                .iter()
+                .filter(|n| !restarted.contains(&n.id))
+                .cloned()
+                .collect();
+            (!rest.is_empty()).then(|| plan(prev.as_deref(), &rest, replication, min_epoch, &can_serve))
+        };
+        // Plan until nothing moves, so one write carries the settled map.
+        // Later rounds swap no roles: a replica placed by this planning
+        // holds nothing yet (it swaps in a later map, once in sync).
+        let no_swap = |_: &str| false;
+        let first_swap: &dyn Fn(&str) -> bool = if restarted.is_empty() {
+            &can_serve
+        } else {
+            &no_swap
+        };
+        let mut next = plan(
+            base.as_ref().or(prev.as_deref()),
+            alive,
+            replication,
+            min_epoch,
+            first_swap,
+        );
+        next.epoch = next.epoch.max(min_epoch);
         for _ in 0..PLAN_ROUNDS {
-            let mut again = plan(Some(&next), alive, replication, 0, &|_| true);
+            let mut again = plan(Some(&next), alive, replication, 0, &|_| false);
             again.epoch = next.epoch;
             if again.primary == next.primary && again.replica == next.replica {
                 break;

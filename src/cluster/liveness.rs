@@ -12,12 +12,27 @@ use super::slots::NodeInfo;
 #[derive(Default)]
 pub struct Liveness {
     seen: BTreeMap<String, (NodeInfo, Instant)>,
+    /// Per node whose last heartbeat said it holds every item of the slots
+    /// it replicates: the epoch of the map it said so under.
+    synced: BTreeMap<String, u64>,
 }
 
 impl Liveness {
     /// A heartbeat from `node` at `now`.
-    pub fn saw(&mut self, node: NodeInfo, now: Instant) {
+    pub fn saw(&mut self, node: NodeInfo, synced_at: Option<u64>, now: Instant) {
+        if let Some(epoch) = synced_at {
+            self.synced.insert(node.id.clone(), epoch);
+        } else {
+            self.synced.remove(&node.id);
+        }
         self.seen.insert(node.id.clone(), (node, now));
+    }
+
+    /// Whether `id`'s last heartbeat said it was in sync with the map of
+    /// `epoch` (in sync under an older map says nothing of the slots the
+    /// newer one gave it).
+    pub fn synced(&self, id: &str, epoch: u64) -> bool {
+        self.synced.get(id) == Some(&epoch)
     }
 
     /// The nodes heard from within `timeout` of `now`, by id; older ones
@@ -32,6 +47,7 @@ impl Liveness {
     /// rebuilt from fresh heartbeats).
     pub fn clear(&mut self) {
         self.seen.clear();
+        self.synced.clear();
     }
 }
 
@@ -47,6 +63,7 @@ mod tests {
             port: 1,
             http_port: 2,
             shard_ports: vec![],
+            incarnation: 0,
         }
     }
 
@@ -54,8 +71,8 @@ mod tests {
     fn a_node_is_out_once_its_heartbeats_stop() {
         let t0 = Instant::now();
         let mut l = Liveness::default();
-        l.saw(node("a"), t0);
-        l.saw(node("b"), t0 + Duration::from_millis(600));
+        l.saw(node("a"), Some(1), t0);
+        l.saw(node("b"), Some(1), t0 + Duration::from_millis(600));
         let ids = |v: Vec<NodeInfo>| v.into_iter().map(|n| n.id).collect::<Vec<_>>();
         assert_eq!(
             ids(l.alive(t0 + Duration::from_millis(900), Duration::from_secs(1))),
@@ -65,7 +82,7 @@ mod tests {
             ids(l.alive(t0 + Duration::from_millis(1100), Duration::from_secs(1))),
             ["b"]
         );
-        l.saw(node("a"), t0 + Duration::from_millis(1200));
+        l.saw(node("a"), Some(1), t0 + Duration::from_millis(1200));
         assert_eq!(
             ids(l.alive(t0 + Duration::from_millis(1300), Duration::from_secs(1))),
             ["a", "b"]

@@ -47,6 +47,9 @@ struct View {
     /// Ids of the nodes heard from within the failure timeout (this one
     /// included).
     alive: Vec<(String, String)>,
+    /// Ids of live nodes still catching up (not holding every item of the
+    /// slots they replicate).
+    syncing: Vec<String>,
     nats_connected: bool,
     /// Highest map epoch this node has seen (a map re-created after the
     /// bucket was lost starts above it).
@@ -93,8 +96,10 @@ impl ClusterState {
         }
     }
 
-    pub(crate) fn set_alive(&self, alive: Vec<(String, String)>) {
-        self.view().alive = alive;
+    pub(crate) fn set_alive(&self, alive: Vec<(String, String)>, syncing: Vec<String>) {
+        let mut v = self.view();
+        v.alive = alive;
+        v.syncing = syncing;
     }
 
     pub(crate) fn set_lag(&self, lag: Vec<(String, f64)>) {
@@ -116,7 +121,11 @@ impl ClusterState {
         let mut out: Vec<(String, String, u8)> = Vec::new();
         if let Some(map) = &v.map {
             for n in &map.nodes {
-                let status = if alive(&n.id) { NODE_SERVING } else { NODE_DOWN };
+                let status = match (alive(&n.id), v.syncing.contains(&n.id)) {
+                    (false, _) => NODE_DOWN,
+                    (true, true) => NODE_SYNCING,
+                    (true, false) => NODE_SERVING,
+                };
                 out.push((n.id.clone(), n.zone.clone(), status));
             }
         }

@@ -1,29 +1,37 @@
 //! Replication over NATS (docs/cluster.md, "Replication"): the agent
 //! drains its shards' replication queues, sends each replica node its
-//! records as one message per drain on `dnd.repl.<cluster>.<node>`, with
-//! the source node, the map epoch and a sequence number per (source,
-//! target) stream; the replica's agent checks them, hands the records to
-//! the shards that own their keys, and acknowledges the sequence on
-//! `dnd.repl.<cluster>.ack.<source>`. The oldest unacknowledged message
-//! of a stream is the replication lag.
+//! records on `dnd.repl.<cluster>.<node>` (one message per drain, split at
+//! [`MAX_MESSAGE`]), with the source node, the map epoch and a sequence
+//! number per (source, target) stream; the replica's agent checks them,
+//! hands the records to the shards that own their keys, and acknowledges
+//! the sequence on `dnd.repl.<cluster>.ack.<source>`. The oldest
+//! unacknowledged message of a stream is the replication lag.
 //!
-//! A replica refuses a message of an older epoch than its map's (a paused
-//! old primary cannot write into the new one) and counts a sequence gap
-//! (records were lost: the replica is out of sync until a full copy,
-//! stage 3 of issue 17).
+//! - **Strong writes.** A handover that carries one is tracked until every
+//!   message holding its records is acknowledged (verdict `true` to its
+//!   shard), refused, or [`STRONG_TIMEOUT`] passes (`false`).
+//! - **Epochs.** A replica refuses (and answers `refused` to) a message of
+//!   an older epoch than its map's: a paused old primary cannot complete a
+//!   write after its replacement took over.
+//! - **Catch-up.** A replica that gains slots of a primary (a new map, a
+//!   restart) or sees a sequence gap asks that primary for a full copy of
+//!   the slots it replicates (`dnd.repl.<cluster>.sync.<primary>`). The
+//!   primary's shards stream their items into the same ordered stream as
+//!   live writes and end with a marker; the replica is in sync with that
+//!   primary once every shard's marker arrived.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::slots::SlotMap;
 use crate::control::ControlPlane;
 use crate::key::{key_hash, owner_of};
-use crate::shard::replication::{records, ReplQueue};
+use crate::shard::replication::{records, ReplQueue, OP_COPY_DONE, STRONG_TIMEOUT};
 use crate::shard::ShardCommand;
 
 /// Header of a replication message: the sending node's id.
@@ -33,6 +41,44 @@ const EPOCH: &str = "Dnd-Epoch";
 /// Header: the message's sequence number in its (source, target) stream.
 const SEQ: &str = "Dnd-Seq";
 
+/// Largest message body (below NATS' default 1 MiB `max_payload`); a
+/// drain's records for one target are split at record boundaries.
+pub const MAX_MESSAGE: usize = 512 << 10;
+
+/// How long the replica's agent keeps trying to queue records for a busy
+/// shard before it gives up (records lost: a gap, then a full copy).
+const SHARD_QUEUE_PATIENCE: Duration = Duration::from_secs(2);
+
+/// A full copy asked for and not finished within this is asked again.
+const COPY_RETRY: Duration = Duration::from_secs(20);
+
+/// One outgoing stream (to a replica node).
+#[derive(Default)]
+struct Outgoing {
+    next: u64,
+    /// Sequences sent and not acknowledged yet, with when they were sent.
+    unacked: VecDeque<(u64, Instant)>,
+}
+
+/// One incoming stream (from a primary node).
+#[derive(Default)]
+struct Incoming {
+    last: u64,
+    /// Holds every item of the slots it replicates for this source.
+    synced: bool,
+    /// The full copy in progress: id, shard markers seen, when asked.
+    copy: Option<(u64, usize, Instant)>,
+}
+
+/// A strong handover waiting for its acknowledgements.
+struct StrongWait {
+    shard: usize,
+    seq: u64,
+    /// (target node, message sequence) still to be acknowledged.
+    waiting: Vec<(String, u64)>,
+    deadline: Instant,
+}
+
 /// The replication streams of one node, both directions.
 pub struct Replicator {
     client: Client,
@@ -40,14 +86,20 @@ pub struct Replicator {
     me: String,
     queues: Vec<ReplQueue>,
     control: Arc<ControlPlane>,
-    /// Per target node: the next sequence number and what it has not
-    /// acknowledged yet (sequence, sent at).
-    outgoing: HashMap<String, (u64, VecDeque<(u64, Instant)>)>,
-    /// Per source node: the last sequence applied.
-    incoming: HashMap<String, u64>,
-    /// Messages refused for an older epoch, and sequence gaps seen.
+    outgoing: HashMap<String, Outgoing>,
+    incoming: HashMap<String, Incoming>,
+    strong: Vec<StrongWait>,
+    /// Verdicts to hand to each shard.
+    verdicts: Vec<Vec<(u64, bool)>>,
+    next_copy: u64,
+    /// A map was followed (before that, nothing says what it replicates).
+    followed: bool,
+    /// Messages refused for an older epoch, sequence gaps seen, full copies
+    /// served to replicas and received.
     pub stale_refused: u64,
     pub gaps: u64,
+    pub copies_served: u64,
+    pub copies_received: u64,
 }
 
 impl Replicator {
@@ -58,6 +110,7 @@ impl Replicator {
         queues: Vec<ReplQueue>,
         control: Arc<ControlPlane>,
     ) -> Self {
+        let shards = queues.len();
         Replicator {
             client,
             name: name.to_string(),
@@ -66,8 +119,14 @@ impl Replicator {
             control,
             outgoing: HashMap::new(),
             incoming: HashMap::new(),
+            strong: Vec::new(),
+            verdicts: vec![Vec::new(); shards],
+            next_copy: crate::time::unix_now_us(),
+            followed: false,
             stale_refused: 0,
             gaps: 0,
+            copies_served: 0,
+            copies_received: 0,
         }
     }
 
@@ -81,44 +140,107 @@ impl Replicator {
         format!("dnd.repl.{}.ack.{}", self.name, self.me)
     }
 
-    /// Sends what the shards queued, one message per target node.
+    /// The subject replicas ask this node for full copies on.
+    pub fn sync_requests(&self) -> String {
+        format!("dnd.repl.{}.sync.{}", self.name, self.me)
+    }
+
+    /// Sends what the shards queued, one message (or more, split at
+    /// [`MAX_MESSAGE`]) per target node; tracks strong handovers.
     pub async fn drain(&mut self, map: &SlotMap) {
         let mut per_target: HashMap<u16, Vec<u8>> = HashMap::new();
-        for queue in &self.queues {
-            while let Some(buffer) = queue.pop() {
-                for r in records(&buffer) {
+        let mut strong: Vec<(usize, u64, Vec<u16>)> = Vec::new();
+        for (shard, queue) in self.queues.iter().enumerate() {
+            while let Some(handover) = queue.pop() {
+                let mut targets = Vec::new();
+                for r in records(&handover.records) {
                     r.encode(per_target.entry(r.target).or_default());
+                    if handover.strong && !targets.contains(&r.target) {
+                        targets.push(r.target);
+                    }
+                }
+                if handover.strong {
+                    strong.push((shard, handover.seq, targets));
                 }
             }
         }
+        // Per target: the sequences sent this drain, or None if sending failed.
+        let mut sent: HashMap<u16, Option<Vec<u64>>> = HashMap::new();
         for (target, body) in per_target {
             let Some(node) = map.nodes.get(target as usize) else {
+                sent.insert(target, None);
                 continue;
             };
-            let (next, unacked) = self
-                .outgoing
-                .entry(node.id.clone())
-                .or_insert((1, VecDeque::new()));
-            let seq = *next;
-            *next += 1;
-            let mut headers = HeaderMap::new();
-            headers.insert(SOURCE, self.me.as_str());
-            headers.insert(EPOCH, map.epoch.to_string().as_str());
-            headers.insert(SEQ, seq.to_string().as_str());
-            let subject = format!("dnd.repl.{}.{}", self.name, node.id);
-            match self
-                .client
-                .publish_with_headers(subject, headers, Bytes::from(body))
-                .await
-            {
-                Ok(()) => unacked.push_back((seq, Instant::now())),
-                Err(e) => warn!(error = %e, target = %node.id, "replication: publish failed"),
+            let node = node.id.clone();
+            let mut seqs = Some(Vec::new());
+            for chunk in split_records(&body, MAX_MESSAGE) {
+                match self
+                    .publish(&node, map.epoch, Bytes::copy_from_slice(chunk))
+                    .await
+                {
+                    Some(seq) => {
+                        if let Some(s) = seqs.as_mut() {
+                            s.push(seq)
+                        }
+                    }
+                    None => seqs = None,
+                }
+            }
+            sent.insert(target, seqs);
+        }
+        let deadline = Instant::now() + STRONG_TIMEOUT;
+        for (shard, seq, targets) in strong {
+            let mut waiting = Vec::new();
+            let mut ok = true;
+            for t in targets {
+                match (map.nodes.get(t as usize), sent.get(&t)) {
+                    (Some(node), Some(Some(seqs))) => {
+                        waiting.extend(seqs.iter().map(|&s| (node.id.clone(), s)));
+                    }
+                    _ => ok = false,
+                }
+            }
+            if ok {
+                self.strong.push(StrongWait {
+                    shard,
+                    seq,
+                    waiting,
+                    deadline,
+                });
+            } else {
+                self.verdicts[shard].push((seq, false));
+            }
+        }
+        self.deliver_verdicts();
+    }
+
+    /// Publishes one message to `node`; its sequence, or None on failure.
+    async fn publish(&mut self, node: &str, epoch: u64, body: Bytes) -> Option<u64> {
+        let stream = self.outgoing.entry(node.to_string()).or_insert(Outgoing {
+            next: 1,
+            ..Default::default()
+        });
+        let seq = stream.next;
+        stream.next += 1;
+        let mut headers = HeaderMap::new();
+        headers.insert(SOURCE, self.me.as_str());
+        headers.insert(EPOCH, epoch.to_string().as_str());
+        headers.insert(SEQ, seq.to_string().as_str());
+        let subject = format!("dnd.repl.{}.{}", self.name, node);
+        match self.client.publish_with_headers(subject, headers, body).await {
+            Ok(()) => {
+                stream.unacked.push_back((seq, Instant::now()));
+                Some(seq)
+            }
+            Err(e) => {
+                warn!(error = %e, target = %node, "replication: publish failed");
+                None
             }
         }
     }
 
     /// Applies a message of a primary: checks epoch and sequence, hands the
-    /// records to their shards, acknowledges.
+    /// records to their shards, acknowledges (or refuses).
     pub async fn receive(&mut self, msg: &async_nats::Message, map: Option<&SlotMap>) {
         let header = |name: &str| {
             msg.headers
@@ -136,51 +258,238 @@ impl Replicator {
         let Some(map) = map else { return };
         if epoch < map.epoch {
             // An old primary's write after the map moved on: refused, and
-            // not acknowledged.
+            // never acknowledged.
             self.stale_refused += 1;
+            self.answer(&source, seq, false).await;
             return;
         }
-        let last = self
-            .incoming
-            .entry(source.clone())
-            .or_insert(seq.saturating_sub(1));
-        if seq != *last + 1 {
+        let stream = self.incoming.entry(source.clone()).or_default();
+        if stream.last != 0 && seq != stream.last + 1 {
             self.gaps += 1;
-            warn!(%source, expected = *last + 1, seq, "replication: sequence gap (replica out of sync)");
+            stream.synced = false;
+            stream.copy = None;
+            warn!(%source, expected = stream.last + 1, seq, "replication: sequence gap; asking for a full copy");
         }
-        *last = seq;
+        stream.last = seq;
         let shards = self.control.shard_count();
         let mut per_shard: Vec<Vec<u8>> = vec![Vec::new(); shards];
+        let mut markers = 0;
+        let copy_id = stream.copy.map(|(id, _, _)| id);
         for r in records(&msg.payload) {
+            if r.op == OP_COPY_DONE {
+                if r.key.len() == 8
+                    && Some(u64::from_le_bytes(r.key.try_into().unwrap_or_default())) == copy_id
+                {
+                    markers += 1;
+                }
+                continue;
+            }
             let shard = owner_of(key_hash(r.key, map.seed), shards);
             r.encode(&mut per_shard[shard]);
         }
+        let mut queued = true;
         for (shard, body) in per_shard.into_iter().enumerate() {
-            if !body.is_empty() && self.control.send(shard, ShardCommand::Replicated(body)).is_err() {
-                warn!(
-                    shard,
-                    "replication: shard queue full, records lost (replica out of sync)"
-                );
-                self.gaps += 1;
+            if !body.is_empty() {
+                queued &= self.queue_for_shard(shard, ShardCommand::Replicated(body)).await;
             }
         }
-        let ack = format!("{} {seq}", self.me);
-        let subject = format!("dnd.repl.{}.ack.{source}", self.name);
-        let _ = self.client.publish(subject, Bytes::from(ack)).await;
+        if !queued {
+            warn!(%source, "replication: a shard's queue stayed full; records lost (asking for a full copy)");
+            self.gaps += 1;
+            if let Some(s) = self.incoming.get_mut(&source) {
+                s.synced = false;
+                s.copy = None;
+            }
+            self.answer(&source, seq, false).await;
+            return;
+        }
+        if markers > 0 {
+            let expected = map
+                .index_of(&source)
+                .map_or(usize::MAX, |i| map.nodes[i].shard_ports.len().max(1));
+            if let Some(s) = self.incoming.get_mut(&source) {
+                if let Some((id, seen, asked)) = s.copy {
+                    let seen = seen + markers;
+                    if seen >= expected {
+                        info!(%source, copy = id, took_ms = asked.elapsed().as_millis() as u64, "replication: full copy received; in sync");
+                        s.copy = None;
+                        s.synced = true;
+                        self.copies_received += 1;
+                    } else {
+                        s.copy = Some((id, seen, asked));
+                    }
+                }
+            }
+        }
+        self.answer(&source, seq, true).await;
     }
 
-    /// An acknowledgement from a replica.
-    pub fn acked(&mut self, payload: &[u8]) {
-        let text = String::from_utf8_lossy(payload);
-        let Some((from, seq)) = text.split_once(' ') else {
-            return;
-        };
-        let Ok(seq) = seq.parse::<u64>() else { return };
-        if let Some((_, unacked)) = self.outgoing.get_mut(from) {
-            while unacked.front().is_some_and(|&(s, _)| s <= seq) {
-                unacked.pop_front();
+    /// Queues a command for a shard, waiting (a little) while its queue is
+    /// full rather than losing the records.
+    async fn queue_for_shard(&self, shard: usize, mut command: ShardCommand) -> bool {
+        let give_up = Instant::now() + SHARD_QUEUE_PATIENCE;
+        loop {
+            match self.control.send(shard, command) {
+                Ok(()) => return true,
+                Err(back) if Instant::now() < give_up => {
+                    command = back;
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+                Err(_) => return false,
             }
         }
+    }
+
+    async fn answer(&self, source: &str, seq: u64, ok: bool) {
+        let body = if ok {
+            format!("{} {seq}", self.me)
+        } else {
+            format!("{} {seq} refused", self.me)
+        };
+        let subject = format!("dnd.repl.{}.ack.{source}", self.name);
+        let _ = self.client.publish(subject, Bytes::from(body)).await;
+    }
+
+    /// An acknowledgement (or refusal) from a replica.
+    pub fn acked(&mut self, payload: &[u8]) {
+        let text = String::from_utf8_lossy(payload);
+        let mut parts = text.split(' ');
+        let (Some(from), Some(Ok(seq))) = (parts.next(), parts.next().map(str::parse::<u64>)) else {
+            return;
+        };
+        let refused = parts.next() == Some("refused");
+        if let Some(stream) = self.outgoing.get_mut(from) {
+            while stream.unacked.front().is_some_and(|&(s, _)| s <= seq) {
+                stream.unacked.pop_front();
+            }
+        }
+        let mut i = 0;
+        while i < self.strong.len() {
+            let w = &mut self.strong[i];
+            let before = w.waiting.len();
+            w.waiting.retain(|(node, s)| !(node == from && *s == seq));
+            let hit = w.waiting.len() != before;
+            if hit && refused {
+                let w = self.strong.swap_remove(i);
+                self.verdicts[w.shard].push((w.seq, false));
+                continue;
+            }
+            if w.waiting.is_empty() {
+                let w = self.strong.swap_remove(i);
+                self.verdicts[w.shard].push((w.seq, true));
+                continue;
+            }
+            i += 1;
+        }
+        self.deliver_verdicts();
+    }
+
+    /// Strong handovers past their deadline fail.
+    pub fn expire(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.strong.len() {
+            if self.strong[i].deadline <= now {
+                let w = self.strong.swap_remove(i);
+                self.verdicts[w.shard].push((w.seq, false));
+            } else {
+                i += 1;
+            }
+        }
+        self.deliver_verdicts();
+    }
+
+    fn deliver_verdicts(&mut self) {
+        for (shard, verdicts) in self.verdicts.iter_mut().enumerate() {
+            if !verdicts.is_empty() {
+                let batch = std::mem::take(verdicts);
+                // A full queue means a stuck shard: its waiters time out.
+                let _ = self.control.send(shard, ShardCommand::ReplDone(batch));
+            }
+        }
+    }
+
+    /// After a new map: the primaries this node now replicates slots of,
+    /// and which it has not copied since it gained them, are asked for a
+    /// full copy; streams from nodes it no longer replicates are dropped.
+    pub async fn follow_map(&mut self, prev: Option<&SlotMap>, map: &SlotMap) {
+        let Some(me) = map.index_of(&self.me) else { return };
+        self.followed = true;
+        let sources = replicated_sources(map, me);
+        self.incoming.retain(|id, _| sources.iter().any(|(s, _)| s == id));
+        for (source, slots) in sources {
+            // A slot it replicated for the same primary, or was primary
+            // of itself (a swap of roles), needs no copy.
+            let gained = match prev.and_then(|p| p.index_of(&self.me).map(|m| (p, m))) {
+                Some((p, pm)) => slots.iter().any(|&slot| {
+                    let was_primary = p.primary[slot] as usize == pm;
+                    let same_stream = p.replica[slot] as usize == pm
+                        && p.nodes.get(p.primary[slot] as usize).map(|n| &n.id) == Some(&source);
+                    !(was_primary || same_stream)
+                }),
+                None => true,
+            };
+            let stream = self.incoming.entry(source.clone()).or_default();
+            if gained {
+                stream.synced = false;
+                stream.copy = None;
+            }
+        }
+        self.ask_for_copies().await;
+    }
+
+    /// Asks every primary this node is out of sync with, and not already
+    /// copying from, for a full copy.
+    pub async fn ask_for_copies(&mut self) {
+        let now = Instant::now();
+        let mut asks = Vec::new();
+        for (source, stream) in self.incoming.iter_mut() {
+            let stale = stream
+                .copy
+                .is_some_and(|(_, _, at)| now.duration_since(at) > COPY_RETRY);
+            if !stream.synced && (stream.copy.is_none() || stale) {
+                self.next_copy += 1;
+                stream.copy = Some((self.next_copy, 0, now));
+                asks.push((source.clone(), self.next_copy));
+            }
+        }
+        for (source, id) in asks {
+            info!(%source, copy = id, "replication: asking for a full copy");
+            let subject = format!("dnd.repl.{}.sync.{source}", self.name);
+            let body = format!("{} {id}", self.me);
+            let _ = self.client.publish(subject, Bytes::from(body)).await;
+        }
+    }
+
+    /// A replica asks this node for a full copy: every shard streams the
+    /// items of the slots that replica holds for this node.
+    pub async fn serve_copy(&mut self, payload: &[u8], map: &SlotMap) {
+        let text = String::from_utf8_lossy(payload);
+        let Some((from, id)) = text.split_once(' ') else {
+            return;
+        };
+        let (Some(target), Ok(id)) = (map.index_of(from), id.parse::<u64>()) else {
+            return;
+        };
+        info!(replica = %from, copy = id, "replication: serving a full copy");
+        self.copies_served += 1;
+        for shard in 0..self.control.shard_count() {
+            let command = ShardCommand::Copy {
+                target: target as u16,
+                epoch: map.epoch,
+                copy: id,
+            };
+            if !self.queue_for_shard(shard, command).await {
+                warn!(
+                    shard,
+                    "replication: could not start a full copy (shard queue full)"
+                );
+            }
+        }
+    }
+
+    /// Whether this node holds every item of the slots it replicates.
+    pub fn in_sync(&self) -> bool {
+        self.followed && self.incoming.values().all(|s| s.synced)
     }
 
     /// Seconds behind, per target node: the age of the oldest message it
@@ -190,8 +499,9 @@ impl Replicator {
         let mut lag: Vec<(String, f64)> = self
             .outgoing
             .iter()
-            .map(|(target, (_, unacked))| {
-                let behind = unacked
+            .map(|(target, stream)| {
+                let behind = stream
+                    .unacked
                     .front()
                     .map_or(0.0, |&(_, at)| now.duration_since(at).as_secs_f64());
                 (target.clone(), behind)
@@ -199,5 +509,85 @@ impl Replicator {
             .collect();
         lag.sort_by(|a, b| a.0.cmp(&b.0));
         lag
+    }
+
+    /// Forgets the outgoing streams to nodes no longer in the map.
+    pub fn prune(&mut self, map: &SlotMap) {
+        self.outgoing.retain(|id, _| map.index_of(id).is_some());
+    }
+}
+
+/// The primaries of the slots node `me` replicates in `map`, with those
+/// slots.
+fn replicated_sources(map: &SlotMap, me: usize) -> Vec<(String, Vec<usize>)> {
+    let mut out: Vec<(String, Vec<usize>)> = Vec::new();
+    for slot in 0..map.replica.len() {
+        if map.replica[slot] as usize != me {
+            continue;
+        }
+        let Some(p) = map.nodes.get(map.primary[slot] as usize) else {
+            continue;
+        };
+        match out.iter_mut().find(|(id, _)| id == &p.id) {
+            Some((_, slots)) => slots.push(slot),
+            None => out.push((p.id.clone(), vec![slot])),
+        }
+    }
+    out
+}
+
+/// `body` cut at record boundaries into pieces of at most `max` bytes (a
+/// record larger than `max` travels alone).
+fn split_records(body: &[u8], max: usize) -> Vec<&[u8]> {
+    if body.len() <= max {
+        return vec![body];
+    }
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    let mut at = 0;
+    for r in records(body) {
+        let len = r.encoded_len();
+        if at > start && at + len - start > max {
+            pieces.push(&body[start..at]);
+            start = at;
+        }
+        at += len;
+    }
+    if at > start {
+        pieces.push(&body[start..at]);
+    }
+    pieces
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::replication::{ReplRecord, OP_SET};
+
+    #[test]
+    fn split_keeps_records_whole_and_in_order() {
+        let mut body = Vec::new();
+        for i in 0..100u32 {
+            let key = format!("k{i}");
+            ReplRecord {
+                target: 1,
+                op: OP_SET,
+                options: 0,
+                ttl_s: 0,
+                version: u64::from(i),
+                key: key.as_bytes(),
+                value: &[7u8; 50],
+            }
+            .encode(&mut body);
+        }
+        let pieces = split_records(&body, 300);
+        assert!(pieces.len() > 10);
+        assert!(pieces.iter().all(|p| p.len() <= 300));
+        let versions: Vec<u64> = pieces
+            .iter()
+            .flat_map(|p| records(p).map(|r| r.version))
+            .collect();
+        assert_eq!(versions, (0..100).collect::<Vec<_>>());
+        assert_eq!(split_records(&body, 1 << 20), vec![&body[..]]);
     }
 }

@@ -32,6 +32,10 @@ pub struct NodeInfo {
     pub http_port: u16,
     /// Binary port of each shard.
     pub shard_ports: Vec<u16>,
+    /// When this process started (Unix µs): a node that restarts under the
+    /// same id comes back empty, and the map treats it as new.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// Who holds each slot, at one epoch.
@@ -281,6 +285,7 @@ mod tests {
             port: 7000,
             http_port: 8000,
             shard_ports: vec![7100],
+            incarnation: 0,
         }
     }
 

@@ -385,13 +385,13 @@ fn open(
 #[cfg(test)]
 pub(crate) mod tests;
 
-/// Appends `options { compression, encryption }` (field 5 of a
-/// `CacheOperation`) when either is set. Protobuf merges an embedded
-/// message that occurs twice, so appending to an encoded operation adds the
-/// connection's write options without re-encoding it.
-pub fn put_write_options(out: &mut Vec<u8>, compression: bool, encryption: bool) {
+/// Appends `options { compression, encryption, consistency }` (field 5 of
+/// a `CacheOperation`) when any is set. Protobuf merges an embedded message
+/// that occurs twice, so appending to an encoded operation adds the
+/// connection's options without re-encoding it.
+pub fn put_write_options(out: &mut Vec<u8>, compression: bool, encryption: bool, consistency: &[u8]) {
     use crate::protocol::wire::put_bytes_field;
-    let mut options = [0u8; 4];
+    let mut options = [0u8; 4 + 2 + 16];
     let mut n = 0;
     if compression {
         options[n..n + 2].copy_from_slice(&[0x08, 1]);
@@ -401,14 +401,29 @@ pub fn put_write_options(out: &mut Vec<u8>, compression: bool, encryption: bool)
         options[n..n + 2].copy_from_slice(&[0x10, 1]);
         n += 2;
     }
-    put_bytes_field(out, 5, &options[..n]);
+    // "strong" or "eventual" (checked before): one length byte.
+    if !consistency.is_empty() && consistency.len() <= 16 {
+        options[n] = 0x1a;
+        options[n + 1] = consistency.len() as u8;
+        options[n + 2..n + 2 + consistency.len()].copy_from_slice(consistency);
+        n += 2 + consistency.len();
+    }
+    if n > 0 {
+        put_bytes_field(out, 5, &options[..n]);
+    }
 }
 
 /// Copies a request frame (length prefix included) to `out` with
 /// [`put_write_options`] appended and the length prefix updated.
-pub fn append_frame_with_options(frame: &[u8], compression: bool, encryption: bool, out: &mut Vec<u8>) {
+pub fn append_frame_with_options(
+    frame: &[u8],
+    compression: bool,
+    encryption: bool,
+    consistency: &[u8],
+    out: &mut Vec<u8>,
+) {
     let slot = crate::frame::FrameSlot::open(out);
     out.extend_from_slice(&frame[crate::frame::FRAME_HEADER_BYTES..]);
-    put_write_options(out, compression, encryption);
+    put_write_options(out, compression, encryption, consistency);
     slot.close(out);
 }

@@ -179,7 +179,7 @@ fn write_options_merge_into_an_encoded_operation() {
     let mut frame = Vec::new();
     crate::frame::encode_frame(&op, &mut frame);
     let mut merged = Vec::new();
-    append_frame_with_options(&frame, false, true, &mut merged);
+    append_frame_with_options(&frame, false, true, b"", &mut merged);
     let len = crate::frame::declared_len(&merged).unwrap();
     assert_eq!(len, merged.len() - 4);
     let view = crate::protocol::binary::decode_operation(&merged[4..]).unwrap();
@@ -187,6 +187,13 @@ fn write_options_merge_into_an_encoded_operation() {
     assert_eq!(view.options.consistency, b"strong");
     let decoded = crate::proto::CacheOperation::decode(&merged[4..]).unwrap();
     assert!(decoded.options.unwrap().encryption);
+    // A connection's consistency reaches the owner shard the same way.
+    let mut eventual = Vec::new();
+    append_frame_with_options(&frame, false, false, b"eventual", &mut eventual);
+    let view = crate::protocol::binary::decode_operation(&eventual[4..]).unwrap();
+    assert_eq!(view.options.consistency, b"eventual");
+    let decoded = crate::proto::CacheOperation::decode(&eventual[4..]).unwrap();
+    assert_eq!(decoded.options.unwrap().consistency, "eventual");
 }
 
 proptest! {

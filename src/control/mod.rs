@@ -172,7 +172,16 @@ pub async fn serve_shard(
         };
         let stopped = futures_lite::future::or(rung, stopping).await;
         while let Some(command) = control.queues[shard.id()].pop() {
-            shard.run_command(command).await;
+            match command {
+                // A full copy takes a while: its own task, so that the
+                // commands behind it (replicated writes, verdicts) run.
+                crate::shard::ShardCommand::Copy { target, epoch, copy } => {
+                    let shard = shard.clone();
+                    glommio::spawn_local(async move { shard.copy_chunked(target, epoch, copy).await })
+                        .detach();
+                }
+                command => shard.run_command(command).await,
+            }
         }
         if stopped {
             return;

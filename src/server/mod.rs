@@ -202,17 +202,23 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         port: listeners.public_addr.port(),
         http_port: listeners.http_addr.port(),
         shard_ports: listeners.shard_ports.clone(),
+        incarnation: crate::time::unix_now_us(),
     };
     // With two copies, each shard hands its writes to the agent.
     let replicated = config.cluster.enabled && config.cluster.replication >= 2;
+    let repl_shared = Arc::new(crate::shard::replication::ReplShared::default());
     let (mut repl_sinks, repl_queues): (Vec<_>, Vec<_>) = (0..shards)
         .filter(|_| replicated)
-        .map(|_| crate::shard::replication::ReplSink::new())
+        .map(|_| crate::shard::replication::ReplSink::new(repl_shared.clone()))
         .map(|(sink, queue)| (Some(sink), queue))
         .unzip();
+    let repl_wiring = crate::shard::replication::ReplWiring {
+        queues: repl_queues,
+        shared: repl_shared,
+    };
     repl_sinks.resize_with(shards, || None);
     let mut repl_sinks = repl_sinks.into_iter();
-    let (cluster, cluster_state) = start_cluster(config, me, &info, repl_queues)?;
+    let (cluster, cluster_state) = start_cluster(config, me, &info, repl_wiring)?;
     // In a cluster every node hashes keys with the map's seed, so that a
     // key has one slot everywhere: wait for the first map.
     let seed = match &cluster_state {
@@ -341,7 +347,7 @@ fn start_cluster(
     config: &ServerConfig,
     me: crate::cluster::slots::NodeInfo,
     info: &Arc<ServerInfo>,
-    repl_queues: Vec<crate::shard::replication::ReplQueue>,
+    repl: crate::shard::replication::ReplWiring,
 ) -> anyhow::Result<ClusterParts> {
     let (true, Some(url)) = (config.cluster.enabled, config.hub.nats_url.clone()) else {
         return Ok((None, None));
@@ -356,7 +362,7 @@ fn start_cluster(
         url,
         state.clone(),
         control,
-        repl_queues,
+        repl,
         stopping,
     )?;
     Ok((Some(agent), Some(state)))

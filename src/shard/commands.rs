@@ -33,6 +33,13 @@ pub enum ShardCommand {
     /// Apply writes a primary replicated to this node (records of
     /// [`super::replication`]).
     Replicated(Vec<u8>),
+    /// Stream every item of the slots whose replica is node `target` (in
+    /// the map of `epoch`) to it, ending with a marker carrying `copy`: a
+    /// replica's catch-up. Runs as its own task ([`Shard::copy_slots`]).
+    Copy { target: u16, epoch: u64, copy: u64 },
+    /// Verdicts on strong handovers of this shard (sequence, every replica
+    /// acknowledged it): their writes' answers were waiting.
+    ReplDone(Vec<(u64, bool)>),
     /// Replace the shard's policy; answers once applied.
     Policy {
         policy: Arc<Policy>,
@@ -65,6 +72,17 @@ impl Shard {
             ShardCommand::Ownership(ownership) => self.install_ownership(ownership),
             ShardCommand::Replicated(records) => {
                 self.apply_replicated(&records);
+            }
+            ShardCommand::Copy { target, epoch, copy } => {
+                // Reached only without an Rc (tests): copy inline.
+                self.copy_chunked(target, epoch, copy).await;
+            }
+            ShardCommand::ReplDone(verdicts) => {
+                if let Some(sink) = &self.repl {
+                    for (seq, ok) in verdicts {
+                        sink.settle(seq, ok);
+                    }
+                }
             }
             ShardCommand::Policy { policy, applied } => {
                 self.apply_policy(&policy);

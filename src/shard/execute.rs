@@ -58,6 +58,11 @@ impl Shard {
     #[inline]
     pub fn execute_single(&self, op: &OpView<'_>, kind: OpKind, hash: u64, now_us: u64, out: &mut Vec<u8>) {
         let corr = op.correlation_id;
+        let strong = match self.strong_gate(hash, op.key, op.options.consistency, kind != OpKind::Get, now_us)
+        {
+            Ok(strong) => strong,
+            Err(message) => return ResponseEncoder::error(out, Status::Timeout, message, corr),
+        };
         let mut store = self.store.borrow_mut();
         match kind {
             OpKind::Get => match store.get(hash, op.key, now_us) {
@@ -72,7 +77,8 @@ impl Shard {
                 let ttl = self.resolve_ttl(op.key, op.ttl);
                 match self.write_item(&mut store, hash, op.key, op.value, ttl, &op.options, now_us) {
                     Ok(meta) => {
-                        self.replicate_set(hash, op.key, op.value, ttl, &op.options, meta.version);
+                        self.replicate_set(&store, hash, op.key, op.value, ttl, &op.options, meta.version);
+                        self.strong_written(strong);
                         ResponseEncoder::simple(out, Status::Ok, b"", Some(&meta), corr)
                     }
                     Err((status, message)) => ResponseEncoder::error(out, status, message, corr),
@@ -85,6 +91,7 @@ impl Shard {
                     Status::NotFound
                 };
                 self.replicate_delete(hash, op.key);
+                self.strong_written(strong);
                 ResponseEncoder::simple(out, status, b"", None, corr)
             }
         }
@@ -106,6 +113,10 @@ impl Shard {
                 for key in op.keys() {
                     let hash = key_hash(key, self.seed);
                     if self.refuse_item(key, hash, out) {
+                        continue;
+                    }
+                    if let Err(message) = self.strong_gate(hash, key, op.options.consistency, false, now_us) {
+                        ResponseEncoder::put_item(out, key, Status::Timeout, message.as_bytes(), None);
                         continue;
                     }
                     match store.get(hash, key, now_us) {
@@ -143,12 +154,20 @@ impl Shard {
                     if self.refuse_item(key, hash, out) {
                         continue;
                     }
+                    let strong = match self.strong_gate(hash, key, op.options.consistency, true, now_us) {
+                        Ok(strong) => strong,
+                        Err(message) => {
+                            ResponseEncoder::put_item(out, key, Status::Timeout, message.as_bytes(), None);
+                            continue;
+                        }
+                    };
                     let status = if store.delete(hash, key) {
                         Status::Ok
                     } else {
                         Status::NotFound
                     };
                     self.replicate_delete(hash, key);
+                    self.strong_written(strong);
                     ResponseEncoder::put_item(out, key, status, b"", None);
                 }
             }
@@ -158,10 +177,18 @@ impl Shard {
                     if self.refuse_item(key, hash, out) {
                         continue;
                     }
+                    let strong = match self.strong_gate(hash, key, op.options.consistency, true, now_us) {
+                        Ok(strong) => strong,
+                        Err(message) => {
+                            ResponseEncoder::put_item(out, key, Status::Timeout, message.as_bytes(), None);
+                            continue;
+                        }
+                    };
                     let ttl = self.resolve_ttl(key, if ttl == 0 { op.ttl } else { ttl });
                     match self.write_item(&mut store, hash, key, value, ttl, &op.options, now_us) {
                         Ok(meta) => {
-                            self.replicate_set(hash, key, value, ttl, &op.options, meta.version);
+                            self.replicate_set(&store, hash, key, value, ttl, &op.options, meta.version);
+                            self.strong_written(strong);
                             ResponseEncoder::put_item(out, key, Status::Ok, b"", Some(&meta))
                         }
                         Err((status, message)) => {
@@ -295,9 +322,14 @@ impl Shard {
 // ---- replication (docs/cluster.md): what primaries send, replicas apply ----
 
 impl Shard {
+    /// Hands a set to the replica: as the client sent it, or, when the
+    /// value went through the codec (compressed, encrypted at rest), as it
+    /// is stored, so that an encrypted value travels encrypted.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn replicate_set(
         &self,
+        store: &Store,
         hash: u64,
         key: &[u8],
         value: &[u8],
@@ -305,16 +337,29 @@ impl Shard {
         options: &OptionsView<'_>,
         version: u64,
     ) {
-        use super::replication::{ReplRecord, OPT_COMPRESSION, OPT_ENCRYPTION, OP_SET};
+        use super::replication::{ReplRecord, OP_COPY, OP_SET};
         if self.repl.is_none() {
             return;
         }
-        let options = (u8::from(options.compression) * OPT_COMPRESSION)
-            | (u8::from(options.encryption) * OPT_ENCRYPTION);
+        if self.codec_eager | options.compression | options.encryption {
+            if let Some(item) = store.peek(hash, key) {
+                let record = ReplRecord {
+                    target: 0,
+                    op: OP_COPY,
+                    options: item.codec_flags() as u8,
+                    ttl_s: item.ttl_s(),
+                    version: item.version_us(),
+                    key,
+                    value: item.value(),
+                };
+                self.replicate(hash, record);
+            }
+            return;
+        }
         let record = ReplRecord {
             target: 0,
             op: OP_SET,
-            options,
+            options: 0,
             ttl_s: ttl,
             version,
             key,
@@ -343,10 +388,10 @@ impl Shard {
 
     /// Applies writes its primaries replicated to this node: sets keep the
     /// primary's version (so both copies carry the same version and
-    /// expiry), through the value codec when the write asked for it.
-    /// Returns how many records were applied.
+    /// expiry); stored values (full copies, codec writes) are kept as they
+    /// came, with their codec flags. Returns how many records were applied.
     pub fn apply_replicated(&self, records: &[u8]) -> usize {
-        use super::replication::{records as read, OPT_COMPRESSION, OPT_ENCRYPTION, OP_DELETE, OP_SET};
+        use super::replication::{records as read, OP_COPY, OP_DELETE, OP_SET};
         let now_us = crate::time::unix_now_us();
         let mut store = self.store.borrow_mut();
         let mut applied = 0;
@@ -356,21 +401,26 @@ impl Shard {
             }
             let hash = key_hash(r.key, self.seed);
             match r.op {
-                OP_SET => {
-                    let (compress, encrypt) =
-                        (r.options & OPT_COMPRESSION != 0, r.options & OPT_ENCRYPTION != 0);
-                    let written = if !(self.codec_eager | compress | encrypt) {
-                        store
-                            .set_replicated(hash, r.key, r.value, r.ttl_s, 0, r.version, now_us)
-                            .is_ok()
+                OP_SET | OP_COPY => {
+                    let flags = if r.op == OP_COPY {
+                        u32::from(r.options & 3)
                     } else {
+                        0
+                    };
+                    let written = if r.op == OP_SET && self.codec_eager {
+                        // A server that always transforms values does so
+                        // for its replicas' copies too.
                         let mut codec = self.codec.borrow_mut();
-                        match codec.encode(r.key, r.value, compress, encrypt) {
+                        match codec.encode(r.key, r.value, false, false) {
                             Ok((stored, flags)) => store
                                 .set_replicated(hash, r.key, stored, r.ttl_s, flags, r.version, now_us)
                                 .is_ok(),
                             Err(_) => false,
                         }
+                    } else {
+                        store
+                            .set_replicated(hash, r.key, r.value, r.ttl_s, flags, r.version, now_us)
+                            .is_ok()
                     };
                     applied += usize::from(written);
                 }

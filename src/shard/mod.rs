@@ -11,6 +11,7 @@
 //! - [`events`]: item events handed to the Message Hub bridge;
 //! - [`stats`]: connection and request counters.
 
+mod catchup;
 #[cfg(test)]
 mod codec_tests;
 mod commands;
@@ -237,10 +238,75 @@ impl Shard {
     }
 
     /// The end of a read cycle: the cycle's writes go to the replicas.
+    /// `Some(handover)` when they include a strong write: its answer waits
+    /// for [`Shard::replicated`].
     #[inline]
-    pub fn end_cycle(&self) {
+    pub fn end_cycle(&self) -> Option<u64> {
+        self.repl.as_ref().and_then(|sink| sink.hand_over())
+    }
+
+    /// Whether a strong write waits for the end of the cycle (the
+    /// dispatcher then ends the cycle: its answer waits for the replica).
+    #[inline]
+    pub fn strong_pending(&self) -> bool {
+        self.repl.as_ref().is_some_and(|sink| sink.strong_pending())
+    }
+
+    /// Waits until the replica acknowledged handover `seq` (true), or it
+    /// cannot (refused by epoch, lost, or [`replication::STRONG_TIMEOUT`]).
+    pub async fn replicated(&self, seq: u64) -> bool {
+        match &self.repl {
+            Some(sink) => sink.replicated(seq).await,
+            None => true,
+        }
+    }
+
+    /// Nobody waits for strong handover `seq` after all.
+    pub fn forget_strong(&self, seq: u64) {
         if let Some(sink) = &self.repl {
-            sink.hand_over();
+            sink.forget(seq);
+        }
+    }
+
+    /// Whether a request of `key` runs with strong consistency (its option,
+    /// else its connection's, already merged into `requested`, else its
+    /// cache type's), and `Err` (answered CACHE_005) when it cannot: the
+    /// node's lease lapsed, or a write's slot has no replica. Only a node
+    /// with replication 2 has strong requests; elsewhere this is one branch.
+    #[inline]
+    pub(crate) fn strong_gate(
+        &self,
+        hash: u64,
+        key: &[u8],
+        requested: &[u8],
+        write: bool,
+        now_us: u64,
+    ) -> Result<bool, &'static str> {
+        let Some(sink) = &self.repl else { return Ok(false) };
+        let strong = match requested {
+            b"strong" => true,
+            b"eventual" => false,
+            _ => self.policy.borrow().consistency_of(key) == policy::Consistency::Strong,
+        };
+        if !strong {
+            return Ok(false);
+        }
+        if !sink.shared().lease_valid(now_us) {
+            return Err("strong request refused: this node holds no lease on the cluster map (cut off from NATS or the cluster); retry");
+        }
+        if write && self.replica_target(hash).is_none() {
+            return Err("strong write refused: the key's slot has no replica yet; retry when the cluster has placed one");
+        }
+        Ok(true)
+    }
+
+    /// After a write: marks the cycle as holding a strong write.
+    #[inline]
+    pub(crate) fn strong_written(&self, strong: bool) {
+        if strong {
+            if let Some(sink) = &self.repl {
+                sink.mark_strong();
+            }
         }
     }
 

@@ -79,8 +79,9 @@ impl CacheType {
     }
 }
 
-/// Consistency a cache type asks for. There is one copy of each item
-/// today, so both read the owner shard; the setting is kept for replication.
+/// Consistency a cache type asks for (docs/cluster.md): with replication 2,
+/// a strong write is answered once its replica applied it, and a strong
+/// request needs the node's lease; a node alone treats both alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Consistency {
@@ -139,7 +140,7 @@ impl Policy {
         Policy {
             version: 0,
             default_ttl_s,
-            default_consistency: Consistency::Strong,
+            default_consistency: Consistency::Eventual,
             default_events: true,
             types: CacheType::ALL.map(|t| {
                 let (ttl_s, consistency) = t.icd_defaults();
@@ -173,6 +174,17 @@ impl Policy {
         match CacheType::of_key(key) {
             Some(t) => self.of(t).ttl_s,
             None => self.default_ttl_s,
+        }
+    }
+
+    /// The consistency of a request of `key` that asks for none (its
+    /// cache type's, else the default: eventual, as ICD 4 gives every type
+    /// but character and campaign data).
+    #[inline]
+    pub fn consistency_of(&self, key: &[u8]) -> Consistency {
+        match CacheType::of_key(key) {
+            Some(t) => self.of(t).consistency,
+            None => self.default_consistency,
         }
     }
 

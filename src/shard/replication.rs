@@ -13,7 +13,9 @@
 //! key_len u16 | value_len u32 | key | value`, little-endian.
 
 use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 
 use crossbeam_queue::ArrayQueue;
 
@@ -21,6 +23,12 @@ use crossbeam_queue::ArrayQueue;
 pub const OP_SET: u8 = 1;
 /// A removal of a key.
 pub const OP_DELETE: u8 = 2;
+/// A key as it is stored (catch-up, and writes through the value codec):
+/// `options` holds the stored value's codec flags; the replica stores the
+/// bytes as they are (an encrypted value travels encrypted).
+pub const OP_COPY: u8 = 3;
+/// The end of one shard's full copy (key = the copy's id, 8 bytes).
+pub const OP_COPY_DONE: u8 = 4;
 
 /// Bit of `options`: the write asked for compression.
 pub const OPT_COMPRESSION: u8 = 1;
@@ -32,24 +40,92 @@ const HEADER: usize = 2 + 1 + 1 + 4 + 8 + 2 + 4;
 /// Buffers waiting per shard for the agent; beyond, they are dropped.
 pub const QUEUE_BUFFERS: usize = 1024;
 
+/// How long a strong write waits for its replica's acknowledgement before
+/// it is answered CACHE_005 (about the failure timeout: by then a dead
+/// replica has been replaced in the map and the client's retry succeeds).
+pub const STRONG_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1000);
+
+/// One cycle's records, handed to the agent.
+pub struct Handover {
+    /// Grows by one per handover of this shard.
+    pub seq: u64,
+    /// A strong write waits for this handover's acknowledgement.
+    pub strong: bool,
+    pub records: Vec<u8>,
+}
+
 /// The agent's end: buffers of records, in order.
-pub type ReplQueue = Arc<ArrayQueue<Vec<u8>>>;
+pub type ReplQueue = Arc<ArrayQueue<Handover>>;
+
+/// What the shards of a node and its cluster agent share (no per-request
+/// traffic: the agent is woken only for strong writes, the lease is read
+/// only by strong requests).
+#[derive(Default)]
+pub struct ReplShared {
+    /// Rung when a strong write's records are handed over: the agent sends
+    /// them at once instead of at its next drain.
+    pub wake: tokio::sync::Notify,
+    /// Until when (Unix µs) this node may serve strong requests for the
+    /// slots its map gives it: the cluster cannot have moved them before
+    /// (docs/cluster.md, "Leases"). 0: no lease.
+    lease_until_us: AtomicU64,
+}
+
+impl ReplShared {
+    pub fn set_lease_until(&self, unix_us: u64) {
+        self.lease_until_us.store(unix_us, Ordering::Relaxed);
+    }
+
+    pub fn revoke_lease(&self) {
+        self.lease_until_us.store(0, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn lease_valid(&self, now_us: u64) -> bool {
+        now_us < self.lease_until_us.load(Ordering::Relaxed)
+    }
+}
+
+/// The node's replication plumbing, handed to its cluster agent: one
+/// queue per shard, and what they share.
+#[derive(Default)]
+pub struct ReplWiring {
+    pub queues: Vec<ReplQueue>,
+    pub shared: Arc<ReplShared>,
+}
+
+/// A strong write waiting for its handover's result.
+struct Waiter {
+    seq: u64,
+    result: Option<bool>,
+    waker: Option<Waker>,
+}
 
 /// A shard's end.
 pub struct ReplSink {
     buffer: RefCell<Vec<u8>>,
     queue: ReplQueue,
+    shared: Arc<ReplShared>,
     dropped: Cell<u64>,
+    /// Sequence of the last handover.
+    handed: Cell<u64>,
+    /// A strong write is in the buffer.
+    strong: Cell<bool>,
+    waiters: RefCell<Vec<Waiter>>,
 }
 
 impl ReplSink {
     /// A sink and the queue it fills.
-    pub fn new() -> (ReplSink, ReplQueue) {
+    pub fn new(shared: Arc<ReplShared>) -> (ReplSink, ReplQueue) {
         let queue = Arc::new(ArrayQueue::new(QUEUE_BUFFERS));
         let sink = ReplSink {
             buffer: RefCell::new(Vec::new()),
             queue: queue.clone(),
+            shared,
             dropped: Cell::new(0),
+            handed: Cell::new(0),
+            strong: Cell::new(false),
+            waiters: RefCell::new(Vec::new()),
         };
         (sink, queue)
     }
@@ -60,17 +136,109 @@ impl ReplSink {
         record.encode(&mut self.buffer.borrow_mut());
     }
 
-    /// Hands the records of this cycle to the agent (one queue operation).
+    /// The records pushed since the last handover include a strong write.
     #[inline]
-    pub fn hand_over(&self) {
+    pub fn mark_strong(&self) {
+        self.strong.set(true);
+    }
+
+    /// Whether a strong write waits in the buffer.
+    #[inline]
+    pub fn strong_pending(&self) -> bool {
+        self.strong.get()
+    }
+
+    /// The shared state (lease).
+    #[inline]
+    pub fn shared(&self) -> &ReplShared {
+        &self.shared
+    }
+
+    /// Hands the records of this cycle to the agent (one queue operation).
+    /// Returns the handover's sequence when it carries a strong write, to
+    /// wait on with [`ReplSink::replicated`].
+    #[inline]
+    pub fn hand_over(&self) -> Option<u64> {
+        let strong = self.strong.replace(false);
         let mut buffer = self.buffer.borrow_mut();
         if buffer.is_empty() {
-            return;
+            return None;
         }
-        let full = std::mem::take(&mut *buffer);
-        if self.queue.push(full).is_err() {
+        let seq = self.handed.get() + 1;
+        self.handed.set(seq);
+        let records = std::mem::take(&mut *buffer);
+        let sent = self.queue.push(Handover { seq, strong, records }).is_ok();
+        if !sent {
             self.dropped.set(self.dropped.get() + 1);
         }
+        if strong {
+            // The waiter exists before the verdict can arrive; a buffer
+            // never sent fails its strong write at once.
+            self.waiters.borrow_mut().push(Waiter {
+                seq,
+                result: (!sent).then_some(false),
+                waker: None,
+            });
+            if sent {
+                self.shared.wake.notify_one();
+            }
+        }
+        strong.then_some(seq)
+    }
+
+    /// The agent's verdict on handover `seq` (a strong one): every replica
+    /// acknowledged it (`true`), or it cannot be (refused, lost, timed out).
+    pub fn settle(&self, seq: u64, ok: bool) {
+        let mut waiters = self.waiters.borrow_mut();
+        if let Some(w) = waiters.iter_mut().find(|w| w.seq == seq) {
+            w.result = Some(ok);
+            if let Some(waker) = w.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Waits for the verdict on handover `seq`, at most [`STRONG_TIMEOUT`]
+    /// (then `false`).
+    pub async fn replicated(&self, seq: u64) -> bool {
+        {
+            let mut waiters = self.waiters.borrow_mut();
+            if !waiters.iter().any(|w| w.seq == seq) {
+                waiters.push(Waiter {
+                    seq,
+                    result: None,
+                    waker: None,
+                });
+            }
+        }
+        let verdict = std::future::poll_fn(|cx| {
+            let mut waiters = self.waiters.borrow_mut();
+            match waiters.iter_mut().find(|w| w.seq == seq) {
+                Some(Waiter { result: Some(ok), .. }) => Poll::Ready(*ok),
+                Some(w) => {
+                    w.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+                None => Poll::Ready(false),
+            }
+        });
+        let timeout = async {
+            glommio::timer::sleep(STRONG_TIMEOUT).await;
+            false
+        };
+        let ok = futures_lite::future::or(verdict, timeout).await;
+        self.waiters.borrow_mut().retain(|w| w.seq != seq);
+        ok
+    }
+
+    /// Drops the waiter of handover `seq` (nobody will wait for it).
+    pub fn forget(&self, seq: u64) {
+        self.waiters.borrow_mut().retain(|w| w.seq != seq);
+    }
+
+    /// Buffers waiting for the agent.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
     }
 
     /// Buffers dropped because the agent fell behind.
@@ -93,6 +261,11 @@ pub struct ReplRecord<'a> {
 }
 
 impl ReplRecord<'_> {
+    /// Bytes of the encoded record.
+    pub fn encoded_len(&self) -> usize {
+        HEADER + self.key.len() + self.value.len()
+    }
+
     /// Appends the record to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.reserve(HEADER + self.key.len() + self.value.len());
@@ -166,7 +339,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_and_counts() {
-        let (sink, queue) = ReplSink::new();
+        let (sink, queue) = ReplSink::new(Arc::default());
         let record = ReplRecord {
             target: 1,
             op: OP_DELETE,

@@ -440,6 +440,31 @@ impl Store {
         n
     }
 
+    /// Calls `each` for every live item of sub-tables `tables` (a cursor
+    /// over the whole store that survives writes between calls: an item
+    /// never changes sub-table).
+    pub fn for_each_in(
+        &self,
+        tables: std::ops::Range<usize>,
+        now_us: u64,
+        mut each: impl FnMut(ItemView<'_>),
+    ) {
+        for table in &self.tables[tables] {
+            for &id in table.iter() {
+                let item = self.view(id);
+                if !item.is_expired(now_us) {
+                    each(item);
+                }
+            }
+        }
+    }
+
+    /// The item of a key, without touching its recency (replication reads
+    /// what a write just stored).
+    pub fn peek(&self, hash: u64, key: &[u8]) -> Option<ItemView<'_>> {
+        self.find(hash, key).map(|id| self.view(id))
+    }
+
     /// Calls `found` for each live key matching `pattern`, until it returns
     /// false.
     pub fn scan(&self, pattern: &[u8], now_us: u64, mut found: impl FnMut(ItemView<'_>) -> bool) {

@@ -2,6 +2,7 @@
 //! loopback ports and talks to it over real TCP.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod http;
 pub mod nats;
 

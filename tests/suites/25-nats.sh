@@ -12,4 +12,4 @@ if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; t
   exit 1
 fi
 export DND_REQUIRE_NATS=1
-cargo test --test hub_events --test cluster
+cargo test --test hub_events --test cluster --test cluster_failover

@@ -45,6 +45,7 @@ async fn serve_stream<S: Transport>(rt: Rc<ShardRuntime>, mut stream: S) {
     let mut cycle = Dispatcher::with_output(rt.shard.count(), out);
     cycle.set_grant(session.grant);
     cycle.set_write_options(session.compression, session.encryption);
+    cycle.set_consistency(session.consistency);
     cycle.set_identity(ConnIdentity::new(
         &rt.shard,
         &session.service_id,

@@ -39,6 +39,9 @@ pub struct Session {
     /// applied to every write of the connection.
     pub compression: bool,
     pub encryption: bool,
+    /// `options.consistency` of the handshake (`b""`, `b"strong"` or
+    /// `b"eventual"`): the consistency of every request that gives none.
+    pub consistency: &'static [u8],
     /// The client's `service_id` and `correlation_id` (metrics labels and
     /// events).
     pub service_id: String,
@@ -195,10 +198,16 @@ fn answer(rt: &ShardRuntime, hello: &proto::CacheConnection, out: &mut Vec<u8>) 
         ..Default::default()
     };
     encode_frame(&response, out);
+    let consistency: &'static [u8] = match hello.options.as_ref().map(|o| o.consistency.as_str()) {
+        Some("strong") => b"strong",
+        Some("eventual") => b"eventual",
+        _ => b"",
+    };
     HandshakeOutcome::Accepted(Session {
         grant,
         compression,
         encryption,
+        consistency,
         service_id: hello.service_id.clone(),
         correlation_id: hello.correlation_id.clone(),
     })

@@ -76,7 +76,12 @@ pub fn encode_sub_operation(op: &OpView<'_>, kind: OpKind, owners: &[u16], owner
     let slot = FrameSlot::open(out);
     put_bytes_field(out, 1, kind.name().as_bytes());
     put_varint_field(out, 4, u64::from(op.ttl));
-    crate::codec::put_write_options(out, op.options.compression, op.options.encryption);
+    crate::codec::put_write_options(
+        out,
+        op.options.compression,
+        op.options.encryption,
+        op.options.consistency,
+    );
     let mine = owners.iter().map(|&o| o as usize == owner);
     if kind == OpKind::SetMany {
         for (entry, mine) in op.raw_entries().zip(mine) {
@@ -147,6 +152,18 @@ impl Job {
         Job::Reload {
             correlation_id: op.correlation_id.to_vec(),
             report: None,
+        }
+    }
+
+    /// This shard's part of a batch held a strong write its replica did
+    /// not confirm: its answers say CACHE_005.
+    pub fn fail_strong_local(&mut self) {
+        if let Job::MultiKey {
+            local_reply: Some(reply),
+            ..
+        } = self
+        {
+            super::strong::fail_answer(reply, 0);
         }
     }
 

@@ -195,7 +195,7 @@ impl Router {
             let router = self.clone();
             glommio::spawn_local(async move {
                 while let Some(mut batch) = rx.recv().await {
-                    router.serve_batch(&mut batch);
+                    router.serve_batch(&mut batch).await;
                     let origin = router.peer_of_shard[batch.origin];
                     if let Some(tx) = &router.replies {
                         if tx.send_to(origin, batch).await.is_err() {
@@ -220,12 +220,15 @@ impl Router {
     }
 
     /// Executes a batch forwarded to this shard.
-    fn serve_batch(&self, batch: &mut Batch) {
+    /// A strong write's answer waits for its replica, as on the origin
+    /// (see `super::strong`).
+    async fn serve_batch(&self, batch: &mut Batch) {
         let mut pos = 0;
         let frames = &batch.frames;
         let mut ops = 0u64;
         while let Some(body) = crate::frame::next_frame(frames, &mut pos) {
             ops += 1;
+            let answer_at = batch.replies.len();
             // The origin decoded and validated these frames already.
             match decode_operation(body) {
                 Ok(op) => match OpKind::parse(op.operation) {
@@ -243,10 +246,17 @@ impl Router {
                     ResponseEncoder::error(&mut batch.replies, Status::Malformed, "malformed request", b"")
                 }
             }
+            if self.shard.strong_pending() {
+                if let Some(seq) = self.shard.end_cycle() {
+                    if !self.shard.replicated(seq).await {
+                        super::strong::fail_answer(&mut batch.replies, answer_at);
+                    }
+                }
+            }
         }
         batch.frames.clear();
         self.shard.tally(Tally::Requests(ops));
-        self.shard.end_cycle();
+        super::strong::end_cycle(&self.shard);
     }
 
     /// A cleared buffer for request frames.

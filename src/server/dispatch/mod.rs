@@ -12,6 +12,7 @@ pub mod assemble;
 pub mod forward;
 pub mod observe;
 pub mod route;
+pub mod strong;
 pub mod warm;
 
 use std::time::Duration;
@@ -71,6 +72,8 @@ pub struct Dispatcher {
     /// Codec options the handshake set for every write.
     write_compression: bool,
     write_encryption: bool,
+    /// The handshake's consistency, for requests that give none.
+    consistency: &'static [u8],
     /// Metrics and events of the cycle (src/metrics).
     record: CycleRecord,
     identity: ConnIdentity,
@@ -100,6 +103,7 @@ impl Dispatcher {
             grant: Grant::NONE,
             write_compression: false,
             write_encryption: false,
+            consistency: b"",
             record: CycleRecord::default(),
             identity: ConnIdentity::anonymous(),
             secret: false,
@@ -129,6 +133,12 @@ impl Dispatcher {
     pub fn set_write_options(&mut self, compression: bool, encryption: bool) {
         self.write_compression = compression;
         self.write_encryption = encryption;
+    }
+
+    /// The consistency of every request that gives none (the handshake's
+    /// `options.consistency`).
+    pub fn set_consistency(&mut self, consistency: &'static [u8]) {
+        self.consistency = consistency;
     }
 
     /// Who the requests are from (metrics `service` label, events); by
@@ -202,6 +212,11 @@ impl Dispatcher {
                     self.route(rt, frame, now_us);
                     consumed += FRAME_HEADER_BYTES + len;
                     ops += 1;
+                    if rt.shard.strong_pending() {
+                        // A strong write's answer waits for its replica:
+                        // the cycle ends with it.
+                        break;
+                    }
                 }
                 Ok(FrameStatus::Incomplete { .. }) => break,
                 Err(e) => {
@@ -224,6 +239,7 @@ impl Dispatcher {
             }
         }
         rt.shard.tally(Tally::Requests(ops as u64));
+        self.settle_strong(rt).await;
         let assembled = self.needs_assembly;
         if assembled {
             self.forward_and_assemble(rt, input, now_us).await;
@@ -235,12 +251,30 @@ impl Dispatcher {
             &self.out[out_start..]
         };
         observe_cycle(&rt.shard, &self.identity, &self.record, input, answers);
-        rt.shard.end_cycle();
+        strong::end_cycle(&rt.shard);
         self.secret |= rt.shard.take_secret();
         self.steps.clear();
         self.jobs.clear();
         self.needs_assembly = false;
         consumed
+    }
+
+    /// When this cycle's last request was a strong write: hands the
+    /// cycle's writes to the replicas and waits for the verdict; a write
+    /// the replica did not confirm is answered CACHE_005 instead.
+    async fn settle_strong(&mut self, rt: &ShardRuntime) {
+        let Some(seq) = rt.shard.end_cycle() else { return };
+        if rt.shard.replicated(seq).await {
+            return;
+        }
+        match self.steps.last_mut() {
+            Some(Step::Local { start, end }) => {
+                strong::fail_answer(&mut self.out, *start as usize);
+                *end = self.out.len() as u32;
+            }
+            Some(Step::Job { index }) => self.jobs[*index as usize].fail_strong_local(),
+            _ => {}
+        }
     }
 
     /// Answers a request that breaks a limit or a key rule.
@@ -291,10 +325,14 @@ impl Dispatcher {
             ResponseEncoder::error(&mut self.out, status, message, op.correlation_id);
             return self.push_local(start);
         }
-        let conn_options = self.write_compression | self.write_encryption;
+        let mut conn_options = self.write_compression | self.write_encryption;
         if conn_options {
             op.options.compression |= self.write_compression;
             op.options.encryption |= self.write_encryption;
+        }
+        if op.options.consistency.is_empty() && !self.consistency.is_empty() {
+            op.options.consistency = self.consistency;
+            conn_options = true;
         }
         // ---- end of security ----
         if let Err(e) = check_consistency(op.options.consistency) {
@@ -314,9 +352,16 @@ impl Dispatcher {
                     shard.execute_single(&op, kind, hash, now_us, &mut self.out);
                     self.push_local(start);
                 } else {
-                    if conn_options && kind == OpKind::Set {
+                    if conn_options {
                         let (c, e) = (op.options.compression, op.options.encryption);
-                        crate::codec::append_frame_with_options(frame, c, e, &mut self.forward[owner]);
+                        let consistency = op.options.consistency;
+                        crate::codec::append_frame_with_options(
+                            frame,
+                            c,
+                            e,
+                            consistency,
+                            &mut self.forward[owner],
+                        );
                     } else {
                         self.forward[owner].extend_from_slice(frame);
                     }

@@ -1,0 +1,80 @@
+//! A replica's catch-up, primary side (docs/cluster.md, "Catch-up"): the
+//! shard streams every item of the slots a replica holds for this node
+//! into its replication buffer, a few sub-tables at a time, in the same
+//! ordered stream as live writes. An item written after its sub-table was
+//! copied reaches the replica as a write; one written before is copied
+//! with its latest value: either way the replica ends with the primary's
+//! item. The last record is a marker with the copy's id.
+
+use std::time::Duration;
+
+use super::replication::{ReplRecord, OP_COPY, OP_COPY_DONE, QUEUE_BUFFERS};
+use super::store::SUBTABLES;
+use super::Shard;
+use crate::key::key_hash;
+
+/// Sub-tables copied per step (about 1/256 of the shard's items).
+const TABLES_PER_STEP: usize = 32;
+
+/// Pause between steps while the agent's queue is more than half full.
+const BACKOFF: Duration = Duration::from_millis(2);
+
+impl Shard {
+    /// Copies the items whose slot's replica is `target` (index in the map
+    /// of `epoch`) to it; stops if the map changes under it (the replica
+    /// asks again under the new map).
+    pub async fn copy_chunked(&self, target: u16, epoch: u64, copy: u64) {
+        let Some(sink) = &self.repl else { return };
+        let mut next = 0;
+        let mut copied = 0u64;
+        while next < SUBTABLES {
+            if self.ownership().is_none_or(|o| o.epoch != epoch) {
+                tracing::info!(shard = self.id, copy, "full copy stopped: the map changed");
+                return;
+            }
+            while sink.queued() > QUEUE_BUFFERS / 2 {
+                glommio::timer::sleep(BACKOFF).await;
+            }
+            let end = (next + TABLES_PER_STEP).min(SUBTABLES);
+            {
+                let store = self.store.borrow();
+                let now_us = crate::time::unix_now_us();
+                store.for_each_in(next..end, now_us, |item| {
+                    let hash = key_hash(item.key(), self.seed);
+                    if self.replica_target(hash) == Some(target) {
+                        sink.push(&ReplRecord {
+                            target,
+                            op: OP_COPY,
+                            options: item.codec_flags() as u8,
+                            ttl_s: item.ttl_s(),
+                            version: item.version_us(),
+                            key: item.key(),
+                            value: item.value(),
+                        });
+                        copied += 1;
+                    }
+                });
+            }
+            next = end;
+            if let Some(seq) = sink.hand_over() {
+                // A strong write of a request cycle was in the buffer: its
+                // cycle waits on it, not this task (never reached: cycles
+                // hand over their strong writes before yielding).
+                self.forget_strong(seq);
+            }
+            glommio::yield_if_needed().await;
+        }
+        let id = copy.to_le_bytes();
+        sink.push(&ReplRecord {
+            target,
+            op: OP_COPY_DONE,
+            options: 0,
+            ttl_s: 0,
+            version: 0,
+            key: &id,
+            value: b"",
+        });
+        let _ = sink.hand_over();
+        tracing::info!(shard = self.id, copy, copied, "full copy sent");
+    }
+}
