@@ -33,6 +33,12 @@ impl ReplyCursor {
         self.buf
     }
 
+    /// Whether a whole answer is left to read.
+    pub fn has_next(&self) -> bool {
+        let rest = self.buf.get(self.pos..).unwrap_or_default();
+        crate::frame::declared_len(rest).is_some_and(|len| rest.len() >= FRAME_HEADER_BYTES + len)
+    }
+
     fn next_frame(&mut self) -> Option<&[u8]> {
         let len = crate::frame::declared_len(self.buf.get(self.pos..)?)?;
         let end = self.pos + FRAME_HEADER_BYTES + len;
@@ -147,6 +153,16 @@ impl Job {
         Job::Reload {
             correlation_id: op.correlation_id.to_vec(),
             report: None,
+        }
+    }
+
+    /// Whether merging this job takes an answer from `owner` (a shard
+    /// other than `here`).
+    fn needs(&self, owner: usize, here: usize) -> bool {
+        match self {
+            Job::Reload { .. } => false,
+            Job::MultiKey { owners, .. } => owner != here && owners.iter().any(|&o| o as usize == owner),
+            Job::EveryShard { .. } => owner != here,
         }
     }
 
@@ -413,35 +429,57 @@ pub(super) struct Cycle<'a> {
     pub input: &'a [u8],
 }
 
-/// Writes the cycle's answers to `assembled` in request order: local ones
-/// from `out`, forwarded ones from their owners' replies, merged ones from
-/// their jobs. A forwarded request whose owner did not answer gets CACHE_005
-/// or CACHE_011 with its own correlation id.
+/// Writes the cycle's answers to `assembled` in request order, from step
+/// `from` on: local ones from `out`, forwarded ones from their owners'
+/// replies, merged ones from their jobs. A forwarded request whose owner did
+/// not answer gets CACHE_005 or CACHE_011 with its own correlation id.
+///
+/// `waiting[owner]`: that owner stopped at its answer budget with requests
+/// still to run (docs/memory.md): a step that needs an answer of it not yet
+/// here ends this round. Returns the first step not assembled
+/// (`steps.len()` when the cycle is whole).
 pub(super) fn assemble_answers(
     cycle: &Cycle<'_>,
+    from: usize,
     jobs: &mut [Job],
     shard_id: usize,
     replies: &mut [Option<Result<ReplyCursor, ForwardError>>],
+    waiting: &[bool],
     assembled: &mut Vec<u8>,
-) {
+) -> usize {
     debug_assert_eq!(cycle.steps.len(), cycle.record.len(), "one step per request");
-    for (index, step) in cycle.steps.iter().enumerate() {
+    let here_yet = |replies: &[Option<Result<ReplyCursor, ForwardError>>], owner: usize| {
+        !waiting[owner] || matches!(&replies[owner], Some(Ok(cursor)) if cursor.has_next())
+    };
+    for (index, step) in cycle.steps.iter().enumerate().skip(from) {
         match *step {
             Step::Local { start, end } => {
                 assembled.extend_from_slice(&cycle.out[start as usize..end as usize])
             }
-            Step::Remote { owner } => match next_reply(&mut replies[owner as usize]) {
-                Ok(frame) => assembled.extend_from_slice(frame),
-                Err(e) => ResponseEncoder::error(
-                    assembled,
-                    e.status(),
-                    "owner shard did not answer",
-                    cycle.record.correlation_id(index, cycle.input),
-                ),
-            },
-            Step::Job { index } => jobs[index as usize].merge(shard_id, replies, assembled),
+            Step::Remote { owner } => {
+                if !here_yet(replies, owner as usize) {
+                    return index;
+                }
+                match next_reply(&mut replies[owner as usize]) {
+                    Ok(frame) => assembled.extend_from_slice(frame),
+                    Err(e) => ResponseEncoder::error(
+                        assembled,
+                        e.status(),
+                        "owner shard did not answer",
+                        cycle.record.correlation_id(index, cycle.input),
+                    ),
+                }
+            }
+            Step::Job { index: job } => {
+                let job = &jobs[job as usize];
+                if (0..replies.len()).any(|o| job.needs(o, shard_id) && !here_yet(replies, o)) {
+                    return index;
+                }
+                job.merge(shard_id, replies, assembled)
+            }
         }
     }
+    cycle.steps.len()
 }
 
 #[cfg(test)]
@@ -505,7 +543,8 @@ mod cycle_tests {
             record: &record,
             input: &input,
         };
-        assemble_answers(&cycle, &mut [], 0, &mut replies, &mut assembled);
+        let done = assemble_answers(&cycle, 0, &mut [], 0, &mut replies, &[false; 2], &mut assembled);
+        assert_eq!(done, steps.len());
 
         assert_eq!(&assembled[..out.len()], &out[..]);
         let rest = &assembled[out.len()..];
