@@ -297,5 +297,21 @@ mod tests {
         let config = ServerConfig::from_cli(&cli).unwrap();
         assert_eq!(config.cpus.len(), 2);
         assert_eq!(config.max_memory_bytes, 64 << 20);
+        assert_eq!(config.max_output_bytes, 4 << 20, "the documented default");
+        assert_eq!(
+            config.output_stall_timeout.as_secs(),
+            30,
+            "the documented default"
+        );
+        let cli = Cli::parse_from(["cache-server", "--max-output-bytes", "1KiB"]);
+        assert_eq!(
+            ServerConfig::from_cli(&cli).unwrap_err().flag,
+            "--max-output-bytes"
+        );
+        let cli = Cli::parse_from(["cache-server", "--output-stall-timeout", "0"]);
+        assert_eq!(
+            ServerConfig::from_cli(&cli).unwrap_err().flag,
+            "--output-stall-timeout"
+        );
     }
 }
