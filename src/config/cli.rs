@@ -56,6 +56,15 @@ pub struct Cli {
     /// Largest key + value accepted, in bytes (size suffixes allowed).
     #[arg(long, default_value = "1MiB")]
     pub max_item_bytes: String,
+    /// Unsent answers one connection may hold (size suffixes allowed): past
+    /// it the connection reads no more requests until the client reads;
+    /// one answer always goes through, however large (docs/memory.md).
+    #[arg(long, default_value = "4MiB")]
+    pub max_output_bytes: String,
+    /// Seconds a connection may wait for its client to read its answers
+    /// before it is closed (counted in cache_output_stall_closes_total).
+    #[arg(long, default_value_t = 30)]
+    pub output_stall_timeout: u64,
     /// Most client connections open at once, over all shards.
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,

@@ -58,6 +58,16 @@ const KEYS: &[(&str, &str, Shape)] = &[
         Shape::Value,
     ),
     (
+        "config.listeners.max_output_bytes",
+        "--max-output-bytes",
+        Shape::Value,
+    ),
+    (
+        "config.listeners.output_stall_timeout",
+        "--output-stall-timeout",
+        Shape::Value,
+    ),
+    (
         "config.listeners.max_frame_bytes",
         "--max-frame-bytes",
         Shape::Value,
@@ -224,6 +234,8 @@ pub fn render(config: &crate::config::ServerConfig) -> String {
                 "http_port": config.http_port,
                 "max_connections": config.max_connections,
                 "max_frame_bytes": config.max_frame_bytes,
+                "max_output_bytes": config.max_output_bytes,
+                "output_stall_timeout": config.output_stall_timeout.as_secs(),
             },
             "shards": { "cpus": cpus.join(","), "pin": config.pin },
             "node": { "id": config.hub.node_id, "zone": config.hub.zone, "advertise_addr": config.cluster.advertise_host },

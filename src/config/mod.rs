@@ -39,6 +39,10 @@ pub struct ServerConfig {
     pub max_frame_bytes: usize,
     pub max_item_bytes: usize,
     pub max_connections: usize,
+    /// Unsent answer bytes after which a connection stops reading requests.
+    pub max_output_bytes: usize,
+    /// How long a connection may wait for its client to read before it closes.
+    pub output_stall_timeout: std::time::Duration,
     pub max_memory_bytes: usize,
     pub eviction: EvictionPolicy,
     pub hash_seed: Option<u64>,
@@ -127,6 +131,14 @@ impl ServerConfig {
                 "must be above 0 and at least 1KiB below --max-frame-bytes",
             ));
         }
+        let max_output_bytes =
+            parse_size(&cli.max_output_bytes).map_err(|r| invalid("--max-output-bytes", r))?;
+        if !(4096..=(1 << 30)).contains(&max_output_bytes) {
+            return Err(invalid("--max-output-bytes", "must be between 4KiB and 1GiB"));
+        }
+        if cli.output_stall_timeout == 0 {
+            return Err(invalid("--output-stall-timeout", "must be at least 1 second"));
+        }
         let max_memory_bytes = parse_memory(&cli.max_memory).map_err(|r| invalid("--max-memory", r))?;
         let per_shard = max_memory_bytes / cpus.len();
         if per_shard < (2 << 20) {
@@ -175,6 +187,8 @@ impl ServerConfig {
             max_frame_bytes,
             max_item_bytes,
             max_connections: cli.max_connections,
+            max_output_bytes,
+            output_stall_timeout: std::time::Duration::from_secs(cli.output_stall_timeout),
             max_memory_bytes,
             eviction,
             hash_seed: cli.hash_seed,
@@ -283,5 +297,21 @@ mod tests {
         let config = ServerConfig::from_cli(&cli).unwrap();
         assert_eq!(config.cpus.len(), 2);
         assert_eq!(config.max_memory_bytes, 64 << 20);
+        assert_eq!(config.max_output_bytes, 4 << 20, "the documented default");
+        assert_eq!(
+            config.output_stall_timeout.as_secs(),
+            30,
+            "the documented default"
+        );
+        let cli = Cli::parse_from(["cache-server", "--max-output-bytes", "1KiB"]);
+        assert_eq!(
+            ServerConfig::from_cli(&cli).unwrap_err().flag,
+            "--max-output-bytes"
+        );
+        let cli = Cli::parse_from(["cache-server", "--output-stall-timeout", "0"]);
+        assert_eq!(
+            ServerConfig::from_cli(&cli).unwrap_err().flag,
+            "--output-stall-timeout"
+        );
     }
 }

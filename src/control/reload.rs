@@ -96,7 +96,7 @@ impl Reloader {
     /// and records the rest as needing a restart.
     fn apply(&self, new: ServerConfig, report: &mut ReloadReport) -> Vec<tokio::sync::oneshot::Receiver<()>> {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        let restart_only: [(&str, bool); 13] = [
+        let restart_only: [(&str, bool); 15] = [
             ("bind", current.bind != new.bind),
             ("port", current.port != new.port),
             ("shard_port_base", current.shard_port_base != new.shard_port_base),
@@ -105,6 +105,14 @@ impl Reloader {
             ("max_frame_bytes", current.max_frame_bytes != new.max_frame_bytes),
             ("max_item_bytes", current.max_item_bytes != new.max_item_bytes),
             ("max_connections", current.max_connections != new.max_connections),
+            (
+                "max_output_bytes",
+                current.max_output_bytes != new.max_output_bytes,
+            ),
+            (
+                "output_stall_timeout",
+                current.output_stall_timeout != new.output_stall_timeout,
+            ),
             ("service_id", current.service_id != new.service_id),
             ("environment", current.environment != new.environment),
             ("nats", format!("{:?}", current.hub) != format!("{:?}", new.hub)),
@@ -171,6 +179,8 @@ impl Reloader {
             max_frame_bytes: keep.max_frame_bytes,
             max_item_bytes: keep.max_item_bytes,
             max_connections: keep.max_connections,
+            max_output_bytes: keep.max_output_bytes,
+            output_stall_timeout: keep.output_stall_timeout,
             service_id: keep.service_id,
             environment: keep.environment,
             hub: keep.hub,

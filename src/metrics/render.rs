@@ -75,6 +75,18 @@ const SHARD_FAMILIES: &[ShardFamily] = &[
         value: |s| s.connections_refused,
     },
     ShardFamily {
+        name: "cache_output_paused_connections",
+        kind: "gauge",
+        help: "Connections reading no requests until their client reads the answers they hold.",
+        value: |s| s.output_paused,
+    },
+    ShardFamily {
+        name: "cache_output_stall_closes_total",
+        kind: "counter",
+        help: "Connections closed because their client read no answer within --output-stall-timeout.",
+        value: |s| s.output_stall_closes,
+    },
+    ShardFamily {
         name: "cache_forwarded_ops_total",
         kind: "counter",
         help: "Operations forwarded to their owner shard.",
@@ -236,10 +248,11 @@ fn render_node(o: &mut String, m: &MetricsSnapshot) {
         o,
         "cache_memory_usage",
         "gauge",
-        "Item memory of the node in bytes, used and limit.",
+        "Memory of the node in bytes: items (used, limit) and answers waiting for slow readers (output).",
     );
     let used = m.total(|s| s.used_bytes) as f64;
     let limit = m.total(|s| s.limit_bytes) as f64;
+    let output = m.total(|s| s.output_bytes) as f64;
     sample(
         o,
         "cache_memory_usage",
@@ -252,15 +265,26 @@ fn render_node(o: &mut String, m: &MetricsSnapshot) {
         &[("node", &node), ("type", "limit")],
         limit,
     );
+    sample(
+        o,
+        "cache_memory_usage",
+        &[("node", &node), ("type", "output")],
+        output,
+    );
     family(
         o,
         "cache_shard_memory_bytes",
         "gauge",
-        "Item memory of each shard in bytes, used and limit.",
+        "Memory of each shard in bytes: items (used, limit) and answers waiting for slow readers (output).",
     );
     for s in m.shards.iter().flatten() {
         let shard = s.shard.to_string();
-        for (kind, bytes) in [("used", s.used_bytes), ("limit", s.limit_bytes)] {
+        let kinds = [
+            ("used", s.used_bytes),
+            ("limit", s.limit_bytes),
+            ("output", s.output_bytes),
+        ];
+        for (kind, bytes) in kinds {
             sample(
                 o,
                 "cache_shard_memory_bytes",

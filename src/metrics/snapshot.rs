@@ -26,6 +26,10 @@ pub struct ShardSnapshot {
     pub items: u64,
     pub used_bytes: u64,
     pub limit_bytes: u64,
+    /// Answer bytes waiting for slow readers (outside `limit_bytes`).
+    pub output_bytes: u64,
+    pub output_paused: u64,
+    pub output_stall_closes: u64,
     pub hits: u64,
     pub misses: u64,
     pub sets: u64,

@@ -10,6 +10,7 @@ mod binary;
 pub(crate) mod dispatch;
 mod inbuf;
 mod listener;
+pub(crate) mod output;
 mod rest;
 mod shutdown;
 pub(crate) mod tls;
@@ -50,6 +51,8 @@ pub struct ServerInfo {
     pub started: AtomicBool,
     /// Limits and deadlines of the REST port.
     pub http: rest::conn::HttpSettings,
+    /// What one connection may hold for a client that does not read.
+    pub output: output::OutputSettings,
     /// TLS for both listeners (`--tls-cert`, `--tls-key`).
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// JWT keys, shared with every shard's [`ShardRuntime::auth`].
@@ -182,6 +185,10 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
             request_timeout: config.http_request_timeout,
             idle_timeout: config.http_idle_timeout,
             max_body_bytes: config.max_frame_bytes,
+        },
+        output: output::OutputSettings {
+            max_bytes: config.max_output_bytes,
+            stall_timeout: config.output_stall_timeout,
         },
         tls: config.security.tls.clone(),
         auth: config.security.auth.clone(),
@@ -476,7 +483,7 @@ async fn accept_loop(rt: Rc<ShardRuntime>, listener: glommio::net::TcpListener, 
         let conn_rt = rt.clone();
         glommio::spawn_local(async move {
             let stream =
-                uring::UringStream::from_glommio(&conn_rt.uring, stream, dispatch::WRITE_STALL_TIMEOUT);
+                uring::UringStream::from_glommio(&conn_rt.uring, stream, conn_rt.server.output.stall_timeout);
             match (front, stream) {
                 (_, Err(e)) => warn!(error = %e, "taking over an accepted socket failed"),
                 (Front::Binary, Ok(stream)) => {

@@ -313,6 +313,9 @@ impl Shard {
             "forwarded_ops": c.forwarded_ops,
             "forwarded_batches": c.forwarded_batches,
             "protocol_errors": c.protocol_errors,
+            "output_bytes": c.output_bytes,
+            "output_paused_connections": c.output_paused,
+            "output_stall_closes": c.output_stall_closes,
             "events_queued": self.metrics.borrow().events_queued,
             "events_dropped": self.metrics.borrow().events_dropped,
         })

@@ -29,6 +29,14 @@ pub struct ShardCounters {
     pub forwarded_ops: u64,
     pub forwarded_batches: u64,
     pub protocol_errors: u64,
+    /// Bytes of answers written to sockets that have not taken them yet
+    /// (docs/memory.md, "Answers waiting for slow readers").
+    pub output_bytes: u64,
+    /// Connections waiting for their client to read before reading more.
+    pub output_paused: u64,
+    /// Connections closed because their client did not read their answers
+    /// within `--output-stall-timeout`.
+    pub output_stall_closes: u64,
 }
 
 /// Something a shard counts (see [`ShardCounters`]).
@@ -48,6 +56,12 @@ pub enum Tally {
     ForwardedBatch,
     /// A request that could not be read as one.
     ProtocolError,
+    /// A connection starts waiting for its client to take `n` answer bytes.
+    OutputPaused(u64),
+    /// ... and stops waiting (its answers sent, or the connection gone).
+    OutputResumed(u64),
+    /// A connection closed: its client did not read in time.
+    OutputStallClose,
 }
 
 impl ShardCounters {
@@ -65,6 +79,15 @@ impl ShardCounters {
             Tally::ForwardedOp => self.forwarded_ops += 1,
             Tally::ForwardedBatch => self.forwarded_batches += 1,
             Tally::ProtocolError => self.protocol_errors += 1,
+            Tally::OutputPaused(n) => {
+                self.output_paused += 1;
+                self.output_bytes += n;
+            }
+            Tally::OutputResumed(n) => {
+                self.output_paused -= 1;
+                self.output_bytes -= n;
+            }
+            Tally::OutputStallClose => self.output_stall_closes += 1,
         }
     }
 }

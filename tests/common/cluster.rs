@@ -80,7 +80,15 @@ pub fn three_nodes(nats: &Nats) -> ([TestServer; 3], Value) {
         node(nats, "n2", "b"),
         node(nats, "n3", "a"),
     ];
-    let whole = |h: &Value| serving(h) == ["n1", "n2", "n3"] && slot_totals(h) == (4096, 4096);
+    // Whole and balanced: a node that joins takes primaries (by swaps of
+    // roles) only once it holds its replicas' data, a map or two later.
+    let whole = |h: &Value| {
+        serving(h) == ["n1", "n2", "n3"]
+            && slot_totals(h) == (4096, 4096)
+            && h["nodes"]
+                .as_array()
+                .is_some_and(|n| n.iter().all(|n| n["primary_slots"].as_u64() > Some(500)))
+    };
     let first = wait_for(&nodes[0], Duration::from_secs(15), "a map of three nodes", whole);
     let epoch = first["epoch"].as_u64().unwrap();
     assert!(epoch >= 1);

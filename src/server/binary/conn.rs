@@ -10,6 +10,7 @@ use crate::frame::{check_frame, FrameStatus, FRAME_HEADER_BYTES};
 use crate::server::dispatch::observe::ConnIdentity;
 use crate::server::dispatch::Dispatcher;
 use crate::server::inbuf::InBuf;
+use crate::server::output::send_answers;
 use crate::server::tls::Transport;
 use crate::server::uring::UringStream;
 use crate::server::ShardRuntime;
@@ -43,6 +44,8 @@ async fn serve_stream<S: Transport>(rt: Rc<ShardRuntime>, mut stream: S) {
     out.clear();
 
     let mut cycle = Dispatcher::with_output(rt.shard.count(), out);
+    let output = rt.server.output;
+    cycle.set_max_output(output.max_bytes);
     cycle.set_grant(session.grant);
     cycle.set_write_options(session.compression, session.encryption);
     cycle.set_consistency(session.consistency);
@@ -73,15 +76,33 @@ async fn serve_stream<S: Transport>(rt: Rc<ShardRuntime>, mut stream: S) {
                 Ok(_) => continue,
             }
         }
+        // No read until every answer is written: a client that does not
+        // read holds one cycle's answers, about `--max-output-bytes`.
         let consumed = cycle.run(&rt, inbuf.data()).await;
-        if cycle.held_secret() {
+        let mut secret = cycle.held_secret();
+        let mut sent = true;
+        loop {
+            if send_answers(&rt.shard, &output, &mut stream, cycle.output())
+                .await
+                .is_err()
+            {
+                sent = false;
+                break;
+            }
+            cycle.written();
+            if !cycle.has_more() {
+                break;
+            }
+            cycle.resume(&rt, inbuf.data()).await;
+            secret |= cycle.held_secret();
+        }
+        if secret {
             inbuf.wipe_front(consumed);
         }
         inbuf.consume(consumed);
-        if stream.write_all(cycle.output()).await.is_err() {
+        if !sent {
             break;
         }
-        cycle.written();
         inbuf.shrink_if_idle();
         if cycle.must_close() || rt.shard.is_draining() {
             break;

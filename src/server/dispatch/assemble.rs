@@ -33,6 +33,12 @@ impl ReplyCursor {
         self.buf
     }
 
+    /// Whether a whole answer is left to read.
+    pub fn has_next(&self) -> bool {
+        let rest = self.buf.get(self.pos..).unwrap_or_default();
+        crate::frame::declared_len(rest).is_some_and(|len| rest.len() >= FRAME_HEADER_BYTES + len)
+    }
+
     fn next_frame(&mut self) -> Option<&[u8]> {
         let len = crate::frame::declared_len(self.buf.get(self.pos..)?)?;
         let end = self.pos + FRAME_HEADER_BYTES + len;
@@ -164,6 +170,16 @@ impl Job {
         } = self
         {
             super::strong::fail_answer(reply, 0);
+        }
+    }
+
+    /// Whether merging this job takes an answer from `owner` (a shard
+    /// other than `here`).
+    fn needs(&self, owner: usize, here: usize) -> bool {
+        match self {
+            Job::Reload { .. } => false,
+            Job::MultiKey { owners, .. } => owner != here && owners.iter().any(|&o| o as usize == owner),
+            Job::EveryShard { .. } => owner != here,
         }
     }
 
@@ -430,108 +446,59 @@ pub(super) struct Cycle<'a> {
     pub input: &'a [u8],
 }
 
-/// Writes the cycle's answers to `assembled` in request order: local ones
-/// from `out`, forwarded ones from their owners' replies, merged ones from
-/// their jobs. A forwarded request whose owner did not answer gets CACHE_005
-/// or CACHE_011 with its own correlation id.
+/// Writes the cycle's answers to `assembled` in request order, from step
+/// `from` on: local ones from `out`, forwarded ones from their owners'
+/// replies, merged ones from their jobs. A forwarded request whose owner did
+/// not answer gets CACHE_005 or CACHE_011 with its own correlation id.
+///
+/// `waiting[owner]`: that owner stopped at its answer budget with requests
+/// still to run (docs/memory.md): a step that needs an answer of it not yet
+/// here ends this round. Returns the first step not assembled
+/// (`steps.len()` when the cycle is whole).
 pub(super) fn assemble_answers(
     cycle: &Cycle<'_>,
+    from: usize,
     jobs: &mut [Job],
     shard_id: usize,
     replies: &mut [Option<Result<ReplyCursor, ForwardError>>],
+    waiting: &[bool],
     assembled: &mut Vec<u8>,
-) {
+) -> usize {
     debug_assert_eq!(cycle.steps.len(), cycle.record.len(), "one step per request");
-    for (index, step) in cycle.steps.iter().enumerate() {
+    let here_yet = |replies: &[Option<Result<ReplyCursor, ForwardError>>], owner: usize| {
+        !waiting[owner] || matches!(&replies[owner], Some(Ok(cursor)) if cursor.has_next())
+    };
+    for (index, step) in cycle.steps.iter().enumerate().skip(from) {
         match *step {
             Step::Local { start, end } => {
                 assembled.extend_from_slice(&cycle.out[start as usize..end as usize])
             }
-            Step::Remote { owner } => match next_reply(&mut replies[owner as usize]) {
-                Ok(frame) => assembled.extend_from_slice(frame),
-                Err(e) => ResponseEncoder::error(
-                    assembled,
-                    e.status(),
-                    "owner shard did not answer",
-                    cycle.record.correlation_id(index, cycle.input),
-                ),
-            },
-            Step::Job { index } => jobs[index as usize].merge(shard_id, replies, assembled),
+            Step::Remote { owner } => {
+                if !here_yet(replies, owner as usize) {
+                    return index;
+                }
+                match next_reply(&mut replies[owner as usize]) {
+                    Ok(frame) => assembled.extend_from_slice(frame),
+                    Err(e) => ResponseEncoder::error(
+                        assembled,
+                        e.status(),
+                        "owner shard did not answer",
+                        cycle.record.correlation_id(index, cycle.input),
+                    ),
+                }
+            }
+            Step::Job { index: job } => {
+                let job = &jobs[job as usize];
+                if (0..replies.len()).any(|o| job.needs(o, shard_id) && !here_yet(replies, o)) {
+                    return index;
+                }
+                job.merge(shard_id, replies, assembled)
+            }
         }
     }
+    cycle.steps.len()
 }
 
 #[cfg(test)]
-mod cycle_tests {
-    use super::*;
-    use crate::frame::encode_frame;
-    use crate::proto::CacheOperation;
-    use crate::protocol::binary::decode_operation;
-
-    fn frame_with_id(operation: &str, key: &str, correlation_id: &str) -> Vec<u8> {
-        let op = CacheOperation {
-            operation: operation.into(),
-            key: key.as_bytes().to_vec().into(),
-            correlation_id: correlation_id.into(),
-            ..Default::default()
-        };
-        let mut out = Vec::new();
-        encode_frame(&op, &mut out);
-        out
-    }
-
-    #[test]
-    fn requests_whose_owner_did_not_answer_keep_their_own_correlation_ids() {
-        use prost::Message as _;
-        // A local request, then two forwarded to shard 1, which timed out.
-        let frames = [
-            frame_with_id("get", "here", "id-local"),
-            frame_with_id("get", "there", "id-first"),
-            frame_with_id("set", "there-too", "id-second"),
-        ];
-        let input = frames.concat();
-        let mut record = CycleRecord::default();
-        record.begin(0);
-        let mut at = 0;
-        for f in &frames {
-            record.push(at, f.len());
-            let frame = &input[at..at + f.len()];
-            let op = decode_operation(&frame[FRAME_HEADER_BYTES..]).unwrap();
-            record.set_op(
-                OpKind::parse(op.operation).unwrap(),
-                frame,
-                op.key,
-                op.correlation_id,
-            );
-            at += f.len();
-        }
-        let out = b"LOCAL-ANSWER".to_vec();
-        let steps = [
-            Step::Local {
-                start: 0,
-                end: out.len() as u32,
-            },
-            Step::Remote { owner: 1 },
-            Step::Remote { owner: 1 },
-        ];
-        let mut replies = vec![None, Some(Err(ForwardError::Timeout))];
-        let mut assembled = Vec::new();
-        let cycle = Cycle {
-            steps: &steps,
-            out: &out,
-            record: &record,
-            input: &input,
-        };
-        assemble_answers(&cycle, &mut [], 0, &mut replies, &mut assembled);
-
-        assert_eq!(&assembled[..out.len()], &out[..]);
-        let rest = &assembled[out.len()..];
-        let mut frames = crate::frame::Frames::new(rest);
-        for expected in ["id-first", "id-second"] {
-            let answer = crate::proto::CacheResponse::decode(frames.next().unwrap()).unwrap();
-            assert_eq!(answer.status, Status::Timeout.code_number());
-            assert_eq!(answer.correlation_id, expected);
-        }
-        assert_eq!(frames.consumed(), rest.len(), "one answer per request");
-    }
-}
+#[path = "assemble_tests.rs"]
+mod cycle_tests;

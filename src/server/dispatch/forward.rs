@@ -35,7 +35,12 @@ pub struct Batch {
     slot: u32,
     generation: u32,
     now_us: u64,
-    /// Request frames (length-prefixed), executed in order.
+    /// Answer bytes after which the owner stops running frames (it always
+    /// runs one): what is left goes back in `frames`, for a later round,
+    /// once the connection has written what came before (docs/memory.md).
+    budget: usize,
+    /// Request frames (length-prefixed), executed in order; on the way back,
+    /// those the owner did not run.
     pub frames: Vec<u8>,
     /// Response frames, one per request frame, in order.
     pub replies: Vec<u8>,
@@ -226,7 +231,10 @@ impl Router {
         let mut pos = 0;
         let frames = &batch.frames;
         let mut ops = 0u64;
-        while let Some(body) = crate::frame::next_frame(frames, &mut pos) {
+        while batch.replies.len() < batch.budget {
+            let Some(body) = crate::frame::next_frame(frames, &mut pos) else {
+                break;
+            };
             ops += 1;
             let answer_at = batch.replies.len();
             // The origin decoded and validated these frames already.
@@ -254,7 +262,7 @@ impl Router {
                 }
             }
         }
-        batch.frames.clear();
+        batch.frames.drain(..pos);
         self.shard.tally(Tally::Requests(ops));
         super::strong::end_cycle(&self.shard);
     }
@@ -281,7 +289,8 @@ impl Router {
         self.give_buffer(batch.replies);
     }
 
-    /// Sends `frames` (request frames) to `owner`. Await the answer with
+    /// Sends `frames` (request frames) to `owner`, which runs them until
+    /// its answers reach `budget` bytes. Await the answer with
     /// [`PendingForward::wait`]; start every forward of a read before
     /// waiting on any, so their round trips overlap.
     pub async fn start_forward(
@@ -289,6 +298,7 @@ impl Router {
         owner: usize,
         frames: Vec<u8>,
         now_us: u64,
+        budget: usize,
     ) -> Result<PendingForward<'_>, ForwardError> {
         let Some(tx) = &self.requests else {
             self.give_buffer(frames);
@@ -302,6 +312,7 @@ impl Router {
             slot,
             generation,
             now_us,
+            budget: budget.max(1),
             frames,
             replies: self.take_buffer(),
         };
@@ -321,9 +332,10 @@ pub struct PendingForward<'a> {
 }
 
 impl PendingForward<'_> {
-    /// The owner's response frames; the buffer goes back with
+    /// The owner's response frames, and the request frames it left for a
+    /// later round (empty when it ran them all); the buffers go back with
     /// [`Router::give_buffer`].
-    pub async fn wait(self) -> Result<Vec<u8>, ForwardError> {
+    pub async fn wait(self) -> Result<(Vec<u8>, Vec<u8>), ForwardError> {
         let router = self.guard.router;
         let reply = WaitReply {
             router,
@@ -336,10 +348,7 @@ impl PendingForward<'_> {
         let result = futures_lite::future::or(async { Some(reply.await) }, timeout).await;
         drop(self.guard);
         match result {
-            Some(batch) => {
-                router.give_buffer(batch.frames);
-                Ok(batch.replies)
-            }
+            Some(batch) => Ok((batch.replies, batch.frames)),
             None => {
                 warn!("forward to an owner shard timed out");
                 Err(ForwardError::Timeout)

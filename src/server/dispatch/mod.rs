@@ -15,13 +15,14 @@ pub mod route;
 pub mod strong;
 pub mod warm;
 
-use std::time::Duration;
-
 use tracing::debug;
 
 use assemble::{assemble_answers, Cycle, Job};
 use forward::ForwardError;
 use observe::{observe_cycle, ConnIdentity, CycleRecord};
+
+/// `--max-output-bytes` by default.
+pub const DEFAULT_MAX_OUTPUT: usize = 4 << 20;
 use route::owner_of_key;
 use warm::warm_lookups;
 
@@ -35,14 +36,11 @@ use crate::time::unix_now_us;
 use crate::validate::{check_batch, check_consistency, check_key, check_pattern, RequestError};
 use crate::Status;
 
-/// Most requests handled per read cycle, and the output size after which a
-/// cycle stops taking new requests: together they bound what a connection
-/// buffers for a client that sends faster than it reads.
+/// Most requests handled per read cycle. With `--max-output-bytes` (after
+/// which a cycle takes no new request, and an owner shard runs no more of a
+/// forwarded batch) it bounds what a connection holds for a client that
+/// sends faster than it reads (docs/memory.md).
 const MAX_OPS_PER_CYCLE: usize = 1024;
-const OUT_SOFT_CAP: usize = 4 << 20;
-
-/// A write that makes no progress for this long closes the connection.
-pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where one request's answer comes from, in request order.
 #[derive(Clone, Copy)]
@@ -80,12 +78,25 @@ pub struct Dispatcher {
     /// The output (or the input consumed) since the last write held the
     /// plaintext of an encrypted value: it is zeroed, not just cleared.
     secret: bool,
+    /// Owner shards' answers of the cycle being assembled.
+    replies: Vec<Option<Result<assemble::ReplyCursor, ForwardError>>>,
+    /// The output is `assembled` (the cycle forwarded requests).
+    assembling: bool,
+    /// The first step of the cycle whose answer is not in the output yet;
+    /// below `steps.len()`, an owner stopped at its answer budget and the
+    /// cycle goes on with [`Dispatcher::resume`] once the output is written.
+    next_step: usize,
+    /// Unsent-answer bytes after which a cycle takes no new request.
+    max_output: usize,
+    now_us: u64,
 }
 
 impl Drop for Dispatcher {
     /// A connection that ends right after an encrypted value's answer
     /// leaves no plaintext in freed memory.
     fn drop(&mut self) {
+        // A cycle cut short is over too.
+        self.steps.clear();
         self.forget_output();
     }
 }
@@ -107,7 +118,24 @@ impl Dispatcher {
             record: CycleRecord::default(),
             identity: ConnIdentity::anonymous(),
             secret: false,
+            replies: (0..shards).map(|_| None).collect(),
+            assembling: false,
+            next_step: 0,
+            max_output: DEFAULT_MAX_OUTPUT,
+            now_us: 0,
         }
+    }
+
+    /// Unsent-answer bytes after which a cycle takes no new request
+    /// (`--max-output-bytes`); one answer always goes through.
+    pub fn set_max_output(&mut self, bytes: usize) {
+        self.max_output = bytes.max(1);
+    }
+
+    /// Whether the cycle has answers still to come: write the output, then
+    /// call [`Dispatcher::resume`] with the same input.
+    pub fn has_more(&self) -> bool {
+        self.next_step < self.steps.len()
     }
 
     /// Whether the requests or answers since the last write carried the
@@ -135,21 +163,20 @@ impl Dispatcher {
         self.write_encryption = encryption;
     }
 
-    /// The consistency of every request that gives none (the handshake's
-    /// `options.consistency`).
-    pub fn set_consistency(&mut self, consistency: &'static [u8]) {
-        self.consistency = consistency;
-    }
-
     /// Who the requests are from (metrics `service` label, events); by
     /// default `other`.
     pub fn set_identity(&mut self, identity: ConnIdentity) {
         self.identity = identity;
     }
 
-    /// The response frames of the last [`Dispatcher::run`], in order.
+    /// The response frames of the last [`Dispatcher::run`] or
+    /// [`Dispatcher::resume`], in order.
     pub fn output(&self) -> &[u8] {
-        &self.out
+        if self.assembling {
+            &self.assembled
+        } else {
+            &self.out
+        }
     }
 
     /// Forgets the output (keeping its buffer; zeroed if it held a secret).
@@ -158,6 +185,15 @@ impl Dispatcher {
     }
 
     fn forget_output(&mut self) {
+        if self.has_more() {
+            // Later rounds still read `out` and `forward`: only the
+            // assembled part is done with.
+            if self.secret {
+                zeroize::Zeroize::zeroize(&mut self.assembled);
+            }
+            self.assembled.clear();
+            return;
+        }
         if std::mem::take(&mut self.secret) {
             zeroize::Zeroize::zeroize(&mut self.out);
             zeroize::Zeroize::zeroize(&mut self.assembled);
@@ -166,6 +202,8 @@ impl Dispatcher {
             }
         }
         self.out.clear();
+        self.assembled.clear();
+        self.assembling = false;
     }
 
     /// A dispatcher whose output starts in `out` (the handshake's buffer,
@@ -181,8 +219,14 @@ impl Dispatcher {
     /// burst made large.
     pub fn written(&mut self) {
         self.forget_output();
-        if self.out.capacity() > 2 * OUT_SOFT_CAP {
+        if self.has_more() {
+            return;
+        }
+        if self.out.capacity() > 2 * self.max_output {
             self.out = Vec::with_capacity(4096);
+        }
+        if self.assembled.capacity() > 2 * self.max_output {
+            self.assembled = Vec::new();
         }
     }
 
@@ -194,16 +238,19 @@ impl Dispatcher {
 
     /// Handles the whole frames at the start of `input` (within the cycle's
     /// bounds), appends their answers in order to the output, and returns
-    /// the number of input bytes consumed.
+    /// the number of input bytes consumed. When [`Dispatcher::has_more`]
+    /// says so afterwards, the output holds the first answers only.
     pub async fn run(&mut self, rt: &ShardRuntime, input: &[u8]) -> usize {
+        debug_assert!(!self.has_more(), "a cycle runs after the last one is whole");
         let now_us = unix_now_us();
+        self.now_us = now_us;
         self.record.begin(now_us);
         let out_start = self.out.len();
         let max_frame = rt.shard.limits().max_frame_bytes;
         let mut ops = 0usize;
         let mut consumed = 0usize;
         warm_lookups(rt, input);
-        while ops < MAX_OPS_PER_CYCLE && self.out.len() < OUT_SOFT_CAP {
+        while ops < MAX_OPS_PER_CYCLE && self.out.len() < self.max_output {
             let data = &input[consumed..];
             match check_frame(data, max_frame) {
                 Ok(FrameStatus::Complete { len }) => {
@@ -240,40 +287,47 @@ impl Dispatcher {
         }
         rt.shard.tally(Tally::Requests(ops as u64));
         self.settle_strong(rt).await;
-        let assembled = self.needs_assembly;
-        if assembled {
-            self.forward_and_assemble(rt, input, now_us).await;
-        }
-        // Assembly rebuilds `out` with this cycle's answers only.
-        let answers = if assembled {
-            &self.out[..]
+        if self.needs_assembly {
+            for job in &mut self.jobs {
+                job.run_server_wide(rt).await;
+            }
+            self.assembling = true;
+            self.next_step = 0;
+            self.forward_round(rt, input).await;
         } else {
-            &self.out[out_start..]
-        };
-        observe_cycle(&rt.shard, &self.identity, &self.record, input, answers);
+            observe_cycle(
+                &rt.shard,
+                &self.identity,
+                &self.record,
+                0,
+                input,
+                &self.out[out_start..],
+            );
+            self.end_cycle(rt);
+        }
+        consumed
+    }
+
+    /// Goes on with a cycle an owner shard cut short (its answers reached
+    /// their budget): forwards what it has not run, and puts the answers
+    /// that follow in the output. `input` is what [`Dispatcher::run`] read.
+    pub async fn resume(&mut self, rt: &ShardRuntime, input: &[u8]) {
+        if self.has_more() {
+            self.forward_round(rt, input).await;
+        }
+    }
+
+    fn end_cycle(&mut self, rt: &ShardRuntime) {
         strong::end_cycle(&rt.shard);
         self.secret |= rt.shard.take_secret();
         self.steps.clear();
         self.jobs.clear();
         self.needs_assembly = false;
-        consumed
-    }
-
-    /// When this cycle's last request was a strong write: hands the
-    /// cycle's writes to the replicas and waits for the verdict; a write
-    /// the replica did not confirm is answered CACHE_005 instead.
-    async fn settle_strong(&mut self, rt: &ShardRuntime) {
-        let Some(seq) = rt.shard.end_cycle() else { return };
-        if rt.shard.replicated(seq).await {
-            return;
-        }
-        match self.steps.last_mut() {
-            Some(Step::Local { start, end }) => {
-                strong::fail_answer(&mut self.out, *start as usize);
-                *end = self.out.len() as u32;
+        self.next_step = 0;
+        for reply in self.replies.iter_mut() {
+            if let Some(Ok(cursor)) = reply.take() {
+                rt.router.give_buffer(cursor.into_buffer());
             }
-            Some(Step::Job { index }) => self.jobs[*index as usize].fail_strong_local(),
-            _ => {}
         }
     }
 
@@ -457,50 +511,89 @@ impl Dispatcher {
         shard.tally(Tally::ForwardedOp);
     }
 
-    /// Sends every owner its batch, waits for all, and rebuilds `out` with
-    /// every answer in request order.
-    async fn forward_and_assemble(&mut self, rt: &ShardRuntime, input: &[u8], now_us: u64) {
-        for job in &mut self.jobs {
-            job.run_server_wide(rt).await;
-        }
+    /// One round trip to the owner shards: sends each owner whose answers
+    /// so far are used up the frames it has not run, with a share of the
+    /// output budget, waits for all, and appends to `assembled` the answers
+    /// that are whole in request order from `next_step` on.
+    async fn forward_round(&mut self, rt: &ShardRuntime, input: &[u8]) {
         let router = &rt.router;
-        let mut pending = Vec::with_capacity(rt.shard.count());
-        for owner in 0..rt.shard.count() {
-            if !self.forward[owner].is_empty() {
-                let frames = std::mem::replace(&mut self.forward[owner], router.take_buffer());
-                pending.push((owner, router.start_forward(owner, frames, now_us).await));
-            }
+        let here = rt.shard.id();
+        let used_up = |reply: &Option<Result<assemble::ReplyCursor, ForwardError>>| match reply {
+            Some(Ok(cursor)) => !cursor.has_next(),
+            Some(Err(_)) => false,
+            None => true,
+        };
+        let sending: Vec<usize> = (0..rt.shard.count())
+            .filter(|&o| o != here && !self.forward[o].is_empty() && used_up(&self.replies[o]))
+            .collect();
+        // Local answers held for this cycle count against the budget, down
+        // to a quarter of it, so that a cycle is not cut in a round per answer.
+        let room = self
+            .max_output
+            .saturating_sub(self.out.len())
+            .max(self.max_output / 4);
+        let budget = room / sending.len().max(1);
+        let mut pending = Vec::with_capacity(sending.len());
+        for &owner in &sending {
+            let frames = std::mem::replace(&mut self.forward[owner], router.take_buffer());
+            pending.push((
+                owner,
+                router.start_forward(owner, frames, self.now_us, budget).await,
+            ));
         }
-        let mut replies: Vec<Option<Result<assemble::ReplyCursor, ForwardError>>> =
-            (0..rt.shard.count()).map(|_| None).collect();
         for (owner, started) in pending {
             let result = match started {
-                Ok(p) => p.wait().await.map(assemble::ReplyCursor::new),
+                Ok(p) => p.wait().await,
                 Err(e) => Err(e),
             };
-            replies[owner] = Some(result);
+            let reply = match result {
+                Ok((replies, left)) => {
+                    router.give_buffer(std::mem::replace(&mut self.forward[owner], left));
+                    Ok(assemble::ReplyCursor::new(replies))
+                }
+                // Whatever was still to run for this owner is answered with
+                // the error.
+                Err(e) => {
+                    self.forward[owner].clear();
+                    Err(e)
+                }
+            };
+            if let Some(Ok(old)) = self.replies[owner].replace(reply) {
+                router.give_buffer(old.into_buffer());
+            }
         }
 
-        self.assembled.clear();
-        assemble_answers(
+        let waiting: Vec<bool> = self.forward.iter().map(|f| !f.is_empty()).collect();
+        let from = self.next_step;
+        let start = self.assembled.len();
+        self.next_step = assemble_answers(
             &Cycle {
                 steps: &self.steps,
                 out: &self.out,
                 record: &self.record,
                 input,
             },
+            from,
             &mut self.jobs,
-            rt.shard.id(),
-            &mut replies,
+            here,
+            &mut self.replies,
+            &waiting,
             &mut self.assembled,
         );
-        std::mem::swap(&mut self.out, &mut self.assembled);
-        for reply in replies.into_iter().flatten().flatten() {
-            router.give_buffer(reply.into_buffer());
+        let answers = &self.assembled[start..];
+        observe_cycle(&rt.shard, &self.identity, &self.record, from, input, answers);
+        // Replies read to the end go back now: a connection waiting for its
+        // client holds its assembled answers only.
+        for reply in self.replies.iter_mut() {
+            if matches!(reply, Some(Ok(cursor)) if !cursor.has_next()) {
+                if let Some(Ok(cursor)) = reply.take() {
+                    router.give_buffer(cursor.into_buffer());
+                }
+            }
         }
-        if self.assembled.capacity() > 2 * OUT_SOFT_CAP {
-            self.assembled = Vec::new();
+        if !self.has_more() {
+            self.end_cycle(rt);
         }
-        debug!(shard = rt.shard.id(), "assembled forwarded answers");
+        debug!(shard = here, "assembled forwarded answers");
     }
 }

@@ -133,14 +133,22 @@ impl CycleRecord {
     }
 }
 
-/// Records the answered cycle: `input` is what the requests were read
-/// from, `answers` holds exactly the cycle's answer frames, in order.
-pub fn observe_cycle(shard: &Shard, who: &ConnIdentity, record: &CycleRecord, input: &[u8], answers: &[u8]) {
+/// Records the answered requests of a cycle: `input` is what the requests
+/// were read from, `answers` holds the answer frames of its requests from
+/// the `from`th on, in order (all of them, or those of one round).
+pub fn observe_cycle(
+    shard: &Shard,
+    who: &ConnIdentity,
+    record: &CycleRecord,
+    from: usize,
+    input: &[u8],
+    answers: &[u8],
+) {
     let now_us = unix_now_us();
     let latency_us = now_us.saturating_sub(record.started_us);
     let mut metrics = shard.metrics_mut();
     let mut pos = 0;
-    for e in &record.entries {
+    for e in record.entries.iter().skip(from) {
         let Some(body) = next_frame(answers, &mut pos) else {
             break;
         };

@@ -8,6 +8,7 @@
 
 use prost::Message;
 
+use super::{Dispatcher, ShardRuntime, Step};
 use crate::frame::{encode_frame, FRAME_HEADER_BYTES};
 use crate::proto;
 use crate::shard::Shard;
@@ -41,6 +42,32 @@ pub fn fail_answer(out: &mut Vec<u8>, start: usize) {
     }
     out.truncate(start);
     encode_frame(&response, out);
+}
+
+impl Dispatcher {
+    /// The consistency of every request that gives none (the handshake's
+    /// `options.consistency`).
+    pub fn set_consistency(&mut self, consistency: &'static [u8]) {
+        self.consistency = consistency;
+    }
+
+    /// When this cycle's last request was a strong write: hands the
+    /// cycle's writes to the replicas and waits for the verdict; a write
+    /// the replica did not confirm is answered CACHE_005 instead.
+    pub(super) async fn settle_strong(&mut self, rt: &ShardRuntime) {
+        let Some(seq) = rt.shard.end_cycle() else { return };
+        if rt.shard.replicated(seq).await {
+            return;
+        }
+        match self.steps.last_mut() {
+            Some(Step::Local { start, end }) => {
+                fail_answer(&mut self.out, *start as usize);
+                *end = self.out.len() as u32;
+            }
+            Some(Step::Job { index }) => self.jobs[*index as usize].fail_strong_local(),
+            _ => {}
+        }
+    }
 }
 
 /// The end of a cycle without a strong write pending (those were settled

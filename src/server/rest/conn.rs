@@ -25,6 +25,7 @@ use crate::protocol::rest::response::write_batch_result;
 use crate::protocol::rest::status_for_http_error;
 use crate::server::dispatch::Dispatcher;
 use crate::server::inbuf::InBuf;
+use crate::server::output::{send_answers, OutputSettings};
 use crate::server::shutdown::Wait;
 use crate::server::tls::Transport;
 use crate::server::uring::UringStream;
@@ -57,6 +58,9 @@ struct Conn<S> {
     stream: S,
     inbuf: InBuf,
     shutdown: Wait,
+    /// The shard and limits answers are counted against while the client
+    /// does not read them (none for a refused connection).
+    output: Option<(Rc<ShardRuntime>, OutputSettings)>,
 }
 
 impl<S: Transport> Conn<S> {
@@ -68,6 +72,7 @@ impl<S: Transport> Conn<S> {
             stream,
             inbuf,
             shutdown,
+            ..
         } = self;
         let read = async {
             match inbuf.read_from(stream, want).await {
@@ -127,10 +132,19 @@ impl<S: Transport> Conn<S> {
         if !head_only {
             out.extend_from_slice(&reply.body);
         }
-        let sent = self.stream.write_all(&out).await;
+        let sent = self.write_answers(&out).await;
         // The body may be the plaintext of an encrypted value (issue 19).
         zeroize::Zeroize::zeroize(&mut out);
         sent
+    }
+
+    /// Writes answer bytes, counted while the client does not take them
+    /// and closed past the stall deadline ([`send_answers`]).
+    async fn write_answers(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match &self.output {
+            Some((rt, settings)) => send_answers(&rt.shard, settings, &mut self.stream, bytes).await,
+            None => self.stream.write_all(bytes).await,
+        }
     }
 
     async fn linger_close(mut self) {
@@ -173,9 +187,11 @@ async fn serve_stream<S: Transport>(rt: Rc<ShardRuntime>, stream: S) {
         stream,
         inbuf: InBuf::new(),
         shutdown: rt.shutdown.wait(),
+        output: Some((rt.clone(), rt.server.output)),
     };
     let mut reader = HeadReader::new();
     let mut dispatcher = Dispatcher::new(rt.shard.count());
+    dispatcher.set_max_output(rt.server.output.max_bytes);
     loop {
         // The request head.
         let idle_since = Instant::now();
@@ -337,7 +353,7 @@ async fn stream_batch<S: Transport>(
         keep_alive,
         &[(CORRELATION_HEADER, head.correlation_id.as_deref().unwrap_or(""))],
     );
-    conn.stream.write_all(&out).await?;
+    conn.write_answers(&out).await?;
     out.clear();
     let mut body = b"{\"results\":[".to_vec();
     let mut items = job.items.iter();
@@ -345,25 +361,35 @@ async fn stream_batch<S: Transport>(
     let mut pos = 0;
     while pos < job.frames.len() {
         d.clear_output();
-        let used = d.run(rt, &job.frames[pos..]).await;
+        let input = &job.frames[pos..];
+        let used = d.run(rt, input).await;
         if used == 0 {
             break;
         }
         pos += used;
-        for resp in rest::response_frames(d.output()) {
-            let Some(item) = items.next() else { break };
-            if !first {
-                body.push(b',');
+        loop {
+            for resp in rest::response_frames(d.output()) {
+                let Some(item) = items.next() else { break };
+                if !first {
+                    body.push(b',');
+                }
+                first = false;
+                write_batch_result(&mut body, item.kind, &item.key, &resp, job.force_base64);
+                if d.held_secret() {
+                    rest::wipe_response(resp);
+                }
+                if body.len() >= STREAM_CHUNK_BYTES {
+                    send_piece(conn, &mut out, &body, chunked).await?;
+                    body.clear();
+                }
             }
-            first = false;
-            write_batch_result(&mut body, item.kind, &item.key, &resp, job.force_base64);
-            if d.held_secret() {
-                rest::wipe_response(resp);
+            // An owner shard stopped at the answer budget: the rest of the
+            // cycle comes once what came before is on its way.
+            if !d.has_more() {
+                break;
             }
-            if body.len() >= STREAM_CHUNK_BYTES {
-                send_piece(conn, &mut out, &body, chunked).await?;
-                body.clear();
-            }
+            d.clear_output();
+            d.resume(rt, input).await;
         }
     }
     // Items the dispatcher could not answer (it never stops early today).
@@ -388,7 +414,7 @@ async fn stream_batch<S: Transport>(
     }
     sent?;
     if chunked {
-        conn.stream.write_all(LAST_CHUNK).await?;
+        conn.write_answers(LAST_CHUNK).await?;
     }
     Ok(())
 }
@@ -400,11 +426,11 @@ async fn send_piece<S: Transport>(
     chunked: bool,
 ) -> std::io::Result<()> {
     if !chunked {
-        return conn.stream.write_all(piece).await;
+        return conn.write_answers(piece).await;
     }
     out.clear();
     write_chunk(out, piece);
-    conn.stream.write_all(out).await
+    conn.write_answers(out).await
 }
 
 /// Answers a connection over the limit with 503 (CACHE_009) and closes.
@@ -413,6 +439,7 @@ pub async fn refuse(stream: TcpStream) {
         stream,
         inbuf: InBuf::new(),
         shutdown: crate::server::shutdown::ShutdownSignal::default().wait(),
+        output: None,
     };
     let reply = rest::error_reply(503, Status::TooManyConnections, "too many connections", None, "");
     let _ = conn.send(&reply, 1, &new_correlation_id(), false, false).await;
