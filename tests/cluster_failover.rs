@@ -59,6 +59,14 @@ fn wait_for_map_of(survivors: &[&TestServer], ids: &[&str]) {
     }
 }
 
+/// Writes `prefix:i` = `vi` for i in 0..count, strong, through `server`.
+async fn write_strong(server: &TestServer, prefix: &str, count: usize) {
+    let c = client(server, "strong").await;
+    for i in 0..count {
+        c.set(format!("{prefix}:{i}"), format!("v{i}"), 0).await.unwrap();
+    }
+}
+
 /// Missing keys of `prefix:0..count` (read through a fresh client).
 async fn missing(server: &TestServer, prefix: &str, count: usize) -> Vec<usize> {
     let c = client(server, "").await;
@@ -86,12 +94,7 @@ fn strong_writes_survive_an_immediate_kill() {
     let nats = Nats::start_js(bin);
     let (mut nodes, _) = three_nodes(&nats);
     let rt = runtime();
-    rt.block_on(async {
-        let c = client(&nodes[0], "strong").await;
-        for i in 0..400 {
-            c.set(format!("strong:{i}"), format!("v{i}"), 0).await.unwrap();
-        }
-    });
+    rt.block_on(write_strong(&nodes[0], "strong", 400));
     // n1 (zone a) dies at once: its slots go to their replicas.
     kill(&mut nodes[0]);
     wait_for_map_of(&[&nodes[1], &nodes[2]], &["n2", "n3"]);
@@ -171,12 +174,7 @@ fn a_restarted_node_is_filled_before_it_is_needed() {
     let nats = Nats::start_js(bin);
     let (mut nodes, _) = three_nodes(&nats);
     let rt = runtime();
-    rt.block_on(async {
-        let c = client(&nodes[0], "strong").await;
-        for i in 0..3000 {
-            c.set(format!("fill:{i}"), format!("v{i}"), 0).await.unwrap();
-        }
-    });
+    rt.block_on(write_strong(&nodes[0], "fill", 3000));
     let before = common::cluster::cluster_health(&nodes[0])["epoch"]
         .as_u64()
         .unwrap();

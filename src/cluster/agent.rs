@@ -468,7 +468,11 @@ impl Agent {
         );
         next.epoch = next.epoch.max(min_epoch);
         for _ in 0..PLAN_ROUNDS {
-            let mut again = plan(Some(&next), alive, replication, 0, &|_| false);
+            // Swaps only onto nodes that hold every replica the plan gives
+            // them (none placed by this planning).
+            let fresh = fresh_replicas(prev.as_deref(), &next);
+            let round_swap = |id: &str| first_swap(id) && !fresh.iter().any(|f| f == id);
+            let mut again = plan(Some(&next), alive, replication, 0, &round_swap);
             again.epoch = next.epoch;
             if again.primary == next.primary && again.replica == next.replica {
                 break;
@@ -525,6 +529,26 @@ pub(super) fn ownership(map: &SlotMap, me: &str) -> Ownership {
             })
             .collect(),
     }
+}
+
+/// Nodes that `next` makes replica of a slot they held no copy of in
+/// `prev` (neither its primary nor its replica): they hold nothing of it yet.
+fn fresh_replicas(prev: Option<&SlotMap>, next: &SlotMap) -> Vec<String> {
+    let mut fresh: Vec<String> = Vec::new();
+    for slot in 0..next.replica.len() {
+        let Some(node) = next.nodes.get(next.replica[slot] as usize) else {
+            continue;
+        };
+        let held = prev.is_some_and(|p| {
+            let id_at = |i: u16| p.nodes.get(i as usize).map(|n| n.id.as_str());
+            id_at(p.primary[slot]) == Some(node.id.as_str())
+                || id_at(p.replica[slot]) == Some(node.id.as_str())
+        });
+        if !held && !fresh.contains(&node.id) {
+            fresh.push(node.id.clone());
+        }
+    }
+    fresh
 }
 
 /// A non-zero seed no client can predict.
