@@ -112,11 +112,10 @@ impl Shard {
             OpKind::GetMany => {
                 for key in op.keys() {
                     let hash = key_hash(key, self.seed);
-                    if self.refuse_item(key, hash, out) {
-                        continue;
-                    }
-                    if let Err(message) = self.strong_gate(hash, key, op.options.consistency, false, now_us) {
-                        ResponseEncoder::put_item(out, key, Status::Timeout, message.as_bytes(), None);
+                    if self
+                        .admit_item(key, hash, op.options.consistency, false, now_us, out)
+                        .is_none()
+                    {
                         continue;
                     }
                     match store.get(hash, key, now_us) {
@@ -151,15 +150,9 @@ impl Shard {
             OpKind::DeleteMany => {
                 for key in op.keys() {
                     let hash = key_hash(key, self.seed);
-                    if self.refuse_item(key, hash, out) {
+                    let Some(strong) = self.admit_item(key, hash, op.options.consistency, true, now_us, out)
+                    else {
                         continue;
-                    }
-                    let strong = match self.strong_gate(hash, key, op.options.consistency, true, now_us) {
-                        Ok(strong) => strong,
-                        Err(message) => {
-                            ResponseEncoder::put_item(out, key, Status::Timeout, message.as_bytes(), None);
-                            continue;
-                        }
                     };
                     let status = if store.delete(hash, key) {
                         Status::Ok
@@ -174,15 +167,9 @@ impl Shard {
             _ => {
                 for EntryView { key, value, ttl } in op.entries() {
                     let hash = key_hash(key, self.seed);
-                    if self.refuse_item(key, hash, out) {
+                    let Some(strong) = self.admit_item(key, hash, op.options.consistency, true, now_us, out)
+                    else {
                         continue;
-                    }
-                    let strong = match self.strong_gate(hash, key, op.options.consistency, true, now_us) {
-                        Ok(strong) => strong,
-                        Err(message) => {
-                            ResponseEncoder::put_item(out, key, Status::Timeout, message.as_bytes(), None);
-                            continue;
-                        }
                     };
                     let ttl = self.resolve_ttl(key, if ttl == 0 { op.ttl } else { ttl });
                     match self.write_item(&mut store, hash, key, value, ttl, &op.options, now_us) {
@@ -200,6 +187,30 @@ impl Shard {
         }
         ResponseEncoder::put_summary(out, Status::Ok, op.correlation_id, false);
         ResponseEncoder::finish(out, frame);
+    }
+
+    /// [`Shard::refuse_item`], then [`Shard::strong_gate`] (CACHE_005):
+    /// `None` when the item was answered, else whether it runs strong.
+    #[inline]
+    fn admit_item(
+        &self,
+        key: &[u8],
+        hash: u64,
+        consistency: &[u8],
+        write: bool,
+        now_us: u64,
+        out: &mut Vec<u8>,
+    ) -> Option<bool> {
+        if self.refuse_item(key, hash, out) {
+            return None;
+        }
+        match self.strong_gate(hash, key, consistency, write, now_us) {
+            Ok(strong) => Some(strong),
+            Err(message) => {
+                ResponseEncoder::put_item(out, key, Status::Timeout, message.as_bytes(), None);
+                None
+            }
+        }
     }
 
     /// Answers a batch item that breaks the key rules (CACHE_004) or whose
