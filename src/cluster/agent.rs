@@ -26,7 +26,7 @@ use tracing::{info, warn};
 use super::bucket::Bucket;
 use super::liveness::Liveness;
 use super::replicate::Replicator;
-use super::slots::{plan, NodeInfo, SlotMap};
+use super::slots::{plan, plan_settled, NodeInfo, SlotMap};
 use super::ClusterState;
 use crate::config::ClusterConfig;
 use crate::control::ControlPlane;
@@ -46,9 +46,6 @@ pub const FAILURE_TIMEOUT: Duration = Duration::from_secs(1);
 /// acting as coordinator: a node that has just come back must not take its
 /// silent peers for dead.
 const SETTLE: Duration = Duration::from_millis(1500);
-
-/// Most planning rounds before a map is written (a few suffice).
-const PLAN_ROUNDS: usize = 20;
 
 /// The KV key of the slot map.
 const MAP_KEY: &str = "map";
@@ -134,6 +131,7 @@ async fn run(
             client.clone(),
             &config.name,
             &state.me.id,
+            state.me.incarnation,
             wiring.queues,
             control.clone(),
         )
@@ -311,7 +309,8 @@ impl Agent {
     fn install(&mut self, map: Arc<SlotMap>, revision: u64) {
         self.state.install(map.clone());
         self.pending_follow = Some(self.current.as_ref().map(|(m, _)| m.clone()));
-        let ownership = Arc::new(ownership(&map, &self.state.me.id));
+        let me = &self.state.me;
+        let ownership = Arc::new(ownership(&map, &me.id, me.incarnation));
         for shard in 0..self.control.shard_count() {
             // A full queue means a stuck shard; it keeps the older map and
             // the next map reaches it.
@@ -428,59 +427,48 @@ impl Agent {
                 .collect(),
             None => Vec::new(),
         };
-        // A node may take over a slot it replicates only while it holds
-        // every item of its slots under the map planned from.
+        // A node may take over a slot only while it holds every item of
+        // it: it had a copy of the slot in the map planned from, and is
+        // in sync under that map (not restarted since).
         let prev_epoch = prev.as_ref().map_or(0, |p| p.epoch);
-        let can_serve = |id: &str| {
-            !restarted.iter().any(|r| r == id)
-                && if id == me {
+        let eligible: Vec<String> = alive
+            .iter()
+            .filter(|n| !restarted.contains(&n.id))
+            .filter(|n| {
+                if n.id == me {
                     my_sync
                 } else {
-                    self.live.synced(id, prev_epoch)
+                    self.live.synced(&n.id, prev_epoch)
                 }
+            })
+            .map(|n| n.id.clone())
+            .collect();
+        let holds = |slot: usize, id: &str| {
+            prev.as_ref().is_some_and(|p| p.has_copy(slot, id)) && eligible.iter().any(|e| e == id)
         };
         let replication = self.config.replication;
         let base = if restarted.is_empty() {
             prev.as_deref().cloned()
         } else {
+            // Restarted nodes first hand their slots over, then come back
+            // as new nodes.
             let rest: Vec<NodeInfo> = alive
                 .iter()
                 .filter(|n| !restarted.contains(&n.id))
                 .cloned()
                 .collect();
-            (!rest.is_empty()).then(|| plan(prev.as_deref(), &rest, replication, min_epoch, &can_serve))
+            (!rest.is_empty()).then(|| plan(prev.as_deref(), &rest, replication, min_epoch, &holds))
         };
-        // Plan until nothing moves, so one write carries the settled map.
-        // Later rounds swap no roles: a replica placed by this planning
-        // holds nothing yet (it swaps in a later map, once in sync).
-        let no_swap = |_: &str| false;
-        let first_swap: &dyn Fn(&str) -> bool = if restarted.is_empty() {
-            &can_serve
-        } else {
-            &no_swap
-        };
-        let mut next = plan(
+        let mut next = plan_settled(
             base.as_ref().or(prev.as_deref()),
             alive,
             replication,
             min_epoch,
-            first_swap,
+            &holds,
         );
         next.epoch = next.epoch.max(min_epoch);
-        for _ in 0..PLAN_ROUNDS {
-            // Swaps only onto nodes that hold every replica the plan gives
-            // them (none placed by this planning).
-            let fresh = fresh_replicas(prev.as_deref(), &next);
-            let round_swap = |id: &str| first_swap(id) && !fresh.iter().any(|f| f == id);
-            let mut again = plan(Some(&next), alive, replication, 0, &round_swap);
-            again.epoch = next.epoch;
-            if again.primary == next.primary && again.replica == next.replica {
-                break;
-            }
-            next = again;
-        }
         if let Some(prev) = &prev {
-            if prev.nodes == next.nodes && prev.primary == next.primary && prev.replica == next.replica {
+            if prev.same_roles(&next) {
                 return;
             }
         }
@@ -509,13 +497,16 @@ impl Agent {
     }
 }
 
-/// Slot ownership as shards check it, from a map, for node `me`.
-pub(super) fn ownership(map: &SlotMap, me: &str) -> Ownership {
+/// Slot ownership as shards check it, from a map, for node `me` as it
+/// runs now: a map naming an earlier run (restarted, empty) gives it no
+/// slot, so it serves none of them until the coordinator re-adds it.
+pub(super) fn ownership(map: &SlotMap, me: &str, incarnation: u64) -> Ownership {
     Ownership {
         epoch: map.epoch,
-        me: map.index_of(me).map(|i| i as u16),
+        me: map.index_of_run(me, incarnation).map(|i| i as u16),
         primary: map.primary.clone(),
         replica: map.replica.clone(),
+        learner: map.learner.clone(),
         nodes: map
             .nodes
             .iter()
@@ -529,26 +520,6 @@ pub(super) fn ownership(map: &SlotMap, me: &str) -> Ownership {
             })
             .collect(),
     }
-}
-
-/// Nodes that `next` makes replica of a slot they held no copy of in
-/// `prev` (neither its primary nor its replica): they hold nothing of it yet.
-fn fresh_replicas(prev: Option<&SlotMap>, next: &SlotMap) -> Vec<String> {
-    let mut fresh: Vec<String> = Vec::new();
-    for slot in 0..next.replica.len() {
-        let Some(node) = next.nodes.get(next.replica[slot] as usize) else {
-            continue;
-        };
-        let held = prev.is_some_and(|p| {
-            let id_at = |i: u16| p.nodes.get(i as usize).map(|n| n.id.as_str());
-            id_at(p.primary[slot]) == Some(node.id.as_str())
-                || id_at(p.replica[slot]) == Some(node.id.as_str())
-        });
-        if !held && !fresh.contains(&node.id) {
-            fresh.push(node.id.clone());
-        }
-    }
-    fresh
 }
 
 /// A non-zero seed no client can predict.

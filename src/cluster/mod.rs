@@ -159,6 +159,7 @@ impl ClusterView for ClusterState {
             .map(|(id, zone, status)| {
                 let info = v.map.as_ref().and_then(|m| m.index_of(id).map(|i| (m, i)));
                 let (primary, replica) = info.map_or((0, 0), |(m, i)| m.slot_counts(i));
+                let learner = info.map_or(0, |(m, i)| m.learner_count(i));
                 let addr = info.map(|(m, i)| format!("{}:{}", m.nodes[i].host, m.nodes[i].port));
                 let status = ["down", "serving", "syncing"][usize::from(*status).min(2)];
                 json!({
@@ -168,6 +169,7 @@ impl ClusterView for ClusterState {
                     "address": addr,
                     "primary_slots": primary,
                     "replica_slots": replica,
+                    "learner_slots": learner,
                 })
             })
             .collect();

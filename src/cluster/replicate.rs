@@ -28,7 +28,7 @@ use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use tracing::{info, warn};
 
-use super::slots::SlotMap;
+use super::slots::{slot_of, SlotMap, NO_NODE};
 use crate::control::ControlPlane;
 use crate::key::{key_hash, owner_of};
 use crate::shard::replication::{records, ReplQueue, OP_COPY_DONE, STRONG_TIMEOUT};
@@ -84,6 +84,8 @@ pub struct Replicator {
     client: Client,
     name: String,
     me: String,
+    /// This run of the node ([`super::slots::NodeInfo::incarnation`]).
+    incarnation: u64,
     queues: Vec<ReplQueue>,
     control: Arc<ControlPlane>,
     outgoing: HashMap<String, Outgoing>,
@@ -107,6 +109,7 @@ impl Replicator {
         client: Client,
         name: &str,
         me: &str,
+        incarnation: u64,
         queues: Vec<ReplQueue>,
         control: Arc<ControlPlane>,
     ) -> Self {
@@ -115,6 +118,7 @@ impl Replicator {
             client,
             name: name.to_string(),
             me: me.to_string(),
+            incarnation,
             queues,
             control,
             outgoing: HashMap::new(),
@@ -150,11 +154,22 @@ impl Replicator {
     pub async fn drain(&mut self, map: &SlotMap) {
         let mut per_target: HashMap<u16, Vec<u8>> = HashMap::new();
         let mut strong: Vec<(usize, u64, Vec<u16>)> = Vec::new();
+        // Learners get a copy of their slots' writes (strong writes wait
+        // for the replica only: the learner is not in sync yet).
+        let learners = map.learner.iter().any(|&l| l != NO_NODE);
         for (shard, queue) in self.queues.iter().enumerate() {
             while let Some(handover) = queue.pop() {
                 let mut targets = Vec::new();
                 for r in records(&handover.records) {
                     r.encode(per_target.entry(r.target).or_default());
+                    if learners && r.op != OP_COPY_DONE {
+                        let learner = map.learner_of(slot_of(key_hash(r.key, map.seed)));
+                        if learner != NO_NODE && learner != r.target {
+                            let mut copy = r;
+                            copy.target = learner;
+                            copy.encode(per_target.entry(learner).or_default());
+                        }
+                    }
                     if handover.strong && !targets.contains(&r.target) {
                         targets.push(r.target);
                     }
@@ -412,17 +427,21 @@ impl Replicator {
     /// and which it has not copied since it gained them, are asked for a
     /// full copy; streams from nodes it no longer replicates are dropped.
     pub async fn follow_map(&mut self, prev: Option<&SlotMap>, map: &SlotMap) {
-        let Some(me) = map.index_of(&self.me) else { return };
+        // A map naming an earlier run of this node (restarted, empty)
+        // gives this run nothing to follow yet; the coordinator re-adds it.
+        let Some(me) = map.index_of_run(&self.me, self.incarnation) else {
+            return;
+        };
         self.followed = true;
         let sources = replicated_sources(map, me);
         self.incoming.retain(|id, _| sources.iter().any(|(s, _)| s == id));
         for (source, slots) in sources {
             // A slot it replicated for the same primary, or was primary
             // of itself (a swap of roles), needs no copy.
-            let gained = match prev.and_then(|p| p.index_of(&self.me).map(|m| (p, m))) {
+            let gained = match prev.and_then(|p| p.index_of_run(&self.me, self.incarnation).map(|m| (p, m))) {
                 Some((p, pm)) => slots.iter().any(|&slot| {
                     let was_primary = p.primary[slot] as usize == pm;
-                    let same_stream = p.replica[slot] as usize == pm
+                    let same_stream = (p.replica[slot] as usize == pm || p.learner_of(slot) as usize == pm)
                         && p.nodes.get(p.primary[slot] as usize).map(|n| &n.id) == Some(&source);
                     !(was_primary || same_stream)
                 }),
@@ -522,7 +541,7 @@ impl Replicator {
 fn replicated_sources(map: &SlotMap, me: usize) -> Vec<(String, Vec<usize>)> {
     let mut out: Vec<(String, Vec<usize>)> = Vec::new();
     for slot in 0..map.replica.len() {
-        if map.replica[slot] as usize != me {
+        if map.replica[slot] as usize != me && map.learner_of(slot) as usize != me {
             continue;
         }
         let Some(p) = map.nodes.get(map.primary[slot] as usize) else {

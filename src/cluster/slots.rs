@@ -54,12 +54,26 @@ pub struct SlotMap {
     pub primary: Vec<u16>,
     /// Replica of each slot, or [`NO_NODE`].
     pub replica: Vec<u16>,
+    /// Learner of each slot, or [`NO_NODE`] (empty: none at all): the node
+    /// the slot's replica moves to, being filled. It gets the primary's
+    /// writes and a full copy; the replica that holds the slot stays until
+    /// the learner is in sync, so a move never leaves a slot with one copy.
+    #[serde(default)]
+    pub learner: Vec<u16>,
 }
 
 impl SlotMap {
     /// The index of a node in this map.
     pub fn index_of(&self, id: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.id == id)
+    }
+
+    /// The index of node `id` as this very process (`incarnation`): a map
+    /// that names an earlier run of the node (restarted, empty) does not
+    /// name this one.
+    pub fn index_of_run(&self, id: &str, incarnation: u64) -> Option<usize> {
+        self.index_of(id)
+            .filter(|&i| self.nodes[i].incarnation == incarnation)
     }
 
     /// Slots whose primary, and whose replica, is node `index`.
@@ -69,10 +83,23 @@ impl SlotMap {
         (primary, replica)
     }
 
+    /// Slots node `index` is the learner of (being filled).
+    pub fn learner_count(&self, index: usize) -> usize {
+        self.learner.iter().filter(|&&l| l as usize == index).count()
+    }
+
+    /// The learner of `slot`, or [`NO_NODE`].
+    pub fn learner_of(&self, slot: usize) -> u16 {
+        self.learner.get(slot).copied().unwrap_or(NO_NODE)
+    }
+
     /// Whether the map is well formed: every slot has a live primary, a
     /// replica (when wanted and possible) on another node.
     pub fn check(&self) -> Result<(), String> {
-        if self.primary.len() != SLOTS || self.replica.len() != SLOTS {
+        if self.primary.len() != SLOTS
+            || self.replica.len() != SLOTS
+            || !(self.learner.is_empty() || self.learner.len() == SLOTS)
+        {
             return Err(format!("{} slots, not {SLOTS}", self.primary.len()));
         }
         if self.nodes.is_empty() {
@@ -93,6 +120,10 @@ impl SlotMap {
             if r == NO_NODE && self.replication >= 2 && n >= 2 {
                 return Err(format!("slot {slot}: no replica"));
             }
+            let l = self.learner_of(slot);
+            if l != NO_NODE && (l as usize >= n || l as usize == p || l == r || r == NO_NODE) {
+                return Err(format!("slot {slot}: learner {l} is not a third node"));
+            }
         }
         Ok(())
     }
@@ -106,15 +137,15 @@ impl SlotMap {
 /// The map for `alive` (every live node, any order), moving as little as
 /// possible from `prev`. Its epoch is `prev`'s + 1, or 1 for a first map;
 /// `min_epoch` raises it (a map re-created after the bucket was lost must
-/// not reuse an epoch a node has seen). `can_serve(id)`: whether a node
-/// holds the data of the slots it replicates, and so may take them over
-/// to balance the load.
+/// not reuse an epoch a node has seen). `holds(slot, id)`: whether node
+/// `id` holds every item of `slot`, and so may take it over as primary to
+/// balance the load.
 pub fn plan(
     prev: Option<&SlotMap>,
     alive: &[NodeInfo],
     replication: u8,
     min_epoch: u64,
-    can_serve: &dyn Fn(&str) -> bool,
+    holds: &dyn Fn(usize, &str) -> bool,
 ) -> SlotMap {
     let mut nodes = alive.to_vec();
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
@@ -128,26 +159,37 @@ pub fn plan(
         nodes.iter().position(|x| &x.id == id).map(|i| i as u16)
     };
     let mut primary = vec![NO_NODE; SLOTS];
+    // The replica each slot should have: a learner of `prev` is where its
+    // replica is moving.
     let mut replica = vec![NO_NODE; SLOTS];
     if let Some(prev) = prev {
         for slot in 0..SLOTS {
             let p = prev.primary.get(slot).and_then(|&p| carry(p));
             let r = prev.replica.get(slot).and_then(|&r| carry(r));
+            let l = carry(prev.learner_of(slot));
             match (p, r) {
                 (Some(p), r) => {
                     primary[slot] = p;
-                    replica[slot] = r.filter(|&r| r != p).unwrap_or(NO_NODE);
+                    replica[slot] = l.or(r).filter(|&r| r != p).unwrap_or(NO_NODE);
                 }
-                // The primary is gone: its replica takes over.
-                (None, Some(r)) => primary[slot] = r,
-                (None, None) => {}
+                // The primary is gone: its replica takes over (it holds the
+                // slot; a learner may not yet), the learner goes on filling.
+                (None, Some(r)) => {
+                    primary[slot] = r;
+                    replica[slot] = l.unwrap_or(NO_NODE);
+                }
+                (None, None) => primary[slot] = l.unwrap_or(NO_NODE),
             }
         }
     }
-    let serve = |i: usize| can_serve(&nodes[i].id);
+    let serve = |slot: usize, i: usize| holds(slot, &nodes[i].id);
     balance_primaries(&mut primary, &mut replica, n, replication, &serve);
+    let mut learner = vec![NO_NODE; SLOTS];
     if replication >= 2 && n >= 2 {
         place_replicas(&primary, &mut replica, &nodes);
+        if let Some(prev) = prev {
+            keep_copies(prev, &carry, &nodes, &primary, &mut replica, &mut learner, holds);
+        }
     } else {
         replica.fill(NO_NODE);
     }
@@ -159,6 +201,81 @@ pub fn plan(
         nodes,
         primary,
         replica,
+        learner,
+    }
+}
+
+/// Where a slot's replica moves to a node that does not hold it yet, the
+/// node of `prev` that holds it (its replica, else its old primary, alive
+/// and not the new primary) stays its replica, and the new one becomes its
+/// learner: the slot keeps two full copies while the third is filled.
+fn keep_copies(
+    prev: &SlotMap,
+    carry: &dyn Fn(u16) -> Option<u16>,
+    nodes: &[NodeInfo],
+    primary: &[u16],
+    replica: &mut [u16],
+    learner: &mut [u16],
+    holds: &dyn Fn(usize, &str) -> bool,
+) {
+    for slot in 0..SLOTS {
+        let want = replica[slot];
+        if want == NO_NODE || holds(slot, &nodes[want as usize].id) {
+            continue;
+        }
+        let keeper = [prev.replica[slot], prev.primary[slot]]
+            .into_iter()
+            .filter_map(carry)
+            .find(|&k| k != primary[slot] && k != want && holds(slot, &nodes[k as usize].id));
+        if let Some(k) = keeper {
+            replica[slot] = k;
+            learner[slot] = want;
+        }
+    }
+}
+
+/// How many times [`plan_settled`] re-plans at most.
+pub const PLAN_ROUNDS: usize = 20;
+
+/// [`plan`] from `from`, then again from its own result until nothing
+/// moves (at most [`PLAN_ROUNDS`] times), so that one map write carries
+/// the settled map. `holds` must judge against the map the nodes last
+/// synced under, never against an intermediate plan: a replica placed by
+/// this planning holds nothing yet, and so takes no primary in it.
+pub fn plan_settled(
+    from: Option<&SlotMap>,
+    alive: &[NodeInfo],
+    replication: u8,
+    min_epoch: u64,
+    holds: &dyn Fn(usize, &str) -> bool,
+) -> SlotMap {
+    let mut next = plan(from, alive, replication, min_epoch, holds);
+    for _ in 0..PLAN_ROUNDS {
+        let mut again = plan(Some(&next), alive, replication, 0, holds);
+        again.epoch = next.epoch;
+        if again.same_roles(&next) {
+            break;
+        }
+        next = again;
+    }
+    next
+}
+
+impl SlotMap {
+    /// Whether node `id` is the primary, the replica or the learner of
+    /// `slot`.
+    pub fn has_copy(&self, slot: usize, id: &str) -> bool {
+        let is = |i: u16| self.nodes.get(i as usize).is_some_and(|n| n.id == id);
+        is(self.primary[slot]) || is(self.replica[slot]) || is(self.learner_of(slot))
+    }
+
+    /// Whether both maps give every slot the same nodes in the same roles.
+    pub fn same_roles(&self, other: &SlotMap) -> bool {
+        let learners = |m: &SlotMap| (0..SLOTS).map(|s| m.learner_of(s)).collect::<Vec<_>>();
+        self.nodes == other.nodes
+            && self.primary == other.primary
+            && self.replica == other.replica
+            && learners(self) == learners(other)
     }
 }
 
@@ -170,17 +287,18 @@ fn target(i: usize, n: usize) -> usize {
 
 /// Gives every slot a primary. A slot without one goes to its replica's
 /// node (which holds its data), else to the node furthest under its share.
-/// Then load moves by swapping roles: a slot of a node over its share
-/// whose replica sits on a node under its share, and may serve
-/// (`can_serve`: it holds its replicas' data), changes hands without a byte
-/// moved. With one copy there is no replica to swap with: slots move from
+/// Then load moves by swapping roles, without a byte moved: a slot of a
+/// node over its share whose replica holds its items (`holds`) changes
+/// hands, directly to a node under its share or along a chain of such
+/// swaps through other nodes (zones can make the direct swap impossible:
+/// with zones a, b, a every slot has its copy on b). With one copy there is no replica to swap with: slots move from
 /// nodes over their share to nodes under it (their items are lost).
 fn balance_primaries(
     primary: &mut [u16],
     replica: &mut [u16],
     n: usize,
     copies: u8,
-    can_serve: &dyn Fn(usize) -> bool,
+    holds: &dyn Fn(usize, usize) -> bool,
 ) {
     let mut count = vec![0usize; n];
     for &p in primary.iter().filter(|&&p| p != NO_NODE) {
@@ -205,18 +323,47 @@ fn balance_primaries(
         replica[slot] = NO_NODE;
         count[to] += 1;
     }
-    for slot in (0..SLOTS).rev() {
+    // Role swaps along chains: from a node over its share, through nodes
+    // at their share, to one under it. Each hop is a slot whose replica
+    // holds its items; the nodes in between keep their count.
+    let mut hops: Vec<Vec<Vec<usize>>> = vec![vec![Vec::new(); n]; n];
+    for slot in 0..SLOTS {
         let (p, r) = (primary[slot] as usize, replica[slot]);
-        if r == NO_NODE || count[p] <= target(p, n) {
-            continue;
+        if r != NO_NODE && r as usize != p && holds(slot, r as usize) {
+            hops[p][r as usize].push(slot);
         }
-        let r = r as usize;
-        if count[r] < target(r, n) && can_serve(r) {
-            primary[slot] = r as u16;
-            replica[slot] = p as u16;
-            count[p] -= 1;
-            count[r] += 1;
+    }
+    loop {
+        let mut from = vec![usize::MAX; n];
+        let mut seen: Vec<bool> = (0..n).map(|i| count[i] > target(i, n)).collect();
+        let mut queue: std::collections::VecDeque<usize> = (0..n).filter(|&i| seen[i]).collect();
+        let mut end = None;
+        while let Some(x) = queue.pop_front() {
+            if count[x] < target(x, n) {
+                end = Some(x);
+                break;
+            }
+            for y in 0..n {
+                if !seen[y] && !hops[x][y].is_empty() {
+                    seen[y] = true;
+                    from[y] = x;
+                    queue.push_back(y);
+                }
+            }
         }
+        let Some(end) = end else {
+            break;
+        };
+        let mut y = end;
+        while from[y] != usize::MAX {
+            let x = from[y];
+            let slot = hops[x][y].pop().expect("a hop has a slot");
+            primary[slot] = y as u16;
+            replica[slot] = x as u16;
+            y = x;
+        }
+        count[y] -= 1;
+        count[end] += 1;
     }
     if copies >= 2 {
         return;
@@ -296,7 +443,7 @@ mod tests {
     #[test]
     fn three_nodes_in_two_zones() {
         let nodes = [node("a", "z1"), node("b", "z2"), node("c", "z1")];
-        let map = plan(None, &nodes, 2, 0, &|_| true);
+        let map = plan(None, &nodes, 2, 0, &|_, _| true);
         map.check().unwrap();
         assert_eq!(map.epoch, 1);
         for (p, _) in counts(&map) {
@@ -311,10 +458,14 @@ mod tests {
     #[test]
     fn a_lost_primary_hands_its_slots_to_their_replicas() {
         let nodes = [node("a", "z1"), node("b", "z2"), node("c", "z1")];
-        let before = plan(None, &nodes, 2, 0, &|_| true);
-        let after = plan(Some(&before), &[node("a", "z1"), node("b", "z2")], 2, 0, &|_| {
-            true
-        });
+        let before = plan(None, &nodes, 2, 0, &|_, _| true);
+        let after = plan(
+            Some(&before),
+            &[node("a", "z1"), node("b", "z2")],
+            2,
+            0,
+            &|_, _| true,
+        );
         after.check().unwrap();
         assert_eq!(after.epoch, 2);
         let c = before.index_of("c").unwrap() as u16;
@@ -333,26 +484,55 @@ mod tests {
     fn a_joining_node_takes_primaries_once_it_serves_its_replicas() {
         let two = [node("a", "z1"), node("b", "z2")];
         let three = [node("a", "z1"), node("b", "z2"), node("c", "z1")];
-        let first = plan(None, &two, 2, 0, &|_| true);
-        let joined = plan(Some(&first), &three, 2, 0, &|id| id != "c");
+        let first = plan(None, &two, 2, 0, &|_, _| true);
+        let joined = plan(Some(&first), &three, 2, 0, &|_, id| id != "c");
         joined.check().unwrap();
         let c = joined.index_of("c").unwrap();
         let (p, r) = joined.slot_counts(c);
         assert_eq!(p, 0, "not filled yet: no primaries");
-        assert!(r > 600, "replicas to fill: {r}");
-        let filled = plan(Some(&joined), &three, 2, 0, &|_| true);
-        filled.check().unwrap();
+        assert_eq!(r, 0, "not filled yet: no replica either");
+        let l = joined.learner_count(c);
+        assert!(l > 600, "slots to fill as learner: {l}");
+        // Each slot c learns keeps its replica until c holds it.
+        for slot in 0..SLOTS {
+            if joined.learner_of(slot) as usize == c {
+                assert_eq!(joined.replica[slot], first.replica[slot], "slot {slot}");
+            }
+        }
         // Zones bind the swaps: every slot keeps a copy on b (the only
-        // node of z2), so c takes b's primaries first.
-        let (p, _) = filled.slot_counts(c);
-        assert!(p > 600, "primaries once filled: {p}");
+        // node of z2), so c takes b's primaries, and b takes a's. Each
+        // map swaps only onto copies the map before placed; within a few
+        // maps the primaries are even.
+        let mut m = joined;
+        for _ in 0..6 {
+            let prev = m.clone();
+            m = plan_settled(Some(&prev), &three, 2, 0, &|slot, id| prev.has_copy(slot, id));
+            m.check().unwrap();
+            for slot in 0..SLOTS {
+                let (was, now) = (
+                    &prev.nodes[prev.primary[slot] as usize].id,
+                    &m.nodes[m.primary[slot] as usize].id,
+                );
+                assert!(
+                    was == now || prev.has_copy(slot, now),
+                    "slot {slot} moved to {now}, which held no copy"
+                );
+            }
+        }
+        for (p, _) in counts(&m) {
+            assert!(
+                (1365..=1366).contains(&p),
+                "primaries once filled: {:?}",
+                counts(&m)
+            );
+        }
     }
 
     #[test]
     fn in_one_zone_swaps_balance_a_grown_cluster() {
         let one = [node("a", "z")];
         let two = [node("a", "z"), node("b", "z")];
-        let all = |_: &str| true;
+        let all = |_: usize, _: &str| true;
         let first = plan(None, &one, 2, 0, &all);
         let grown = plan(Some(&first), &two, 2, 0, &all);
         assert_eq!(counts(&grown), [(4096, 0), (0, 4096)], "b gets copies first");
@@ -382,7 +562,7 @@ mod tests {
         fn maps_stay_valid_balanced_and_stable(
             first in arb_nodes(), second in arb_nodes(), replication in 1u8..=2
         ) {
-            let all = |_: &str| true;
+            let all = |_: usize, _: &str| true;
             let a = plan(None, &first, replication, 0, &all);
             prop_assert!(a.check().is_ok(), "{:?}", a.check());
             let b = plan(Some(&a), &second, replication, 0, &all);
@@ -422,6 +602,34 @@ mod tests {
                 m = again;
             }
             prop_assert!(settled, "no fixpoint within 20 plans: {:?}", moves);
+            // Settled planning swaps a live primary's slot only onto a
+            // node that held a copy of it in the map planned from.
+            let s = plan_settled(Some(&a), &second, replication, 0, &|slot, id| a.has_copy(slot, id));
+            prop_assert!(s.check().is_ok(), "{:?}", s.check());
+            for slot in 0..SLOTS {
+                let old_p = &a.nodes[a.primary[slot] as usize].id;
+                let new_p = &s.nodes[s.primary[slot] as usize].id;
+                if replication == 2 && s.index_of(old_p).is_some() && new_p != old_p {
+                    prop_assert!(a.has_copy(slot, new_p), "slot {} moved to {} without a copy", slot, new_p);
+                }
+            }
+            // Whatever moves, a slot that a live node held keeps such a
+            // node as primary or replica (new copies come as learners).
+            for slot in 0..SLOTS {
+                let holders: Vec<&str> = second
+                    .iter()
+                    .map(|n| n.id.as_str())
+                    .filter(|id| a.has_copy(slot, id))
+                    .collect();
+                if replication == 2 && !holders.is_empty() {
+                    let p = s.nodes[s.primary[slot] as usize].id.as_str();
+                    let r = (s.replica[slot] != NO_NODE).then(|| s.nodes[s.replica[slot] as usize].id.as_str());
+                    prop_assert!(holders.contains(&p), "slot {}: primary {} held nothing", slot, p);
+                    if holders.len() >= 2 {
+                        prop_assert!(r.is_some_and(|r| holders.contains(&r)), "slot {}: a second copy was dropped", slot);
+                    }
+                }
+            }
             // A slot whose primary lives on keeps it, or swaps roles
             // with its replica; a lost primary's slot goes to its replica.
             for slot in 0..SLOTS {

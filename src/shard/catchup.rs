@@ -20,7 +20,7 @@ const TABLES_PER_STEP: usize = 32;
 const BACKOFF: Duration = Duration::from_millis(2);
 
 impl Shard {
-    /// Copies the items whose slot's replica is `target` (index in the map
+    /// Copies the items whose slot's replica or learner is `target` (index in the map
     /// of `epoch`) to it; stops if the map changes under it (the replica
     /// asks again under the new map).
     pub async fn copy_chunked(&self, target: u16, epoch: u64, copy: u64) {
@@ -41,7 +41,7 @@ impl Shard {
                 let now_us = crate::time::unix_now_us();
                 store.for_each_in(next..end, now_us, |item| {
                     let hash = key_hash(item.key(), self.seed);
-                    if self.replica_target(hash) == Some(target) {
+                    if self.copies_to(hash, target) {
                         sink.push(&ReplRecord {
                             target,
                             op: OP_COPY,

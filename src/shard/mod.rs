@@ -78,6 +78,9 @@ pub struct Ownership {
     pub primary: Vec<u16>,
     /// Replica node of each slot (`u16::MAX`: none).
     pub replica: Vec<u16>,
+    /// Learner node of each slot (`u16::MAX` or empty: none): a replica
+    /// being filled (the cluster agent copies it the replica's writes).
+    pub learner: Vec<u16>,
     /// The nodes, as clients dial them (also sent in the handshake).
     pub nodes: Vec<crate::proto::ClusterNode>,
 }
@@ -226,6 +229,17 @@ impl Shard {
         let slot = crate::key::slot_of(hash);
         let replica = o.replica[slot];
         (Some(o.primary[slot]) == o.me && replica != u16::MAX).then_some(replica)
+    }
+
+    /// Whether a full copy for node `target` includes the key: this node
+    /// is its slot's primary, and `target` its replica or learner.
+    fn copies_to(&self, hash: u64, target: u16) -> bool {
+        let ownership = self.ownership.borrow();
+        let Some(o) = ownership.as_ref() else {
+            return false;
+        };
+        let slot = crate::key::slot_of(hash);
+        Some(o.primary[slot]) == o.me && (o.replica[slot] == target || o.learner.get(slot) == Some(&target))
     }
 
     /// Hands a write of a slot this node is primary of to its replica.

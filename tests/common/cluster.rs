@@ -80,16 +80,18 @@ pub fn three_nodes(nats: &Nats) -> ([TestServer; 3], Value) {
         node(nats, "n2", "b"),
         node(nats, "n3", "a"),
     ];
-    // Whole and balanced: a node that joins takes primaries (by swaps of
-    // roles) only once it holds its replicas' data, a map or two later.
+    // Whole, balanced and settled: a node that joins first learns slots,
+    // becomes their replica once it holds them, and takes primaries (by
+    // swaps of roles) a few maps later.
     let whole = |h: &Value| {
         serving(h) == ["n1", "n2", "n3"]
             && slot_totals(h) == (4096, 4096)
-            && h["nodes"]
-                .as_array()
-                .is_some_and(|n| n.iter().all(|n| n["primary_slots"].as_u64() > Some(500)))
+            && h["nodes"].as_array().is_some_and(|n| {
+                n.iter()
+                    .all(|n| n["primary_slots"].as_u64() >= Some(4096 / 3) && n["learner_slots"] == 0)
+            })
     };
-    let first = wait_for(&nodes[0], Duration::from_secs(15), "a map of three nodes", whole);
+    let first = wait_for(&nodes[0], Duration::from_secs(20), "a map of three nodes", whole);
     let epoch = first["epoch"].as_u64().unwrap();
     assert!(epoch >= 1);
     for other in &nodes[1..] {

@@ -56,11 +56,31 @@ impl TestServer {
     }
 
     pub fn start_with_args(args: &[&str]) -> TestServer {
+        // DND_TEST_LOG=info shows the servers' logs; DND_TEST_LOG_DIR puts
+        // each server's log in its own file there (node id and a counter).
+        let stderr = match std::env::var("DND_TEST_LOG_DIR") {
+            Ok(dir) => {
+                static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let id = args
+                    .iter()
+                    .position(|a| *a == "--node-id")
+                    .and_then(|i| args.get(i + 1))
+                    .copied()
+                    .unwrap_or("server");
+                let name = format!("{dir}/{}-{n:03}-{id}.log", std::process::id());
+                Stdio::from(std::fs::File::create(name).expect("create the log file"))
+            }
+            Err(_) => Stdio::inherit(),
+        };
         let mut child = Command::new(server_bin())
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("DND_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start cache-server");
         let stdout = child.stdout.take().unwrap();
