@@ -47,6 +47,9 @@ pub const FAILURE_TIMEOUT: Duration = Duration::from_secs(1);
 /// silent peers for dead.
 const SETTLE: Duration = Duration::from_millis(1500);
 
+/// A gap between ticks beyond this is a stall of this process.
+const STALL: Duration = Duration::from_millis(500);
+
 /// The KV key of the slot map.
 const MAP_KEY: &str = "map";
 
@@ -156,6 +159,7 @@ async fn run(
         live: Liveness::default(),
         current: None,
         settled_at: Instant::now() + SETTLE,
+        last_tick: Instant::now(),
         repl,
         shared,
         pending_follow: None,
@@ -222,6 +226,9 @@ struct Agent {
     current: Option<(Arc<SlotMap>, u64)>,
     /// No coordinating before this instant (see [`SETTLE`]).
     settled_at: Instant,
+    /// When the last tick ran: a long gap means this process stalled
+    /// (SIGSTOP, swapping, a frozen VM).
+    last_tick: Instant,
     /// With replication 2: the streams to and from the other nodes.
     repl: Option<Replicator>,
     /// Shared with the shards: the agent's doorbell and the lease.
@@ -307,8 +314,16 @@ impl Agent {
     /// Runs with `map` from now on: every shard gets its slot ownership;
     /// the replication streams follow it at the next tick.
     fn install(&mut self, map: Arc<SlotMap>, revision: u64) {
+        if tracing::enabled!(target: "dnd_cache::cluster::maps", tracing::Level::DEBUG) {
+            let json = serde_json::to_string(&*map).unwrap_or_default();
+            tracing::debug!(target: "dnd_cache::cluster::maps", epoch = map.epoch, map = %json, "cluster: installing");
+        }
         self.state.install(map.clone());
-        self.pending_follow = Some(self.current.as_ref().map(|(m, _)| m.clone()));
+        // Two installs before a follow: the streams follow from the map
+        // they last followed, not from the one in between.
+        if self.pending_follow.is_none() {
+            self.pending_follow = Some(self.current.as_ref().map(|(m, _)| m.clone()));
+        }
         let me = &self.state.me;
         let ownership = Arc::new(ownership(&map, &me.id, me.incarnation));
         for shard in 0..self.control.shard_count() {
@@ -322,6 +337,19 @@ impl Agent {
     }
 
     async fn tick(&mut self) {
+        let started = Instant::now();
+        let stalled = started.duration_since(self.last_tick);
+        self.last_tick = started;
+        if stalled > STALL {
+            // Every peer looks dead to a process that was frozen: hear them
+            // again before judging (a resumed node that coordinated at once
+            // wrote a map of itself alone, with stale data as primaries).
+            warn!(
+                stalled_ms = stalled.as_millis() as u64,
+                "cluster: this node stalled; hearing peers again before coordinating"
+            );
+            self.settled_at = Instant::now() + SETTLE;
+        }
         let me = self.state.me.clone();
         let synced = self.repl.as_ref().is_none_or(|r| r.in_sync());
         let hb = Heartbeat {
@@ -365,6 +393,36 @@ impl Agent {
         }
         if !connected || now < self.settled_at || alive[0].id != me.id {
             return;
+        }
+        // This tick waited on NATS (a request during an outage): heartbeats
+        // were not read meanwhile, so silence proves nothing yet.
+        let blocked = started.elapsed();
+        if blocked > STALL || self.client.connection_state() != async_nats::connection::State::Connected {
+            warn!(
+                blocked_ms = blocked.as_millis() as u64,
+                "cluster: this tick waited on NATS; hearing peers again before coordinating"
+            );
+            self.settled_at = Instant::now() + SETTLE;
+            return;
+        }
+        // A coordinator that hears fewer than half of the map's nodes is
+        // more likely cut off than they are all dead: it does not shrink
+        // the map (with replication 2, two nodes lost at once lose data
+        // anyway; one node of two still fails over).
+        if let Some((map, _)) = &self.current {
+            let heard = map
+                .nodes
+                .iter()
+                .filter(|n| alive.iter().any(|a| a.id == n.id))
+                .count();
+            if heard * 2 < map.nodes.len() {
+                warn!(
+                    heard,
+                    nodes = map.nodes.len(),
+                    "cluster: hearing a minority of the map's nodes; not planning"
+                );
+                return;
+            }
         }
         // The first map waits for the cluster to be whole, or for the
         // settle time to pass twice over (a cluster that starts degraded

@@ -52,6 +52,9 @@ const SHARD_QUEUE_PATIENCE: Duration = Duration::from_secs(2);
 /// A full copy asked for and not finished within this is asked again.
 const COPY_RETRY: Duration = Duration::from_secs(20);
 
+/// Maps kept to read handovers written under an older map than the agent's.
+const KEPT_MAPS: usize = 8;
+
 /// One outgoing stream (to a replica node).
 #[derive(Default)]
 struct Outgoing {
@@ -96,6 +99,9 @@ pub struct Replicator {
     next_copy: u64,
     /// A map was followed (before that, nothing says what it replicates).
     followed: bool,
+    /// The last few maps, newest last: handovers name nodes by their index
+    /// in the map they were written under.
+    maps: VecDeque<Arc<SlotMap>>,
     /// Messages refused for an older epoch, sequence gaps seen, full copies
     /// served to replicas and received.
     pub stale_refused: u64,
@@ -127,6 +133,7 @@ impl Replicator {
             verdicts: vec![Vec::new(); shards],
             next_copy: crate::time::unix_now_us(),
             followed: false,
+            maps: VecDeque::new(),
             stale_refused: 0,
             gaps: 0,
             copies_served: 0,
@@ -151,27 +158,59 @@ impl Replicator {
 
     /// Sends what the shards queued, one message (or more, split at
     /// [`MAX_MESSAGE`]) per target node; tracks strong handovers.
-    pub async fn drain(&mut self, map: &SlotMap) {
-        let mut per_target: HashMap<u16, Vec<u8>> = HashMap::new();
-        let mut strong: Vec<(usize, u64, Vec<u16>)> = Vec::new();
-        // Learners get a copy of their slots' writes (strong writes wait
-        // for the replica only: the learner is not in sync yet).
-        let learners = map.learner.iter().any(|&l| l != NO_NODE);
+    pub async fn drain(&mut self, map: &Arc<SlotMap>) {
+        if self.maps.back().is_none_or(|m| m.epoch != map.epoch) {
+            self.maps.push_back(map.clone());
+            if self.maps.len() > KEPT_MAPS {
+                self.maps.pop_front();
+            }
+        }
+        // Per (target node, epoch written under): the records.
+        let mut per_target: HashMap<(String, u64), Vec<u8>> = HashMap::new();
+        let mut strong: Vec<(usize, u64, Vec<(String, u64)>)> = Vec::new();
         for (shard, queue) in self.queues.iter().enumerate() {
             while let Some(handover) = queue.pop() {
                 let mut targets = Vec::new();
+                // Indexes name nodes of the map the shard wrote under.
+                let Some(written) = self
+                    .maps
+                    .iter()
+                    .rev()
+                    .find(|m| m.epoch == handover.epoch)
+                    .cloned()
+                else {
+                    warn!(
+                        shard,
+                        epoch = handover.epoch,
+                        "replication: records of a map long gone; dropped"
+                    );
+                    if handover.strong {
+                        self.verdicts[shard].push((handover.seq, false));
+                    }
+                    continue;
+                };
+                let me = written.index_of(&self.me).map(|i| i as u16);
+                // Learners get a copy of their slots' writes (strong writes
+                // wait for the replica only: the learner is not in sync yet).
+                let learners = written.learner.iter().any(|&l| l != NO_NODE);
                 for r in records(&handover.records) {
-                    r.encode(per_target.entry(r.target).or_default());
+                    let Some(node) = written.nodes.get(r.target as usize) else {
+                        continue;
+                    };
+                    let key = (node.id.clone(), handover.epoch);
+                    r.encode(per_target.entry(key.clone()).or_default());
                     if learners && r.op != OP_COPY_DONE {
-                        let learner = map.learner_of(slot_of(key_hash(r.key, map.seed)));
-                        if learner != NO_NODE && learner != r.target {
-                            let mut copy = r;
-                            copy.target = learner;
-                            copy.encode(per_target.entry(learner).or_default());
+                        let learner = written.learner_of(slot_of(key_hash(r.key, written.seed)));
+                        if learner != NO_NODE && learner != r.target && Some(learner) != me {
+                            if let Some(l) = written.nodes.get(learner as usize) {
+                                let mut copy = r;
+                                copy.target = learner;
+                                copy.encode(per_target.entry((l.id.clone(), handover.epoch)).or_default());
+                            }
                         }
                     }
-                    if handover.strong && !targets.contains(&r.target) {
-                        targets.push(r.target);
+                    if handover.strong && !targets.contains(&key) {
+                        targets.push(key);
                     }
                 }
                 if handover.strong {
@@ -180,19 +219,11 @@ impl Replicator {
             }
         }
         // Per target: the sequences sent this drain, or None if sending failed.
-        let mut sent: HashMap<u16, Option<Vec<u64>>> = HashMap::new();
-        for (target, body) in per_target {
-            let Some(node) = map.nodes.get(target as usize) else {
-                sent.insert(target, None);
-                continue;
-            };
-            let node = node.id.clone();
+        let mut sent: HashMap<(String, u64), Option<Vec<u64>>> = HashMap::new();
+        for ((node, epoch), body) in per_target {
             let mut seqs = Some(Vec::new());
             for chunk in split_records(&body, MAX_MESSAGE) {
-                match self
-                    .publish(&node, map.epoch, Bytes::copy_from_slice(chunk))
-                    .await
-                {
+                match self.publish(&node, epoch, Bytes::copy_from_slice(chunk)).await {
                     Some(seq) => {
                         if let Some(s) = seqs.as_mut() {
                             s.push(seq)
@@ -201,17 +232,15 @@ impl Replicator {
                     None => seqs = None,
                 }
             }
-            sent.insert(target, seqs);
+            sent.insert((node, epoch), seqs);
         }
         let deadline = Instant::now() + STRONG_TIMEOUT;
         for (shard, seq, targets) in strong {
             let mut waiting = Vec::new();
             let mut ok = true;
             for t in targets {
-                match (map.nodes.get(t as usize), sent.get(&t)) {
-                    (Some(node), Some(Some(seqs))) => {
-                        waiting.extend(seqs.iter().map(|&s| (node.id.clone(), s)));
-                    }
+                match sent.get(&t) {
+                    Some(Some(seqs)) => waiting.extend(seqs.iter().map(|&s| (t.0.clone(), s))),
                     _ => ok = false,
                 }
             }
@@ -271,13 +300,11 @@ impl Replicator {
             return;
         };
         let Some(map) = map else { return };
-        if epoch < map.epoch {
-            // An old primary's write after the map moved on: refused, and
-            // never acknowledged.
-            self.stale_refused += 1;
-            self.answer(&source, seq, false).await;
-            return;
-        }
+        // Written under an older map: a record counts only where its
+        // writer is still the slot's primary (a deposed primary's writes
+        // are refused, and the message never acknowledged).
+        let stale = epoch < map.epoch;
+        let source_index = map.index_of(&source).map(|i| i as u16);
         let stream = self.incoming.entry(source.clone()).or_default();
         if stream.last != 0 && seq != stream.last + 1 {
             self.gaps += 1;
@@ -289,6 +316,7 @@ impl Replicator {
         let shards = self.control.shard_count();
         let mut per_shard: Vec<Vec<u8>> = vec![Vec::new(); shards];
         let mut markers = 0;
+        let mut dropped = 0usize;
         let copy_id = stream.copy.map(|(id, _, _)| id);
         for r in records(&msg.payload) {
             if r.op == OP_COPY_DONE {
@@ -299,7 +327,12 @@ impl Replicator {
                 }
                 continue;
             }
-            let shard = owner_of(key_hash(r.key, map.seed), shards);
+            let hash = key_hash(r.key, map.seed);
+            if stale && Some(map.primary[slot_of(hash)]) != source_index {
+                dropped += 1;
+                continue;
+            }
+            let shard = owner_of(hash, shards);
             r.encode(&mut per_shard[shard]);
         }
         let mut queued = true;
@@ -336,7 +369,10 @@ impl Replicator {
                 }
             }
         }
-        self.answer(&source, seq, true).await;
+        if dropped > 0 {
+            self.stale_refused += 1;
+        }
+        self.answer(&source, seq, dropped == 0).await;
     }
 
     /// Queues a command for a shard, waiting (a little) while its queue is
@@ -430,6 +466,10 @@ impl Replicator {
         // A map naming an earlier run of this node (restarted, empty)
         // gives this run nothing to follow yet; the coordinator re-adds it.
         let Some(me) = map.index_of_run(&self.me, self.incarnation) else {
+            // Out of the map (or named as an earlier run): it replicates
+            // nothing now, and what it held goes stale.
+            self.incoming.clear();
+            self.followed = false;
             return;
         };
         self.followed = true;
@@ -438,7 +478,13 @@ impl Replicator {
         for (source, slots) in sources {
             // A slot it replicated for the same primary, or was primary
             // of itself (a swap of roles), needs no copy.
-            let gained = match prev.and_then(|p| p.index_of_run(&self.me, self.incarnation).map(|m| (p, m))) {
+            // Only from the map just before this one: across a skipped
+            // epoch this node may have been out of the map (paused, cut
+            // off) and missed writes no sequence gap shows.
+            let continuous = prev.filter(|p| p.epoch + 1 == map.epoch);
+            let gained = match continuous
+                .and_then(|p| p.index_of_run(&self.me, self.incarnation).map(|m| (p, m)))
+            {
                 Some((p, pm)) => slots.iter().any(|&slot| {
                     let was_primary = p.primary[slot] as usize == pm;
                     let same_stream = (p.replica[slot] as usize == pm || p.learner_of(slot) as usize == pm)

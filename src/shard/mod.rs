@@ -333,6 +333,11 @@ impl Shard {
     pub fn install_ownership(&self, ownership: std::sync::Arc<Ownership>) {
         let mut current = self.ownership.borrow_mut();
         if current.as_ref().is_none_or(|c| c.epoch <= ownership.epoch) {
+            if let Some(sink) = &self.repl {
+                if let Some(seq) = sink.set_epoch(ownership.epoch) {
+                    self.forget_strong(seq);
+                }
+            }
             *current = Some(ownership);
         }
     }

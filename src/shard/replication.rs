@@ -51,6 +51,10 @@ pub struct Handover {
     pub seq: u64,
     /// A strong write waits for this handover's acknowledgement.
     pub strong: bool,
+    /// The epoch of the map the shard wrote these records under: replicas
+    /// refuse them once they run a newer map (a deposed primary's writes
+    /// never count, whatever map its agent has read since).
+    pub epoch: u64,
     pub records: Vec<u8>,
 }
 
@@ -111,6 +115,8 @@ pub struct ReplSink {
     handed: Cell<u64>,
     /// A strong write is in the buffer.
     strong: Cell<bool>,
+    /// The epoch of the shard's slot ownership (stamped on handovers).
+    epoch: Cell<u64>,
     waiters: RefCell<Vec<Waiter>>,
 }
 
@@ -125,6 +131,7 @@ impl ReplSink {
             dropped: Cell::new(0),
             handed: Cell::new(0),
             strong: Cell::new(false),
+            epoch: Cell::new(0),
             waiters: RefCell::new(Vec::new()),
         };
         (sink, queue)
@@ -167,7 +174,16 @@ impl ReplSink {
         let seq = self.handed.get() + 1;
         self.handed.set(seq);
         let records = std::mem::take(&mut *buffer);
-        let sent = self.queue.push(Handover { seq, strong, records }).is_ok();
+        let epoch = self.epoch.get();
+        let sent = self
+            .queue
+            .push(Handover {
+                seq,
+                strong,
+                epoch,
+                records,
+            })
+            .is_ok();
         if !sent {
             self.dropped.set(self.dropped.get() + 1);
         }
@@ -184,6 +200,15 @@ impl ReplSink {
             }
         }
         strong.then_some(seq)
+    }
+
+    /// The shard runs a map of `epoch` from now on. Hands over what was
+    /// written under the one before first (returns a strong handover's
+    /// sequence, which cannot happen between request cycles).
+    pub fn set_epoch(&self, epoch: u64) -> Option<u64> {
+        let handed = self.hand_over();
+        self.epoch.set(epoch);
+        handed
     }
 
     /// The agent's verdict on handover `seq` (a strong one): every replica
