@@ -301,10 +301,22 @@ impl Replicator {
         };
         let Some(map) = map else { return };
         // Written under an older map: a record counts only where its
-        // writer is still the slot's primary (a deposed primary's writes
-        // are refused, and the message never acknowledged).
+        // writer was the slot's primary under that map (the newest map
+        // kept that is not newer); others are refused, and the message is
+        // never acknowledged. Applied records never replace newer items
+        // (Shard::apply_replicated), so a write in flight from a slot's
+        // previous primary is kept, and a deposed primary's old writes
+        // cannot undo its successor's.
         let stale = epoch < map.epoch;
-        let source_index = map.index_of(&source).map(|i| i as u16);
+        let written = if stale {
+            self.maps.iter().rev().find(|m| m.epoch <= epoch).cloned()
+        } else {
+            None
+        };
+        let source_index = written
+            .as_ref()
+            .and_then(|m| m.index_of(&source))
+            .map(|i| i as u16);
         let stream = self.incoming.entry(source.clone()).or_default();
         if stream.last != 0 && seq != stream.last + 1 {
             self.gaps += 1;
@@ -328,7 +340,8 @@ impl Replicator {
                 continue;
             }
             let hash = key_hash(r.key, map.seed);
-            if stale && Some(map.primary[slot_of(hash)]) != source_index {
+            let writer = written.as_ref().map(|m| m.primary[slot_of(hash)]);
+            if stale && (writer.is_none() || writer != source_index) {
                 dropped += 1;
                 continue;
             }

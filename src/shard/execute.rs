@@ -393,7 +393,8 @@ impl Shard {
             op: OP_DELETE,
             options: 0,
             ttl_s: 0,
-            version: 0,
+            // When it was deleted: a replica keeps a newer write.
+            version: crate::time::unix_now_us(),
             key,
             value: b"",
         };
@@ -403,7 +404,8 @@ impl Shard {
     /// Applies writes its primaries replicated to this node: sets keep the
     /// primary's version (so both copies carry the same version and
     /// expiry); stored values (full copies, codec writes) are kept as they
-    /// came, with their codec flags. Returns how many records were applied.
+    /// came, with their codec flags; a record older than the item held is
+    /// skipped. Returns how many records were applied.
     pub fn apply_replicated(&self, records: &[u8]) -> usize {
         use super::replication::{records as read, OP_COPY, OP_DELETE, OP_SET};
         let now_us = crate::time::unix_now_us();
@@ -414,6 +416,16 @@ impl Shard {
                 continue;
             }
             let hash = key_hash(r.key, self.seed);
+            // The newer version wins: a full copy, or a write in flight
+            // from the slot's previous primary, never replaces a newer item
+            // (versions come from the hybrid clocks of the primaries).
+            if r.version != 0
+                && store
+                    .peek(hash, r.key)
+                    .is_some_and(|i| i.version_us() > r.version)
+            {
+                continue;
+            }
             match r.op {
                 OP_SET | OP_COPY => {
                     let flags = if r.op == OP_COPY {
