@@ -400,3 +400,49 @@ pub(crate) fn test_shard(id: usize, count: usize) -> Shard {
     };
     Shard::new(id, count, limits, store)
 }
+
+#[cfg(test)]
+mod replicated_tests {
+    use super::replication::{ReplRecord, OP_COPY, OP_DELETE, OP_SET};
+    use super::*;
+
+    fn record<'a>(op: u8, version: u64, value: &'a [u8]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        ReplRecord {
+            target: 0,
+            op,
+            options: 0,
+            ttl_s: 0,
+            version,
+            key: b"k",
+            value,
+        }
+        .encode(&mut buf);
+        buf
+    }
+
+    fn held(shard: &Shard) -> Option<(Vec<u8>, u64)> {
+        let hash = crate::key::key_hash(b"k", shard.seed);
+        let store = shard.store.borrow();
+        store
+            .peek(hash, b"k")
+            .map(|i| (i.value().to_vec(), i.version_us()))
+    }
+
+    /// A replica keeps the newer item: an older write (a full copy, or a
+    /// previous primary's write in flight) never replaces it, nor does an
+    /// older delete remove it; equal or newer versions apply.
+    #[test]
+    fn the_newer_version_wins() {
+        let shard = test_shard(0, 1);
+        assert_eq!(shard.apply_replicated(&record(OP_SET, 200, b"new")), 1);
+        assert_eq!(shard.apply_replicated(&record(OP_COPY, 100, b"old")), 0);
+        assert_eq!(shard.apply_replicated(&record(OP_SET, 150, b"old")), 0);
+        assert_eq!(shard.apply_replicated(&record(OP_DELETE, 199, b"")), 0);
+        assert_eq!(held(&shard), Some((b"new".to_vec(), 200)));
+        assert_eq!(shard.apply_replicated(&record(OP_SET, 300, b"newer")), 1);
+        assert_eq!(held(&shard), Some((b"newer".to_vec(), 300)));
+        assert_eq!(shard.apply_replicated(&record(OP_DELETE, 301, b"")), 1);
+        assert_eq!(held(&shard), None);
+    }
+}
