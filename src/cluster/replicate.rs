@@ -52,6 +52,9 @@ const SHARD_QUEUE_PATIENCE: Duration = Duration::from_secs(2);
 /// A full copy asked for and not finished within this is asked again.
 const COPY_RETRY: Duration = Duration::from_secs(20);
 
+/// Where records go: the target node and the epoch they were written under.
+type Dest = (String, u64);
+
 /// Maps kept to read handovers written under an older map than the agent's.
 const KEPT_MAPS: usize = 8;
 
@@ -165,9 +168,9 @@ impl Replicator {
                 self.maps.pop_front();
             }
         }
-        // Per (target node, epoch written under): the records.
-        let mut per_target: HashMap<(String, u64), Vec<u8>> = HashMap::new();
-        let mut strong: Vec<(usize, u64, Vec<(String, u64)>)> = Vec::new();
+        // Per destination: the records.
+        let mut per_target: HashMap<Dest, Vec<u8>> = HashMap::new();
+        let mut strong: Vec<(usize, u64, Vec<Dest>)> = Vec::new();
         for (shard, queue) in self.queues.iter().enumerate() {
             while let Some(handover) = queue.pop() {
                 let mut targets = Vec::new();
@@ -219,7 +222,7 @@ impl Replicator {
             }
         }
         // Per target: the sequences sent this drain, or None if sending failed.
-        let mut sent: HashMap<(String, u64), Option<Vec<u64>>> = HashMap::new();
+        let mut sent: HashMap<Dest, Option<Vec<u64>>> = HashMap::new();
         for ((node, epoch), body) in per_target {
             let mut seqs = Some(Vec::new());
             for chunk in split_records(&body, MAX_MESSAGE) {

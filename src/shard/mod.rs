@@ -406,7 +406,7 @@ mod replicated_tests {
     use super::replication::{ReplRecord, OP_COPY, OP_DELETE, OP_SET};
     use super::*;
 
-    fn record<'a>(op: u8, version: u64, value: &'a [u8]) -> Vec<u8> {
+    fn record(op: u8, version: u64, value: &[u8]) -> Vec<u8> {
         let mut buf = Vec::new();
         ReplRecord {
             target: 0,
