@@ -290,3 +290,49 @@ fn a_cluster_node_without_a_key_file_refuses_encryption() {
     assert_eq!(c.call(&req).status, Status::Malformed as u32);
     assert_eq!(c.call(&common::get(b"k")).status, Status::NotFound as u32);
 }
+
+/// A flush through any one node flushes the whole cluster: every node's
+/// copies (primaries and replicas) are gone, wherever the keys live.
+#[test]
+fn a_flush_through_one_node_flushes_every_node() {
+    let Some(bin) = require_nats() else { return };
+    let nats = Nats::start_js(bin);
+    let (nodes, _) = three_nodes(&nats);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let writer = CacheClient::connect(ClientConfig::new("t").address(nodes[0].addr.to_string()))
+            .await
+            .unwrap();
+        for i in 0..200 {
+            writer.set(format!("flushed:{i}"), "v", 0).await.unwrap();
+        }
+        // Through n2 only (the client sends a flush to the node it dialled).
+        let flusher = CacheClient::connect(ClientConfig::new("t").address(nodes[1].addr.to_string()))
+            .await
+            .unwrap();
+        flusher.flush().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let mut left = 0;
+            for i in 0..200 {
+                if writer.get(format!("flushed:{i}")).await.unwrap().is_some() {
+                    left += 1;
+                }
+            }
+            if left == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{left} of 200 keys survived the flush");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    // Replicas too: each node's item count is 0.
+    for n in &nodes {
+        let stats = HttpConn::open(n.http).get("/api/v2/cache/stats").json();
+        let items = stats["cache_response"]["data"]["total"]["items"].as_u64();
+        assert_eq!(items, Some(0), "{stats}");
+    }
+}

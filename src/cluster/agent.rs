@@ -139,13 +139,14 @@ async fn run(
             control.clone(),
         )
     });
-    let (mut inbox, mut acks, mut sync_requests) = match &repl {
+    let (mut inbox, mut acks, mut sync_requests, mut flushes) = match &repl {
         Some(r) => (
             client.subscribe(r.inbox()).await.ok(),
             client.subscribe(r.acks()).await.ok(),
             client.subscribe(r.sync_requests()).await.ok(),
+            client.subscribe(r.flushes()).await.ok(),
         ),
-        None => (None, None, None),
+        None => (None, None, None, None),
     };
     let mut drain = tokio::time::interval(REPLICATION_DRAIN);
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -202,6 +203,11 @@ async fn run(
             Some(msg) = next_message(&mut acks) => {
                 if let Some(r) = agent.repl.as_mut() {
                     r.acked(&msg.payload);
+                }
+            }
+            Some(msg) = next_message(&mut flushes) => {
+                if let Some(r) = agent.repl.as_ref() {
+                    r.flush_here(&msg.payload);
                 }
             }
             Some(msg) = next_message(&mut sync_requests) => {

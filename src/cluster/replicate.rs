@@ -31,7 +31,7 @@ use tracing::{info, warn};
 use super::slots::{slot_of, SlotMap, NO_NODE};
 use crate::control::ControlPlane;
 use crate::key::{key_hash, owner_of};
-use crate::shard::replication::{records, ReplQueue, OP_COPY_DONE, STRONG_TIMEOUT};
+use crate::shard::replication::{records, ReplQueue, OP_COPY_DONE, OP_FLUSH, STRONG_TIMEOUT};
 use crate::shard::ShardCommand;
 
 /// Header of a replication message: the sending node's id.
@@ -155,6 +155,23 @@ impl Replicator {
     }
 
     /// The subject replicas ask this node for full copies on.
+    /// Where a node that ran a client's flush tells the others to flush.
+    pub fn flushes(&self) -> String {
+        format!("dnd.repl.{}.flush", self.name)
+    }
+
+    /// Another node ran a client's flush: every shard flushes its copies.
+    pub fn flush_here(&self, payload: &[u8]) {
+        if payload == self.me.as_bytes() {
+            return;
+        }
+        info!(from = %String::from_utf8_lossy(payload), "replication: flushing at another node's flush");
+        for shard in 0..self.control.shard_count() {
+            let (reply, _) = tokio::sync::oneshot::channel();
+            let _ = self.control.send(shard, ShardCommand::Flush(reply));
+        }
+    }
+
     pub fn sync_requests(&self) -> String {
         format!("dnd.repl.{}.sync.{}", self.name, self.me)
     }
@@ -171,6 +188,7 @@ impl Replicator {
         // Per destination: the records.
         let mut per_target: HashMap<Dest, Vec<u8>> = HashMap::new();
         let mut strong: Vec<(usize, u64, Vec<Dest>)> = Vec::new();
+        let mut flush = false;
         for (shard, queue) in self.queues.iter().enumerate() {
             while let Some(handover) = queue.pop() {
                 let mut targets = Vec::new();
@@ -197,6 +215,10 @@ impl Replicator {
                 // wait for the replica only: the learner is not in sync yet).
                 let learners = written.learner.iter().any(|&l| l != NO_NODE);
                 for r in records(&handover.records) {
+                    if r.op == OP_FLUSH {
+                        flush = true;
+                        continue;
+                    }
                     let Some(node) = written.nodes.get(r.target as usize) else {
                         continue;
                     };
@@ -219,6 +241,14 @@ impl Replicator {
                 if handover.strong {
                     strong.push((shard, handover.seq, targets));
                 }
+            }
+        }
+        if flush {
+            // After this drain's writes to replicas, which the flush follows.
+            let subject = self.flushes();
+            let me = Bytes::from(self.me.clone().into_bytes());
+            if let Err(e) = self.client.publish(subject, me).await {
+                warn!(error = %e, "replication: could not tell the other nodes to flush");
             }
         }
         // Per target: the sequences sent this drain, or None if sending failed.

@@ -30,6 +30,10 @@ pub const OP_COPY: u8 = 3;
 /// The end of one shard's full copy (key = the copy's id, 8 bytes).
 pub const OP_COPY_DONE: u8 = 4;
 
+/// A client's flush on this node: the agent tells every node of the
+/// cluster to flush (no key; `target` unused).
+pub const OP_FLUSH: u8 = 5;
+
 /// Bit of `options`: the write asked for compression.
 pub const OPT_COMPRESSION: u8 = 1;
 /// Bit of `options`: the write asked for encryption at rest.
