@@ -31,7 +31,7 @@ use super::ClusterState;
 use crate::config::ClusterConfig;
 use crate::control::ControlPlane;
 use crate::shard::replication::{ReplShared, ReplWiring};
-use crate::shard::{Ownership, ShardCommand};
+use crate::shard::ShardCommand;
 
 /// How often the shards' replication queues are drained and sent.
 pub const REPLICATION_DRAIN: Duration = Duration::from_millis(1);
@@ -331,7 +331,7 @@ impl Agent {
             self.pending_follow = Some(self.current.as_ref().map(|(m, _)| m.clone()));
         }
         let me = &self.state.me;
-        let ownership = Arc::new(ownership(&map, &me.id, me.incarnation));
+        let ownership = Arc::new(map.ownership(&me.id, me.incarnation));
         for shard in 0..self.control.shard_count() {
             // A full queue means a stuck shard; it keeps the older map and
             // the next map reaches it.
@@ -558,31 +558,6 @@ impl Agent {
                 self.refresh().await;
             }
         }
-    }
-}
-
-/// Slot ownership as shards check it, from a map, for node `me` as it
-/// runs now: a map naming an earlier run (restarted, empty) gives it no
-/// slot, so it serves none of them until the coordinator re-adds it.
-pub(super) fn ownership(map: &SlotMap, me: &str, incarnation: u64) -> Ownership {
-    Ownership {
-        epoch: map.epoch,
-        me: map.index_of_run(me, incarnation).map(|i| i as u16),
-        primary: map.primary.clone(),
-        replica: map.replica.clone(),
-        learner: map.learner.clone(),
-        nodes: map
-            .nodes
-            .iter()
-            .map(|n| crate::proto::ClusterNode {
-                id: n.id.clone(),
-                zone: n.zone.clone(),
-                host: n.host.clone(),
-                port: u32::from(n.port),
-                shard_ports: n.shard_ports.iter().map(|&p| u32::from(p)).collect(),
-                http_port: u32::from(n.http_port),
-            })
-            .collect(),
     }
 }
 

@@ -10,8 +10,9 @@
 //! - **Strong writes.** A handover that carries one is tracked until every
 //!   message holding its records is acknowledged (verdict `true` to its
 //!   shard), refused, or [`STRONG_TIMEOUT`] passes (`false`).
-//! - **Epochs.** A replica refuses (and answers `refused` to) a message of
-//!   an older epoch than its map's: a paused old primary cannot complete a
+//! - **Epochs.** A replica refuses (and answers `refused` to) the records
+//!   of a message written under an older map whose writer was not the
+//!   slot's primary under that map: a paused old primary cannot complete a
 //!   write after its replacement took over.
 //! - **Catch-up.** A replica that gains slots of a primary (a new map, a
 //!   restart) or sees a sequence gap asks that primary for a full copy of
@@ -33,6 +34,8 @@ use crate::control::ControlPlane;
 use crate::key::{key_hash, owner_of};
 use crate::shard::replication::{records, ReplQueue, OP_COPY_DONE, OP_FLUSH, STRONG_TIMEOUT};
 use crate::shard::ShardCommand;
+
+mod catchup;
 
 /// Header of a replication message: the sending node's id.
 const SOURCE: &str = "Dnd-Source";
@@ -505,104 +508,6 @@ impl Replicator {
         }
     }
 
-    /// After a new map: the primaries this node now replicates slots of,
-    /// and which it has not copied since it gained them, are asked for a
-    /// full copy; streams from nodes it no longer replicates are dropped.
-    pub async fn follow_map(&mut self, prev: Option<&SlotMap>, map: &SlotMap) {
-        // A map naming an earlier run of this node (restarted, empty)
-        // gives this run nothing to follow yet; the coordinator re-adds it.
-        let Some(me) = map.index_of_run(&self.me, self.incarnation) else {
-            // Out of the map (or named as an earlier run): it replicates
-            // nothing now, and what it held goes stale.
-            self.incoming.clear();
-            self.followed = false;
-            return;
-        };
-        self.followed = true;
-        let sources = replicated_sources(map, me);
-        self.incoming.retain(|id, _| sources.iter().any(|(s, _)| s == id));
-        for (source, slots) in sources {
-            // A slot it replicated for the same primary, or was primary
-            // of itself (a swap of roles), needs no copy.
-            // Only from the map just before this one: across a skipped
-            // epoch this node may have been out of the map (paused, cut
-            // off) and missed writes no sequence gap shows.
-            let continuous = prev.filter(|p| p.epoch + 1 == map.epoch);
-            let gained = match continuous
-                .and_then(|p| p.index_of_run(&self.me, self.incarnation).map(|m| (p, m)))
-            {
-                Some((p, pm)) => slots.iter().any(|&slot| {
-                    let was_primary = p.primary[slot] as usize == pm;
-                    let same_stream = (p.replica[slot] as usize == pm || p.learner_of(slot) as usize == pm)
-                        && p.nodes.get(p.primary[slot] as usize).map(|n| &n.id) == Some(&source);
-                    !(was_primary || same_stream)
-                }),
-                None => true,
-            };
-            let stream = self.incoming.entry(source.clone()).or_default();
-            if gained {
-                stream.synced = false;
-                stream.copy = None;
-            }
-        }
-        self.ask_for_copies().await;
-    }
-
-    /// Asks every primary this node is out of sync with, and not already
-    /// copying from, for a full copy.
-    pub async fn ask_for_copies(&mut self) {
-        let now = Instant::now();
-        let mut asks = Vec::new();
-        for (source, stream) in self.incoming.iter_mut() {
-            let stale = stream
-                .copy
-                .is_some_and(|(_, _, at)| now.duration_since(at) > COPY_RETRY);
-            if !stream.synced && (stream.copy.is_none() || stale) {
-                self.next_copy += 1;
-                stream.copy = Some((self.next_copy, 0, now));
-                asks.push((source.clone(), self.next_copy));
-            }
-        }
-        for (source, id) in asks {
-            info!(%source, copy = id, "replication: asking for a full copy");
-            let subject = format!("dnd.repl.{}.sync.{source}", self.name);
-            let body = format!("{} {id}", self.me);
-            let _ = self.client.publish(subject, Bytes::from(body)).await;
-        }
-    }
-
-    /// A replica asks this node for a full copy: every shard streams the
-    /// items of the slots that replica holds for this node.
-    pub async fn serve_copy(&mut self, payload: &[u8], map: &SlotMap) {
-        let text = String::from_utf8_lossy(payload);
-        let Some((from, id)) = text.split_once(' ') else {
-            return;
-        };
-        let (Some(target), Ok(id)) = (map.index_of(from), id.parse::<u64>()) else {
-            return;
-        };
-        info!(replica = %from, copy = id, "replication: serving a full copy");
-        self.copies_served += 1;
-        for shard in 0..self.control.shard_count() {
-            let command = ShardCommand::Copy {
-                target: target as u16,
-                epoch: map.epoch,
-                copy: id,
-            };
-            if !self.queue_for_shard(shard, command).await {
-                warn!(
-                    shard,
-                    "replication: could not start a full copy (shard queue full)"
-                );
-            }
-        }
-    }
-
-    /// Whether this node holds every item of the slots it replicates.
-    pub fn in_sync(&self) -> bool {
-        self.followed && self.incoming.values().all(|s| s.synced)
-    }
-
     /// Seconds behind, per target node: the age of the oldest message it
     /// has not acknowledged (0 when it has them all).
     pub fn lag(&self) -> Vec<(String, f64)> {
@@ -626,25 +531,6 @@ impl Replicator {
     pub fn prune(&mut self, map: &SlotMap) {
         self.outgoing.retain(|id, _| map.index_of(id).is_some());
     }
-}
-
-/// The primaries of the slots node `me` replicates in `map`, with those
-/// slots.
-fn replicated_sources(map: &SlotMap, me: usize) -> Vec<(String, Vec<usize>)> {
-    let mut out: Vec<(String, Vec<usize>)> = Vec::new();
-    for slot in 0..map.replica.len() {
-        if map.replica[slot] as usize != me && map.learner_of(slot) as usize != me {
-            continue;
-        }
-        let Some(p) = map.nodes.get(map.primary[slot] as usize) else {
-            continue;
-        };
-        match out.iter_mut().find(|(id, _)| id == &p.id) {
-            Some((_, slots)) => slots.push(slot),
-            None => out.push((p.id.clone(), vec![slot])),
-        }
-    }
-    out
 }
 
 /// `body` cut at record boundaries into pieces of at most `max` bytes (a
