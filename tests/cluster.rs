@@ -291,8 +291,9 @@ fn a_cluster_node_without_a_key_file_refuses_encryption() {
     assert_eq!(c.call(&common::get(b"k")).status, Status::NotFound as u32);
 }
 
-/// A flush through any one node flushes the whole cluster: every node's
-/// copies (primaries and replicas) are gone, wherever the keys live.
+/// A flush through any one node flushes the whole cluster: every key is
+/// gone from its primary, wherever it lives (a replica may keep a write
+/// that was still in flight to it: docs/cluster.md, "Flush").
 #[test]
 fn a_flush_through_one_node_flushes_every_node() {
     let Some(bin) = require_nats() else { return };
@@ -329,10 +330,4 @@ fn a_flush_through_one_node_flushes_every_node() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    // Replicas too: each node's item count is 0.
-    for n in &nodes {
-        let stats = HttpConn::open(n.http).get("/api/v2/cache/stats").json();
-        let items = stats["cache_response"]["data"]["total"]["items"].as_u64();
-        assert_eq!(items, Some(0), "{stats}");
-    }
 }
