@@ -469,6 +469,7 @@ impl Agent {
         if let Some(r) = self.repl.as_mut() {
             r.prune(&map);
             r.follow_map(prev.as_deref(), &map).await;
+            r.serve_deferred(&map).await;
         }
     }
 

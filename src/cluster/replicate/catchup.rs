@@ -18,6 +18,7 @@ impl Replicator {
     pub async fn follow_map(&mut self, prev: Option<&SlotMap>, map: &SlotMap) {
         // A map naming an earlier run of this node (restarted, empty)
         // gives this run nothing to follow yet; the coordinator re-adds it.
+        self.followed_epoch = map.epoch;
         let Some(me) = map.index_of_run(&self.me, self.incarnation) else {
             // Out of the map (or named as an earlier run): it replicates
             // nothing now, and what it held goes stale.
@@ -49,6 +50,10 @@ impl Replicator {
             let stream = self.incoming.entry(source.clone()).or_default();
             if gained {
                 stream.synced = false;
+            }
+            if !stream.synced {
+                // A primary stops a full copy when its map changes: ask
+                // again under this map now rather than after COPY_RETRY.
                 stream.copy = None;
             }
         }
@@ -73,7 +78,9 @@ impl Replicator {
         for (source, id) in asks {
             info!(%source, copy = id, "replication: asking for a full copy");
             let subject = format!("dnd.repl.{}.sync.{source}", self.name);
-            let body = format!("{} {id}", self.me);
+            // With the epoch of the map it follows: a primary that has not
+            // installed that map yet serves the copy once it has.
+            let body = format!("{} {id} {}", self.me, self.followed_epoch);
             let _ = self.client.publish(subject, Bytes::from(body)).await;
         }
     }
@@ -82,9 +89,19 @@ impl Replicator {
     /// items of the slots that replica holds for this node.
     pub async fn serve_copy(&mut self, payload: &[u8], map: &SlotMap) {
         let text = String::from_utf8_lossy(payload);
-        let Some((from, id)) = text.split_once(' ') else {
+        let mut fields = text.split(' ');
+        let (Some(from), Some(id)) = (fields.next(), fields.next()) else {
             return;
         };
+        let asked_under = fields.next().and_then(|e| e.parse::<u64>().ok()).unwrap_or(0);
+        if asked_under > map.epoch {
+            // Its copy would stop as soon as this node installs that map
+            // (a few kept: the replica asks again after COPY_RETRY).
+            if self.deferred_copies.len() < 64 {
+                self.deferred_copies.push(payload.to_vec());
+            }
+            return;
+        }
         let (Some(target), Ok(id)) = (map.index_of(from), id.parse::<u64>()) else {
             return;
         };
@@ -102,6 +119,13 @@ impl Replicator {
                     "replication: could not start a full copy (shard queue full)"
                 );
             }
+        }
+    }
+
+    /// Serves the copies asked under a map this node has now installed.
+    pub async fn serve_deferred(&mut self, map: &SlotMap) {
+        for payload in std::mem::take(&mut self.deferred_copies) {
+            self.serve_copy(&payload, map).await;
         }
     }
 

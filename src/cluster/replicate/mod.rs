@@ -105,6 +105,11 @@ pub struct Replicator {
     next_copy: u64,
     /// A map was followed (before that, nothing says what it replicates).
     followed: bool,
+    /// The epoch of the map followed last.
+    followed_epoch: u64,
+    /// Full copies asked under a map newer than this node's, kept until it
+    /// installs that map.
+    deferred_copies: Vec<Vec<u8>>,
     /// The last few maps, newest last: handovers name nodes by their index
     /// in the map they were written under.
     maps: VecDeque<Arc<SlotMap>>,
@@ -140,6 +145,8 @@ impl Replicator {
             next_copy: crate::time::unix_now_us(),
             followed: false,
             maps: VecDeque::new(),
+            followed_epoch: 0,
+            deferred_copies: Vec::new(),
             stale_refused: 0,
             gaps: 0,
             copies_served: 0,
