@@ -401,9 +401,13 @@ impl Agent {
             return;
         }
         // This tick waited on NATS (a request during an outage): heartbeats
-        // were not read meanwhile, so silence proves nothing yet.
+        // were not read meanwhile, so silence proves nothing yet (the first
+        // map is exempt: it removes no one, and JetStream may be slow to
+        // answer while it starts).
         let blocked = started.elapsed();
-        if blocked > STALL || self.client.connection_state() != async_nats::connection::State::Connected {
+        if self.current.is_some()
+            && (blocked > STALL || self.client.connection_state() != async_nats::connection::State::Connected)
+        {
             warn!(
                 blocked_ms = blocked.as_millis() as u64,
                 "cluster: this tick waited on NATS; hearing peers again before coordinating"
