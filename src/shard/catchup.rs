@@ -5,6 +5,14 @@
 //! copied reaches the replica as a write; one written before is copied
 //! with its latest value: either way the replica ends with the primary's
 //! item. The last record is a marker with the copy's id.
+//!
+//! Flow control: a copy runs as fast as the replica takes it, never
+//! faster. It hands its records over in pieces of [`HANDOVER_BYTES`] and
+//! waits while more than [`QUEUED_BUFFERS`] buffers wait for the agent or
+//! more than [`WINDOW_BYTES`] sent are unacknowledged. A copy pushed out
+//! unpaced (5 million items measured) filled NATS' per-client buffers, so
+//! the server cut the slow replica off, the agents' heartbeats waited behind
+//! the data, and the cluster moved the map under the copy again and again.
 
 use std::time::Duration;
 
@@ -13,11 +21,20 @@ use super::store::SUBTABLES;
 use super::Shard;
 use crate::key::key_hash;
 
-/// Sub-tables copied per step (about 1/256 of the shard's items).
-const TABLES_PER_STEP: usize = 32;
+/// Sub-tables copied per step (about 1/1,024 of the shard's items).
+const TABLES_PER_STEP: usize = 8;
 
-/// Pause between steps while the agent's queue is more than half full.
-const BACKOFF: Duration = Duration::from_millis(2);
+/// A copy hands its records to the agent once it has this many bytes.
+const HANDOVER_BYTES: usize = 256 << 10;
+
+/// A copy waits while more buffers than this wait for the agent...
+const QUEUED_BUFFERS: usize = 8;
+
+/// ... or while this node has more bytes than this in flight to replicas.
+const WINDOW_BYTES: u64 = 16 << 20;
+
+/// Pause while the copy waits.
+const BACKOFF: Duration = Duration::from_millis(1);
 
 impl Shard {
     /// Copies the items whose slot's replica or learner is `target` (index in the map
@@ -32,8 +49,14 @@ impl Shard {
                 tracing::info!(shard = self.id, copy, "full copy stopped: the map changed");
                 return;
             }
-            while sink.queued() > QUEUE_BUFFERS / 2 {
+            while sink.queued() > QUEUED_BUFFERS.min(QUEUE_BUFFERS / 2)
+                || sink.shared().unacked_bytes() > WINDOW_BYTES
+            {
                 glommio::timer::sleep(BACKOFF).await;
+                if self.ownership().is_none_or(|o| o.epoch != epoch) {
+                    tracing::info!(shard = self.id, copy, "full copy stopped: the map changed");
+                    return;
+                }
             }
             let end = (next + TABLES_PER_STEP).min(SUBTABLES);
             {
@@ -56,6 +79,10 @@ impl Shard {
                 });
             }
             next = end;
+            if sink.buffered() < HANDOVER_BYTES {
+                glommio::yield_if_needed().await;
+                continue;
+            }
             if let Some(seq) = sink.hand_over() {
                 // A strong write of a request cycle was in the buffer: its
                 // cycle waits on it, not this task (never reached: cycles

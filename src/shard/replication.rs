@@ -59,6 +59,10 @@ pub struct Handover {
     /// refuse them once they run a newer map (a deposed primary's writes
     /// never count, whatever map its agent has read since).
     pub epoch: u64,
+    /// A handover of this shard was dropped before this one (the queue was
+    /// full): its replicas missed records, and the agent makes them see a
+    /// sequence gap (then a full copy).
+    pub after_loss: bool,
     pub records: Vec<u8>,
 }
 
@@ -77,6 +81,9 @@ pub struct ReplShared {
     /// slots its map gives it: the cluster cannot have moved them before
     /// (docs/cluster.md, "Leases"). 0: no lease.
     lease_until_us: AtomicU64,
+    /// Bytes sent to replicas and not acknowledged yet (set by the agent;
+    /// read by full copies only, which wait while it is over their window).
+    unacked_bytes: AtomicU64,
 }
 
 impl ReplShared {
@@ -91,6 +98,14 @@ impl ReplShared {
     #[inline]
     pub fn lease_valid(&self, now_us: u64) -> bool {
         now_us < self.lease_until_us.load(Ordering::Relaxed)
+    }
+
+    pub fn set_unacked_bytes(&self, bytes: u64) {
+        self.unacked_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn unacked_bytes(&self) -> u64 {
+        self.unacked_bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -115,6 +130,8 @@ pub struct ReplSink {
     queue: ReplQueue,
     shared: Arc<ReplShared>,
     dropped: Cell<u64>,
+    /// A handover was dropped and no later one reached the agent yet.
+    lost: Cell<bool>,
     /// Sequence of the last handover.
     handed: Cell<u64>,
     /// A strong write is in the buffer.
@@ -133,6 +150,7 @@ impl ReplSink {
             queue: queue.clone(),
             shared,
             dropped: Cell::new(0),
+            lost: Cell::new(false),
             handed: Cell::new(0),
             strong: Cell::new(false),
             epoch: Cell::new(0),
@@ -185,11 +203,15 @@ impl ReplSink {
                 seq,
                 strong,
                 epoch,
+                after_loss: self.lost.get(),
                 records,
             })
             .is_ok();
-        if !sent {
+        if sent {
+            self.lost.set(false);
+        } else {
             self.dropped.set(self.dropped.get() + 1);
+            self.lost.set(true);
         }
         if strong {
             // The waiter exists before the verdict can arrive; a buffer
@@ -268,6 +290,11 @@ impl ReplSink {
     /// Buffers waiting for the agent.
     pub fn queued(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Bytes pushed since the last handover.
+    pub fn buffered(&self) -> usize {
+        self.buffer.borrow().len()
     }
 
     /// Buffers dropped because the agent fell behind.
@@ -386,5 +413,13 @@ mod tests {
         assert_eq!(sink.dropped(), 3);
         sink.hand_over();
         assert_eq!(sink.dropped(), 3, "nothing to hand over");
+        // The first handover the agent gets after a loss says so, once.
+        while queue.pop().is_some() {}
+        sink.push(&record);
+        sink.hand_over();
+        sink.push(&record);
+        sink.hand_over();
+        let flags: Vec<bool> = std::iter::from_fn(|| queue.pop()).map(|h| h.after_loss).collect();
+        assert_eq!(flags, [true, false]);
     }
 }

@@ -31,11 +31,12 @@ use tracing::{info, warn};
 
 use super::slots::{slot_of, SlotMap, NO_NODE};
 use crate::control::ControlPlane;
-use crate::key::{key_hash, owner_of};
+use crate::key::key_hash;
 use crate::shard::replication::{records, ReplQueue, OP_COPY_DONE, OP_FLUSH, STRONG_TIMEOUT};
 use crate::shard::ShardCommand;
 
 mod catchup;
+mod receive;
 
 /// Header of a replication message: the sending node's id.
 const SOURCE: &str = "Dnd-Source";
@@ -61,12 +62,21 @@ type Dest = (String, u64);
 /// Maps kept to read handovers written under an older map than the agent's.
 const KEPT_MAPS: usize = 8;
 
+/// Bytes of handovers one drain takes from each shard at most; the rest
+/// waits for the next drain (a millisecond later), so that a full copy in
+/// flight never holds the agent for long.
+const DRAIN_BYTES_PER_SHARD: usize = 4 << 20;
+
+/// See [`Replicator::unacked_bytes`].
+const UNACKED_FORGOTTEN: Duration = Duration::from_secs(3);
+
 /// One outgoing stream (to a replica node).
 #[derive(Default)]
 struct Outgoing {
     next: u64,
-    /// Sequences sent and not acknowledged yet, with when they were sent.
-    unacked: VecDeque<(u64, Instant)>,
+    /// Sequences sent and not acknowledged yet, with when they were sent
+    /// and their bytes.
+    unacked: VecDeque<(u64, Instant, usize)>,
 }
 
 /// One incoming stream (from a primary node).
@@ -90,7 +100,12 @@ struct StrongWait {
 
 /// The replication streams of one node, both directions.
 pub struct Replicator {
+    /// Acknowledgements, copy requests: the agent's connection, shared
+    /// with heartbeats and the map.
     client: Client,
+    /// Records and flushes: a connection of their own, so that a full copy
+    /// in flight never delays a heartbeat or an acknowledgement.
+    data: Client,
     name: String,
     me: String,
     /// This run of the node ([`super::slots::NodeInfo::incarnation`]).
@@ -124,6 +139,7 @@ pub struct Replicator {
 impl Replicator {
     pub fn new(
         client: Client,
+        data: Client,
         name: &str,
         me: &str,
         incarnation: u64,
@@ -133,6 +149,7 @@ impl Replicator {
         let shards = queues.len();
         Replicator {
             client,
+            data,
             name: name.to_string(),
             me: me.to_string(),
             incarnation,
@@ -199,8 +216,13 @@ impl Replicator {
         let mut per_target: HashMap<Dest, Vec<u8>> = HashMap::new();
         let mut strong: Vec<(usize, u64, Vec<Dest>)> = Vec::new();
         let mut flush = false;
+        let mut lost = false;
         for (shard, queue) in self.queues.iter().enumerate() {
-            while let Some(handover) = queue.pop() {
+            let mut taken = 0;
+            while taken < DRAIN_BYTES_PER_SHARD {
+                let Some(handover) = queue.pop() else { break };
+                taken += handover.records.len();
+                lost |= handover.after_loss;
                 let mut targets = Vec::new();
                 // Indexes name nodes of the map the shard wrote under.
                 let Some(written) = self
@@ -253,11 +275,20 @@ impl Replicator {
                 }
             }
         }
+        if lost {
+            // A shard dropped records (its queue was full): every replica
+            // of this node sees a sequence gap and asks for a full copy.
+            warn!("replication: a shard's queue overflowed; replicas resync");
+            for stream in self.outgoing.values_mut() {
+                stream.next += 1;
+            }
+        }
         if flush {
-            // After this drain's writes to replicas, which the flush follows.
+            // After this drain's writes to replicas, which the flush follows
+            // (on the same connection).
             let subject = self.flushes();
             let me = Bytes::from(self.me.clone().into_bytes());
-            if let Err(e) = self.client.publish(subject, me).await {
+            if let Err(e) = self.data.publish(subject, me).await {
                 warn!(error = %e, "replication: could not tell the other nodes to flush");
             }
         }
@@ -314,9 +345,10 @@ impl Replicator {
         headers.insert(EPOCH, epoch.to_string().as_str());
         headers.insert(SEQ, seq.to_string().as_str());
         let subject = format!("dnd.repl.{}.{}", self.name, node);
-        match self.client.publish_with_headers(subject, headers, body).await {
+        let bytes = body.len();
+        match self.data.publish_with_headers(subject, headers, body).await {
             Ok(()) => {
-                stream.unacked.push_back((seq, Instant::now()));
+                stream.unacked.push_back((seq, Instant::now(), bytes));
                 Some(seq)
             }
             Err(e) => {
@@ -324,137 +356,6 @@ impl Replicator {
                 None
             }
         }
-    }
-
-    /// Applies a message of a primary: checks epoch and sequence, hands the
-    /// records to their shards, acknowledges (or refuses).
-    pub async fn receive(&mut self, msg: &async_nats::Message, map: Option<&SlotMap>) {
-        let header = |name: &str| {
-            msg.headers
-                .as_ref()
-                .and_then(|h| h.get(name))
-                .map(|v| v.as_str().to_string())
-        };
-        let (Some(source), Some(epoch), Some(seq)) = (header(SOURCE), header(EPOCH), header(SEQ)) else {
-            warn!("replication: a message without its headers");
-            return;
-        };
-        let (Ok(epoch), Ok(seq)) = (epoch.parse::<u64>(), seq.parse::<u64>()) else {
-            return;
-        };
-        let Some(map) = map else { return };
-        // Written under an older map: a record counts only where its
-        // writer was the slot's primary under that map (the newest map
-        // kept that is not newer); others are refused, and the message is
-        // never acknowledged. Applied records never replace newer items
-        // (Shard::apply_replicated), so a write in flight from a slot's
-        // previous primary is kept, and a deposed primary's old writes
-        // cannot undo its successor's.
-        let stale = epoch < map.epoch;
-        let written = if stale {
-            self.maps.iter().rev().find(|m| m.epoch <= epoch).cloned()
-        } else {
-            None
-        };
-        let source_index = written
-            .as_ref()
-            .and_then(|m| m.index_of(&source))
-            .map(|i| i as u16);
-        let stream = self.incoming.entry(source.clone()).or_default();
-        if stream.last != 0 && seq != stream.last + 1 {
-            self.gaps += 1;
-            stream.synced = false;
-            stream.copy = None;
-            warn!(%source, expected = stream.last + 1, seq, "replication: sequence gap; asking for a full copy");
-        }
-        stream.last = seq;
-        let shards = self.control.shard_count();
-        let mut per_shard: Vec<Vec<u8>> = vec![Vec::new(); shards];
-        let mut markers = 0;
-        let mut dropped = 0usize;
-        let copy_id = stream.copy.map(|(id, _, _)| id);
-        for r in records(&msg.payload) {
-            if r.op == OP_COPY_DONE {
-                if r.key.len() == 8
-                    && Some(u64::from_le_bytes(r.key.try_into().unwrap_or_default())) == copy_id
-                {
-                    markers += 1;
-                }
-                continue;
-            }
-            let hash = key_hash(r.key, map.seed);
-            let writer = written.as_ref().map(|m| m.primary[slot_of(hash)]);
-            if stale && (writer.is_none() || writer != source_index) {
-                dropped += 1;
-                continue;
-            }
-            let shard = owner_of(hash, shards);
-            r.encode(&mut per_shard[shard]);
-        }
-        let mut queued = true;
-        for (shard, body) in per_shard.into_iter().enumerate() {
-            if !body.is_empty() {
-                queued &= self.queue_for_shard(shard, ShardCommand::Replicated(body)).await;
-            }
-        }
-        if !queued {
-            warn!(%source, "replication: a shard's queue stayed full; records lost (asking for a full copy)");
-            self.gaps += 1;
-            if let Some(s) = self.incoming.get_mut(&source) {
-                s.synced = false;
-                s.copy = None;
-            }
-            self.answer(&source, seq, false).await;
-            return;
-        }
-        if markers > 0 {
-            let expected = map
-                .index_of(&source)
-                .map_or(usize::MAX, |i| map.nodes[i].shard_ports.len().max(1));
-            if let Some(s) = self.incoming.get_mut(&source) {
-                if let Some((id, seen, asked)) = s.copy {
-                    let seen = seen + markers;
-                    if seen >= expected {
-                        info!(%source, copy = id, took_ms = asked.elapsed().as_millis() as u64, "replication: full copy received; in sync");
-                        s.copy = None;
-                        s.synced = true;
-                        self.copies_received += 1;
-                    } else {
-                        s.copy = Some((id, seen, asked));
-                    }
-                }
-            }
-        }
-        if dropped > 0 {
-            self.stale_refused += 1;
-        }
-        self.answer(&source, seq, dropped == 0).await;
-    }
-
-    /// Queues a command for a shard, waiting (a little) while its queue is
-    /// full rather than losing the records.
-    async fn queue_for_shard(&self, shard: usize, mut command: ShardCommand) -> bool {
-        let give_up = Instant::now() + SHARD_QUEUE_PATIENCE;
-        loop {
-            match self.control.send(shard, command) {
-                Ok(()) => return true,
-                Err(back) if Instant::now() < give_up => {
-                    command = back;
-                    tokio::time::sleep(Duration::from_micros(200)).await;
-                }
-                Err(_) => return false,
-            }
-        }
-    }
-
-    async fn answer(&self, source: &str, seq: u64, ok: bool) {
-        let body = if ok {
-            format!("{} {seq}", self.me)
-        } else {
-            format!("{} {seq} refused", self.me)
-        };
-        let subject = format!("dnd.repl.{}.ack.{source}", self.name);
-        let _ = self.client.publish(subject, Bytes::from(body)).await;
     }
 
     /// An acknowledgement (or refusal) from a replica.
@@ -466,7 +367,7 @@ impl Replicator {
         };
         let refused = parts.next() == Some("refused");
         if let Some(stream) = self.outgoing.get_mut(from) {
-            while stream.unacked.front().is_some_and(|&(s, _)| s <= seq) {
+            while stream.unacked.front().is_some_and(|&(s, _, _)| s <= seq) {
                 stream.unacked.pop_front();
             }
         }
@@ -526,7 +427,7 @@ impl Replicator {
                 let behind = stream
                     .unacked
                     .front()
-                    .map_or(0.0, |&(_, at)| now.duration_since(at).as_secs_f64());
+                    .map_or(0.0, |&(_, at, _)| now.duration_since(at).as_secs_f64());
                 (target.clone(), behind)
             })
             .collect();
@@ -535,8 +436,41 @@ impl Replicator {
     }
 
     /// Forgets the outgoing streams to nodes no longer in the map.
+    /// Strong writes waiting on such a node fail now (CACHE_005): it will
+    /// not acknowledge them, and the client's retry then runs under the
+    /// new map instead of after [`STRONG_TIMEOUT`] (the slow failovers of
+    /// the chaos run: a retry sent just before the map moved waited its
+    /// whole second for the dead replica).
     pub fn prune(&mut self, map: &SlotMap) {
         self.outgoing.retain(|id, _| map.index_of(id).is_some());
+        let mut i = 0;
+        while i < self.strong.len() {
+            if self.strong[i]
+                .waiting
+                .iter()
+                .any(|(node, _)| map.index_of(node).is_none())
+            {
+                let w = self.strong.swap_remove(i);
+                self.verdicts[w.shard].push((w.seq, false));
+            } else {
+                i += 1;
+            }
+        }
+        self.deliver_verdicts();
+    }
+
+    /// Bytes sent and not acknowledged, over every replica. A message
+    /// never acknowledged (lost on the way, or with a replica that died)
+    /// stops counting after [`UNACKED_FORGOTTEN`], so that it cannot stop
+    /// the copies that would repair it.
+    pub fn unacked_bytes(&self) -> u64 {
+        let now = Instant::now();
+        self.outgoing
+            .values()
+            .flat_map(|s| s.unacked.iter())
+            .filter(|&&(_, at, _)| now.duration_since(at) < UNACKED_FORGOTTEN)
+            .map(|&(_, _, bytes)| bytes as u64)
+            .sum()
     }
 }
 

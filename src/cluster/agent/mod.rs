@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::{ConnectOptions, Event};
-use bytes::Bytes;
+
 use futures_lite::StreamExt;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -26,12 +26,14 @@ use tracing::{info, warn};
 use super::bucket::Bucket;
 use super::liveness::Liveness;
 use super::replicate::Replicator;
-use super::slots::{plan, plan_settled, NodeInfo, SlotMap};
+use super::slots::{NodeInfo, SlotMap};
 use super::ClusterState;
 use crate::config::ClusterConfig;
 use crate::control::ControlPlane;
 use crate::shard::replication::{ReplShared, ReplWiring};
 use crate::shard::ShardCommand;
+
+mod coordinate;
 
 /// How often the shards' replication queues are drained and sent.
 pub const REPLICATION_DRAIN: Duration = Duration::from_millis(1);
@@ -103,14 +105,8 @@ async fn run(
     stopping: Arc<dyn Fn() -> bool + Send + Sync>,
 ) {
     let (link_tx, mut link_rx) = tokio::sync::mpsc::unbounded_channel();
-    let options = ConnectOptions::new()
-        .name(format!("dnd-cache cluster {}", state.me.id))
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(2))
-        .reconnect_delay_callback(|attempt| {
-            Duration::from_millis(50u64 << attempt.min(4)).min(Duration::from_millis(500))
-        })
-        .event_callback(move |event| {
+    let options =
+        connect_options(format!("dnd-cache cluster {}", state.me.id)).event_callback(move |event| {
             let link = link_tx.clone();
             async move {
                 match event {
@@ -129,9 +125,25 @@ async fn run(
     };
     let subject = format!("dnd.cluster.{}.hb", config.name);
     let shared = wiring.shared.clone();
-    let repl = (!wiring.queues.is_empty()).then(|| {
+    // Replication's records travel on a connection of their own: megabytes
+    // of a full copy queued on one connection delayed heartbeats and map
+    // reads by seconds (the peers then took this node for dead).
+    let data = if wiring.queues.is_empty() {
+        None
+    } else {
+        let options = connect_options(format!("dnd-cache replication {}", state.me.id));
+        match options.connect(url.as_str()).await {
+            Ok(data) => Some(data),
+            Err(e) => {
+                warn!(error = %e, url, "cluster agent not started: bad NATS address");
+                return;
+            }
+        }
+    };
+    let repl = data.as_ref().map(|data| {
         Replicator::new(
             client.clone(),
+            data.clone(),
             &config.name,
             &state.me.id,
             state.me.incarnation,
@@ -139,14 +151,14 @@ async fn run(
             control.clone(),
         )
     });
-    let (mut inbox, mut acks, mut sync_requests, mut flushes) = match &repl {
-        Some(r) => (
-            client.subscribe(r.inbox()).await.ok(),
+    let (mut inbox, mut acks, mut sync_requests, mut flushes) = match (&repl, &data) {
+        (Some(r), Some(data)) => (
+            data.subscribe(r.inbox()).await.ok(),
             client.subscribe(r.acks()).await.ok(),
             client.subscribe(r.sync_requests()).await.ok(),
-            client.subscribe(r.flushes()).await.ok(),
+            data.subscribe(r.flushes()).await.ok(),
         ),
-        None => (None, None, None, None),
+        _ => (None, None, None, None),
     };
     let mut drain = tokio::time::interval(REPLICATION_DRAIN);
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -203,6 +215,7 @@ async fn run(
             Some(msg) = next_message(&mut acks) => {
                 if let Some(r) = agent.repl.as_mut() {
                     r.acked(&msg.payload);
+                    agent.shared.set_unacked_bytes(r.unacked_bytes());
                 }
             }
             Some(msg) = next_message(&mut flushes) => {
@@ -218,6 +231,17 @@ async fn run(
             }
         }
     }
+}
+
+/// A NATS connection of the agent: retried at start, reconnecting fast.
+fn connect_options(name: String) -> ConnectOptions {
+    ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2))
+        .reconnect_delay_callback(|a| {
+            Duration::from_millis(50u64 << a.min(4)).min(Duration::from_millis(500))
+        })
 }
 
 struct Agent {
@@ -253,6 +277,7 @@ impl Agent {
             r.drain(&map).await;
         }
         r.expire(Instant::now());
+        self.shared.set_unacked_bytes(r.unacked_bytes());
         self.state.set_lag(r.lag());
     }
 
@@ -476,101 +501,6 @@ impl Agent {
             r.serve_deferred(&map).await;
         }
     }
-
-    /// Writes a new map when the live set differs from the current map's.
-    async fn coordinate(&mut self, alive: &[super::slots::NodeInfo]) {
-        let prev = self.current.as_ref().map(|(m, _)| m.clone());
-        let min_epoch = self.state.highest_epoch() + 1;
-        let me = self.state.me.id.clone();
-        let my_sync = self.repl.as_ref().is_none_or(|r| r.in_sync());
-        // A node that restarted (same id, new incarnation) is empty: its
-        // primaries go to their replicas first, then it joins as new.
-        let restarted: Vec<String> = match &prev {
-            Some(p) => alive
-                .iter()
-                .filter(|n| {
-                    p.index_of(&n.id)
-                        .is_some_and(|i| p.nodes[i].incarnation != n.incarnation)
-                })
-                .map(|n| n.id.clone())
-                .collect(),
-            None => Vec::new(),
-        };
-        // A node may take over a slot only while it holds every item of
-        // it: it had a copy of the slot in the map planned from, and is
-        // in sync under that map (not restarted since).
-        let prev_epoch = prev.as_ref().map_or(0, |p| p.epoch);
-        let eligible: Vec<String> = alive
-            .iter()
-            .filter(|n| !restarted.contains(&n.id))
-            .filter(|n| {
-                if n.id == me {
-                    my_sync
-                } else {
-                    self.live.synced(&n.id, prev_epoch)
-                }
-            })
-            .map(|n| n.id.clone())
-            .collect();
-        let holds = |slot: usize, id: &str| {
-            prev.as_ref().is_some_and(|p| p.has_copy(slot, id)) && eligible.iter().any(|e| e == id)
-        };
-        let replication = self.config.replication;
-        let base = if restarted.is_empty() {
-            prev.as_deref().cloned()
-        } else {
-            // Restarted nodes first hand their slots over, then come back
-            // as new nodes.
-            let rest: Vec<NodeInfo> = alive
-                .iter()
-                .filter(|n| !restarted.contains(&n.id))
-                .cloned()
-                .collect();
-            (!rest.is_empty()).then(|| plan(prev.as_deref(), &rest, replication, min_epoch, &holds))
-        };
-        let mut next = plan_settled(
-            base.as_ref().or(prev.as_deref()),
-            alive,
-            replication,
-            min_epoch,
-            &holds,
-        );
-        next.epoch = next.epoch.max(min_epoch);
-        if let Some(prev) = &prev {
-            if prev.same_roles(&next) {
-                return;
-            }
-        }
-        if prev.is_none() && next.seed == 0 {
-            // The first map chooses the key hash seed of the cluster.
-            next.seed = random_seed();
-        }
-        let Ok(body) = serde_json::to_vec(&next) else {
-            return;
-        };
-        let expected = self.current.as_ref().map_or(0, |(_, revision)| *revision);
-        let written = self.bucket.write(Bytes::from(body), expected).await;
-        match written {
-            Ok(revision) => {
-                info!(epoch = next.epoch, nodes = ?next.node_ids(), "cluster: new slot map written");
-                self.install(Arc::new(next), revision);
-            }
-            Err(e) => {
-                // Another coordinator won, or our revision is stale: read
-                // the map again and plan from it next time.
-                warn!(error = %e, epoch = next.epoch, "cluster: map update lost; re-reading");
-                self.current = None;
-                self.refresh().await;
-            }
-        }
-    }
-}
-
-/// A non-zero seed no client can predict.
-fn random_seed() -> u64 {
-    let mut bytes = [0u8; 8];
-    let _ = getrandom::getrandom(&mut bytes);
-    u64::from_le_bytes(bytes).max(1)
 }
 
 /// The next message of an optional subscription; pending forever without one.

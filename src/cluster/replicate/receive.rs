@@ -1,0 +1,147 @@
+//! Replication, replica side (docs/cluster.md, "Replication"): a
+//! primary's message is checked (epoch, sequence), its records handed to
+//! the shards that own their keys, and acknowledged or refused.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tracing::{info, warn};
+
+use super::{Replicator, EPOCH, SEQ, SHARD_QUEUE_PATIENCE, SOURCE};
+use crate::cluster::slots::{slot_of, SlotMap};
+use crate::key::{key_hash, owner_of};
+use crate::shard::replication::{records, OP_COPY_DONE};
+use crate::shard::ShardCommand;
+
+impl Replicator {
+    /// Applies a message of a primary: checks epoch and sequence, hands the
+    /// records to their shards, acknowledges (or refuses).
+    pub async fn receive(&mut self, msg: &async_nats::Message, map: Option<&SlotMap>) {
+        let header = |name: &str| {
+            msg.headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_string())
+        };
+        let (Some(source), Some(epoch), Some(seq)) = (header(SOURCE), header(EPOCH), header(SEQ)) else {
+            warn!("replication: a message without its headers");
+            return;
+        };
+        let (Ok(epoch), Ok(seq)) = (epoch.parse::<u64>(), seq.parse::<u64>()) else {
+            return;
+        };
+        let Some(map) = map else { return };
+        // Written under an older map: a record counts only where its
+        // writer was the slot's primary under that map (the newest map
+        // kept that is not newer); others are refused, and the message is
+        // never acknowledged. Applied records never replace newer items
+        // (Shard::apply_replicated), so a write in flight from a slot's
+        // previous primary is kept, and a deposed primary's old writes
+        // cannot undo its successor's.
+        let stale = epoch < map.epoch;
+        let written = if stale {
+            self.maps.iter().rev().find(|m| m.epoch <= epoch).cloned()
+        } else {
+            None
+        };
+        let source_index = written
+            .as_ref()
+            .and_then(|m| m.index_of(&source))
+            .map(|i| i as u16);
+        let stream = self.incoming.entry(source.clone()).or_default();
+        if stream.last != 0 && seq != stream.last + 1 {
+            self.gaps += 1;
+            stream.synced = false;
+            stream.copy = None;
+            warn!(%source, expected = stream.last + 1, seq, "replication: sequence gap; asking for a full copy");
+        }
+        stream.last = seq;
+        let shards = self.control.shard_count();
+        let mut per_shard: Vec<Vec<u8>> = vec![Vec::new(); shards];
+        let mut markers = 0;
+        let mut dropped = 0usize;
+        let copy_id = stream.copy.map(|(id, _, _)| id);
+        for r in records(&msg.payload) {
+            if r.op == OP_COPY_DONE {
+                if r.key.len() == 8
+                    && Some(u64::from_le_bytes(r.key.try_into().unwrap_or_default())) == copy_id
+                {
+                    markers += 1;
+                }
+                continue;
+            }
+            let hash = key_hash(r.key, map.seed);
+            let writer = written.as_ref().map(|m| m.primary[slot_of(hash)]);
+            if stale && (writer.is_none() || writer != source_index) {
+                dropped += 1;
+                continue;
+            }
+            let shard = owner_of(hash, shards);
+            r.encode(&mut per_shard[shard]);
+        }
+        let mut queued = true;
+        for (shard, body) in per_shard.into_iter().enumerate() {
+            if !body.is_empty() {
+                queued &= self.queue_for_shard(shard, ShardCommand::Replicated(body)).await;
+            }
+        }
+        if !queued {
+            warn!(%source, "replication: a shard's queue stayed full; records lost (asking for a full copy)");
+            self.gaps += 1;
+            if let Some(s) = self.incoming.get_mut(&source) {
+                s.synced = false;
+                s.copy = None;
+            }
+            self.answer(&source, seq, false).await;
+            return;
+        }
+        if markers > 0 {
+            let expected = map
+                .index_of(&source)
+                .map_or(usize::MAX, |i| map.nodes[i].shard_ports.len().max(1));
+            if let Some(s) = self.incoming.get_mut(&source) {
+                if let Some((id, seen, asked)) = s.copy {
+                    let seen = seen + markers;
+                    if seen >= expected {
+                        info!(%source, copy = id, took_ms = asked.elapsed().as_millis() as u64, "replication: full copy received; in sync");
+                        s.copy = None;
+                        s.synced = true;
+                        self.copies_received += 1;
+                    } else {
+                        s.copy = Some((id, seen, asked));
+                    }
+                }
+            }
+        }
+        if dropped > 0 {
+            self.stale_refused += 1;
+        }
+        self.answer(&source, seq, dropped == 0).await;
+    }
+
+    /// Queues a command for a shard, waiting (a little) while its queue is
+    /// full rather than losing the records.
+    pub(super) async fn queue_for_shard(&self, shard: usize, mut command: ShardCommand) -> bool {
+        let give_up = Instant::now() + SHARD_QUEUE_PATIENCE;
+        loop {
+            match self.control.send(shard, command) {
+                Ok(()) => return true,
+                Err(back) if Instant::now() < give_up => {
+                    command = back;
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
+    async fn answer(&self, source: &str, seq: u64, ok: bool) {
+        let body = if ok {
+            format!("{} {seq}", self.me)
+        } else {
+            format!("{} {seq} refused", self.me)
+        };
+        let subject = format!("dnd.repl.{}.ack.{source}", self.name);
+        let _ = self.client.publish(subject, Bytes::from(body)).await;
+    }
+}
