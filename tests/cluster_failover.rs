@@ -231,3 +231,80 @@ fn a_restarted_node_is_filled_before_it_is_needed() {
         &lost[..lost.len().min(20)]
     );
 }
+
+/// A NATS blip: the messages a replica missed come again from its
+/// primary's backlog, with no full copy and nothing lost (docs/cluster.md,
+/// "Backlog"). n2 is paused and nats-server killed; n1 takes writes (its
+/// NATS client holds them), sends them once NATS is back, before n2 (still
+/// paused) has subscribed again: nobody receives them. n2 resumes, sees
+/// the gap at n1's next message (its oldest unacknowledged one, sent again
+/// after 500 ms) and asks for the rest.
+#[test]
+fn a_nats_blip_is_repaired_from_the_backlog() {
+    let Some(bin) = require_nats() else { return };
+    let mut nats = Nats::start_js(bin);
+    let (mut nodes, _) = three_nodes(&nats);
+    let streams = |n: &TestServer, what: &str| {
+        common::cluster::cluster_health(n)["replication_streams"][what]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let (copies, resends) = (
+        streams(&nodes[1], "copies_received"),
+        streams(&nodes[1], "resends_received"),
+    );
+    // n2, the only node of zone b, replicates every slot n1 is primary
+    // of. Keys of other primaries are answered CACHE_013 by n1.
+    let mut raw = common::Raw::handshaken(nodes[0].addr);
+    signal(&nodes[1], "-STOP");
+    nats.kill();
+    let mut written = Vec::new();
+    for i in 0..600 {
+        let key = format!("blip:{i}");
+        let value = format!("v{i}");
+        if raw.call(&common::set(key.as_bytes(), value.as_bytes(), 0)).status == Status::Ok as u32 {
+            written.push((key, value));
+        }
+    }
+    assert!(
+        written.len() > 100,
+        "n1 took {} writes without NATS",
+        written.len()
+    );
+    nats.restart();
+    wait_for(&nodes[0], Duration::from_secs(10), "n1 connected again", |h| {
+        h["nats_connected"] == true
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&nodes[1], "-CONT");
+    wait_for(
+        &nodes[1],
+        Duration::from_secs(10),
+        "the missed messages resent",
+        |h| h["replication_streams"]["resends_received"].as_u64().unwrap_or(0) > resends,
+    );
+    assert_eq!(
+        streams(&nodes[1], "copies_received"),
+        copies,
+        "a full copy was used"
+    );
+    // Every write reached n2: with n1 gone, n2 serves them.
+    kill(&mut nodes[0]);
+    wait_for_map_of(&[&nodes[1], &nodes[2]], &["n2", "n3"]);
+    runtime().block_on(async {
+        let c = client(&nodes[1], "").await;
+        let mut lost = Vec::new();
+        for (key, value) in &written {
+            if c.get(key.as_str()).await.ok().flatten().as_deref() != Some(value.as_bytes()) {
+                lost.push(key.clone());
+            }
+        }
+        assert!(
+            lost.is_empty(),
+            "{} of {} writes lost: {:?}",
+            lost.len(),
+            written.len(),
+            &lost[..lost.len().min(5)]
+        );
+    });
+}

@@ -56,6 +56,8 @@ struct View {
     highest_epoch: u64,
     /// Seconds behind, per replica target.
     lag: Vec<(String, f64)>,
+    /// The replication streams' counters (gaps, resends, full copies).
+    repl_counters: Value,
 }
 
 impl ClusterState {
@@ -104,6 +106,10 @@ impl ClusterState {
 
     pub(crate) fn set_lag(&self, lag: Vec<(String, f64)>) {
         self.view().lag = lag;
+    }
+
+    pub(crate) fn set_repl_counters(&self, counters: Value) {
+        self.view().repl_counters = counters;
     }
 
     pub(crate) fn set_connected(&self, connected: bool) {
@@ -181,6 +187,7 @@ impl ClusterView for ClusterState {
             "epoch": v.map.as_ref().map_or(0, |m| m.epoch),
             "slots": slots::SLOTS,
             "nodes": nodes,
+            "replication_streams": v.repl_counters,
         })
     }
 }

@@ -44,16 +44,19 @@ pub struct Nats {
     port: u16,
     /// JetStream's store folder (`-js`), removed on drop.
     store: Option<PathBuf>,
+    /// A configuration file (`-c`), removed on drop.
+    config: Option<PathBuf>,
 }
 
 impl Nats {
     pub fn start(bin: PathBuf) -> Nats {
         let port = free_port();
         let mut nats = Nats {
-            child: spawn_nats(&bin, port, None),
+            child: spawn_nats(&bin, port, None, None),
             bin,
             port,
             store: None,
+            config: None,
         };
         nats.wait_ready();
         nats
@@ -61,13 +64,24 @@ impl Nats {
 
     /// A nats-server with JetStream on (`-js`), its store in a fresh folder.
     pub fn start_js(bin: PathBuf) -> Nats {
+        Nats::start_js_with(bin, None)
+    }
+
+    /// As [`Nats::start_js`], with a configuration file of `config`'s text.
+    pub fn start_js_with(bin: PathBuf, config: Option<&str>) -> Nats {
         let port = free_port();
         let store = std::env::temp_dir().join(format!("dnd-nats-js-{}-{port}", std::process::id()));
+        let config = config.map(|text| {
+            let path = std::env::temp_dir().join(format!("dnd-nats-{}-{port}.conf", std::process::id()));
+            std::fs::write(&path, text).unwrap();
+            path
+        });
         let mut nats = Nats {
-            child: spawn_nats(&bin, port, Some(&store)),
+            child: spawn_nats(&bin, port, Some(&store), config.as_deref()),
             bin,
             port,
             store: Some(store),
+            config,
         };
         nats.wait_ready();
         nats
@@ -83,7 +97,12 @@ impl Nats {
     }
 
     pub fn restart(&mut self) {
-        self.child = spawn_nats(&self.bin, self.port, self.store.as_deref());
+        self.child = spawn_nats(
+            &self.bin,
+            self.port,
+            self.store.as_deref(),
+            self.config.as_deref(),
+        );
         self.wait_ready();
     }
 
@@ -97,8 +116,11 @@ impl Nats {
     }
 }
 
-fn spawn_nats(bin: &Path, port: u16, store: Option<&Path>) -> Child {
+fn spawn_nats(bin: &Path, port: u16, store: Option<&Path>, config: Option<&Path>) -> Child {
     let mut command = Command::new(bin);
+    if let Some(config) = config {
+        command.arg("-c").arg(config);
+    }
     command.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
     if let Some(store) = store {
         command.arg("-js").arg("-sd").arg(store);
@@ -115,6 +137,9 @@ impl Drop for Nats {
         self.kill();
         if let Some(store) = &self.store {
             let _ = std::fs::remove_dir_all(store);
+        }
+        if let Some(config) = &self.config {
+            let _ = std::fs::remove_file(config);
         }
     }
 }

@@ -71,6 +71,34 @@ struct Heartbeat {
     synced: bool,
 }
 
+/// The heartbeat the agent's heartbeat task sends, kept current by the
+/// agent's ticks, and when the task last sent it. Heartbeats have a task
+/// of their own: a tick that waits on JetStream (its map read, seconds
+/// after nats-server restarted) must not silence the node (its peers took
+/// it for dead and moved its slots).
+struct Beat {
+    heartbeat: std::sync::Mutex<Heartbeat>,
+    /// Unix µs of the last heartbeat sent (0: none).
+    sent_at_us: std::sync::atomic::AtomicU64,
+}
+
+/// Sends the heartbeat every [`HEARTBEAT_INTERVAL`].
+async fn send_heartbeats(client: async_nats::Client, subject: String, beat: Arc<Beat>) {
+    let mut every = tokio::time::interval(HEARTBEAT_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let body = serde_json::to_vec(&*beat.heartbeat.lock().unwrap_or_else(|e| e.into_inner()));
+        let sent_at_us = crate::time::unix_now_us();
+        if let Ok(body) = body {
+            if client.publish(subject.clone(), body.into()).await.is_ok() {
+                beat.sent_at_us
+                    .store(sent_at_us, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// Starts the agent's thread. It runs until `stopping` returns true.
 pub fn start(
     config: ClusterConfig,
@@ -151,17 +179,23 @@ async fn run(
             control.clone(),
         )
     });
-    let (mut inbox, mut acks, mut sync_requests, mut flushes) = match (&repl, &data) {
+    let (mut inbox, mut acks, mut sync_requests, mut flushes, mut resends) = match (&repl, &data) {
         (Some(r), Some(data)) => (
             data.subscribe(r.inbox()).await.ok(),
             client.subscribe(r.acks()).await.ok(),
             client.subscribe(r.sync_requests()).await.ok(),
             data.subscribe(r.flushes()).await.ok(),
+            client.subscribe(r.resend_requests()).await.ok(),
         ),
-        _ => (None, None, None, None),
+        _ => (None, None, None, None, None),
     };
     let mut drain = tokio::time::interval(REPLICATION_DRAIN);
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let first_beat = Heartbeat {
+        node: state.me.clone(),
+        epoch: 0,
+        synced: false,
+    };
     let mut agent = Agent {
         bucket: Bucket::new(client.clone(), &config.name, MAP_KEY),
         client,
@@ -173,6 +207,10 @@ async fn run(
         current: None,
         settled_at: Instant::now() + SETTLE,
         last_tick: Instant::now(),
+        beat: Arc::new(Beat {
+            heartbeat: std::sync::Mutex::new(first_beat),
+            sent_at_us: Default::default(),
+        }),
         repl,
         shared,
         pending_follow: None,
@@ -188,6 +226,8 @@ async fn run(
             }
         }
     };
+    let beat = agent.beat.clone();
+    tokio::spawn(send_heartbeats(agent.client.clone(), agent.subject.clone(), beat));
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(node = %agent.state.me.id, name = %agent.config.name, "cluster agent started");
@@ -221,6 +261,11 @@ async fn run(
             Some(msg) = next_message(&mut flushes) => {
                 if let Some(r) = agent.repl.as_ref() {
                     r.flush_here(&msg.payload);
+                }
+            }
+            Some(msg) = next_message(&mut resends) => {
+                if let Some(r) = agent.repl.as_mut() {
+                    r.serve_resend(&msg.payload).await;
                 }
             }
             Some(msg) = next_message(&mut sync_requests) => {
@@ -259,6 +304,8 @@ struct Agent {
     /// When the last tick ran: a long gap means this process stalled
     /// (SIGSTOP, swapping, a frozen VM).
     last_tick: Instant,
+    /// What the heartbeat task sends.
+    beat: Arc<Beat>,
     /// With replication 2: the streams to and from the other nodes.
     repl: Option<Replicator>,
     /// Shared with the shards: the agent's doorbell and the lease.
@@ -388,10 +435,11 @@ impl Agent {
             epoch: self.current.as_ref().map_or(0, |(m, _)| m.epoch),
             synced,
         };
-        let sent_at_us = crate::time::unix_now_us();
-        if let Ok(body) = serde_json::to_vec(&hb) {
-            let _ = self.client.publish(self.subject.clone(), body.into()).await;
-        }
+        // The last heartbeat sent went out before this tick's map read on
+        // the same connection (the lease below rests on that).
+        let sent_at_us = self.beat.sent_at_us.load(std::sync::atomic::Ordering::Relaxed);
+        let epoch = hb.epoch;
+        *self.beat.heartbeat.lock().unwrap_or_else(|e| e.into_inner()) = hb;
         let now = Instant::now();
         let mut alive = self.live.alive(now, FAILURE_TIMEOUT);
         alive.push(me.clone());
@@ -402,7 +450,7 @@ impl Agent {
                 if n.id == me.id {
                     !synced
                 } else {
-                    !self.live.synced(&n.id, hb.epoch)
+                    !self.live.synced(&n.id, epoch)
                 }
             })
             .map(|n| n.id.clone())
@@ -420,7 +468,10 @@ impl Agent {
         }
         self.follow().await;
         if let Some(r) = self.repl.as_mut() {
+            r.check_resends(Instant::now()).await;
+            r.retransmit(Instant::now()).await;
             r.ask_for_copies().await;
+            self.state.set_repl_counters(r.counters());
         }
         if !connected || now < self.settled_at || alive[0].id != me.id {
             return;

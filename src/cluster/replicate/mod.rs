@@ -35,6 +35,7 @@ use crate::key::key_hash;
 use crate::shard::replication::{records, ReplQueue, OP_COPY_DONE, OP_FLUSH, STRONG_TIMEOUT};
 use crate::shard::ShardCommand;
 
+mod backlog;
 mod catchup;
 mod receive;
 
@@ -44,6 +45,9 @@ const SOURCE: &str = "Dnd-Source";
 const EPOCH: &str = "Dnd-Epoch";
 /// Header: the message's sequence number in its (source, target) stream.
 const SEQ: &str = "Dnd-Seq";
+/// Header: which stream the sequence counts in (the source's run and a
+/// counter of the streams it opened): a new stream starts again at 1.
+const STREAM: &str = "Dnd-Stream";
 
 /// Largest message body (below NATS' default 1 MiB `max_payload`); a
 /// drain's records for one target are split at record boundaries.
@@ -73,16 +77,28 @@ const UNACKED_FORGOTTEN: Duration = Duration::from_secs(3);
 /// One outgoing stream (to a replica node).
 #[derive(Default)]
 struct Outgoing {
+    /// This stream's id ([`STREAM`]).
+    id: String,
     next: u64,
     /// Sequences sent and not acknowledged yet, with when they were sent
     /// and their bytes.
     unacked: VecDeque<(u64, Instant, usize)>,
+    /// The last messages sent, for a replica that missed some
+    /// ([`backlog`]): sequence, epoch, body.
+    kept: VecDeque<(u64, u64, Bytes)>,
+    kept_bytes: usize,
+    /// When the oldest unacknowledged message was last sent again.
+    retransmitted: Option<Instant>,
 }
 
 /// One incoming stream (from a primary node).
 #[derive(Default)]
 struct Incoming {
+    /// The source's stream ([`STREAM`]) that `last` counts in.
+    stream: String,
     last: u64,
+    /// Messages were missed from this sequence on and asked again, when.
+    resend: Option<(u64, Instant)>,
     /// Holds every item of the slots it replicates for this source.
     synced: bool,
     /// The full copy in progress: id, shard markers seen, when asked.
@@ -134,6 +150,11 @@ pub struct Replicator {
     pub gaps: u64,
     pub copies_served: u64,
     pub copies_received: u64,
+    /// Gaps repaired from a primary's backlog, and resends served.
+    pub resends_received: u64,
+    pub resends_served: u64,
+    /// Outgoing streams opened (numbers their ids).
+    streams_opened: u64,
 }
 
 impl Replicator {
@@ -168,6 +189,9 @@ impl Replicator {
             gaps: 0,
             copies_served: 0,
             copies_received: 0,
+            resends_received: 0,
+            resends_served: 0,
+            streams_opened: 0,
         }
     }
 
@@ -334,16 +358,23 @@ impl Replicator {
 
     /// Publishes one message to `node`; its sequence, or None on failure.
     async fn publish(&mut self, node: &str, epoch: u64, body: Bytes) -> Option<u64> {
-        let stream = self.outgoing.entry(node.to_string()).or_insert(Outgoing {
-            next: 1,
-            ..Default::default()
-        });
+        if !self.outgoing.contains_key(node) {
+            self.streams_opened += 1;
+            let id = format!("{}-{}", self.incarnation, self.streams_opened);
+            let stream = Outgoing {
+                id,
+                next: 1,
+                ..Default::default()
+            };
+            self.outgoing.insert(node.to_string(), stream);
+        }
+        let stream = self.outgoing.get_mut(node).expect("inserted above");
         let seq = stream.next;
         stream.next += 1;
-        let mut headers = HeaderMap::new();
-        headers.insert(SOURCE, self.me.as_str());
-        headers.insert(EPOCH, epoch.to_string().as_str());
-        headers.insert(SEQ, seq.to_string().as_str());
+        // Kept whether or not it leaves: a message lost on the way, or
+        // never sent (NATS down), is resent from here.
+        stream.keep(seq, epoch, body.clone());
+        let headers = headers(&self.me, &stream.id, epoch, seq);
         let subject = format!("dnd.repl.{}.{}", self.name, node);
         let bytes = body.len();
         match self.data.publish_with_headers(subject, headers, body).await {
@@ -365,11 +396,17 @@ impl Replicator {
         let (Some(from), Some(Ok(seq))) = (parts.next(), parts.next().map(str::parse::<u64>)) else {
             return;
         };
-        let refused = parts.next() == Some("refused");
+        let verdict = parts.next();
+        let refused = verdict == Some("refused");
         if let Some(stream) = self.outgoing.get_mut(from) {
             while stream.unacked.front().is_some_and(|&(s, _, _)| s <= seq) {
                 stream.unacked.pop_front();
             }
+        }
+        if verdict == Some("again") {
+            // A message it had already applied (or refused): no verdict
+            // for a strong write, which then times out (CACHE_005).
+            return;
         }
         let mut i = 0;
         while i < self.strong.len() {
@@ -472,6 +509,16 @@ impl Replicator {
             .map(|&(_, _, bytes)| bytes as u64)
             .sum()
     }
+}
+
+/// The headers of a replication message.
+fn headers(me: &str, stream: &str, epoch: u64, seq: u64) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(SOURCE, me);
+    headers.insert(STREAM, stream);
+    headers.insert(EPOCH, epoch.to_string().as_str());
+    headers.insert(SEQ, seq.to_string().as_str());
+    headers
 }
 
 /// `body` cut at record boundaries into pieces of at most `max` bytes (a

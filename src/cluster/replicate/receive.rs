@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{info, warn};
 
-use super::{Replicator, EPOCH, SEQ, SHARD_QUEUE_PATIENCE, SOURCE};
+use super::backlog::GONE;
+use super::{Replicator, EPOCH, SEQ, SHARD_QUEUE_PATIENCE, SOURCE, STREAM};
 use crate::cluster::slots::{slot_of, SlotMap};
 use crate::key::{key_hash, owner_of};
 use crate::shard::replication::{records, OP_COPY_DONE};
@@ -30,6 +31,18 @@ impl Replicator {
         let (Ok(epoch), Ok(seq)) = (epoch.parse::<u64>(), seq.parse::<u64>()) else {
             return;
         };
+        let stream_id = header(STREAM).unwrap_or_default();
+        if header(GONE).is_some() {
+            // The primary no longer holds the messages asked again.
+            let asked = self
+                .incoming
+                .get(&source)
+                .is_some_and(|s| s.stream == stream_id && s.resend.is_some_and(|(from, _)| from == seq));
+            if asked {
+                self.fall_back(&source).await;
+            }
+            return;
+        }
         let Some(map) = map else { return };
         // Written under an older map: a record counts only where its
         // writer was the slot's primary under that map (the newest map
@@ -49,11 +62,34 @@ impl Replicator {
             .and_then(|m| m.index_of(&source))
             .map(|i| i as u16);
         let stream = self.incoming.entry(source.clone()).or_default();
+        if stream.stream != stream_id {
+            // A new stream of this source (it restarted, or this node left
+            // its map and came back): it counts from 1 again. Whether this
+            // node holds the slots is the map's business (follow_map).
+            stream.stream = stream_id.clone();
+            stream.last = 0;
+            stream.resend = None;
+        }
+        if stream.last != 0 && seq <= stream.last {
+            // Already applied or refused (sent again: its acknowledgement
+            // was lost, or a resend overlapped what arrived).
+            self.answer_again(&source, seq).await;
+            return;
+        }
         if stream.last != 0 && seq != stream.last + 1 {
-            self.gaps += 1;
-            stream.synced = false;
-            stream.copy = None;
-            warn!(%source, expected = stream.last + 1, seq, "replication: sequence gap; asking for a full copy");
+            // Missed messages: nothing past them is applied until they are
+            // resent (in order, then what followed); asked once.
+            if stream.resend.is_none() {
+                self.gaps += 1;
+                let from = stream.last + 1;
+                stream.resend = Some((from, Instant::now()));
+                self.ask_resend(&source, &stream_id, from).await;
+            }
+            return;
+        }
+        if stream.resend.take().is_some() {
+            self.resends_received += 1;
+            info!(%source, seq, "replication: the missed messages arrive again");
         }
         stream.last = seq;
         let shards = self.control.shard_count();
@@ -133,6 +169,12 @@ impl Replicator {
                 Err(_) => return false,
             }
         }
+    }
+
+    async fn answer_again(&self, source: &str, seq: u64) {
+        let subject = format!("dnd.repl.{}.ack.{source}", self.name);
+        let body = format!("{} {seq} again", self.me);
+        let _ = self.client.publish(subject, Bytes::from(body)).await;
     }
 
     async fn answer(&self, source: &str, seq: u64, ok: bool) {
