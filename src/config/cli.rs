@@ -117,6 +117,9 @@ pub struct Cli {
     /// Zones of the cluster, comma separated; this node's --zone must be one of them.
     #[arg(long, value_name = "ZONES")]
     pub cluster_zones: Option<String>,
+    /// MiB per second a full copy to a catching-up replica may send (0: as fast as the replica takes it).
+    #[arg(long, value_name = "MIB", default_value_t = 32)]
+    pub catchup_rate: u64,
     /// Name of the cluster: its JetStream KV bucket and subject prefix.
     #[arg(long, default_value = "dnd-cache")]
     pub cluster_name: String,

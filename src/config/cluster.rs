@@ -22,6 +22,8 @@ pub struct ClusterConfig {
     pub name: String,
     /// The host other nodes and clients dial for this node.
     pub advertise_host: String,
+    /// MiB/s a full copy this node serves may send (0: unpaced).
+    pub catchup_rate_mib: u64,
 }
 
 impl ClusterConfig {
@@ -90,6 +92,7 @@ impl ClusterConfig {
             replication,
             name: name.to_string(),
             advertise_host,
+            catchup_rate_mib: cli.catchup_rate,
         })
     }
 }

@@ -40,6 +40,7 @@ const KEYS: &[(&str, &str, Shape)] = &[
     ("config.cluster.zones", "--cluster-zones", Shape::JoinedList),
     ("config.cluster.replication", "--replication", Shape::Value),
     ("config.cluster.name", "--cluster-name", Shape::Value),
+    ("config.cluster.catchup_rate", "--catchup-rate", Shape::Value),
     ("config.policies.eviction", "--eviction", Shape::Value),
     ("config.policies.ttl_default", "--ttl-default", Shape::Value),
     ("config.policies.max_memory", "--max-memory", Shape::Value),
@@ -220,6 +221,7 @@ pub fn render(config: &crate::config::ServerConfig) -> String {
                 "zones": config.cluster.zones,
                 "replication": config.cluster.replication,
                 "name": config.cluster.name,
+                "catchup_rate": config.cluster.catchup_rate_mib,
             },
             "policies": {
                 "eviction": config.eviction.name(),

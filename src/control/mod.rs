@@ -175,9 +175,14 @@ pub async fn serve_shard(
             match command {
                 // A full copy takes a while: its own task, so that the
                 // commands behind it (replicated writes, verdicts) run.
-                crate::shard::ShardCommand::Copy { target, epoch, copy } => {
+                crate::shard::ShardCommand::Copy {
+                    target,
+                    epoch,
+                    copy,
+                    rate,
+                } => {
                     let shard = shard.clone();
-                    glommio::spawn_local(async move { shard.copy_chunked(target, epoch, copy).await })
+                    glommio::spawn_local(async move { shard.copy_chunked(target, epoch, copy, rate).await })
                         .detach();
                 }
                 command => shard.run_command(command).await,

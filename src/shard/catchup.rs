@@ -7,7 +7,7 @@
 //! item. The last record is a marker with the copy's id.
 //!
 //! Flow control: a copy runs as fast as the replica takes it, never
-//! faster. It hands its records over in pieces of [`HANDOVER_BYTES`] and
+//! faster, and no faster than `--catchup-rate` (split among the shards). It hands its records over in pieces of [`HANDOVER_BYTES`] and
 //! waits while more than [`QUEUED_BUFFERS`] buffers wait for the agent or
 //! more than [`WINDOW_BYTES`] sent are unacknowledged. A copy pushed out
 //! unpaced (5 million items measured) filled NATS' per-client buffers, so
@@ -40,10 +40,12 @@ impl Shard {
     /// Copies the items whose slot's replica or learner is `target` (index in the map
     /// of `epoch`) to it; stops if the map changes under it (the replica
     /// asks again under the new map).
-    pub async fn copy_chunked(&self, target: u16, epoch: u64, copy: u64) {
+    pub async fn copy_chunked(&self, target: u16, epoch: u64, copy: u64, rate: u64) {
         let Some(sink) = &self.repl else { return };
         let mut next = 0;
         let mut copied = 0u64;
+        let started = std::time::Instant::now();
+        let mut sent = 0u64;
         while next < SUBTABLES {
             if self.ownership().is_none_or(|o| o.epoch != epoch) {
                 tracing::info!(shard = self.id, copy, "full copy stopped: the map changed");
@@ -83,13 +85,19 @@ impl Shard {
                 glommio::yield_if_needed().await;
                 continue;
             }
+            sent += sink.buffered() as u64;
             if let Some(seq) = sink.hand_over() {
                 // A strong write of a request cycle was in the buffer: its
                 // cycle waits on it, not this task (never reached: cycles
                 // hand over their strong writes before yielding).
                 self.forget_strong(seq);
             }
-            glommio::yield_if_needed().await;
+            // Paced (--catchup-rate): no faster than `rate` on average.
+            let due = Duration::from_secs_f64(sent as f64 / rate.max(1) as f64);
+            match due.checked_sub(started.elapsed()) {
+                Some(wait) if rate > 0 => glommio::timer::sleep(wait).await,
+                _ => glommio::yield_if_needed().await,
+            }
         }
         let id = copy.to_le_bytes();
         sink.push(&ReplRecord {

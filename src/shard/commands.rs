@@ -35,8 +35,14 @@ pub enum ShardCommand {
     Replicated(Vec<u8>),
     /// Stream every item of the slots whose replica is node `target` (in
     /// the map of `epoch`) to it, ending with a marker carrying `copy`: a
-    /// replica's catch-up. Runs as its own task ([`Shard::copy_slots`]).
-    Copy { target: u16, epoch: u64, copy: u64 },
+    /// replica's catch-up, at most `rate` bytes per second (0: as fast as
+    /// the replica takes it). Runs as its own task.
+    Copy {
+        target: u16,
+        epoch: u64,
+        copy: u64,
+        rate: u64,
+    },
     /// Verdicts on strong handovers of this shard (sequence, every replica
     /// acknowledged it): their writes' answers were waiting.
     ReplDone(Vec<(u64, bool)>),
@@ -73,9 +79,14 @@ impl Shard {
             ShardCommand::Replicated(records) => {
                 self.apply_replicated(&records);
             }
-            ShardCommand::Copy { target, epoch, copy } => {
+            ShardCommand::Copy {
+                target,
+                epoch,
+                copy,
+                rate,
+            } => {
                 // Reached only without an Rc (tests): copy inline.
-                self.copy_chunked(target, epoch, copy).await;
+                self.copy_chunked(target, epoch, copy, rate).await;
             }
             ShardCommand::ReplDone(verdicts) => {
                 if let Some(sink) = &self.repl {

@@ -177,6 +177,7 @@ async fn run(
             state.me.incarnation,
             wiring.queues,
             control.clone(),
+            config.catchup_rate_mib << 20,
         )
     });
     let (mut inbox, mut acks, mut sync_requests, mut flushes, mut resends) = match (&repl, &data) {

@@ -112,6 +112,7 @@ impl Replicator {
                 target: target as u16,
                 epoch: map.epoch,
                 copy: id,
+                rate: self.catchup_rate / self.control.shard_count().max(1) as u64,
             };
             if !self.queue_for_shard(shard, command).await {
                 warn!(

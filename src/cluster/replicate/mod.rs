@@ -155,6 +155,8 @@ pub struct Replicator {
     pub resends_served: u64,
     /// Outgoing streams opened (numbers their ids).
     streams_opened: u64,
+    /// Bytes per second a full copy this node serves may send (0: unpaced).
+    catchup_rate: u64,
 }
 
 impl Replicator {
@@ -166,6 +168,7 @@ impl Replicator {
         incarnation: u64,
         queues: Vec<ReplQueue>,
         control: Arc<ControlPlane>,
+        catchup_rate: u64,
     ) -> Self {
         let shards = queues.len();
         Replicator {
@@ -192,6 +195,7 @@ impl Replicator {
             resends_received: 0,
             resends_served: 0,
             streams_opened: 0,
+            catchup_rate,
         }
     }
 
