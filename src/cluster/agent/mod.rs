@@ -170,14 +170,12 @@ async fn run(
     };
     let repl = data.as_ref().map(|data| {
         Replicator::new(
-            client.clone(),
-            data.clone(),
-            &config.name,
+            (client.clone(), data.clone()),
+            &config,
             &state.me.id,
             state.me.incarnation,
             wiring.queues,
             control.clone(),
-            config.catchup_rate_mib << 20,
         )
     });
     let (mut inbox, mut acks, mut sync_requests, mut flushes, mut resends) = match (&repl, &data) {

@@ -160,21 +160,21 @@ pub struct Replicator {
 }
 
 impl Replicator {
+    /// The streams of node `me` (its run `incarnation`), over the agent's
+    /// connection and a `data` connection of their own.
     pub fn new(
-        client: Client,
-        data: Client,
-        name: &str,
+        (client, data): (Client, Client),
+        config: &crate::config::ClusterConfig,
         me: &str,
         incarnation: u64,
         queues: Vec<ReplQueue>,
         control: Arc<ControlPlane>,
-        catchup_rate: u64,
     ) -> Self {
         let shards = queues.len();
         Replicator {
             client,
             data,
-            name: name.to_string(),
+            name: config.name.clone(),
             me: me.to_string(),
             incarnation,
             queues,
@@ -195,7 +195,7 @@ impl Replicator {
             resends_received: 0,
             resends_served: 0,
             streams_opened: 0,
-            catchup_rate,
+            catchup_rate: config.catchup_rate_mib << 20,
         }
     }
 
