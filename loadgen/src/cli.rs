@@ -108,6 +108,10 @@ pub struct WorkloadArgs {
     /// Binary protocol: service_id of the handshake.
     #[arg(long, default_value = "loadgen")]
     pub service_id: String,
+    /// Binary protocol: the connection's consistency (`strong`, `eventual`;
+    /// empty: each cache type's), sent in the handshake's options.
+    #[arg(long, default_value = "")]
+    pub consistency: String,
     /// Binary protocol: auth_token (JWT) of the handshake.
     #[arg(long, default_value = "")]
     pub token: String,
@@ -115,6 +119,11 @@ pub struct WorkloadArgs {
     /// and send each key to its owner shard.
     #[arg(long)]
     pub shard_aware: bool,
+    /// Binary protocol, a cluster (docs/cluster.md): connect to every shard
+    /// of every node (from the handshake's slot map) and send each key to
+    /// its slot's primary node, to the shard that owns it there.
+    #[arg(long)]
+    pub cluster: bool,
     /// Seed of the key/size/mix generators.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -214,8 +223,8 @@ impl WorkloadArgs {
             Protocol::Memcache => Codec::Memcache,
         };
         anyhow::ensure!(
-            !self.shard_aware || self.protocol == Protocol::Binary,
-            "--shard-aware needs --protocol binary"
+            !(self.shard_aware || self.cluster) || self.protocol == Protocol::Binary,
+            "--shard-aware and --cluster need --protocol binary"
         );
         anyhow::ensure!(self.connections >= 1, "--connections must be at least 1");
         anyhow::ensure!(self.threads >= 1, "--threads must be at least 1");
@@ -239,7 +248,9 @@ impl WorkloadArgs {
             drain: self.drain_timeout,
             service_id: self.service_id.clone(),
             token: self.token.clone(),
-            shard_aware: self.shard_aware,
+            consistency: self.consistency.clone(),
+            shard_aware: self.shard_aware || self.cluster,
+            cluster: self.cluster,
             seed: self.seed,
             server_pid: self.server_pid,
             progress: !self.quiet,

@@ -41,8 +41,12 @@ pub struct LoadConfig {
     pub service_id: String,
     /// Binary protocol: `CacheConnection.auth_token`.
     pub token: String,
+    /// Binary protocol: `CacheConnection.options.consistency`.
+    pub consistency: String,
     /// Binary protocol: one socket per shard per connection, keys sent to their owner.
     pub shard_aware: bool,
+    /// Binary protocol: route by the cluster's slot map (every node's shards).
+    pub cluster: bool,
     /// Seed of every worker's generator (worker `i` uses `seed + i`).
     pub seed: u64,
     /// Local server process whose CPU time is measured.

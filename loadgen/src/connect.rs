@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -17,10 +18,36 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where each key goes when the client is shard-aware.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardMap {
-    /// `addrs[i]` serves shard `i`.
+    /// `addrs[i]` serves shard `i` (in a cluster: shard `i % per_node` of
+    /// node `i / per_node`).
     pub addrs: Vec<SocketAddr>,
     /// `xxh3_64_with_seed` seed.
     pub seed: u64,
+    /// How a worker finds a key's socket.
+    pub route: Route,
+}
+
+/// How a key is routed among a logical connection's sockets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Route {
+    pub seed: u64,
+    /// In a cluster: the primary node of each slot (slot = hash >> 52);
+    /// empty for a node alone.
+    pub slot_node: Arc<[u32]>,
+    /// Shards per node (in a cluster).
+    pub per_node: u32,
+}
+
+impl Route {
+    /// The socket (of `sockets`) that serves `key`.
+    #[inline]
+    pub fn socket(&self, key: &[u8], sockets: u32) -> u32 {
+        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(key, self.seed);
+        match self.slot_node.get((hash >> 52) as usize) {
+            Some(&node) => node * self.per_node + (hash % u64::from(self.per_node.max(1))) as u32,
+            None => (hash % u64::from(sockets.max(1))) as u32,
+        }
+    }
 }
 
 impl ShardMap {
@@ -41,6 +68,39 @@ impl ShardMap {
         Ok(ShardMap {
             addrs,
             seed: ans.hash_seed,
+            route: Route {
+                seed: ans.hash_seed,
+                ..Route::default()
+            },
+        })
+    }
+
+    /// Builds the map of a cluster from a handshake answer: every node's
+    /// shards, and the primary node of each slot.
+    pub fn from_cluster(ans: &HandshakeAnswer) -> anyhow::Result<Self> {
+        if ans.cluster_epoch == 0 || ans.slot_primary.len() != 4096 {
+            bail!("--cluster: the server is not in a cluster (no slot map in its handshake)");
+        }
+        let per_node = ans.nodes.first().map_or(0, |n| n.shard_ports.len());
+        let mut addrs = Vec::new();
+        for node in &ans.nodes {
+            if node.shard_ports.len() != per_node || per_node == 0 {
+                bail!("--cluster: node {} has {} shard ports, another {per_node}", node.id, node.shard_ports.len());
+            }
+            let ip: std::net::IpAddr = node
+                .host
+                .parse()
+                .with_context(|| format!("--cluster: node {} host {:?}", node.id, node.host))?;
+            addrs.extend(node.shard_ports.iter().map(|&p| SocketAddr::new(ip, p as u16)));
+        }
+        Ok(ShardMap {
+            addrs,
+            seed: ans.hash_seed,
+            route: Route {
+                seed: ans.hash_seed,
+                slot_node: ans.slot_primary.iter().copied().collect(),
+                per_node: per_node as u32,
+            },
         })
     }
 }
@@ -60,7 +120,7 @@ pub fn connect(addr: SocketAddr, cfg: &LoadConfig) -> anyhow::Result<(TcpStream,
 
 fn handshake(mut stream: &TcpStream, cfg: &LoadConfig) -> anyhow::Result<HandshakeAnswer> {
     let mut frame = Vec::new();
-    binary::encode_handshake(&mut frame, &cfg.service_id, &cfg.token);
+    binary::encode_handshake(&mut frame, &cfg.service_id, &cfg.token, &cfg.consistency);
     stream.write_all(&frame)?;
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     let mut buf = Vec::with_capacity(256);
@@ -95,6 +155,9 @@ fn handshake(mut stream: &TcpStream, cfg: &LoadConfig) -> anyhow::Result<Handsha
 pub fn discover_shards(cfg: &LoadConfig) -> anyhow::Result<ShardMap> {
     let (_stream, answer) = connect(cfg.addr, cfg)?;
     let answer = answer.context("--shard-aware needs the binary protocol")?;
+    if cfg.cluster {
+        return ShardMap::from_cluster(&answer);
+    }
     ShardMap::from_handshake(cfg.addr, &answer)
 }
 

@@ -120,7 +120,7 @@ pub fn run(cfg: &LoadConfig, mode: Mode) -> anyhow::Result<RunOutput> {
             keys,
             sets_only: prefill,
             rate,
-            shard_seed: shard_map.as_ref().map_or(0, |m| m.seed),
+            route: shard_map.as_ref().map(|m| m.route.clone()).unwrap_or_default(),
             progress,
         };
         first_conn += n;

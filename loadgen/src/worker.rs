@@ -23,7 +23,6 @@ use crate::config::LoadConfig;
 use crate::cpu::now_ns;
 use crate::inflight::{InflightQueue, Pending};
 use crate::pacer::Pacer;
-use crate::protocol::binary::owner_shard;
 use crate::protocol::template::GetTemplate;
 use crate::protocol::{Kind, Parsed};
 use crate::rng::Rng;
@@ -73,8 +72,8 @@ pub struct WorkerPlan {
     pub sets_only: bool,
     /// Open loop: total rate of all workers, requests per second.
     pub rate: Option<f64>,
-    /// Seed of key ownership when connections are shard-aware.
-    pub shard_seed: u64,
+    /// Key ownership when connections are shard-aware.
+    pub route: crate::connect::Route,
     /// Where to publish progress counters.
     pub progress: Arc<Mutex<Stats>>,
 }
@@ -166,7 +165,7 @@ struct Worker<'a> {
     plan_measure_from: u64,
     plan_stop_at: Option<u64>,
     quota_left: Option<u64>,
-    shard_seed: u64,
+    route: crate::connect::Route,
     sending: bool,
     stats: Stats,
     /// What the progress lines show, handed over every 100 ms; `None` when
@@ -246,7 +245,7 @@ pub fn run_worker(cfg: &LoadConfig, plan: WorkerPlan) -> anyhow::Result<WorkerRe
         plan_measure_from: plan.measure_from_ns,
         plan_stop_at: plan.stop_at_ns,
         quota_left: plan.quota,
-        shard_seed: plan.shard_seed,
+        route: plan.route,
         sending: true,
         stats: Stats::default(),
         interval: cfg.progress.then(Stats::default),
@@ -463,7 +462,7 @@ impl Worker<'_> {
             };
             let key = &gen.key_buf[..key_len];
             let shard = if conn.sockets > 1 {
-                owner_shard(key, self.shard_seed, conn.sockets as u32)
+                self.route.socket(key, conn.sockets as u32)
             } else {
                 0
             };

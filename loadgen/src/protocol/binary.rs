@@ -41,11 +41,17 @@ fn end_frame(out: &mut [u8], at: usize) {
 }
 
 /// Appends `CacheConnection{service_id, auth_token, protocol_version: 1}`.
-pub fn encode_handshake(out: &mut Vec<u8>, service_id: &str, token: &str) {
+pub fn encode_handshake(out: &mut Vec<u8>, service_id: &str, token: &str, consistency: &str) {
     let at = begin_frame(out);
     push_bytes_field(out, 1, service_id.as_bytes());
     if !token.is_empty() {
         push_bytes_field(out, 2, token.as_bytes());
+    }
+    if !consistency.is_empty() {
+        // options { consistency }: every request of the connection.
+        let mut options = Vec::new();
+        push_bytes_field(&mut options, 3, consistency.as_bytes());
+        push_bytes_field(out, 3, &options);
     }
     out.push(6 << 3 | WIRE_VARINT);
     push_varint(out, 1);
@@ -197,6 +203,53 @@ pub struct HandshakeAnswer {
     pub shard_ports: Vec<u16>,
     /// Seed of `xxh3_64_with_seed` for key ownership.
     pub hash_seed: u64,
+    /// In a cluster: the slot map's epoch (0: a node alone), its nodes and
+    /// the primary node (index into `nodes`) of each slot.
+    pub cluster_epoch: u64,
+    pub nodes: Vec<NodeAnswer>,
+    pub slot_primary: Vec<u32>,
+}
+
+/// A node of the cluster as the handshake lists it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeAnswer {
+    pub id: String,
+    pub host: String,
+    pub shard_ports: Vec<u16>,
+}
+
+/// Repeated varints, packed or one per field, appended to `out`.
+fn varints(field: Field<'_>, out: &mut Vec<u64>) -> Result<(), ProtoError> {
+    match field {
+        Field::Varint(v) => out.push(v),
+        Field::Bytes(packed) => {
+            let mut p = 0;
+            while p < packed.len() {
+                out.push(read_varint(packed, &mut p)?);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn parse_node(body: &[u8]) -> Result<NodeAnswer, ProtoError> {
+    let mut node = NodeAnswer::default();
+    let mut ports = Vec::new();
+    let mut pos = 0;
+    while let Some((number, field)) = next_field(body, &mut pos)? {
+        match (number, field) {
+            (1, Field::Bytes(b)) => node.id = String::from_utf8_lossy(b).into_owned(),
+            (3, Field::Bytes(b)) => node.host = String::from_utf8_lossy(b).into_owned(),
+            (5, f) => varints(f, &mut ports)?,
+            _ => {}
+        }
+    }
+    node.shard_ports = ports
+        .into_iter()
+        .map(|p| u16::try_from(p).map_err(|_| ProtoError("shard port out of range")))
+        .collect::<Result<_, _>>()?;
+    Ok(node)
 }
 
 /// Reads the answer to a `CacheConnection`; `Ok(None)` when incomplete,
@@ -234,17 +287,17 @@ fn parse_handshake_body(hs: &[u8], ans: &mut HandshakeAnswer) -> Result<(), Prot
                 }
             }
             (5, Field::Varint(v)) => ans.hash_seed = v,
+            (9, Field::Varint(v)) => ans.cluster_epoch = v,
+            (10, Field::Bytes(b)) => ans.nodes.push(parse_node(b)?),
+            (12, f) => {
+                let mut slots = Vec::new();
+                varints(f, &mut slots)?;
+                ans.slot_primary.extend(slots.into_iter().map(|v| v as u32));
+            }
             _ => {}
         }
     }
     Ok(())
-}
-
-/// The shard that owns `key` (docs/protocol.md: xxh3_64 with the seed, modulo
-/// the shard count).
-#[inline]
-pub fn owner_shard(key: &[u8], seed: u64, shard_count: u32) -> u32 {
-    (xxhash_rust::xxh3::xxh3_64_with_seed(key, seed) % shard_count.max(1) as u64) as u32
 }
 
 #[cfg(test)]
@@ -254,7 +307,7 @@ mod tests {
     #[test]
     fn golden_bytes_from_the_protocol_doc() {
         let mut out = Vec::new();
-        encode_handshake(&mut out, "svc", "");
+        encode_handshake(&mut out, "svc", "", "");
         assert_eq!(out, [0, 0, 0, 7, 0x0a, 0x03, b's', b'v', b'c', 0x30, 0x01]);
         out.clear();
         encode_get(&mut out, b"k1");
@@ -366,13 +419,28 @@ mod tests {
             xxhash_rust::xxh3::xxh3_64_with_seed(b"", 0),
             0x2D06_8005_38D3_94C2
         );
+        // The shard that owns a key (docs/protocol.md): xxh3_64 with the
+        // seed, modulo the shard count.
         let key = b"character:1234";
         let h = xxhash_rust::xxh3::xxh3_64_with_seed(key, 42);
-        assert_eq!(owner_shard(key, 42, 4) as u64, h % 4);
-        assert_eq!(owner_shard(key, 42, 1), 0);
+        let route = |seed| crate::connect::Route {
+            seed,
+            ..Default::default()
+        };
+        assert_eq!(route(42).socket(key, 4) as u64, h % 4);
+        assert_eq!(route(42).socket(key, 1), 0);
         let spread: std::collections::HashSet<u32> = (0..100u32)
-            .map(|i| owner_shard(format!("k{i}").as_bytes(), 7, 4))
+            .map(|i| route(7).socket(format!("k{i}").as_bytes(), 4))
             .collect();
         assert_eq!(spread.len(), 4);
+        // In a cluster: the slot's primary node, then the shard there.
+        let slot_node: Vec<u32> = (0..4096).map(|slot| u32::from(slot >= 2048)).collect();
+        let cluster = crate::connect::Route {
+            seed: 42,
+            slot_node: slot_node.into(),
+            per_node: 2,
+        };
+        let node = u64::from(h >> 52 >= 2048);
+        assert_eq!(cluster.socket(key, 4) as u64, node * 2 + h % 2);
     }
 }
