@@ -85,7 +85,11 @@ impl ShardMap {
         let mut addrs = Vec::new();
         for node in &ans.nodes {
             if node.shard_ports.len() != per_node || per_node == 0 {
-                bail!("--cluster: node {} has {} shard ports, another {per_node}", node.id, node.shard_ports.len());
+                bail!(
+                    "--cluster: node {} has {} shard ports, another {per_node}",
+                    node.id,
+                    node.shard_ports.len()
+                );
             }
             let ip: std::net::IpAddr = node
                 .host

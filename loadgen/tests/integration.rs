@@ -476,3 +476,143 @@ fn rest_api_of_the_real_server_counts_add_up() {
     assert_clean(code, &s, Some(50));
     assert_eq!(u(&s, "misses"), 50, "404 is a miss, not an error: {s}");
 }
+
+/// `nats-server` with JetStream on a free port (a cluster needs it), or
+/// `None` with a note when it is not installed.
+fn start_nats_js() -> Option<(Server, String)> {
+    let Some(bin) = on_path("nats-server").or_else(|| {
+        let p = PathBuf::from("/usr/sbin/nats-server");
+        p.exists().then_some(p)
+    }) else {
+        eprintln!("NOTE: nats-server not installed; skipping");
+        return None;
+    };
+    let port = free_port();
+    let store = std::env::temp_dir().join(format!("loadgen-js-{}-{port}", std::process::id()));
+    let child = Command::new(bin)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(&store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nats-server");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_until_listening(addr);
+    Some((
+        Server {
+            child,
+            addr,
+            http: None,
+        },
+        format!("nats://{addr}"),
+    ))
+}
+
+/// Node `id` of a two-node cluster (replication 1) on `nats`.
+fn start_cluster_node(nats: &str, id: &str, zone: &str) -> Server {
+    let bin = cache_server_bin().expect("cache-server binary");
+    let mut child = Command::new(bin)
+        .args("--bind 127.0.0.1 --port 0 --shard-port-base 0 --http-port 0 --no-pin --shards 2".split(' '))
+        .args([
+            "--nats-url",
+            nats,
+            "--cluster-nodes",
+            "2",
+            "--cluster-name",
+            "loadgen-test",
+        ])
+        .args(["--cluster-zones", "a,b", "--zone", zone, "--node-id", id])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start cache-server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("LISTENING line");
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name))
+            .map(|a| a.parse::<SocketAddr>().unwrap())
+    };
+    Server {
+        child,
+        addr: field("binary=").expect("binary="),
+        http: field("http="),
+    }
+}
+
+/// The `cluster` member of a node's REST health answer.
+fn cluster_health(http: SocketAddr) -> Value {
+    let Ok(mut s) = TcpStream::connect(http) else {
+        return Value::Null;
+    };
+    let _ = s.write_all(b"GET /api/v2/cache/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    v["cache_response"]["data"]["cluster"].clone()
+}
+
+#[test]
+fn binary_protocol_cluster_routes_by_the_slot_map() {
+    if cache_server_bin().is_none() {
+        eprintln!("NOTE: no cache-server binary; skipping");
+        return;
+    }
+    let Some((_nats, url)) = start_nats_js() else {
+        return;
+    };
+    let n1 = start_cluster_node(&url, "n1", "a");
+    let n2 = start_cluster_node(&url, "n2", "b");
+    // Both nodes run one map giving each of them primaries.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let settled = [&n1, &n2].iter().all(|n| {
+            let h = cluster_health(n.http.unwrap());
+            let nodes = h["nodes"].as_array().cloned().unwrap_or_default();
+            nodes.len() == 2
+                && nodes
+                    .iter()
+                    .all(|x| x["primary_slots"].as_u64().unwrap_or(0) > 1000)
+                && h["epoch"] == cluster_health(n1.http.unwrap())["epoch"]
+        });
+        if settled {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cluster did not settle");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let addr = n1.addr.to_string();
+    // Routed by the map: every key reaches its primary; no redirect.
+    let (code, s) = loadgen(&format!(
+        "--protocol binary --addr {addr} --connections 4 --pipeline 8 --ratio 1:1 --keys 5000 \
+         --requests 10000 --cluster --consistency eventual"
+    ));
+    assert_clean(code, &s, Some(10000));
+    assert_eq!(s["shards"].as_u64(), Some(4), "two nodes of two shards: {s}");
+    // The same load sent to n1 alone meets CACHE_013 for n2's keys.
+    let (_, plain) = loadgen(&format!(
+        "--protocol binary --addr {addr} --connections 4 --pipeline 8 --ratio 1:1 --keys 5000 \
+         --requests 10000 --shard-aware"
+    ));
+    assert!(u(&plain, "errors") > 2000, "{plain}");
+    // The consistency reaches the server: one it does not know is refused.
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "run",
+            "--addr",
+            &addr,
+            "--requests",
+            "10",
+            "--cluster",
+            "--consistency",
+            "bogus",
+        ])
+        .output()
+        .expect("run loadgen");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("CACHE_010"), "{stderr}");
+}
