@@ -95,7 +95,7 @@ impl ShardMap {
                 .host
                 .parse()
                 .with_context(|| format!("--cluster: node {} host {:?}", node.id, node.host))?;
-            addrs.extend(node.shard_ports.iter().map(|&p| SocketAddr::new(ip, p as u16)));
+            addrs.extend(node.shard_ports.iter().map(|&p| SocketAddr::new(ip, p)));
         }
         Ok(ShardMap {
             addrs,
