@@ -124,6 +124,10 @@ pub struct WorkloadArgs {
     /// its slot's primary node, to the shard that owns it there.
     #[arg(long)]
     pub cluster: bool,
+    /// With --cluster: send only the keys whose slot node ID is primary of
+    /// (as the map was when the run started).
+    #[arg(long, value_name = "ID", requires = "cluster")]
+    pub node: Option<String>,
     /// Seed of the key/size/mix generators.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -251,6 +255,7 @@ impl WorkloadArgs {
             consistency: self.consistency.clone(),
             shard_aware: self.shard_aware || self.cluster,
             cluster: self.cluster,
+            node: self.node.clone(),
             seed: self.seed,
             server_pid: self.server_pid,
             progress: !self.quiet,

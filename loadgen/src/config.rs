@@ -47,6 +47,8 @@ pub struct LoadConfig {
     pub shard_aware: bool,
     /// Binary protocol: route by the cluster's slot map (every node's shards).
     pub cluster: bool,
+    /// With `cluster`: only the keys of this node's primary slots.
+    pub node: Option<String>,
     /// Seed of every worker's generator (worker `i` uses `seed + i`).
     pub seed: u64,
     /// Local server process whose CPU time is measured.

@@ -36,9 +36,17 @@ pub struct Route {
     pub slot_node: Arc<[u32]>,
     /// Shards per node (in a cluster).
     pub per_node: u32,
+    /// `--node`: only keys whose primary is this node (index in the map).
+    pub node: Option<u32>,
 }
 
 impl Route {
+    /// Whether `key`'s primary is the `--node` node.
+    pub fn on_node(&self, key: &[u8]) -> bool {
+        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(key, self.seed);
+        self.slot_node.get((hash >> 52) as usize).copied() == self.node
+    }
+
     /// The socket (of `sockets`) that serves `key`.
     #[inline]
     pub fn socket(&self, key: &[u8], sockets: u32) -> u32 {
@@ -77,7 +85,7 @@ impl ShardMap {
 
     /// Builds the map of a cluster from a handshake answer: every node's
     /// shards, and the primary node of each slot.
-    pub fn from_cluster(ans: &HandshakeAnswer) -> anyhow::Result<Self> {
+    pub fn from_cluster(ans: &HandshakeAnswer, only: Option<&str>) -> anyhow::Result<Self> {
         if ans.cluster_epoch == 0 || ans.slot_primary.len() != 4096 {
             bail!("--cluster: the server is not in a cluster (no slot map in its handshake)");
         }
@@ -97,6 +105,16 @@ impl ShardMap {
                 .with_context(|| format!("--cluster: node {} host {:?}", node.id, node.host))?;
             addrs.extend(node.shard_ports.iter().map(|&p| SocketAddr::new(ip, p)));
         }
+        let node = match only {
+            None => None,
+            Some(id) => Some(
+                ans.nodes
+                    .iter()
+                    .position(|n| n.id == id)
+                    .with_context(|| format!("--node {id}: not a node of the cluster's map"))?
+                    as u32,
+            ),
+        };
         Ok(ShardMap {
             addrs,
             seed: ans.hash_seed,
@@ -104,6 +122,7 @@ impl ShardMap {
                 seed: ans.hash_seed,
                 slot_node: ans.slot_primary.iter().copied().collect(),
                 per_node: per_node as u32,
+                node,
             },
         })
     }
@@ -160,7 +179,7 @@ pub fn discover_shards(cfg: &LoadConfig) -> anyhow::Result<ShardMap> {
     let (_stream, answer) = connect(cfg.addr, cfg)?;
     let answer = answer.context("--shard-aware needs the binary protocol")?;
     if cfg.cluster {
-        return ShardMap::from_cluster(&answer);
+        return ShardMap::from_cluster(&answer, cfg.node.as_deref());
     }
     ShardMap::from_handshake(cfg.addr, &answer)
 }

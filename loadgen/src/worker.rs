@@ -441,16 +441,27 @@ impl Worker<'_> {
                 }
             }
             let gen = &mut self.gen;
-            let index = match &mut gen.keys {
-                KeySource::Random => self.cfg.keys.pick(&mut gen.rng),
-                KeySource::Sequential { next, end } => {
-                    if *next >= *end {
-                        break;
+            let index = loop {
+                let index = match &mut gen.keys {
+                    KeySource::Random => self.cfg.keys.pick(&mut gen.rng),
+                    KeySource::Sequential { next, end } => {
+                        if *next >= *end {
+                            break None;
+                        }
+                        *next += 1;
+                        *next - 1
                     }
-                    *next += 1;
-                    *next - 1
+                };
+                // --node: only the keys whose slot that node is primary of.
+                if self.route.node.is_none() {
+                    break Some(index);
+                }
+                let len = self.cfg.keys.format(index, &mut gen.key_buf);
+                if self.route.on_node(&gen.key_buf[..len]) {
+                    break Some(index);
                 }
             };
+            let Some(index) = index else { break };
             let is_get = !gen.sets_only && self.cfg.ratio.is_get(&mut gen.rng);
             let template = gen.get_template.as_ref().filter(|_| is_get);
             // The key's name is needed to encode without a template and to

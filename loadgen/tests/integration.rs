@@ -599,6 +599,19 @@ fn binary_protocol_cluster_routes_by_the_slot_map() {
          --requests 10000 --shard-aware"
     ));
     assert!(u(&plain, "errors") > 2000, "{plain}");
+    // --node n1: only the keys n1 is primary of (about half of them).
+    let (code, s) = loadgen(&format!(
+        "--protocol binary --addr {addr} --connections 2 --keys 4000 --key-prefix only: \
+         --prefill --requests 1 --cluster --node n1"
+    ));
+    assert_eq!(code, 0, "{s}");
+    let (code, s) = loadgen(&format!(
+        "--protocol binary --addr {addr} --connections 2 --ratio 1:0 --keys 4000 --key-prefix only: \
+         --requests 8000 --cluster"
+    ));
+    assert_clean(code, &s, Some(8000));
+    let hit_rate = s["hit_rate"].as_f64().unwrap();
+    assert!((0.3..0.7).contains(&hit_rate), "hit rate {hit_rate}: {s}");
     // The consistency reaches the server: one it does not know is refused.
     let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args([

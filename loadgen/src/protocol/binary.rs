@@ -439,6 +439,7 @@ mod tests {
             seed: 42,
             slot_node: slot_node.into(),
             per_node: 2,
+            node: None,
         };
         let node = u64::from(h >> 52 >= 2048);
         assert_eq!(cluster.socket(key, 4) as u64, node * 2 + h % 2);
