@@ -131,6 +131,7 @@ impl Replicator {
 
     /// What `health` shows of the streams.
     pub fn counters(&self) -> serde_json::Value {
+        let h = &self.acked_after_us;
         serde_json::json!({
             "gaps": self.gaps,
             "resends_received": self.resends_received,
@@ -138,6 +139,11 @@ impl Replicator {
             "copies_received": self.copies_received,
             "copies_served": self.copies_served,
             "stale_refused": self.stale_refused,
+            // Send to acknowledgement, per message, since the start.
+            "acked_messages": h.len(),
+            "ack_p50_us": h.value_at_quantile(0.5),
+            "ack_p99_us": h.value_at_quantile(0.99),
+            "ack_max_us": h.max(),
         })
     }
 

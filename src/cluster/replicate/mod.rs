@@ -157,6 +157,9 @@ pub struct Replicator {
     streams_opened: u64,
     /// Bytes per second a full copy this node serves may send (0: unpaced).
     catchup_rate: u64,
+    /// Microseconds from sending a message to its acknowledgement (the
+    /// replication lag as each message saw it; `health` shows quantiles).
+    acked_after_us: hdrhistogram::Histogram<u64>,
 }
 
 impl Replicator {
@@ -196,6 +199,8 @@ impl Replicator {
             resends_served: 0,
             streams_opened: 0,
             catchup_rate: config.catchup_rate_mib << 20,
+            acked_after_us: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2)
+                .expect("valid histogram bounds"),
         }
     }
 
@@ -403,8 +408,13 @@ impl Replicator {
         let verdict = parts.next();
         let refused = verdict == Some("refused");
         if let Some(stream) = self.outgoing.get_mut(from) {
-            while stream.unacked.front().is_some_and(|&(s, _, _)| s <= seq) {
+            let now = Instant::now();
+            while let Some(&(s, at, _)) = stream.unacked.front().filter(|m| m.0 <= seq) {
                 stream.unacked.pop_front();
+                if s == seq {
+                    let us = now.duration_since(at).as_micros() as u64;
+                    self.acked_after_us.saturating_record(us.max(1));
+                }
             }
         }
         if verdict == Some("again") {
