@@ -121,3 +121,101 @@ async fn the_client_reconnects_after_the_server_closes_its_connection() {
         "{err:?}"
     );
 }
+
+/// A port nothing listens on: bound, then closed.
+fn closed_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_closed_first_seed_is_skipped() {
+    let server = TestServer::start(&[]);
+    let mut cfg = config(&server).address(format!("{}, {}", closed_port(), server.addr));
+    cfg.retries = 0;
+    let client = CacheClient::connect(cfg).await.unwrap();
+    client.set("seeds:rust", "v", 0).await.unwrap();
+    assert_eq!(
+        client.get("seeds:rust").await.unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+    let values = client.get_many(&["seeds:rust", "seeds:none"]).await.unwrap();
+    assert_eq!(values, [Some(bytes::Bytes::from("v")), None]);
+}
+
+#[tokio::test]
+async fn a_silent_seed_is_skipped_after_the_connect_timeout() {
+    let server = TestServer::start(&[]);
+    // Completes the TCP connect (the kernel's backlog), never answers the handshake.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cfg = config(&server).address(format!("{},{}", silent.local_addr().unwrap(), server.addr));
+    cfg.connect_timeout = Duration::from_millis(500);
+    let started = std::time::Instant::now();
+    let client = CacheClient::connect(cfg).await.unwrap();
+    assert_eq!(client.health().await.unwrap()["status"], "ok");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn when_no_seed_answers_the_io_error_names_every_seed() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (closed, silent) = (closed_port(), silent.local_addr().unwrap().to_string());
+    let mut cfg = ClientConfig::new("svc").address(format!("{closed},{silent}"));
+    cfg.connect_timeout = Duration::from_millis(300);
+    match CacheClient::connect(cfg).await {
+        Err(ClientError::Io(e)) => {
+            let message = e.to_string();
+            assert!(
+                message.starts_with("no seed answered the handshake: tried "),
+                "{message}"
+            );
+            assert!(message.contains(&format!("{closed} (")) && message.contains(&format!("{silent} (")));
+        }
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("connected to nothing"),
+    }
+}
+
+#[tokio::test]
+async fn a_bad_seed_is_a_configuration_error() {
+    let cfg = ClientConfig::new("svc").address("127.0.0.1:7000,,127.0.0.1:7001");
+    match CacheClient::connect(cfg).await {
+        Err(ClientError::Config(m)) => assert!(m.contains("empty seed address"), "{m}"),
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("accepted"),
+    }
+}
+
+#[tokio::test]
+async fn after_its_seed_goes_down_the_entry_connection_walks_the_seeds_again() {
+    let (first, second) = (TestServer::start(&[]), TestServer::start(&[]));
+    let cfg = config(&first).address(format!("{},{}", first.addr, second.addr));
+    let client = CacheClient::connect(cfg.shard_aware(false)).await.unwrap();
+    client.set("seeds:where", "first", 0).await.unwrap();
+    drop(first);
+    // The second server is another cache: the key is not there, but it answers.
+    assert_eq!(client.get("seeds:where").await.unwrap(), None);
+    client.set("seeds:where", "second", 0).await.unwrap();
+    let direct = CacheClient::connect(config(&second)).await.unwrap();
+    assert_eq!(
+        direct.get("seeds:where").await.unwrap().as_deref(),
+        Some(&b"second"[..])
+    );
+}
+
+#[tokio::test]
+async fn a_refused_token_is_not_taken_to_the_next_seed() {
+    // Every node of a cluster would refuse it too: the walk stops there.
+    let secret = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/hs256.secret");
+    let guarded = TestServer::start(&["--auth-hs256-secret-file", secret]);
+    let open = TestServer::start(&[]);
+    let cfg = config(&open).address(format!("{},{}", guarded.addr, open.addr));
+    match CacheClient::connect(cfg).await {
+        Err(e) => assert_eq!(e.status(), Some(Status::InvalidCredentials), "{e:?}"),
+        Ok(_) => panic!("the walk went past a refused token"),
+    }
+}

@@ -44,7 +44,7 @@ type Client struct {
 	cfg     Config
 	err     error // configuration error, returned by every call
 	hello   []byte
-	host    string
+	seeds   *seeds
 	breaker *breaker
 
 	mu       sync.Mutex
@@ -81,8 +81,9 @@ func slotOf(key []byte, seed uint64) int {
 	return int(xxh3.Hash64Seed(key, seed) >> 52)
 }
 
-// topology is what a handshake said about the shards.
+// topology is what the handshake of the seed in use said about its shards.
 type topology struct {
+	host  string
 	ports []uint32
 	seed  uint64
 }
@@ -97,7 +98,8 @@ func NewClient(cfg *Config) *Client {
 	c.cfg, c.err = cfg.withDefaults()
 	c.breaker = newBreaker(c.cfg.Breaker, time.Now)
 	if c.err == nil {
-		c.host, _, _ = net.SplitHostPort(c.cfg.Address)
+		list, _ := parseSeeds(c.cfg.Address) // checked by withDefaults
+		c.seeds = newSeeds(list)
 		c.hello = (&wire.CacheConnection{
 			ServiceID: c.cfg.ServiceID,
 			AuthToken: c.cfg.Token,
@@ -460,10 +462,11 @@ func (c *Client) batch(ctx context.Context, operation string, keys []string, val
 	return results, nil
 }
 
-// addressFor is the owner shard's port when the server listed them, else Address.
+// addressFor is the owner shard's port when the server listed them, else
+// the seed in use; "" when a walk must find one (send does).
 func (c *Client) addressFor(key []byte) string {
 	if c.cfg.DisableShardRouting || len(key) == 0 {
-		return c.cfg.Address
+		return c.seeds.inUse()
 	}
 	c.mu.Lock()
 	t := c.topology
@@ -476,10 +479,10 @@ func (c *Client) addressFor(key []byte) string {
 		return moved
 	}
 	if t == nil {
-		return c.cfg.Address
+		return c.seeds.inUse()
 	}
 	port := t.ports[OwnerShard(key, t.seed, len(t.ports))]
-	return net.JoinHostPort(c.host, strconv.Itoa(int(port)))
+	return net.JoinHostPort(t.host, strconv.Itoa(int(port)))
 }
 
 func (c *Client) withRetries(ctx context.Context, attempt func() (*wire.CacheResponse, error)) (*wire.CacheResponse, error) {
@@ -507,6 +510,7 @@ func (c *Client) withRetries(ctx context.Context, attempt func() (*wire.CacheRes
 				c.mu.Lock()
 				c.topology = nil // the shard ports may be stale
 				c.mu.Unlock()
+				c.seeds.forget() // and the seed may be down
 			}
 			lastErr = err
 			continue
@@ -540,7 +544,15 @@ func (c *Client) backoff(ctx context.Context, attempt int) error {
 	}
 }
 
+// send sends body to addr, or to the seed in use when addr is "".
 func (c *Client) send(ctx context.Context, addr string, body []byte) (*wire.CacheResponse, error) {
+	if addr == "" {
+		seed, err := c.enter(ctx)
+		if err != nil {
+			return nil, err
+		}
+		addr = seed
+	}
 	p, err := c.pool(addr)
 	if err != nil {
 		return nil, err
@@ -580,15 +592,22 @@ func (c *Client) dial(ctx context.Context, addr string) (*conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	hs := conn.handshake
-	// Shard ports come from the node this client was given: other nodes of a
-	// cluster are reached on their public port.
-	if addr == c.cfg.Address && hs.Hash == "xxh3_64" && hs.ShardCount > 0 && len(hs.ShardPorts) == int(hs.ShardCount) {
-		c.mu.Lock()
-		c.topology = &topology{ports: hs.ShardPorts, seed: hs.HashSeed}
-		c.mu.Unlock()
+	if addr == c.seeds.inUse() {
+		c.learnTopology(addr, conn.handshake)
 	}
 	return conn, nil
+}
+
+// learnTopology keeps the shard ports of the seed in use: other nodes of a
+// cluster are reached on their public port.
+func (c *Client) learnTopology(seed string, hs *wire.Handshake) {
+	if hs.Hash != "xxh3_64" || hs.ShardCount == 0 || len(hs.ShardPorts) != int(hs.ShardCount) {
+		return
+	}
+	host, _, _ := net.SplitHostPort(seed)
+	c.mu.Lock()
+	c.topology = &topology{host: host, ports: hs.ShardPorts, seed: hs.HashSeed}
+	c.mu.Unlock()
 }
 
 func unique(keys []string) []string {

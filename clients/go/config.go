@@ -2,7 +2,6 @@ package cache
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"time"
 )
@@ -39,7 +38,9 @@ type BreakerConfig struct {
 // Config configures a Client. Zero values take the defaults of ICD 9.2.
 type Config struct {
 	ServiceID string
-	// Address is host:port; default $DND_CACHE_ADDR, then 127.0.0.1:7000.
+	// Address is host:port, or a comma-separated list of seeds
+	// ("10.0.0.1:7000,10.0.0.2:7000"): the client uses the first that
+	// answers the handshake. Default $DND_CACHE_ADDR, then 127.0.0.1:7000.
 	Address string
 	// Token is the JWT sent in the handshake as auth_token.
 	Token   string
@@ -58,8 +59,8 @@ type Config struct {
 
 	Pool    PoolConfig
 	Breaker BreakerConfig
-	// DisableShardRouting sends every request to Address instead of the
-	// port of the key's owner shard.
+	// DisableShardRouting sends every request to the seed in use instead
+	// of the port of the key's owner shard.
 	DisableShardRouting bool
 }
 
@@ -75,8 +76,8 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Address == "" {
 		c.Address = DefaultAddress
 	}
-	if _, _, err := net.SplitHostPort(c.Address); err != nil {
-		return c, fmt.Errorf("dnd-cache: Address %q: %v", c.Address, err)
+	if _, err := parseSeeds(c.Address); err != nil {
+		return c, err
 	}
 	switch c.Options.Consistency {
 	case "", "strong", "eventual":

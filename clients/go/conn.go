@@ -205,6 +205,17 @@ func (p *pool) put(c *conn) {
 	p.reapLocked(time.Now())
 }
 
+// adopt takes in a connection dialed outside the pool (by a seed walk),
+// idle, unless the pool is closed or full.
+func (p *pool) adopt(c *conn) {
+	select {
+	case p.slots <- struct{}{}:
+		p.put(c)
+	default:
+		c.close()
+	}
+}
+
 // reapLocked closes connections idle past IdleTimeout while more than MinSize are open.
 func (p *pool) reapLocked(now time.Time) {
 	for len(p.idle) > 0 && len(p.slots) > p.cfg.MinSize && now.Sub(p.idle[0].lastUsed) > p.cfg.IdleTimeout {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from typing import Any, List
@@ -10,6 +11,7 @@ from typing import Any, List
 import pytest
 
 from dnd_cache import (
+    AsyncCacheClient,
     BatchError,
     CacheClient,
     CacheConnectionError,
@@ -17,23 +19,81 @@ from dnd_cache import (
     ClientConfig,
     InvalidKeyError,
     KeyNotFoundError,
+    OperationTimeoutError,
     encode_value,
     error_for_status,
 )
 from dnd_cache import wire
-from dnd_cache.config import resolve_address
+from dnd_cache.config import resolve_seeds
+from dnd_cache.seeds import Seeds, skips_seed
 from dnd_cache.connection import ConnectionPool
 
 
 def test_address_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DND_CACHE_ADDR", raising=False)
-    assert resolve_address(None) == ("127.0.0.1", 7000)
+    assert resolve_seeds(None) == (("127.0.0.1", 7000),)
     monkeypatch.setenv("DND_CACHE_ADDR", "cache.local:7100")
-    assert resolve_address(None) == ("cache.local", 7100)
-    assert resolve_address("[::1]:9") == ("::1", 9)
+    assert resolve_seeds(None) == (("cache.local", 7100),)
+    assert resolve_seeds("[::1]:9") == (("::1", 9),)
     for bad in ("nohost", "h:0", "h:99999", ":7"):
-        with pytest.raises(ValueError):
-            resolve_address(bad)
+        with pytest.raises(ValueError, match=f"got '{bad}'"):
+            resolve_seeds(bad)
+
+
+def test_address_lists_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    seeds = (("10.0.0.1", 7000), ("10.0.0.2", 7001), ("::1", 7002))
+    assert resolve_seeds("10.0.0.1:7000,10.0.0.2:7001,[::1]:7002") == seeds
+    # Whitespace around the commas (and the ends) is ignored.
+    assert resolve_seeds(" 10.0.0.1:7000 ,\t10.0.0.2:7001,  [::1]:7002 ") == seeds
+    monkeypatch.setenv("DND_CACHE_ADDR", "a.local:1, b.local:2")
+    assert resolve_seeds(None) == (("a.local", 1), ("b.local", 2))
+    # The argument wins over the environment, list or not.
+    assert resolve_seeds("c.local:3") == (("c.local", 3),)
+
+
+@pytest.mark.parametrize(
+    "address, message",
+    [
+        ("a:1,,b:2", "empty seed address in 'a:1,,b:2'"),
+        ("a:1,", "empty seed address in 'a:1,'"),
+        (",a:1", "empty seed address in ',a:1'"),
+        ("a:1, ,b:2", "empty seed address in 'a:1, ,b:2'"),
+        ("a:1,b:x", "got 'b:x' in 'a:1,b:x'"),
+        ("a:1,b:0", "got 'b:0' in 'a:1,b:0'"),
+        ("a:1,b:65536", "got 'b:65536' in 'a:1,b:65536'"),
+        ("a:1,b", "got 'b' in 'a:1,b'"),
+        ("a:1,:2", "got ':2' in 'a:1,:2'"),
+    ],
+)
+def test_a_bad_seed_is_named(address: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        resolve_seeds(address)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        CacheClient("svc", address=address)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        AsyncCacheClient("svc", address=address)
+
+
+def test_seed_walks_start_at_the_seed_last_used() -> None:
+    a, b, c = ("a", 1), ("b", 2), ("c", 3)
+    seeds = Seeds([a, b, c])
+    assert seeds.current is None and seeds.walk() == [a, b, c]
+    seeds.chose(b)
+    assert seeds.current == b
+    seeds.forget()
+    assert seeds.current is None and seeds.walk() == [b, c, a]
+    # One seed: in use from the start, never walked again.
+    single = Seeds([a])
+    single.forget()
+    assert single.current == a
+
+
+def test_a_walk_skips_seeds_that_cannot_answer_only() -> None:
+    assert skips_seed(CacheConnectionError("refused"))
+    assert skips_seed(OperationTimeoutError("slow"))
+    assert skips_seed(error_for_status(11, "shutting down"))
+    # A refused token would be refused by every node.
+    assert not skips_seed(error_for_status(101, "bad token"))
 
 
 def test_options_are_validated() -> None:

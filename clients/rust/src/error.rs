@@ -26,6 +26,10 @@ pub enum ClientError {
     /// The request was refused before it was sent (e.g. an invalid key).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The client's configuration cannot be used (e.g. an address that is
+    /// not `host:port`).
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 impl ClientError {

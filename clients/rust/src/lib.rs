@@ -13,9 +13,13 @@
 //!
 //! One multiplexed connection per shard replaces a pool: every call is
 //! pipelined on it, so concurrency needs no extra sockets.
+//!
+//! `address` may list several seeds (`"10.0.0.1:7000,10.0.0.2:7000"`): the
+//! client enters by the first that answers the handshake (`seeds.rs`).
 
 mod connection;
 mod error;
+mod seeds;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +31,7 @@ use connection::Connection;
 use dnd_cache_proto::key::{key_hash, owner_of, slot_of, SLOTS};
 use dnd_cache_proto::pb as proto;
 use dnd_cache_proto::validate::check_key;
+use seeds::Seeds;
 
 pub use dnd_cache_proto::pb::{ItemResult, Metadata, Options};
 pub use error::{ClientError, Status};
@@ -34,8 +39,9 @@ pub use error::{ClientError, Status};
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// "host:port" of the public binary port. Default: `$DND_CACHE_ADDR`,
-    /// else 127.0.0.1:7000.
+    /// "host:port" of the public binary port, or a comma-separated list of
+    /// seeds: the first that answers the handshake is used. Default:
+    /// `$DND_CACHE_ADDR`, else 127.0.0.1:7000.
     pub address: String,
     pub service_id: String,
     /// JWT sent in the handshake, when the server requires one.
@@ -56,7 +62,10 @@ pub struct ClientConfig {
 impl ClientConfig {
     pub fn new(service_id: impl Into<String>) -> Self {
         ClientConfig {
-            address: std::env::var("DND_CACHE_ADDR").unwrap_or_else(|_| "127.0.0.1:7000".into()),
+            address: std::env::var("DND_CACHE_ADDR")
+                .ok()
+                .filter(|a| !a.is_empty())
+                .unwrap_or_else(|| "127.0.0.1:7000".into()),
             service_id: service_id.into(),
             token: None,
             options: Options::default(),
@@ -109,7 +118,11 @@ struct Inner {
     seed: u64,
     /// Route 0..n: one per shard when shard-aware; else a single route.
     shards: Vec<Arc<Route>>,
+    /// The entry connection, to the seed that answered first (its
+    /// `address`); it reconnects by walking the seeds again (`Seeds::open`).
     public: Arc<Route>,
+    /// The seed addresses (not the hash `seed` above).
+    seeds: Seeds,
     /// In a cluster: the slots of other nodes (docs/cluster.md).
     cluster: Option<Cluster>,
 }
@@ -197,9 +210,10 @@ fn moved_target(data: &[u8]) -> Option<(usize, String)> {
 }
 
 impl CacheClient {
-    /// Connects to the public port, learns the shard map, and (when
-    /// shard-aware) prepares a connection per shard.
+    /// Connects to the public port (of the first seed that answers), learns
+    /// the shard map, and (when shard-aware) prepares a connection per shard.
     pub async fn connect(config: ClientConfig) -> Result<CacheClient, ClientError> {
+        let seeds = Seeds::parse(&config.address)?;
         let hello = proto::CacheConnection {
             service_id: config.service_id.clone(),
             auth_token: config.token.clone().unwrap_or_default(),
@@ -207,18 +221,13 @@ impl CacheClient {
             protocol_version: 1,
             correlation_id: String::new(),
         };
-        let first = Connection::open(
-            &config.address,
-            &hello,
-            config.connect_timeout,
-            config.max_frame_bytes,
-        )
-        .await?;
+        let (address, first) = seeds
+            .open(&hello, config.connect_timeout, config.max_frame_bytes)
+            .await?;
         let map = first.handshake.clone();
-        let host = config
-            .address
+        let host = address
             .rsplit_once(':')
-            .map_or(config.address.as_str(), |(h, _)| h)
+            .map_or(address.as_str(), |(h, _)| h)
             .to_string();
         let shards =
             if config.shard_aware && map.shard_count > 1 && map.shard_ports.len() == map.shard_count as usize
@@ -236,7 +245,7 @@ impl CacheClient {
                 Vec::new()
             };
         let public = Arc::new(Route {
-            address: config.address.clone(),
+            address,
             conn: Mutex::new(Some(Arc::new(first))),
         });
         let cluster = Cluster::from_handshake(&map);
@@ -247,6 +256,7 @@ impl CacheClient {
                 seed: map.hash_seed,
                 shards,
                 public,
+                seeds,
                 cluster,
             }),
         })
@@ -271,15 +281,24 @@ impl CacheClient {
             return Ok(conn.clone());
         }
         let c = &self.inner.config;
-        let conn = Arc::new(
-            Connection::open(
-                &route.address,
-                &self.inner.hello,
-                c.connect_timeout,
-                c.max_frame_bytes,
+        let conn = if std::ptr::eq(route, &*self.inner.public) {
+            // The seed may be down: walk the seeds from the one last used.
+            let seeds = &self.inner.seeds;
+            let (_, conn) = seeds
+                .open(&self.inner.hello, c.connect_timeout, c.max_frame_bytes)
+                .await?;
+            Arc::new(conn)
+        } else {
+            Arc::new(
+                Connection::open(
+                    &route.address,
+                    &self.inner.hello,
+                    c.connect_timeout,
+                    c.max_frame_bytes,
+                )
+                .await?,
             )
-            .await?,
-        );
+        };
         *slot = Some(conn.clone());
         Ok(conn)
     }

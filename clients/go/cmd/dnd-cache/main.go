@@ -21,7 +21,7 @@ import (
 )
 
 func main() {
-	addr := flag.String("addr", "", "server host:port (default $DND_CACHE_ADDR or 127.0.0.1:7000)")
+	addr := flag.String("addr", "", "server host:port, or seeds host:port,host:port (default $DND_CACHE_ADDR or 127.0.0.1:7000)")
 	service := flag.String("service-id", "dnd_cache_cli", "service id sent in the handshake")
 	token := flag.String("token", "", "JWT sent in the handshake")
 	hexMode := flag.Bool("hex", false, "keys and values are hex")

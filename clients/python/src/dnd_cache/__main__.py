@@ -14,7 +14,10 @@ from .errors import CacheError
 
 def main(argv: "list[str] | None" = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dnd_cache")
-    parser.add_argument("--addr", help="host:port (default $DND_CACHE_ADDR or 127.0.0.1:7000)")
+    parser.add_argument(
+        "--addr",
+        help="host:port, or seeds host:port,host:port (default $DND_CACHE_ADDR or 127.0.0.1:7000)",
+    )
     parser.add_argument("--service-id", default="dnd_cache_cli")
     parser.add_argument("--token")
     sub = parser.add_subparsers(dest="command", required=True)

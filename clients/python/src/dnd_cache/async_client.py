@@ -38,7 +38,7 @@ from typing import (
 from . import operations as ops
 from . import wire
 from .breaker import CircuitBreaker
-from .config import ClientConfig, make_options, resolve_address
+from .config import ClientConfig, make_options, resolve_seeds
 from .connection import DEFAULT_MAX_FRAME, decode_response, frame_length, handshake_of
 from .errors import (
     CLOSING_STATUSES,
@@ -48,6 +48,7 @@ from .errors import (
 )
 from .retry import RetryState
 from .routing import MAX_REDIRECTS, MOVED, Endpoint, Topology, moved_target, slot_of
+from .seeds import Seeds, no_seed_answered, skips_seed
 from .values import Key, encode_value
 
 __all__ = ["AsyncCacheClient", "AsyncConnection", "AsyncConnectionPool"]
@@ -308,6 +309,14 @@ class AsyncConnectionPool:
                 keep.append(conn)
         self._conns = keep
 
+    def adopt(self, conn: AsyncConnection) -> None:
+        """Takes in a connection opened outside the pool (the one a seed walk
+        opened), unless the pool is closed or full."""
+        if self._closed or self.size >= self._config.pool_max_size:
+            conn.close()
+        else:
+            self._conns.append(conn)
+
     async def close(self) -> None:
         self._closed = True
         conns, self._conns = self._conns, []
@@ -338,7 +347,9 @@ class AsyncCacheClient:
         if not service_id:
             raise ValueError("service_id is required")
         self.config = config or ClientConfig()
-        self._public: Endpoint = resolve_address(address)
+        self._seeds = Seeds(resolve_seeds(address))
+        # The seed walk under way, which every caller needing the seed awaits.
+        self._walking: Optional["asyncio.Future[Endpoint]"] = None
         self._hello = wire.CacheConnection(
             service_id=service_id,
             auth_token=token or "",
@@ -447,27 +458,30 @@ class AsyncCacheClient:
                 results[key] = ops.item_of(item.key, await self._single(single))
         return [(key, results[key]) for key in keys]
 
-    def _endpoint_for(self, key: bytes) -> Endpoint:
+    def _endpoint_for(self, key: bytes) -> Optional[Endpoint]:
+        """Where ``key`` goes; ``None``: the seed in use, found when sending."""
         topology = self._topology
         if topology is None or not self.config.shard_aware or not key:
-            return self._public
+            return self._seeds.current
         moved = self._moved.get(slot_of(key, topology.seed)) if self._moved else None
         return moved or topology.endpoint_for(key)
 
     async def _with_retries(
-        self, endpoint: Endpoint, op: wire.CacheOperation
+        self, endpoint: Optional[Endpoint], op: wire.CacheOperation
     ) -> wire.CacheResponse:
         state = RetryState(self.config, self.breaker)
         while True:
             state.before_attempt()
             try:
-                conn = await self._pool(endpoint).acquire()
+                conn = await self._pool(endpoint or await self._enter()).acquire()
                 answer = await conn.request(op)
             except CacheError as exc:
                 if isinstance(exc, CacheConnectionError):
-                    # The shard ports may be stale: the public port takes any key.
+                    # The shard ports may be stale, and the seed may be
+                    # down: the seed in use (after a walk) takes any key.
                     self._topology = None
-                    endpoint = self._public
+                    self._seeds.forget()
+                    endpoint = self._seeds.current
                 await asyncio.sleep(state.after_error(exc))
                 continue
             except BaseException:
@@ -487,14 +501,51 @@ class AsyncCacheClient:
             self._pools[endpoint] = pool
         return pool
 
+    async def _enter(self) -> Endpoint:
+        """The seed in use; when there is none, the outcome of a seed walk
+        (one at a time: concurrent callers await the same walk)."""
+        current = self._seeds.current
+        if current is not None:
+            return current
+        if self._walking is None:
+            self._walking = asyncio.ensure_future(self._walk())
+        # shield: a cancelled caller does not abort a walk others wait for.
+        return await asyncio.shield(self._walking)
+
+    async def _walk(self) -> Endpoint:
+        """The first seed that answers the handshake (its connection joins
+        that seed's pool), else the error naming every seed tried."""
+        try:
+            failures: List[Tuple[Endpoint, CacheError]] = []
+            for seed in self._seeds.walk():
+                pool = self._pool(seed)
+                try:
+                    conn = await self._connect(seed)
+                except CacheError as exc:
+                    if not skips_seed(exc):
+                        raise
+                    failures.append((seed, exc))
+                    continue
+                self._seeds.chose(seed)
+                self._learn_topology(seed, conn.handshake)
+                pool.adopt(conn)
+                return seed
+            raise no_seed_answered(failures)
+        finally:
+            self._walking = None
+
     async def _connect(self, endpoint: Endpoint) -> AsyncConnection:
         cfg = self.config
         conn = await AsyncConnection.open(
             endpoint, self._hello, cfg.connect_timeout, cfg.request_timeout
         )
-        topology = Topology.from_handshake(endpoint[0], conn.handshake)
-        # Shard ports come from the node this client was given: other nodes
-        # of a cluster are reached on their public port.
-        if endpoint == self._public and topology is not None and topology != self._topology:
-            self._topology = topology
+        if endpoint == self._seeds.current:
+            self._learn_topology(endpoint, conn.handshake)
         return conn
+
+    def _learn_topology(self, endpoint: Endpoint, handshake: wire.Handshake) -> None:
+        # Shard ports come from the seed in use: other nodes of a cluster
+        # are reached on their public port.
+        topology = Topology.from_handshake(endpoint[0], handshake)
+        if topology is not None and topology != self._topology:
+            self._topology = topology

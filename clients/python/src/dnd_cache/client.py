@@ -22,12 +22,13 @@ from typing import (
 from . import operations as ops
 from . import wire
 from .breaker import CircuitBreaker
-from .config import ClientConfig, make_options, resolve_address
+from .config import ClientConfig, make_options, resolve_seeds
 from .connection import Connection, ConnectionPool
 from .errors import CacheConnectionError, CacheError
 from .operations import MAX_BATCH_KEYS
 from .retry import RetryState
 from .routing import MAX_REDIRECTS, MOVED, Endpoint, Topology, moved_target, owner_shard, slot_of
+from .seeds import Seeds, no_seed_answered, skips_seed
 from .values import Key, encode_value
 
 __all__ = ["CacheClient", "MAX_BATCH_KEYS", "owner_shard"]
@@ -38,7 +39,9 @@ K = TypeVar("K", str, bytes)
 class CacheClient:
     """A thread-safe client of one dnd-cache server.
 
-    ``address`` defaults to ``$DND_CACHE_ADDR``, then ``127.0.0.1:7000``.
+    ``address`` defaults to ``$DND_CACHE_ADDR``, then ``127.0.0.1:7000``; it
+    may list several seeds, comma-separated: the client uses the first that
+    answers the handshake (see ``seeds.py``).
     ``options`` (consistency, compression, encryption) are sent once in the
     handshake and apply to every request; ``token`` is the JWT sent as
     ``auth_token``. Connections open lazily on first use.
@@ -67,7 +70,9 @@ class CacheClient:
             raise ValueError("service_id is required")
         self.config = config or ClientConfig()
         self.correlation_id = ops.check_correlation_id(correlation_id)
-        self._public: Endpoint = resolve_address(address)
+        self._seeds = Seeds(resolve_seeds(address))
+        # One seed walk at a time; the others wait for its outcome.
+        self._seed_lock = threading.Lock()
         self._hello = wire.CacheConnection(
             service_id=service_id,
             auth_token=token or "",
@@ -222,10 +227,11 @@ class CacheClient:
             return ops.check_correlation_id(per_call)
         return self.correlation_id
 
-    def _endpoint_for(self, key: bytes) -> Endpoint:
+    def _endpoint_for(self, key: bytes) -> Optional[Endpoint]:
+        """Where ``key`` goes; ``None``: the seed in use, found when sending."""
         topology = self._topology
         if topology is None or not self.config.shard_aware or not key:
-            return self._public
+            return self._seeds.current
         moved = self._moved.get(slot_of(key, topology.seed)) if self._moved else None
         return moved or topology.endpoint_for(key)
 
@@ -238,6 +244,7 @@ class CacheClient:
             except CacheError as exc:
                 if isinstance(exc, CacheConnectionError):
                     self._topology = None  # the shard ports may be stale
+                    self._seeds.forget()  # and the seed may be down
                 time.sleep(state.after_error(exc))
                 continue
             except BaseException:
@@ -249,9 +256,9 @@ class CacheClient:
             time.sleep(delay)
 
     def _send(
-        self, endpoint: Endpoint, requests: Sequence[wire.CacheOperation]
+        self, endpoint: Optional[Endpoint], requests: Sequence[wire.CacheOperation]
     ) -> List[wire.CacheResponse]:
-        pool = self._pool(endpoint)
+        pool = self._pool(endpoint or self._enter())
         conn = pool.acquire()
         try:
             return conn.roundtrip(requests)
@@ -276,12 +283,39 @@ class CacheClient:
                 self._pools[endpoint] = pool
             return pool
 
+    def _enter(self) -> Endpoint:
+        """The seed in use; when there is none, the first seed of a walk that
+        answers the handshake (its connection joins that seed's pool)."""
+        with self._seed_lock:
+            current = self._seeds.current
+            if current is not None:
+                return current
+            failures: List[Tuple[Endpoint, CacheError]] = []
+            for seed in self._seeds.walk():
+                pool = self._pool(seed)
+                try:
+                    conn = self._connect(seed)
+                except CacheError as exc:
+                    if not skips_seed(exc):
+                        raise
+                    failures.append((seed, exc))
+                    continue
+                self._seeds.chose(seed)
+                self._learn_topology(seed, conn.handshake)
+                pool.adopt(conn)
+                return seed
+            raise no_seed_answered(failures)
+
     def _connect(self, endpoint: Endpoint) -> Connection:
         cfg = self.config
         conn = Connection(endpoint, self._hello, cfg.connect_timeout, cfg.request_timeout)
-        topology = Topology.from_handshake(endpoint[0], conn.handshake)
-        # Shard ports come from the node this client was given: other nodes
-        # of a cluster are reached on their public port.
-        if endpoint == self._public and topology is not None and topology != self._topology:
-            self._topology = topology
+        if endpoint == self._seeds.current:
+            self._learn_topology(endpoint, conn.handshake)
         return conn
+
+    def _learn_topology(self, endpoint: Endpoint, handshake: wire.Handshake) -> None:
+        # Shard ports come from the seed in use: other nodes of a cluster
+        # are reached on their public port.
+        topology = Topology.from_handshake(endpoint[0], handshake)
+        if topology is not None and topology != self._topology:
+            self._topology = topology

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Tuple, Union
 
+from .routing import Endpoint
 from .wire import Options
 
 DEFAULT_ADDRESS = "127.0.0.1:7000"
@@ -46,12 +47,26 @@ class ClientConfig:
             raise ValueError("breaker_threshold must be in (0, 1]")
 
 
-def resolve_address(address: Optional[str]) -> Tuple[str, int]:
-    """``address``, else ``$DND_CACHE_ADDR``, else 127.0.0.1:7000, as (host, port)."""
+def resolve_seeds(address: Optional[str]) -> Tuple[Endpoint, ...]:
+    """``address``, else ``$DND_CACHE_ADDR``, else 127.0.0.1:7000, as the
+    (host, port) of each seed.
+
+    The text is one ``host:port`` or a comma-separated list of them
+    (whitespace around the commas is ignored). An empty entry or one that is
+    not ``host:port`` is a ``ValueError`` naming that entry.
+    """
     text = address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
-    host, sep, port = text.rpartition(":")
+    entries = [entry.strip() for entry in text.split(",")]
+    where = f" in {text!r}" if len(entries) > 1 else ""
+    return tuple(_endpoint_of(entry, where) for entry in entries)
+
+
+def _endpoint_of(entry: str, where: str) -> Endpoint:
+    if not entry:
+        raise ValueError(f"empty seed address{where}")
+    host, sep, port = entry.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"address must be host:port, got {text!r}")
+        raise ValueError(f"address must be host:port, got {entry!r}{where}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, int(port)

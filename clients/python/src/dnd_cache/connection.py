@@ -211,6 +211,17 @@ class ConnectionPool:
             self._reap_locked()
             self._cond.notify()
 
+    def adopt(self, conn: Connection) -> None:
+        """Takes in a connection opened outside the pool (the one a seed walk
+        opened), idle, unless the pool is closed or full."""
+        with self._cond:
+            if self._closed or self._open >= self._max:
+                conn.close()
+                return
+            self._open += 1
+            self._idle.append(conn)
+            self._cond.notify()
+
     def close(self) -> None:
         with self._cond:
             self._closed = True

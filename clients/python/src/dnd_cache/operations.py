@@ -67,7 +67,8 @@ def health_result(answer: wire.CacheResponse) -> Dict[str, Any]:
 class BatchChunk(Generic[K]):
     """One request of a batch: the keys it carries, to the shard that owns them."""
 
-    endpoint: Endpoint
+    # None: the seed in use, found when the chunk is sent (seeds.py).
+    endpoint: Optional[Endpoint]
     keys: List[K]
     op: wire.CacheOperation
 
@@ -75,13 +76,13 @@ class BatchChunk(Generic[K]):
 def plan_batch(
     operation: str,
     keys: List[K],
-    endpoint_for: Callable[[bytes], Endpoint],
+    endpoint_for: Callable[[bytes], Optional[Endpoint]],
     values: Optional[Mapping[K, bytes]] = None,
     ttl: int = 0,
 ) -> List[BatchChunk[K]]:
     """Splits the keys by owner shard, then into chunks the server accepts."""
     encoded = {key: encode_key(key) for key in keys}
-    groups: Dict[Endpoint, List[K]] = {}
+    groups: Dict[Optional[Endpoint], List[K]] = {}
     for key in keys:
         groups.setdefault(endpoint_for(encoded[key]), []).append(key)
     chunks: List[BatchChunk[K]] = []
