@@ -57,11 +57,19 @@ fn start_cache_server(shards: u32) -> Option<Server> {
         eprintln!("NOTE: no cache-server binary (set DND_CACHE_SERVER_BIN or build it); skipping");
         return None;
     };
-    let mut child = Command::new(bin)
-        .args("--bind 127.0.0.1 --port 0 --shard-port-base 0 --http-port 0 --no-pin".split(' '))
+    let mut command = Command::new(bin);
+    command
         // 64 MiB over 2+ shards evicts items of mixed sizes long before it is
         // full (reported to the server's owner); 256 MiB is only reserved as used.
-        .args(["--max-memory", "256MiB", "--shards", &shards.to_string()])
+        .args(["--max-memory", "256MiB", "--shards", &shards.to_string()]);
+    Some(spawn_listening(command))
+}
+
+/// Starts `command` (a cache-server) on ephemeral loopback ports and reads
+/// its addresses from its LISTENING line.
+fn spawn_listening(mut command: Command) -> Server {
+    let mut child = command
+        .args("--bind 127.0.0.1 --port 0 --shard-port-base 0 --http-port 0 --no-pin".split(' '))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -75,14 +83,11 @@ fn start_cache_server(shards: u32) -> Option<Server> {
     let field = |name: &str| {
         line.split_whitespace()
             .find_map(|kv| kv.strip_prefix(name))
-            .map(str::to_owned)
+            .map(|a| a.parse::<SocketAddr>().unwrap())
     };
-    let addr = field("binary=")
-        .expect("binary= in LISTENING line")
-        .parse()
-        .unwrap();
-    let http = field("http=").map(|a| a.parse().unwrap());
-    Some(Server { child, addr, http })
+    let addr = field("binary=").expect("binary= in LISTENING line");
+    let http = field("http=");
+    Server { child, addr, http }
 }
 
 /// A free loopback port (bound, then released for the server to take).
@@ -510,37 +515,12 @@ fn start_nats_js() -> Option<(Server, String)> {
 
 /// Node `id` of a two-node cluster (replication 1) on `nats`.
 fn start_cluster_node(nats: &str, id: &str, zone: &str) -> Server {
-    let bin = cache_server_bin().expect("cache-server binary");
-    let mut child = Command::new(bin)
-        .args("--bind 127.0.0.1 --port 0 --shard-port-base 0 --http-port 0 --no-pin --shards 2".split(' '))
-        .args([
-            "--nats-url",
-            nats,
-            "--cluster-nodes",
-            "2",
-            "--cluster-name",
-            "loadgen-test",
-        ])
-        .args(["--cluster-zones", "a,b", "--zone", zone, "--node-id", id])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start cache-server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("LISTENING line");
-    let field = |name: &str| {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(name))
-            .map(|a| a.parse::<SocketAddr>().unwrap())
-    };
-    Server {
-        child,
-        addr: field("binary=").expect("binary="),
-        http: field("http="),
-    }
+    let mut command = Command::new(cache_server_bin().expect("cache-server binary"));
+    command
+        .args(["--shards", "2", "--nats-url", nats, "--cluster-nodes", "2"])
+        .args(["--cluster-name", "loadgen-test", "--cluster-zones", "a,b"])
+        .args(["--zone", zone, "--node-id", id]);
+    spawn_listening(command)
 }
 
 /// The `cluster` member of a node's REST health answer.
