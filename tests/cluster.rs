@@ -331,3 +331,83 @@ fn a_flush_through_one_node_flushes_every_node() {
         }
     });
 }
+
+/// Membership, the map and replication ride NATS, so NATS' own
+/// authentication guards them: with credentials in the URL the cluster
+/// forms and replicates (a strong write needs its replica's
+/// acknowledgement), and a node with a wrong password never joins.
+#[test]
+fn a_nats_server_with_credentials_admits_only_nodes_that_have_them() {
+    let Some(bin) = require_nats() else { return };
+    let nats = Nats::start_js_with(bin, Some("authorization { user: dnd, password: s3cret }\n"));
+    let url = nats.url().replace("nats://", "nats://dnd:s3cret@");
+    let n1 = common::cluster::node_at(&url, "n1", "a");
+    let n2 = common::cluster::node_at(&url, "n2", "b");
+    wait_for(&n1, Duration::from_secs(20), "n1 and n2 in one map", |h| {
+        serving(h) == ["n1", "n2"] && slot_totals(h) == (4096, 4096)
+    });
+    // The Message Hub bridge logs in with the same URL.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !HttpConn::open(n1.http)
+        .get("/health/metrics")
+        .text()
+        .lines()
+        .any(|l| l.starts_with("cache_hub_connected") && l.ends_with(" 1"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the hub bridge did not connect with the credentials"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut intruder = std::process::Command::new(common::server_bin())
+        .args([
+            "--port",
+            "0",
+            "--shard-port-base",
+            "0",
+            "--http-port",
+            "0",
+            "--no-pin",
+        ])
+        .args(["--nats-url", &nats.url().replace("nats://", "nats://dnd:wrong@")])
+        .args([
+            "--cluster-nodes",
+            "3",
+            "--replication",
+            "2",
+            "--cluster-zones",
+            "a,b",
+        ])
+        .args(["--zone", "a", "--node-id", "n3", "--cluster-name", "test-cluster"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let h = common::cluster::cluster_health(&n1);
+    let _ = intruder.kill();
+    let _ = intruder.wait();
+    assert_eq!(
+        serving(&h),
+        ["n1", "n2"],
+        "a node without the password joined: {h:#}"
+    );
+    assert!(
+        h["nodes"].as_array().unwrap().iter().all(|n| n["id"] != "n3"),
+        "{h:#}"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut config = ClientConfig::new("t").address(n1.addr.to_string());
+        config.options.consistency = "strong".into();
+        let client = CacheClient::connect(config).await.unwrap();
+        for i in 0..50 {
+            client.set(format!("authed:{i}"), "v", 0).await.unwrap();
+        }
+    });
+    drop(n2);
+}

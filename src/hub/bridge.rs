@@ -96,9 +96,11 @@ pub async fn run(
             let control = counters.clone();
             async move { on_connection_event(&control.bridge, event) }
         });
+    let options = super::nats_url::with_credentials(options, &url);
     let client = match options.connect(url.as_str()).await {
         Ok(client) => client,
         Err(e) => {
+            let url = super::nats_url::redacted(&url);
             warn!(error = %e, url, "Message Hub bridge not started: bad NATS address");
             return;
         }
@@ -116,7 +118,10 @@ pub async fn run(
         last_health: None,
         config,
     };
-    info!(url, "Message Hub bridge started");
+    info!(
+        url = super::nats_url::redacted(&url),
+        "Message Hub bridge started"
+    );
     let mut drain = tokio::time::interval(DRAIN_INTERVAL);
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let period = bridge.config.health_interval;

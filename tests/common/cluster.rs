@@ -12,10 +12,14 @@ use super::TestServer;
 
 /// Flags of node `id` in `zone` of a three-node cluster with two copies.
 pub fn node(nats: &Nats, id: &str, zone: &str) -> TestServer {
-    let url = nats.url();
+    node_at(&nats.url(), id, zone)
+}
+
+/// As [`node`], with the NATS URL given (credentials in it).
+pub fn node_at(url: &str, id: &str, zone: &str) -> TestServer {
     TestServer::start(&[
         "--nats-url",
-        &url,
+        url,
         "--cluster-nodes",
         "3",
         "--replication",

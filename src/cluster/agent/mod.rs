@@ -134,7 +134,7 @@ async fn run(
 ) {
     let (link_tx, mut link_rx) = tokio::sync::mpsc::unbounded_channel();
     let options =
-        connect_options(format!("dnd-cache cluster {}", state.me.id)).event_callback(move |event| {
+        connect_options(format!("dnd-cache cluster {}", state.me.id), &url).event_callback(move |event| {
             let link = link_tx.clone();
             async move {
                 match event {
@@ -147,6 +147,7 @@ async fn run(
     let client = match options.connect(url.as_str()).await {
         Ok(client) => client,
         Err(e) => {
+            let url = crate::hub::nats_url::redacted(&url);
             warn!(error = %e, url, "cluster agent not started: bad NATS address");
             return;
         }
@@ -159,10 +160,11 @@ async fn run(
     let data = if wiring.queues.is_empty() {
         None
     } else {
-        let options = connect_options(format!("dnd-cache replication {}", state.me.id));
+        let options = connect_options(format!("dnd-cache replication {}", state.me.id), &url);
         match options.connect(url.as_str()).await {
             Ok(data) => Some(data),
             Err(e) => {
+                let url = crate::hub::nats_url::redacted(&url);
                 warn!(error = %e, url, "cluster agent not started: bad NATS address");
                 return;
             }
@@ -278,8 +280,9 @@ async fn run(
 }
 
 /// A NATS connection of the agent: retried at start, reconnecting fast.
-fn connect_options(name: String) -> ConnectOptions {
-    ConnectOptions::new()
+fn connect_options(name: String, url: &str) -> ConnectOptions {
+    let options = ConnectOptions::new();
+    crate::hub::nats_url::with_credentials(options, url)
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
