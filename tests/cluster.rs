@@ -360,6 +360,8 @@ fn a_nats_server_with_credentials_admits_only_nodes_that_have_them() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // A node that is not given the password: it never starts (no map).
+    let wrong = nats.url().replace("nats://", "nats://dnd:wrong@");
     let mut intruder = std::process::Command::new(common::server_bin())
         .args([
             "--port",
@@ -370,16 +372,7 @@ fn a_nats_server_with_credentials_admits_only_nodes_that_have_them() {
             "0",
             "--no-pin",
         ])
-        .args(["--nats-url", &nats.url().replace("nats://", "nats://dnd:wrong@")])
-        .args([
-            "--cluster-nodes",
-            "3",
-            "--replication",
-            "2",
-            "--cluster-zones",
-            "a,b",
-        ])
-        .args(["--zone", "a", "--node-id", "n3", "--cluster-name", "test-cluster"])
+        .args(common::cluster::node_flags(&wrong, "n3", "a"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

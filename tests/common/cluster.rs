@@ -17,7 +17,13 @@ pub fn node(nats: &Nats, id: &str, zone: &str) -> TestServer {
 
 /// As [`node`], with the NATS URL given (credentials in it).
 pub fn node_at(url: &str, id: &str, zone: &str) -> TestServer {
-    TestServer::start(&[
+    let flags = node_flags(url, id, zone);
+    TestServer::start(&flags.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// The cluster flags of node `id` (NATS at `url`), as [`node`] starts it.
+pub fn node_flags(url: &str, id: &str, zone: &str) -> Vec<String> {
+    let flags = [
         "--nats-url",
         url,
         "--cluster-nodes",
@@ -34,7 +40,8 @@ pub fn node_at(url: &str, id: &str, zone: &str) -> TestServer {
         "test-cluster",
         "--health-interval",
         "1",
-    ])
+    ];
+    flags.iter().map(|f| f.to_string()).collect()
 }
 
 /// The `cluster` member of `GET /api/v2/cache/health`.
