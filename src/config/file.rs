@@ -188,7 +188,7 @@ pub fn render(config: &crate::config::ServerConfig) -> String {
         "event_coalesce_ms": policy.coalesce_ms,
     });
     if let Some(url) = &config.hub.nats_url {
-        nats["url"] = crate::hub::nats_url::redacted(url).into();
+        nats["url"] = crate::config::nats_url::redacted(url).into();
     }
     if let Some(cpu) = config.hub.cpu {
         nats["hub_cpu"] = cpu.into();

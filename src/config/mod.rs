@@ -7,6 +7,7 @@ mod cluster;
 pub mod file;
 mod host;
 mod hub;
+pub(crate) mod nats_url;
 mod security;
 
 use std::net::IpAddr;

@@ -96,11 +96,11 @@ pub async fn run(
             let control = counters.clone();
             async move { on_connection_event(&control.bridge, event) }
         });
-    let options = super::nats_url::with_credentials(options, &url);
+    let options = crate::config::nats_url::with_credentials(options, &url);
     let client = match options.connect(url.as_str()).await {
         Ok(client) => client,
         Err(e) => {
-            let url = super::nats_url::redacted(&url);
+            let url = crate::config::nats_url::redacted(&url);
             warn!(error = %e, url, "Message Hub bridge not started: bad NATS address");
             return;
         }
@@ -119,7 +119,7 @@ pub async fn run(
         config,
     };
     info!(
-        url = super::nats_url::redacted(&url),
+        url = crate::config::nats_url::redacted(&url),
         "Message Hub bridge started"
     );
     let mut drain = tokio::time::interval(DRAIN_INTERVAL);

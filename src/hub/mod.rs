@@ -14,7 +14,6 @@
 mod bridge;
 pub(crate) mod envelope;
 mod item_message;
-pub(crate) mod nats_url;
 
 /// Correlation ids for requests that bring none (REST uses it too).
 pub(crate) use envelope::new_correlation_id;

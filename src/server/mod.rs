@@ -233,7 +233,7 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
             Some(map) => map.seed,
             None => anyhow::bail!(
                 "no cluster map within {CLUSTER_JOIN_TIMEOUT:?}: is nats-server reachable at {} and started with -js?",
-                crate::hub::nats_url::redacted(config.hub.nats_url.as_deref().unwrap_or_default())
+                crate::config::nats_url::redacted(config.hub.nats_url.as_deref().unwrap_or_default())
             ),
         },
         None => config.hash_seed.unwrap_or_else(random_seed),

@@ -147,7 +147,7 @@ async fn run(
     let client = match options.connect(url.as_str()).await {
         Ok(client) => client,
         Err(e) => {
-            let url = crate::hub::nats_url::redacted(&url);
+            let url = crate::config::nats_url::redacted(&url);
             warn!(error = %e, url, "cluster agent not started: bad NATS address");
             return;
         }
@@ -164,7 +164,7 @@ async fn run(
         match options.connect(url.as_str()).await {
             Ok(data) => Some(data),
             Err(e) => {
-                let url = crate::hub::nats_url::redacted(&url);
+                let url = crate::config::nats_url::redacted(&url);
                 warn!(error = %e, url, "cluster agent not started: bad NATS address");
                 return;
             }
@@ -282,7 +282,7 @@ async fn run(
 /// A NATS connection of the agent: retried at start, reconnecting fast.
 fn connect_options(name: String, url: &str) -> ConnectOptions {
     let options = ConnectOptions::new();
-    crate::hub::nats_url::with_credentials(options, url)
+    crate::config::nats_url::with_credentials(options, url)
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
