@@ -133,19 +133,40 @@ fn encrypted_set(key: &[u8], value: &[u8]) -> CacheOperation {
 
 #[test]
 fn no_plaintext_of_an_encrypted_value_stays_in_memory() {
-    let dir = std::env::temp_dir().join(format!("dnd-cache-plaintext-{}", std::process::id()));
+    written_read_and_scanned(1);
+}
+
+/// Two shards, and the value written and read through the shard that does
+/// not own its key: the request frames and answers travel between shards
+/// (`server::dispatch::forward`), and those copies are wiped as well.
+#[test]
+fn no_plaintext_stays_in_memory_when_a_shard_forwards_the_value() {
+    written_read_and_scanned(2);
+}
+
+fn written_read_and_scanned(shards: usize) {
+    let dir = std::env::temp_dir().join(format!("dnd-cache-plaintext-{}-{shards}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let key_file = dir.join("key");
     std::fs::write(&key_file, [7u8; 32]).unwrap();
+    let shard_count = shards.to_string();
     let server = TestServer::start(&[
         "--shards",
-        "1",
+        &shard_count,
         "--encryption-key-file",
         key_file.to_str().unwrap(),
     ]);
     let secret = plaintext();
 
-    let mut c = server.connect();
+    // With several shards, talk to one that does not own the key.
+    let mut c = if shards == 1 {
+        server.connect()
+    } else {
+        let mut probe = Raw::open(server.addr);
+        let seed = probe.handshake("svc").handshake.unwrap().hash_seed;
+        let not_owner = (owner(b"secret:1", seed, shards) + 1) % shards;
+        Raw::handshaken(server.shard_addr(not_owner))
+    };
     assert_eq!(c.call(&encrypted_set(b"secret:1", &secret)).status, 0);
     let back = c.call(&get(b"secret:1"));
     assert_eq!((back.status, back.data.as_ref()), (0, &secret[..]));
@@ -168,6 +189,13 @@ fn no_plaintext_of_an_encrypted_value_stays_in_memory() {
     let r = rest.request("GET", "/api/v2/cache/filler:1", &[], b"");
     assert_eq!(r.status, 200);
 
+    if shards > 1 {
+        let stats = stats(&mut c);
+        let forwarded: u64 = (0..shards)
+            .map(|s| stats["shards"][s]["forwarded_ops"].as_u64().unwrap())
+            .sum();
+        assert!(forwarded >= 2, "the value went through a forward: {forwarded}");
+    }
     let found = plaintext_bytes_in_memory(server.child.id(), &secret);
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(

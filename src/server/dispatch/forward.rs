@@ -44,6 +44,10 @@ pub struct Batch {
     pub frames: Vec<u8>,
     /// Response frames, one per request frame, in order.
     pub replies: Vec<u8>,
+    /// The owner wrote or read an encrypted value for this batch: its
+    /// frames and replies held plaintext, and are wiped before reuse
+    /// (docs/security.md, "Plaintext in memory").
+    pub secret: bool,
 }
 
 /// Capacity of each mesh channel, in batches.
@@ -254,6 +258,9 @@ impl Router {
                     ResponseEncoder::error(&mut batch.replies, Status::Malformed, "malformed request", b"")
                 }
             }
+            // Taken now, before any wait, so that no other cycle of this
+            // shard takes it for its own.
+            batch.secret |= self.shard.take_secret();
             if self.shard.strong_pending() {
                 if let Some(seq) = self.shard.end_cycle() {
                     if !self.shard.replicated(seq).await {
@@ -274,9 +281,18 @@ impl Router {
 
     /// Returns buffers to the pool; very large ones are dropped so one huge
     /// batch does not pin memory forever.
-    pub fn give_buffer(&self, mut buf: Vec<u8>) {
+    pub fn give_buffer(&self, buf: Vec<u8>) {
+        self.give_buffer_wiped(buf, false);
+    }
+
+    /// [`Router::give_buffer`], zeroing the whole buffer first (its spare
+    /// capacity too) when `wipe`: it held the plaintext of an encrypted value.
+    pub fn give_buffer_wiped(&self, mut buf: Vec<u8>, wipe: bool) {
         const KEEP_CAPACITY: usize = 1 << 20;
         const KEEP_BUFFERS: usize = 256;
+        if wipe {
+            zeroize::Zeroize::zeroize(&mut buf);
+        }
         let mut pool = self.pool.borrow_mut();
         if buf.capacity() <= KEEP_CAPACITY && pool.len() < KEEP_BUFFERS {
             buf.clear();
@@ -285,8 +301,8 @@ impl Router {
     }
 
     fn recycle(&self, batch: Batch) {
-        self.give_buffer(batch.frames);
-        self.give_buffer(batch.replies);
+        self.give_buffer_wiped(batch.frames, batch.secret);
+        self.give_buffer_wiped(batch.replies, batch.secret);
     }
 
     /// Sends `frames` (request frames) to `owner`, which runs them until
@@ -301,7 +317,9 @@ impl Router {
         budget: usize,
     ) -> Result<PendingForward<'_>, ForwardError> {
         let Some(tx) = &self.requests else {
-            self.give_buffer(frames);
+            // Whether these frames carry an encrypted value is known to
+            // their owner only: wipe them (a rare path).
+            self.give_buffer_wiped(frames, true);
             return Err(ForwardError::Unavailable);
         };
         let deadline = std::time::Instant::now() + FORWARD_TIMEOUT;
@@ -315,6 +333,7 @@ impl Router {
             budget: budget.max(1),
             frames,
             replies: self.take_buffer(),
+            secret: false,
         };
         self.shard.tally(Tally::ForwardedBatch);
         if tx.send_to(self.peer_of_shard[owner], batch).await.is_err() {
@@ -325,6 +344,16 @@ impl Router {
     }
 }
 
+/// What an owner shard sent back for a forward.
+pub struct Answered {
+    /// Response frames, in request order.
+    pub replies: Vec<u8>,
+    /// Request frames it left for a later round (empty when it ran all).
+    pub left: Vec<u8>,
+    /// Both held the plaintext of an encrypted value.
+    pub secret: bool,
+}
+
 /// A forwarded batch whose answer has not been awaited yet.
 pub struct PendingForward<'a> {
     guard: SlotGuard<'a>,
@@ -332,10 +361,9 @@ pub struct PendingForward<'a> {
 }
 
 impl PendingForward<'_> {
-    /// The owner's response frames, and the request frames it left for a
-    /// later round (empty when it ran them all); the buffers go back with
-    /// [`Router::give_buffer`].
-    pub async fn wait(self) -> Result<(Vec<u8>, Vec<u8>), ForwardError> {
+    /// The owner's answer; its buffers go back with
+    /// [`Router::give_buffer_wiped`].
+    pub async fn wait(self) -> Result<Answered, ForwardError> {
         let router = self.guard.router;
         let reply = WaitReply {
             router,
@@ -348,7 +376,11 @@ impl PendingForward<'_> {
         let result = futures_lite::future::or(async { Some(reply.await) }, timeout).await;
         drop(self.guard);
         match result {
-            Some(batch) => Ok((batch.replies, batch.frames)),
+            Some(batch) => Ok(Answered {
+                replies: batch.replies,
+                left: batch.frames,
+                secret: batch.secret,
+            }),
             None => {
                 warn!("forward to an owner shard timed out");
                 Err(ForwardError::Timeout)

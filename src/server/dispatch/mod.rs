@@ -286,6 +286,9 @@ impl Dispatcher {
             }
         }
         rt.shard.tally(Tally::Requests(ops as u64));
+        // Taken before any wait, so that no other cycle of this shard (a
+        // forwarded batch, another connection) takes it for its own.
+        self.secret |= rt.shard.take_secret();
         self.settle_strong(rt).await;
         if self.needs_assembly {
             for job in &mut self.jobs {
@@ -326,7 +329,7 @@ impl Dispatcher {
         self.next_step = 0;
         for reply in self.replies.iter_mut() {
             if let Some(Ok(cursor)) = reply.take() {
-                rt.router.give_buffer(cursor.into_buffer());
+                rt.router.give_buffer_wiped(cursor.into_buffer(), self.secret);
             }
         }
     }
@@ -547,9 +550,13 @@ impl Dispatcher {
                 Err(e) => Err(e),
             };
             let reply = match result {
-                Ok((replies, left)) => {
-                    router.give_buffer(std::mem::replace(&mut self.forward[owner], left));
-                    Ok(assemble::ReplyCursor::new(replies))
+                Ok(answered) => {
+                    self.secret |= answered.secret;
+                    router.give_buffer_wiped(
+                        std::mem::replace(&mut self.forward[owner], answered.left),
+                        self.secret,
+                    );
+                    Ok(assemble::ReplyCursor::new(answered.replies))
                 }
                 // Whatever was still to run for this owner is answered with
                 // the error.
@@ -559,7 +566,7 @@ impl Dispatcher {
                 }
             };
             if let Some(Ok(old)) = self.replies[owner].replace(reply) {
-                router.give_buffer(old.into_buffer());
+                router.give_buffer_wiped(old.into_buffer(), self.secret);
             }
         }
 
@@ -587,7 +594,7 @@ impl Dispatcher {
         for reply in self.replies.iter_mut() {
             if matches!(reply, Some(Ok(cursor)) if !cursor.has_next()) {
                 if let Some(Ok(cursor)) = reply.take() {
-                    router.give_buffer(cursor.into_buffer());
+                    router.give_buffer_wiped(cursor.into_buffer(), self.secret);
                 }
             }
         }
