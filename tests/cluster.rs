@@ -404,3 +404,55 @@ fn a_nats_server_with_credentials_admits_only_nodes_that_have_them() {
     });
     drop(n2);
 }
+
+/// A flush is ordered within the replication streams (docs/cluster.md,
+/// "Flush"): writes a primary acknowledged before it flushed that are
+/// still on their way to a replica when the replica hears of the flush are
+/// flushed there too (each primary's marker in its stream flushes its
+/// slots once everything before it is applied), and writes after the flush
+/// are kept on both copies. Counted on every node, replicas included.
+#[test]
+fn a_flush_leaves_no_copy_of_earlier_writes_and_keeps_later_ones() {
+    let Some(bin) = require_nats() else { return };
+    let nats = Nats::start_js(bin);
+    let (nodes, _) = three_nodes(&nats);
+    let items = |nodes: &[TestServer; 3]| -> u64 {
+        nodes
+            .iter()
+            .map(|n| {
+                common::stats(&mut common::Raw::handshaken(n.addr))["total"]["items"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .sum()
+    };
+    let settles_at = |want: u64, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while items(&nodes) != want {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {} items held over the nodes, {want} expected",
+                items(&nodes)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // And it stays so (nothing arrives late).
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(items(&nodes), want, "{what}, half a second later");
+    };
+    for round in 0..5 {
+        let mut writer = common::Raw::handshaken(nodes[round % 3].addr);
+        let prefix = format!("before{round}");
+        // Those of slots this node is primary of are answered OK (the
+        // others CACHE_013): about a third.
+        let written = common::write_many(&mut writer, &prefix, 6000, 100);
+        assert!(written > 1000, "{written} written");
+        // At once, through another node.
+        let mut flusher = common::Raw::handshaken(nodes[(round + 1) % 3].addr);
+        assert_eq!(flusher.call(&common::op("flush", b"")).status, 0);
+        settles_at(0, &format!("round {round}: after the flush"));
+    }
+    let mut writer = common::Raw::handshaken(nodes[0].addr);
+    let written = common::write_many(&mut writer, "after", 1500, 100) as u64;
+    settles_at(2 * written, "writes after the flush, on both copies");
+}

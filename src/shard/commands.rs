@@ -46,11 +46,43 @@ pub enum ShardCommand {
     /// Verdicts on strong handovers of this shard (sequence, every replica
     /// acknowledged it): their writes' answers were waiting.
     ReplDone(Vec<(u64, bool)>),
+    /// Another node's client flushed the cluster (flush `id`, run on node
+    /// `origin`): remove every item but those `spare` names (copies whose
+    /// primary's own flush marker came first), then tell this node's
+    /// replicas, in the stream, with a marker (docs/cluster.md, "Flush").
+    FlushCluster {
+        origin: String,
+        id: u64,
+        spare: Vec<FlushRule>,
+    },
+    /// A primary's flush marker arrived: remove the items its rules name
+    /// (in order with the records before and after it).
+    FlushSlots(Vec<FlushRule>),
     /// Replace the shard's policy; answers once applied.
     Policy {
         policy: Arc<Policy>,
         applied: oneshot::Sender<()>,
     },
+}
+
+/// Items of some slots, held by one shard of their primary: keys whose
+/// slot is in `slots` and whose owner shard among `shards` is `shard`.
+#[derive(Clone, Debug)]
+pub struct FlushRule {
+    pub slots: Arc<Vec<bool>>,
+    pub shard: u16,
+    pub shards: u16,
+}
+
+impl FlushRule {
+    #[inline]
+    pub fn names(&self, hash: u64) -> bool {
+        self.slots
+            .get(crate::key::slot_of(hash))
+            .copied()
+            .unwrap_or(false)
+            && crate::key::owner_of(hash, usize::from(self.shards.max(1))) == usize::from(self.shard)
+    }
 }
 
 impl Shard {
@@ -95,6 +127,18 @@ impl Shard {
                     }
                 }
             }
+            ShardCommand::FlushCluster { origin, id, spare } => {
+                if spare.is_empty() {
+                    self.flush();
+                } else {
+                    self.flush_where(|hash| !spare.iter().any(|r| r.names(hash)));
+                }
+                self.push_flush_marker(id, origin.as_bytes());
+                self.end_cycle();
+            }
+            ShardCommand::FlushSlots(rules) => {
+                self.flush_where(|hash| rules.iter().any(|r| r.names(hash)));
+            }
             ShardCommand::Policy { policy, applied } => {
                 self.apply_policy(&policy);
                 let _ = applied.send(());
@@ -105,6 +149,48 @@ impl Shard {
     /// Removes every item; how many there were.
     pub fn flush(&self) -> u64 {
         self.store.borrow_mut().flush() as u64
+    }
+
+    /// Removes the items whose key hash `remove` names; how many.
+    pub fn flush_where(&self, remove: impl Fn(u64) -> bool) -> u64 {
+        let mut store = self.store.borrow_mut();
+        let mut keys: Vec<(u64, Vec<u8>)> = Vec::new();
+        // `now_us` 0: expired items are removed too.
+        store.for_each_in(0..super::store::SUBTABLES, 0, |item| {
+            let hash = key_hash(item.key(), self.seed);
+            if remove(hash) {
+                keys.push((hash, item.key().to_vec()));
+            }
+        });
+        let mut removed = 0;
+        for (hash, key) in &keys {
+            removed += u64::from(store.delete(*hash, key));
+        }
+        removed
+    }
+
+    /// Tells this node's replicas, in order with the writes before it, that
+    /// this shard flushed (flush `id` of node `origin`, empty: this node):
+    /// each removes its copies of this shard's slots when it reaches the
+    /// marker. Key: `id` (8 bytes) then `origin`; value: this shard's
+    /// index and the node's shard count (u16 each).
+    pub fn push_flush_marker(&self, id: u64, origin: &[u8]) {
+        let Some(sink) = &self.repl else { return };
+        let mut key = Vec::with_capacity(8 + origin.len());
+        key.extend_from_slice(&id.to_le_bytes());
+        key.extend_from_slice(origin);
+        let mut value = [0u8; 4];
+        value[..2].copy_from_slice(&(self.id as u16).to_le_bytes());
+        value[2..].copy_from_slice(&(self.count as u16).to_le_bytes());
+        sink.push(&super::replication::ReplRecord {
+            target: 0,
+            op: super::replication::OP_FLUSH,
+            options: 0,
+            ttl_s: 0,
+            version: 0,
+            key: &key,
+            value: &value,
+        });
     }
 
     /// Removes one key; 1 if it was there.

@@ -35,18 +35,11 @@ impl Shard {
             OpKind::Pattern => self.execute_pattern(op, now_us, out),
             OpKind::Flush => {
                 let flushed = self.store.borrow_mut().flush();
-                if let Some(sink) = &self.repl {
-                    // The whole cluster flushes (each node its copies).
-                    sink.push(&super::replication::ReplRecord {
-                        target: 0,
-                        op: super::replication::OP_FLUSH,
-                        options: 0,
-                        ttl_s: 0,
-                        version: 0,
-                        key: b"",
-                        value: b"",
-                    });
-                }
+                // The whole cluster flushes: the agent tells the other
+                // nodes, and this shard's replicas see the marker in order.
+                // Every shard of this node runs this op with the cycle's
+                // `now_us`, so they share the flush id.
+                self.push_flush_marker(now_us, b"");
                 let body = json!({ "flushed": flushed }).to_string();
                 ResponseEncoder::simple(out, Status::Ok, body.as_bytes(), None, corr)
             }

@@ -17,6 +17,8 @@ mod codec_tests;
 mod commands;
 pub(crate) mod events;
 pub(crate) mod execute;
+#[cfg(test)]
+mod flush_tests;
 pub(crate) mod item;
 pub(crate) mod policy;
 pub mod replication;
@@ -25,7 +27,7 @@ pub mod store;
 
 use std::cell::{Cell, Ref, RefCell, RefMut};
 
-pub use commands::ShardCommand;
+pub use commands::{FlushRule, ShardCommand};
 use stats::ShardCounters;
 use store::{Store, StoreConfig};
 

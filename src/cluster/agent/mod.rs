@@ -260,8 +260,9 @@ async fn run(
                 }
             }
             Some(msg) = next_message(&mut flushes) => {
-                if let Some(r) = agent.repl.as_ref() {
-                    r.flush_here(&msg.payload);
+                let map = agent.current.as_ref().map(|(m, _)| m.clone());
+                if let Some(r) = agent.repl.as_mut() {
+                    r.flush_here(&msg.payload, map.as_deref()).await;
                 }
             }
             Some(msg) = next_message(&mut resends) => {

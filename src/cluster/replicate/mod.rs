@@ -27,16 +27,17 @@ use std::time::{Duration, Instant};
 
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::slots::{slot_of, SlotMap, NO_NODE};
 use crate::control::ControlPlane;
 use crate::key::key_hash;
-use crate::shard::replication::{records, ReplQueue, OP_COPY_DONE, OP_FLUSH, STRONG_TIMEOUT};
+use crate::shard::replication::{records, ReplQueue, ReplRecord, OP_COPY_DONE, OP_FLUSH, STRONG_TIMEOUT};
 use crate::shard::ShardCommand;
 
 mod backlog;
 mod catchup;
+mod flush;
 mod receive;
 
 /// Header of a replication message: the sending node's id.
@@ -144,6 +145,8 @@ pub struct Replicator {
     /// The last few maps, newest last: handovers name nodes by their index
     /// in the map they were written under.
     maps: VecDeque<Arc<SlotMap>>,
+    /// Recent flushes (markers received, flushes run and announced).
+    flush_log: flush::Flushes,
     /// Messages refused for an older epoch, sequence gaps seen, full copies
     /// served to replicas and received.
     pub stale_refused: u64,
@@ -189,6 +192,7 @@ impl Replicator {
             next_copy: crate::time::unix_now_us(),
             followed: false,
             maps: VecDeque::new(),
+            flush_log: flush::Flushes::default(),
             followed_epoch: 0,
             deferred_copies: Vec::new(),
             stale_refused: 0,
@@ -215,23 +219,6 @@ impl Replicator {
     }
 
     /// The subject replicas ask this node for full copies on.
-    /// Where a node that ran a client's flush tells the others to flush.
-    pub fn flushes(&self) -> String {
-        format!("dnd.repl.{}.flush", self.name)
-    }
-
-    /// Another node ran a client's flush: every shard flushes its copies.
-    pub fn flush_here(&self, payload: &[u8]) {
-        if payload == self.me.as_bytes() {
-            return;
-        }
-        info!(from = %String::from_utf8_lossy(payload), "replication: flushing at another node's flush");
-        for shard in 0..self.control.shard_count() {
-            let (reply, _) = tokio::sync::oneshot::channel();
-            let _ = self.control.send(shard, ShardCommand::Flush(reply));
-        }
-    }
-
     pub fn sync_requests(&self) -> String {
         format!("dnd.repl.{}.sync.{}", self.name, self.me)
     }
@@ -248,7 +235,7 @@ impl Replicator {
         // Per destination: the records.
         let mut per_target: HashMap<Dest, Vec<u8>> = HashMap::new();
         let mut strong: Vec<(usize, u64, Vec<Dest>)> = Vec::new();
-        let mut flush = false;
+        let mut announce = Vec::new();
         let mut lost = false;
         for (shard, queue) in self.queues.iter().enumerate() {
             let mut taken = 0;
@@ -281,7 +268,18 @@ impl Replicator {
                 let learners = written.learner.iter().any(|&l| l != NO_NODE);
                 for r in records(&handover.records) {
                     if r.op == OP_FLUSH {
-                        flush = true;
+                        // A shard flushed: its marker goes to every node
+                        // that copies this node's slots, in order.
+                        let Some(m) = flush::marker(&r) else { continue };
+                        if m.origin.is_empty() && !announce.contains(&m.id) {
+                            announce.push(m.id);
+                        }
+                        for t in self.marker_targets(&written) {
+                            if let Some(node) = written.nodes.get(t as usize) {
+                                let copy = ReplRecord { target: t, ..r };
+                                copy.encode(per_target.entry((node.id.clone(), handover.epoch)).or_default());
+                            }
+                        }
                         continue;
                     }
                     let Some(node) = written.nodes.get(r.target as usize) else {
@@ -316,13 +314,9 @@ impl Replicator {
                 stream.next += 1;
             }
         }
-        if flush {
-            // After this drain's writes to replicas, which the flush follows
-            // (on the same connection).
-            let subject = self.flushes();
-            let me = Bytes::from(self.me.clone().into_bytes());
-            if let Err(e) = self.data.publish(subject, me).await {
-                warn!(error = %e, "replication: could not tell the other nodes to flush");
+        for id in announce {
+            if self.announce(id) {
+                self.publish_flush(id).await;
             }
         }
         // Per target: the sequences sent this drain, or None if sending failed.

@@ -11,7 +11,7 @@ use super::backlog::GONE;
 use super::{Replicator, EPOCH, SEQ, SHARD_QUEUE_PATIENCE, SOURCE, STREAM};
 use crate::cluster::slots::{slot_of, SlotMap};
 use crate::key::{key_hash, owner_of};
-use crate::shard::replication::{records, OP_COPY_DONE};
+use crate::shard::replication::{records, OP_COPY_DONE, OP_FLUSH};
 use crate::shard::ShardCommand;
 
 impl Replicator {
@@ -94,10 +94,25 @@ impl Replicator {
         stream.last = seq;
         let shards = self.control.shard_count();
         let mut per_shard: Vec<Vec<u8>> = vec![Vec::new(); shards];
+        // Commands per shard, in stream order (records, flush markers).
+        let mut commands: Vec<Vec<ShardCommand>> = (0..shards).map(|_| Vec::new()).collect();
         let mut markers = 0;
         let mut dropped = 0usize;
         let copy_id = stream.copy.map(|(id, _, _)| id);
         for r in records(&msg.payload) {
+            if r.op == OP_FLUSH {
+                let Some(m) = super::flush::marker(&r) else {
+                    continue;
+                };
+                let rule = self.marker_rule(&source, &m, written.as_deref().unwrap_or(map), map);
+                for (shard, body) in per_shard.iter_mut().enumerate() {
+                    if !body.is_empty() {
+                        commands[shard].push(ShardCommand::Replicated(std::mem::take(body)));
+                    }
+                    commands[shard].push(ShardCommand::FlushSlots(vec![rule.clone()]));
+                }
+                continue;
+            }
             if r.op == OP_COPY_DONE {
                 if r.key.len() == 8
                     && Some(u64::from_le_bytes(r.key.try_into().unwrap_or_default())) == copy_id
@@ -118,7 +133,12 @@ impl Replicator {
         let mut queued = true;
         for (shard, body) in per_shard.into_iter().enumerate() {
             if !body.is_empty() {
-                queued &= self.queue_for_shard(shard, ShardCommand::Replicated(body)).await;
+                commands[shard].push(ShardCommand::Replicated(body));
+            }
+        }
+        for (shard, list) in commands.into_iter().enumerate() {
+            for command in list {
+                queued &= self.queue_for_shard(shard, command).await;
             }
         }
         if !queued {
