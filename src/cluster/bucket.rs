@@ -26,6 +26,8 @@ pub struct Bucket {
     stream: String,
     subject: String,
     ready: bool,
+    /// Copies JetStream keeps (set when the bucket is created).
+    replicas: u8,
 }
 
 /// Why a bucket request failed.
@@ -40,13 +42,15 @@ pub enum BucketError {
 }
 
 impl Bucket {
-    /// Key `key` of bucket `bucket` (created on first use).
-    pub fn new(client: Client, bucket: &str, key: &str) -> Bucket {
+    /// Key `key` of bucket `bucket` (created on first use, with
+    /// `replicas` copies on the NATS cluster's servers).
+    pub fn new(client: Client, bucket: &str, key: &str, replicas: u8) -> Bucket {
         Bucket {
             client,
             stream: format!("KV_{bucket}"),
             subject: format!("$KV.{bucket}.{key}"),
             ready: false,
+            replicas,
         }
     }
 
@@ -85,7 +89,7 @@ impl Bucket {
                     "max_msgs_per_subject": 1,
                     "discard": "new",
                     "storage": "file",
-                    "num_replicas": 1,
+                    "num_replicas": self.replicas,
                     "allow_rollup_hdrs": true,
                     "deny_delete": true,
                     "allow_direct": true,

@@ -78,7 +78,7 @@ pub struct Cli {
     /// Fixed hash seed (default: random per start). For reproducible benchmarks.
     #[arg(long, hide = true)]
     pub hash_seed: Option<u64>,
-    /// NATS server of the Message Hub, e.g. nats://127.0.0.1:4222 (default: events off).
+    /// NATS server of the Message Hub, e.g. nats://127.0.0.1:4222, or several servers of one NATS cluster, comma separated (default: events off).
     #[arg(long)]
     pub nats_url: Option<String>,
     /// Seconds between cache.health.status events.
@@ -120,6 +120,9 @@ pub struct Cli {
     /// MiB per second a full copy to a catching-up replica may send (0: as fast as the replica takes it).
     #[arg(long, value_name = "MIB", default_value_t = 32)]
     pub catchup_rate: u64,
+    /// Copies JetStream keeps of the cluster's map bucket (default: 3 when --nats-url lists 3 or more servers, else 1).
+    #[arg(long, value_name = "N")]
+    pub nats_replicas: Option<u8>,
     /// Name of the cluster: its JetStream KV bucket and subject prefix.
     #[arg(long, default_value = "dnd-cache")]
     pub cluster_name: String,

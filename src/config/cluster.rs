@@ -24,6 +24,9 @@ pub struct ClusterConfig {
     pub advertise_host: String,
     /// MiB/s a full copy this node serves may send (0: unpaced).
     pub catchup_rate_mib: u64,
+    /// Copies JetStream keeps of the map bucket (a NATS cluster of 3
+    /// servers keeps the map through the loss of one).
+    pub nats_replicas: u8,
 }
 
 impl ClusterConfig {
@@ -37,6 +40,11 @@ impl ClusterConfig {
             cli.bind,
         );
         let (nats_url, zone) = (cli.nats_url.as_deref(), cli.zone.as_str());
+        let listed = nats_url.map_or(0, |u| crate::config::nats_url::servers(u).len());
+        let nats_replicas = cli.nats_replicas.unwrap_or(if listed >= 3 { 3 } else { 1 });
+        if !(1..=5).contains(&nats_replicas) {
+            return Err(invalid("--nats-replicas", "must be 1 to 5"));
+        }
         if !(1..=1024).contains(&nodes) {
             return Err(invalid("--cluster-nodes", "must be 1 to 1024"));
         }
@@ -93,6 +101,7 @@ impl ClusterConfig {
             name: name.to_string(),
             advertise_host,
             catchup_rate_mib: cli.catchup_rate,
+            nats_replicas,
         })
     }
 }

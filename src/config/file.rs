@@ -41,6 +41,7 @@ const KEYS: &[(&str, &str, Shape)] = &[
     ("config.cluster.replication", "--replication", Shape::Value),
     ("config.cluster.name", "--cluster-name", Shape::Value),
     ("config.cluster.catchup_rate", "--catchup-rate", Shape::Value),
+    ("config.cluster.nats_replicas", "--nats-replicas", Shape::Value),
     ("config.policies.eviction", "--eviction", Shape::Value),
     ("config.policies.ttl_default", "--ttl-default", Shape::Value),
     ("config.policies.max_memory", "--max-memory", Shape::Value),
@@ -222,6 +223,7 @@ pub fn render(config: &crate::config::ServerConfig) -> String {
                 "replication": config.cluster.replication,
                 "name": config.cluster.name,
                 "catchup_rate": config.cluster.catchup_rate_mib,
+                "nats_replicas": config.cluster.nats_replicas,
             },
             "policies": {
                 "eviction": config.eviction.name(),

@@ -213,8 +213,7 @@ impl ServerConfig {
 
 fn hub_config(cli: &Cli, _cpus: &[usize]) -> Result<HubConfig, ConfigError> {
     if let Some(url) = &cli.nats_url {
-        url.parse::<async_nats::ServerAddr>()
-            .map_err(|e| invalid("--nats-url", format!("{url:?}: {e}")))?;
+        nats_url::check(url).map_err(|e| invalid("--nats-url", e))?;
     }
     if !(1..=86_400).contains(&cli.health_interval) {
         return Err(invalid("--health-interval", "must be 1 to 86400 seconds"));

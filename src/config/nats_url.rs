@@ -4,22 +4,56 @@
 //! them from the URL here; logs and `--print-config` show the URL with
 //! the secret masked.
 
+//!
+//! A URL may list several servers of one NATS cluster, comma separated
+//! (`nats://a:4222,nats://b:4222`): a connection dials one and moves to
+//! another when it fails.
+
 use async_nats::{ConnectOptions, ServerAddr};
 
-/// `options` with the URL's credentials, if it has any.
-pub fn with_credentials(options: ConnectOptions, url: &str) -> ConnectOptions {
-    let Ok(addr) = url.parse::<ServerAddr>() else {
-        return options;
-    };
-    match (addr.username(), addr.password()) {
-        (Some(user), Some(password)) => options.user_and_password(user.into(), password.into()),
-        (Some(token), None) if !token.is_empty() => options.token(token.into()),
-        _ => options,
-    }
+/// The servers a URL lists.
+pub fn servers(url: &str) -> Vec<String> {
+    url.split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
-/// `url` for logs: a password or token replaced by `***`.
+/// Checks every server of a URL.
+pub fn check(url: &str) -> Result<(), String> {
+    let servers = servers(url);
+    if servers.is_empty() {
+        return Err("no server".into());
+    }
+    for s in &servers {
+        s.parse::<ServerAddr>()
+            .map_err(|e| format!("{:?}: {e}", redacted(s)))?;
+    }
+    Ok(())
+}
+
+/// `options` with the URL's credentials (those of the first server that
+/// has any), if it has any.
+pub fn with_credentials(options: ConnectOptions, url: &str) -> ConnectOptions {
+    for server in servers(url) {
+        let Ok(addr) = server.parse::<ServerAddr>() else {
+            continue;
+        };
+        match (addr.username(), addr.password()) {
+            (Some(user), Some(password)) => return options.user_and_password(user.into(), password.into()),
+            (Some(token), None) if !token.is_empty() => return options.token(token.into()),
+            _ => {}
+        }
+    }
+    options
+}
+
+/// `url` for logs: passwords and tokens replaced by `***`.
 pub fn redacted(url: &str) -> String {
+    url.split(',').map(redacted_one).collect::<Vec<_>>().join(",")
+}
+
+fn redacted_one(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -45,5 +79,17 @@ mod tests {
         assert_eq!(redacted("nats://tok3n@h:4222"), "nats://***@h:4222");
         assert_eq!(redacted("nats://h:4222"), "nats://h:4222");
         assert_eq!(redacted("h:4222"), "h:4222");
+        assert_eq!(
+            redacted("nats://u:p@a:1,nats://u:p@b:2"),
+            "nats://u:***@a:1,nats://u:***@b:2"
+        );
+    }
+
+    #[test]
+    fn a_url_may_list_several_servers() {
+        assert_eq!(servers("nats://a:1, nats://b:2,"), ["nats://a:1", "nats://b:2"]);
+        assert!(check("nats://a:1,nats://b:2").is_ok());
+        assert!(check("nats://a:1,nats://b:notaport").is_err());
+        assert!(check(",").is_err());
     }
 }

@@ -97,7 +97,7 @@ pub async fn run(
             async move { on_connection_event(&control.bridge, event) }
         });
     let options = crate::config::nats_url::with_credentials(options, &url);
-    let client = match options.connect(url.as_str()).await {
+    let client = match options.connect(crate::config::nats_url::servers(&url)).await {
         Ok(client) => client,
         Err(e) => {
             let url = crate::config::nats_url::redacted(&url);

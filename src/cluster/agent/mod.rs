@@ -144,7 +144,7 @@ async fn run(
                 }
             }
         });
-    let client = match options.connect(url.as_str()).await {
+    let client = match options.connect(crate::config::nats_url::servers(&url)).await {
         Ok(client) => client,
         Err(e) => {
             let url = crate::config::nats_url::redacted(&url);
@@ -161,7 +161,7 @@ async fn run(
         None
     } else {
         let options = connect_options(format!("dnd-cache replication {}", state.me.id), &url);
-        match options.connect(url.as_str()).await {
+        match options.connect(crate::config::nats_url::servers(&url)).await {
             Ok(data) => Some(data),
             Err(e) => {
                 let url = crate::config::nats_url::redacted(&url);
@@ -198,7 +198,7 @@ async fn run(
         synced: false,
     };
     let mut agent = Agent {
-        bucket: Bucket::new(client.clone(), &config.name, MAP_KEY),
+        bucket: Bucket::new(client.clone(), &config.name, MAP_KEY, config.nats_replicas),
         client,
         subject,
         config,
