@@ -13,7 +13,7 @@
 //! key_len u16 | value_len u32 | key | value`, little-endian.
 
 use std::cell::{Cell, RefCell};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
@@ -84,6 +84,10 @@ pub struct ReplShared {
     /// Bytes sent to replicas and not acknowledged yet (set by the agent;
     /// read by full copies only, which wait while it is over their window).
     unacked_bytes: AtomicU64,
+    /// The agent stopped its drain tick (nothing to send for a while): the
+    /// next handover rings `wake`. Written by the agent when it goes idle
+    /// and by the one shard that wakes it; read once per handover.
+    agent_idle: AtomicBool,
 }
 
 impl ReplShared {
@@ -106,6 +110,21 @@ impl ReplShared {
 
     pub fn unacked_bytes(&self) -> u64 {
         self.unacked_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The agent goes idle (`true`: wake it at the next handover) or
+    /// ticks again. It looks at the queues once more after going idle, so
+    /// a handover queued meanwhile is never left waiting.
+    pub fn set_agent_idle(&self, idle: bool) {
+        self.agent_idle.store(idle, Ordering::SeqCst);
+    }
+
+    /// After queueing a handover: wakes the agent if it is idle.
+    #[inline]
+    fn ring_if_idle(&self) {
+        if self.agent_idle.load(Ordering::SeqCst) && self.agent_idle.swap(false, Ordering::SeqCst) {
+            self.wake.notify_one();
+        }
     }
 }
 
@@ -209,6 +228,9 @@ impl ReplSink {
             .is_ok();
         if sent {
             self.lost.set(false);
+            if !strong {
+                self.shared.ring_if_idle();
+            }
         } else {
             self.dropped.set(self.dropped.get() + 1);
             self.lost.set(true);

@@ -38,6 +38,9 @@ mod coordinate;
 /// How often the shards' replication queues are drained and sent.
 pub const REPLICATION_DRAIN: Duration = Duration::from_millis(1);
 
+/// Empty drain ticks after which the agent stops ticking (100 ms idle).
+const IDLE_AFTER: u32 = 100;
+
 /// Period of heartbeats (and of the coordinator's look at membership).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -233,6 +236,8 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(node = %agent.state.me.id, name = %agent.config.name, "cluster agent started");
     let replicating = agent.repl.is_some();
+    // Drain ticks in a row that found nothing to do.
+    let mut quiet = 0u32;
     loop {
         if stopping() {
             return;
@@ -245,8 +250,13 @@ async fn run(
                 agent.follow().await;
             }
             Some(link) = link_rx.recv() => agent.link(link),
-            _ = agent.shared.wake.notified(), if replicating => agent.drain().await,
-            _ = drain.tick(), if replicating => agent.drain().await,
+            _ = agent.shared.wake.notified(), if replicating => {
+                // Woken by a shard: tick again.
+                agent.shared.set_agent_idle(false);
+                quiet = 0;
+                agent.drain_tick(&mut quiet).await;
+            }
+            _ = drain.tick(), if replicating && quiet < IDLE_AFTER => agent.drain_tick(&mut quiet).await,
             Some(msg) = next_message(&mut inbox) => {
                 let map = agent.current.as_ref().map(|(m, _)| m.clone());
                 if let Some(r) = agent.repl.as_mut() {
@@ -320,15 +330,38 @@ struct Agent {
 
 impl Agent {
     /// Sends what the shards queued; fails strong writes past their time.
-    async fn drain(&mut self) {
-        let Some(r) = self.repl.as_mut() else { return };
+    /// Returns whether there was anything to do (records, or messages
+    /// waiting for acknowledgements).
+    async fn drain(&mut self) -> bool {
+        let Some(r) = self.repl.as_mut() else { return false };
+        let mut took = false;
         if let Some((map, _)) = self.current.as_ref() {
             let map = map.clone();
-            r.drain(&map).await;
+            took = r.drain(&map).await;
         }
         r.expire(Instant::now());
         self.shared.set_unacked_bytes(r.unacked_bytes());
         self.state.set_lag(r.lag());
+        took || !r.settled()
+    }
+
+    /// One drain tick (or a shard's wake-up); after [`IDLE_AFTER`] ticks
+    /// with nothing to do the tick stops until a shard hands something
+    /// over (an idle node then costs no wake-up a millisecond).
+    async fn drain_tick(&mut self, quiet: &mut u32) {
+        if self.drain().await {
+            *quiet = 0;
+            return;
+        }
+        *quiet += 1;
+        if *quiet >= IDLE_AFTER {
+            self.shared.set_agent_idle(true);
+            // A handover queued just before is taken now.
+            if self.drain().await {
+                self.shared.set_agent_idle(false);
+                *quiet = 0;
+            }
+        }
     }
 
     fn link(&mut self, link: Link) {

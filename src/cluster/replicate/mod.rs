@@ -225,7 +225,8 @@ impl Replicator {
 
     /// Sends what the shards queued, one message (or more, split at
     /// [`MAX_MESSAGE`]) per target node; tracks strong handovers.
-    pub async fn drain(&mut self, map: &Arc<SlotMap>) {
+    /// Returns whether a shard had handed anything over.
+    pub async fn drain(&mut self, map: &Arc<SlotMap>) -> bool {
         if self.maps.back().is_none_or(|m| m.epoch != map.epoch) {
             self.maps.push_back(map.clone());
             if self.maps.len() > KEPT_MAPS {
@@ -237,10 +238,12 @@ impl Replicator {
         let mut strong: Vec<(usize, u64, Vec<Dest>)> = Vec::new();
         let mut announce = Vec::new();
         let mut lost = false;
+        let mut took = false;
         for (shard, queue) in self.queues.iter().enumerate() {
             let mut taken = 0;
             while taken < DRAIN_BYTES_PER_SHARD {
                 let Some(handover) = queue.pop() else { break };
+                took = true;
                 taken += handover.records.len();
                 lost |= handover.after_loss;
                 let mut targets = Vec::new();
@@ -357,6 +360,13 @@ impl Replicator {
             }
         }
         self.deliver_verdicts();
+        took
+    }
+
+    /// Nothing waits for an acknowledgement (no message in flight, no
+    /// strong write): the agent may stop its drain tick.
+    pub fn settled(&self) -> bool {
+        self.strong.is_empty() && self.outgoing.values().all(|s| s.unacked.is_empty())
     }
 
     /// Publishes one message to `node`; its sequence, or None on failure.
