@@ -16,7 +16,11 @@ WORKLOADS = [
     ("set-p16", "SET, pipeline 16"),
     ("mix-zipf-p1", "90/10 GET/SET, zipfian 0.99, pipeline 1"),
     ("open-50pct", "90/10 open loop at 50% of Redis's GET peak"),
+    ("open-low", "90/10 open loop at {rate}/s (light)"),
+    ("open-mid", "90/10 open loop at {rate}/s (middle)"),
+    ("open-high", "90/10 open loop at {rate}/s (heavy)"),
 ]
+OPEN_TAGS = ["open-low", "open-mid", "open-high"]
 COLORS = {"dnd": "#d62728", "redis": "#1f77b4", "memcached": "#2ca02c"}
 
 
@@ -59,6 +63,25 @@ def metric(summary, name):
     }[name]
 
 
+def open_rates(peak, cap=60000):
+    """perf/compare's open-loop rates when none are given: 25/50/75% of
+    Redis's GET peak, the peak first capped at 4/3 of `cap` so that the
+    highest rate is at most `cap` and the three stay evenly spaced."""
+    base = min(peak, cap * 4 / 3)
+    return [round(base * pct / 100) for pct in (25, 50, 75)]
+
+
+def title_of(out, tag, title):
+    """A workload's title; an open-loop rate's comes from its runs."""
+    if "{rate}" not in title:
+        return title
+    for key, _ in SERVERS:
+        for s in rounds(out, f"{key}-{tag}").values():
+            if s.get("target_rate"):
+                return title.format(rate=f"{s['target_rate']:,.0f}")
+    return title.format(rate="?")
+
+
 def fmt(v, digits=1):
     return "-" if v is None else f"{v:,.{digits}f}"
 
@@ -80,6 +103,7 @@ def table(out):
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for tag, title in WORKLOADS:
+        title = title_of(out, tag, title)
         for key, label in SERVERS:
             runs = list(rounds(out, f"{key}-{tag}").values())
             if not runs:
@@ -123,7 +147,7 @@ def goals_section(out):
         "|---|---|---|---:|---:|---:|",
     ]
     labels = dict(SERVERS)
-    titles = dict(WORKLOADS)
+    titles = {tag: title_of(out, tag, title) for tag, title in WORKLOADS}
     for what, tags, peers, name, need in GOALS:
         for tag in tags:
             ours = rounds(out, f"dnd-{tag}")
@@ -143,6 +167,52 @@ def goals_section(out):
     return (
         "Goals, as dnd-cache's advantage over each peer measured within one round "
         "(CPU and latency: the peer's over ours; throughput: ours over the peer's):\n\n" + "\n".join(rows)
+    )
+
+
+# Open loop (issue 18): (what, metric, peers, the most ours may be as a
+# share of theirs). With several peers, each round compares with the best
+# (lowest) of them in that round.
+OPEN_GOALS = [
+    ("server CPU per request", "cpu", ["memcached"], 0.8),
+    ("p99", "p99", ["redis", "memcached"], 1.0),
+    ("p99.9", "p999", ["redis", "memcached"], 1.0),
+]
+
+
+def open_goals_section(out):
+    """dnd-cache's value over the peer's at each open-loop rate, per round."""
+    rows = [
+        "| goal | workload | against | dnd-cache / peer: median (range) | rounds at goal | goal |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    labels = dict(SERVERS)
+    titles = dict(WORKLOADS)
+    for tag in OPEN_TAGS:
+        ours = rounds(out, f"dnd-{tag}")
+        for what, name, peers, most in OPEN_GOALS:
+            theirs = {p: rounds(out, f"{p}-{tag}") for p in peers}
+            present = [p for p in peers if theirs[p]]
+            ratios = []
+            for r in sorted(ours):
+                values = [metric(theirs[p][r], name) for p in present if r in theirs[p]]
+                values = [v for v in values if v is not None and v > 0]
+                mine = metric(ours[r], name)
+                if values and mine is not None:
+                    ratios.append(mine / min(values))
+            if not ratios:
+                continue
+            against = labels[present[0]] if len(present) == 1 else "best of " + " and ".join(labels[p] for p in present)
+            met = sum(x <= most for x in ratios)
+            rows.append(
+                f"| {what} | {title_of(out, tag, titles[tag])} | {against} | {spread(ratios, 2)}x | "
+                f"{met} of {len(ratios)} | ≤ {most:g}x |"
+            )
+    if len(rows) == 2:
+        return ""
+    return (
+        "Open-loop goals, as dnd-cache's value over the peer's measured within one round "
+        "(lower is better; against several peers, the best of them in that round):\n\n" + "\n".join(rows)
     )
 
 
@@ -281,6 +351,8 @@ def main():
         table(out),
         "",
         goals_section(out),
+        "",
+        open_goals_section(out),
         "",
         client_cpu_section(out),
         "",

@@ -13,8 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402
 
 
-def summary(ops, cpu, p99=100.0, p999=200.0, errors=0):
+def summary(ops, cpu, p99=100.0, p999=200.0, errors=0, rate=None):
     return {
+        "target_rate": rate,
         "ops_per_sec": ops,
         "server_cpu_us_per_op": cpu,
         "client_cpu_us_per_op": 1.0,
@@ -72,6 +73,47 @@ class ReportTest(unittest.TestCase):
         p999 = next(line for line in md.splitlines() if line.startswith("| open-loop p99.9 (lower)"))
         self.assertIn("| 0 of 1 |", p99)
         self.assertIn("| 2.00x | 1 of 1 |", p999)
+
+    def test_open_rates_are_quarters_of_the_peak_with_the_top_capped(self):
+        self.assertEqual(report.open_rates(100_000, 60_000), [20_000, 40_000, 60_000])
+        self.assertEqual(report.open_rates(80_000, 60_000), [20_000, 40_000, 60_000])
+        # A slower peak is used as it is; a larger cap lets a fast host go higher.
+        self.assertEqual(report.open_rates(40_000, 60_000), [10_000, 20_000, 30_000])
+        self.assertEqual(report.open_rates(400_000, 150_000), [50_000, 100_000, 150_000])
+
+    def test_open_loop_rows_are_titled_by_their_rate(self):
+        self.write("dnd-open-low.r1", summary(20_000, 14.0, rate=20_000))
+        self.write("memcached-open-low.r1", summary(20_000, 8.0, rate=20_000))
+        table = report.table(self.out)
+        self.assertIn("| 90/10 open loop at 20,000/s (light) | dnd-cache | 20,000 (of 20,000) |", table)
+        self.assertIn("| 90/10 open loop at 20,000/s (light) | memcached |", table)
+        self.assertNotIn("(middle)", table)
+
+    def test_open_loop_goals_are_ours_over_the_best_peer_in_each_round(self):
+        # CPU: ours 6 and 10 µs against memcached's 8 and 8 → 0.75 (meets
+        # 0.8) and 1.25 (misses). p99: round 1 Redis is best (50), round 2
+        # memcached (80); ours 50 and 100 → 1.00 (at the best: meets) and 1.25.
+        for r, (cpu, p99, redis_p99, mc_p99) in enumerate([(6.0, 50.0, 50.0, 90.0), (10.0, 100.0, 95.0, 80.0)], 1):
+            self.write(f"dnd-open-mid.r{r}", summary(40_000, cpu, p99=p99, p999=500.0, rate=40_000))
+            self.write(f"redis-open-mid.r{r}", summary(40_000, 9.5, p99=redis_p99, p999=1000.0, rate=40_000))
+            self.write(f"memcached-open-mid.r{r}", summary(40_000, 8.0, p99=mc_p99, p999=250.0, rate=40_000))
+        md = report.open_goals_section(self.out)
+        line = lambda what: next(x for x in md.splitlines() if x.startswith(f"| {what} |"))  # noqa: E731
+        self.assertIn(
+            "| 90/10 open loop at 40,000/s (middle) | memcached | 1.00 (0.75–1.25)x | 1 of 2 | ≤ 0.8x |",
+            line("server CPU per request"),
+        )
+        self.assertIn("| best of Redis and memcached | 1.12 (1.00–1.25)x | 1 of 2 | ≤ 1x |", line("p99"))
+        # p99.9: 500 against the best 250 in both rounds.
+        self.assertIn("| 2.00 (2.00–2.00)x | 0 of 2 | ≤ 1x |", line("p99.9"))
+        self.assertEqual(report.open_goals_section(Path(self.tmp.name) / "missing"), "")
+
+    def test_open_loop_goals_with_one_peer_name_it(self):
+        self.write("dnd-open-high.r1", summary(60_000, 7.0, p99=90.0, rate=60_000))
+        self.write("redis-open-high.r1", summary(60_000, 8.0, p99=100.0, rate=60_000))
+        md = report.open_goals_section(self.out)
+        self.assertIn("| p99 | 90/10 open loop at 60,000/s (heavy) | Redis | 0.90x | 1 of 1 | ≤ 1x |", md)
+        self.assertNotIn("server CPU per request", md, "no memcached runs: no CPU row")
 
     def test_client_cpu_ratio_per_round(self):
         (self.out / "client-cpu-requests.txt").write_text("1000000")

@@ -612,6 +612,102 @@ fn keep_alive_pipelining_and_connection_close() {
     assert_eq!(r.json()["results"][0]["data"], json!(1));
 }
 
+/// One request of a pipelined burst and the answer it must get.
+struct Expected {
+    status: u16,
+    /// `cache_response.data` of a hit, or `error.code` of an error.
+    data: Option<Value>,
+    code: Option<&'static str>,
+}
+
+#[test]
+fn one_write_of_many_pipelined_requests_is_answered_in_order() {
+    // Two shards: a read's keys are partly forwarded to the other shard
+    // within the same cycle, and the answers must still come in order.
+    let server = TestServer::start(&[]);
+    let mut c = HttpConn::open(server.http);
+    let mut burst = Vec::new();
+    let mut expected: Vec<Expected> = Vec::new();
+    let mut push = |method: &str, path: &str, body: &[u8], headers: &[(&str, &str)], want: Expected| {
+        let id = format!("burst-{}", expected.len());
+        let mut all = vec![("X-Correlation-ID", id.as_str())];
+        all.extend_from_slice(headers);
+        burst.extend(HttpConn::encode(method, path, &all, body));
+        expected.push(want);
+    };
+    let json = [("Content-Type", "application/json")];
+    let ok = |data: Option<Value>| Expected {
+        status: 200,
+        data,
+        code: None,
+    };
+    let error = |status: u16, code: &'static str| Expected {
+        status,
+        data: None,
+        code: Some(code),
+    };
+    // 279 requests: more than one cycle takes (256), so the burst spans
+    // cycles too.
+    for i in 0..120 {
+        let path = format!("/api/v2/cache/burst:{i}");
+        push(
+            "PUT",
+            &path,
+            format!(r#"{{"n": {i}}}"#).as_bytes(),
+            &json,
+            ok(None),
+        );
+        push("GET", &path, b"", &[], ok(Some(json!({ "n": i }))));
+        if i % 7 == 3 {
+            push("DELETE", &path, b"", &[], ok(None));
+            push("GET", &path, b"", &[], error(404, "CACHE_001"));
+        }
+        if i == 50 {
+            // Errors in the middle leave the rest of the burst answered.
+            push("PUT", &path, b"{\"n\":", &json, error(400, "CACHE_006"));
+            push("GET", "/nowhere", b"", &[], error(404, "CACHE_007"));
+            push("GET", "/health/live", b"", &[], ok(None));
+            push("GET", &path, b"", &[], ok(Some(json!({ "n": 50 }))));
+        }
+    }
+    push(
+        "GET",
+        "/api/v2/cache/burst:1",
+        b"",
+        &[("Connection", "close")],
+        ok(Some(json!({ "n": 1 }))),
+    );
+    // After `Connection: close`: never answered.
+    burst.extend(HttpConn::encode("GET", "/api/v2/cache/burst:2", &[], b""));
+    assert!(expected.len() > 256, "{} requests", expected.len());
+    c.send_raw(&burst);
+    for (n, want) in expected.iter().enumerate() {
+        let r = c.read_response().unwrap_or_else(|| panic!("answer {n} missing"));
+        let id = format!("burst-{n}");
+        assert_eq!(
+            r.header("x-correlation-id"),
+            Some(id.as_str()),
+            "answer {n} in order"
+        );
+        assert_eq!(r.status, want.status, "answer {n}: {}", r.text());
+        if let Some(data) = &want.data {
+            assert_eq!(&r.json()["cache_response"]["data"], data, "answer {n}");
+        }
+        if let Some(code) = want.code {
+            assert_eq!(r.error_code(), code, "answer {n}");
+        }
+        let close = (n == expected.len() - 1).then_some("close");
+        assert_eq!(r.header("connection"), close, "answer {n}");
+    }
+    let last = expected.len() - 1;
+    assert!(
+        c.read_response().is_none(),
+        "nothing after the close (request {last})"
+    );
+    assert!(c.is_closed_within(Duration::from_secs(3)));
+    still_serving(&server);
+}
+
 #[test]
 fn slow_and_idle_clients_are_cut_off() {
     let server = TestServer::start(&[

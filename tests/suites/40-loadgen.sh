@@ -24,7 +24,7 @@ out = Path(sys.argv[1])
 failed = []
 checked = 0
 for server in ("dnd", "redis", "memcached"):
-    for tag in ("get-p1", "set-p1", "get-p16", "set-p16", "mix-zipf-p1", "open-50pct"):
+    for tag in ("get-p1", "set-p1", "get-p16", "set-p16", "mix-zipf-p1", "open-low", "open-mid", "open-high"):
         for rnd in (1, 2):
             p = out / f"{server}-{tag}.r{rnd}.json"
             if not p.exists():
@@ -40,7 +40,8 @@ for f in ("compare.md", "latency.svg"):
     if not (out / f).exists() or (out / f).stat().st_size == 0:
         failed.append(f"{out / f}: not written")
 md = (out / "compare.md").read_text() if (out / "compare.md").exists() else ""
-for label in ("dnd-cache", "Redis", "memcached", "redis-benchmark", "of 2 rounds at goal", "| 1.15x |"):
+for label in ("dnd-cache", "Redis", "memcached", "redis-benchmark", "of 2 rounds at goal", "| 1.15x |",
+              "Open-loop goals", "| ≤ 0.8x |", "open-loop rates: "):
     if label not in md:
         failed.append(f"compare.md lacks {label}")
 for f in failed:

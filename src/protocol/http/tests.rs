@@ -190,6 +190,19 @@ fn parse_split(bytes: &[u8], cuts: &[usize]) -> Result<Option<(RequestHead, Vec<
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
+    /// The one-pass search for an empty line finds what the two whole
+    /// searches it replaced found.
+    #[test]
+    fn empty_line_search_matches_the_plain_one(
+        bytes in proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'a')], 0..40),
+        from in 0usize..40,
+    ) {
+        let from = from.min(bytes.len());
+        let tail = &bytes[from..];
+        let plain = tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n");
+        prop_assert_eq!(window_ends_head(&bytes, from), plain);
+    }
+
     /// Any bytes at all, in any pieces: an answer, never a panic.
     #[test]
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600),

@@ -1,8 +1,10 @@
-//! One HTTP/1.x connection of the REST API: read a request head and body
-//! under size limits and deadlines, answer it (the [`handler`](super::handler)
-//! runs it through the same dispatcher as the binary protocol),
-//! repeat while the client keeps the connection alive. Pipelined requests
-//! are answered one after another, so in order.
+//! One HTTP/1.x connection of the REST API: read requests under size
+//! limits and deadlines, answer them (the [`handler`](super::handler) runs
+//! them through the same dispatcher as the binary protocol), repeat while
+//! the client keeps the connection alive. Every whole request a read
+//! brought is answered in one cycle and one write, in request order
+//! ([`Pipeline`]); a request whose body has not all arrived yet ends the
+//! cycle and is read on its own.
 //!
 //! Deadlines: a connection waiting for its next request closes after
 //! `idle_timeout`; a request must arrive whole within `request_timeout` of
@@ -15,13 +17,12 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use super::handler::{self as rest, BatchJob, Outcome, Reply};
+use super::batch::stream_batch;
+use super::handler::{self as rest, Outcome, Reply};
+use super::key::{prepare, Prepared};
+use super::pipeline::{write_reply, Answer, Pipeline};
 use crate::hub::new_correlation_id;
-use crate::protocol::http::{
-    write_chunk, write_response_head, BodyFraming, ChunkedDecoder, HeadReader, HttpError, Method,
-    RequestHead, ResponseLength, LAST_CHUNK,
-};
-use crate::protocol::rest::response::write_batch_result;
+use crate::protocol::http::{BodyFraming, ChunkedDecoder, HeadReader, HttpError, RequestHead};
 use crate::protocol::rest::status_for_http_error;
 use crate::server::dispatch::Dispatcher;
 use crate::server::inbuf::InBuf;
@@ -40,12 +41,10 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
 }
 
-/// The header that carries a request's correlation id (ICD 1.1), read and
-/// answered on every request.
-pub const CORRELATION_HEADER: &str = "X-Correlation-ID";
-
-/// Batch answers are written in pieces of about this size.
-const STREAM_CHUNK_BYTES: usize = 256 * 1024;
+/// Most requests answered in one cycle (one write). With the output
+/// budget (`--max-output-bytes`) it bounds what one read makes the
+/// connection hold; the requests after it wait for the next cycle.
+const MAX_REQUESTS_PER_CYCLE: usize = 256;
 
 enum Read {
     Data,
@@ -54,7 +53,7 @@ enum Read {
     Shutdown,
 }
 
-struct Conn<S> {
+pub(super) struct Conn<S> {
     stream: S,
     inbuf: InBuf,
     shutdown: Wait,
@@ -93,61 +92,35 @@ impl<S: Transport> Conn<S> {
 
     /// Sends an error answer, then closes without resetting the connection
     /// on the client (unread bytes are drained for a moment first).
-    async fn fail(mut self, minor_version: u8, correlation_id: &str, e: HttpError) {
+    async fn fail(&mut self, minor_version: u8, correlation_id: &str, e: HttpError) {
         let status = status_for_http_error(e.status);
         let reply = rest::error_reply(e.status, status, &e.message, None, "");
-        let _ = self
-            .send(&reply, minor_version, correlation_id, false, false)
-            .await;
+        let _ = self.send(&reply, minor_version, correlation_id).await;
         self.linger_close().await;
     }
 
-    async fn send(
-        &mut self,
-        reply: &Reply,
-        minor: u8,
-        correlation_id: &str,
-        keep_alive: bool,
-        head_only: bool,
-    ) -> std::io::Result<()> {
+    async fn send(&mut self, reply: &Reply, minor_version: u8, correlation_id: &str) -> std::io::Result<()> {
         let mut out = Vec::with_capacity(256 + reply.body.len());
-        let correlation = (CORRELATION_HEADER, correlation_id);
-        let with_header;
-        let extra: &[(&str, &str)] = match &reply.header {
-            Some((name, value)) => {
-                with_header = [correlation, (*name, value.as_str())];
-                &with_header
-            }
-            None => std::slice::from_ref(&correlation),
+        let answer = Answer {
+            minor_version,
+            correlation_id,
+            keep_alive: false,
+            head_only: false,
         };
-        write_response_head(
-            &mut out,
-            minor,
-            reply.status,
-            Some(reply.content_type),
-            ResponseLength::Known(reply.body.len()),
-            keep_alive,
-            extra,
-        );
-        if !head_only {
-            out.extend_from_slice(&reply.body);
-        }
-        let sent = self.write_answers(&out).await;
-        // The body may be the plaintext of an encrypted value (issue 19).
-        zeroize::Zeroize::zeroize(&mut out);
-        sent
+        write_reply(&mut out, reply, &answer);
+        self.write_answers(&out).await
     }
 
     /// Writes answer bytes, counted while the client does not take them
     /// and closed past the stall deadline ([`send_answers`]).
-    async fn write_answers(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    pub(super) async fn write_answers(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         match &self.output {
             Some((rt, settings)) => send_answers(&rt.shard, settings, &mut self.stream, bytes).await,
             None => self.stream.write_all(bytes).await,
         }
     }
 
-    async fn linger_close(mut self) {
+    async fn linger_close(&mut self) {
         // Ends our half (glommio's close is shutdown(Write); over TLS a
         // close_notify goes first).
         let _ = self.stream.close().await;
@@ -192,76 +165,215 @@ async fn serve_stream<S: Transport>(rt: Rc<ShardRuntime>, stream: S) {
     let mut reader = HeadReader::new();
     let mut dispatcher = Dispatcher::new(rt.shard.count());
     dispatcher.set_max_output(rt.server.output.max_bytes);
+    let mut pipeline = Pipeline::new(rt.server.output.max_bytes);
+    let mut cycle = Cycle {
+        rt: &rt,
+        d: &mut dispatcher,
+        conn: &mut conn,
+        pipeline: &mut pipeline,
+    };
+    // When the connection last had no request in progress, and when the
+    // bytes of the request being read began to arrive.
+    let mut idle_since = Instant::now();
+    let mut started: Option<Instant> = None;
     loop {
-        // The request head.
-        let idle_since = Instant::now();
-        let mut started: Option<Instant> = None;
-        let head = loop {
-            if started.is_none() && !conn.inbuf.data().is_empty() {
-                started = Some(Instant::now());
-            }
-            match reader.poll(conn.inbuf.data(), settings.max_body_bytes) {
-                Ok(Some((head, len))) => {
-                    conn.inbuf.consume(len);
-                    break head;
+        if started.is_none() && !cycle.conn.inbuf.data().is_empty() {
+            started = Some(Instant::now());
+        }
+        let (next, taken) = cycle.answer_buffered(&mut reader, &settings).await;
+        if taken > 0 {
+            idle_since = Instant::now();
+            started = None;
+        }
+        match next {
+            Next::More => continue,
+            Next::Close => break,
+            Next::Fail(e) => return cycle.fail_after(e).await,
+            Next::Read => {}
+            Next::Body(mut head) => {
+                let started = started.take().unwrap_or_else(Instant::now);
+                // ICD 1.1: every request has a correlation id, the client's
+                // or ours; its operations and events carry it and the
+                // answer returns it.
+                let correlation_id = head.correlation_id.get_or_insert_with(new_correlation_id).clone();
+                let mut body = match read_body(cycle.conn, &head, started, &settings).await {
+                    Ok(body) => body,
+                    Err(None) => return,
+                    Err(Some(e)) => return cycle.fail(head.minor_version, &correlation_id, e).await,
+                };
+                head.keep_alive &= !rt.shard.is_draining();
+                let keep_alive = cycle.answer(head, Body::Read(&body)).await;
+                let sent = cycle.pipeline.finish(cycle.rt, cycle.d, cycle.conn).await;
+                if cycle.pipeline.take_secret() {
+                    zeroize::Zeroize::zeroize(&mut body);
                 }
-                Ok(None) => {}
-                Err(e) => return conn.fail(1, &new_correlation_id(), e).await,
-            }
-            let deadline = match started {
-                Some(t) => t + settings.request_timeout,
-                None => idle_since + settings.idle_timeout,
-            };
-            match conn.read(conn.inbuf.data().len() + 1, deadline).await {
-                Read::Data => {}
-                Read::TimedOut if started.is_some() => {
-                    return conn
-                        .fail(
-                            1,
-                            &new_correlation_id(),
-                            HttpError::new(408, "request head not received in time"),
-                        )
-                        .await
+                idle_since = Instant::now();
+                if !matches!((keep_alive, sent), (Ok(true), Ok(()))) || rt.shard.is_draining() {
+                    break;
                 }
-                Read::TimedOut | Read::Closed | Read::Shutdown => return,
+                continue;
             }
+        }
+        cycle.conn.inbuf.shrink_if_idle();
+        // No whole request is buffered: read more.
+        if started.is_none() && !cycle.conn.inbuf.data().is_empty() {
+            started = Some(Instant::now());
+        }
+        let deadline = match started {
+            Some(t) => t + settings.request_timeout,
+            None => idle_since + settings.idle_timeout,
         };
-        let started = started.unwrap_or_else(Instant::now);
-        // ICD 1.1: every request has a correlation id, the client's or ours;
-        // its operations and events carry it and the answer returns it.
-        let mut head = head;
-        let correlation_id = head.correlation_id.get_or_insert_with(new_correlation_id).clone();
-        let body = match read_body(&mut conn, &head, started, &settings).await {
-            Ok(body) => body,
-            Err(None) => return,
-            Err(Some(e)) => return conn.fail(head.minor_version, &correlation_id, e).await,
-        };
-
-        let mut keep_alive = head.keep_alive && !rt.shard.is_draining();
-        let sent = match rest::handle(&rt, &mut dispatcher, &head, &body).await {
-            Outcome::Reply(mut reply) => {
-                let head_only = head.method == Method::Head;
-                let sent = conn
-                    .send(&reply, head.minor_version, &correlation_id, keep_alive, head_only)
-                    .await;
-                if dispatcher.held_secret() {
-                    zeroize::Zeroize::zeroize(&mut reply.body);
-                    dispatcher.clear_output();
-                }
-                sent
+        let want = cycle.conn.inbuf.data().len() + 1;
+        match cycle.conn.read(want, deadline).await {
+            Read::Data => {}
+            Read::TimedOut if started.is_some() => {
+                let e = HttpError::new(408, "request head not received in time");
+                return cycle.fail_after(e).await;
             }
-            Outcome::Batch(job) => {
-                // HTTP/1.0 has no chunked encoding: the close ends the body.
-                keep_alive &= head.minor_version == 1;
-                stream_batch(&rt, &mut dispatcher, &mut conn, &head, keep_alive, job).await
-            }
-        };
-        conn.inbuf.shrink_if_idle();
-        if sent.is_err() || !keep_alive || rt.shard.is_draining() {
-            break;
+            Read::TimedOut | Read::Closed | Read::Shutdown => return,
         }
     }
     let _ = conn.stream.close().await;
+}
+
+/// What the connection does once the requests it had buffered are answered.
+enum Next {
+    /// No whole request is buffered: read.
+    Read,
+    /// The cycle's bounds stopped it: more requests may be buffered.
+    More,
+    /// A request head whose body is still to come (the head is consumed).
+    Body(RequestHead),
+    /// A request that cannot be answered: answer the error and close.
+    Fail(HttpError),
+    /// `Connection: close`, a failed write, or the shard is stopping.
+    Close,
+}
+
+/// A request's body: where the connection's buffer holds it, or read apart.
+enum Body<'a> {
+    Buffered(std::ops::Range<usize>),
+    Read(&'a [u8]),
+}
+
+/// What one connection's cycles work with.
+struct Cycle<'a, S> {
+    rt: &'a ShardRuntime,
+    d: &'a mut Dispatcher,
+    conn: &'a mut Conn<S>,
+    pipeline: &'a mut Pipeline,
+}
+
+impl<S: Transport> Cycle<'_, S> {
+    /// Answers every whole request buffered (within the cycle's bounds) in
+    /// one cycle and one write; returns what comes next and how many
+    /// requests were taken.
+    async fn answer_buffered(&mut self, reader: &mut HeadReader, settings: &HttpSettings) -> (Next, usize) {
+        let mut pos = 0;
+        let mut taken = 0;
+        let next = loop {
+            if taken == MAX_REQUESTS_PER_CYCLE || self.pipeline.output_full() {
+                break Next::More;
+            }
+            let data = &self.conn.inbuf.data()[pos..];
+            let (mut head, head_len) = match reader.poll(data, settings.max_body_bytes) {
+                Ok(Some(found)) => found,
+                Ok(None) => break Next::Read,
+                Err(e) => break Next::Fail(e),
+            };
+            let body_len = match head.body {
+                BodyFraming::None => 0,
+                BodyFraming::Length(n) if data.len() - head_len >= n => n,
+                // The rest of the body, or a chunked one, is read apart.
+                _ => {
+                    pos += head_len;
+                    break Next::Body(head);
+                }
+            };
+            head.correlation_id.get_or_insert_with(new_correlation_id);
+            head.keep_alive &= !self.rt.shard.is_draining();
+            let body = pos + head_len..pos + head_len + body_len;
+            pos = body.end;
+            taken += 1;
+            match self.answer(head, Body::Buffered(body)).await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => break Next::Close,
+            }
+        };
+        let sent = self.pipeline.finish(self.rt, self.d, self.conn).await;
+        if self.pipeline.take_secret() {
+            self.conn.inbuf.wipe_front(pos);
+        }
+        self.conn.inbuf.consume(pos);
+        match sent {
+            Ok(()) => (next, taken),
+            Err(_) => (Next::Close, taken),
+        }
+    }
+
+    /// Answers one request: a single-key one joins the queue, any other
+    /// runs now, after the queue. Returns whether the connection stays open.
+    async fn answer(&mut self, head: RequestHead, body: Body<'_>) -> std::io::Result<bool> {
+        let rt = self.rt;
+        let bytes = match &body {
+            Body::Buffered(range) => &self.conn.inbuf.data()[range.clone()],
+            Body::Read(bytes) => bytes,
+        };
+        match prepare(rt, &head, bytes) {
+            Prepared::Queued(request, op) => {
+                if !self.pipeline.accepts(request.grant) {
+                    self.pipeline.run(rt, self.d, self.conn).await?;
+                }
+                let keep_alive = head.keep_alive;
+                self.pipeline.queue(head, request, &op);
+                Ok(keep_alive)
+            }
+            Prepared::Answered(reply) => {
+                self.pipeline.run(rt, self.d, self.conn).await?;
+                self.pipeline.push(&reply, &head);
+                Ok(head.keep_alive)
+            }
+            Prepared::Other => {
+                let mut bytes = bytes.to_vec();
+                self.pipeline.run(rt, self.d, self.conn).await?;
+                let outcome = rest::handle(rt, self.d, &head, &bytes).await;
+                let keep_alive = match outcome {
+                    Outcome::Reply(mut reply) => {
+                        self.pipeline.push(&reply, &head);
+                        if self.d.held_secret() {
+                            zeroize::Zeroize::zeroize(&mut reply.body);
+                            self.d.clear_output();
+                            self.pipeline.mark_secret();
+                        }
+                        head.keep_alive
+                    }
+                    Outcome::Batch(job) => {
+                        // HTTP/1.0 has no chunked encoding: the close ends the body.
+                        let keep_alive = head.keep_alive && head.minor_version == 1;
+                        // The answers before it go first.
+                        self.pipeline.write(self.conn).await?;
+                        if stream_batch(rt, self.d, self.conn, &head, keep_alive, job).await? {
+                            self.pipeline.mark_secret();
+                        }
+                        keep_alive
+                    }
+                };
+                // The body may hold the plaintext of values to encrypt.
+                zeroize::Zeroize::zeroize(&mut bytes);
+                Ok(keep_alive)
+            }
+        }
+    }
+
+    /// Sends the error answer of a request that cannot be read, then closes.
+    async fn fail(&mut self, minor_version: u8, correlation_id: &str, e: HttpError) {
+        self.conn.fail(minor_version, correlation_id, e).await
+    }
+
+    /// [`Cycle::fail`] for a request whose head could not be read.
+    async fn fail_after(&mut self, e: HttpError) {
+        self.fail(1, &new_correlation_id(), e).await
+    }
 }
 
 /// Reads the body `head` announces. `Err(None)`: the client went away or
@@ -326,113 +438,6 @@ async fn send_continue<S: Transport>(
     Ok(())
 }
 
-/// Runs a batch through the dispatcher cycle by cycle, writing its answer
-/// as it goes (chunked for HTTP/1.1, until close for HTTP/1.0), so that a
-/// batch of large values is never held whole in memory.
-async fn stream_batch<S: Transport>(
-    rt: &ShardRuntime,
-    d: &mut Dispatcher,
-    conn: &mut Conn<S>,
-    head: &RequestHead,
-    keep_alive: bool,
-    job: BatchJob,
-) -> std::io::Result<()> {
-    let chunked = head.minor_version == 1;
-    let length = if chunked {
-        ResponseLength::Chunked
-    } else {
-        ResponseLength::UntilClose
-    };
-    let mut out = Vec::with_capacity(STREAM_CHUNK_BYTES + 1024);
-    write_response_head(
-        &mut out,
-        head.minor_version,
-        200,
-        Some(rest::JSON),
-        length,
-        keep_alive,
-        &[(CORRELATION_HEADER, head.correlation_id.as_deref().unwrap_or(""))],
-    );
-    conn.write_answers(&out).await?;
-    out.clear();
-    let mut body = b"{\"results\":[".to_vec();
-    let mut items = job.items.iter();
-    let mut first = true;
-    let mut pos = 0;
-    while pos < job.frames.len() {
-        d.clear_output();
-        let input = &job.frames[pos..];
-        let used = d.run(rt, input).await;
-        if used == 0 {
-            break;
-        }
-        pos += used;
-        loop {
-            for resp in rest::response_frames(d.output()) {
-                let Some(item) = items.next() else { break };
-                if !first {
-                    body.push(b',');
-                }
-                first = false;
-                write_batch_result(&mut body, item.kind, &item.key, &resp, job.force_base64);
-                if d.held_secret() {
-                    rest::wipe_response(resp);
-                }
-                if body.len() >= STREAM_CHUNK_BYTES {
-                    send_piece(conn, &mut out, &body, chunked).await?;
-                    body.clear();
-                }
-            }
-            // An owner shard stopped at the answer budget: the rest of the
-            // cycle comes once what came before is on its way.
-            if !d.has_more() {
-                break;
-            }
-            d.clear_output();
-            d.resume(rt, input).await;
-        }
-    }
-    // Items the dispatcher could not answer (it never stops early today).
-    for item in items {
-        if !first {
-            body.push(b',');
-        }
-        first = false;
-        let resp = crate::proto::CacheResponse {
-            status: Status::Unavailable.code_number(),
-            data: "not executed".into(),
-            ..Default::default()
-        };
-        write_batch_result(&mut body, item.kind, &item.key, &resp, job.force_base64);
-    }
-    body.extend_from_slice(b"]}");
-    let sent = send_piece(conn, &mut out, &body, chunked).await;
-    if d.held_secret() {
-        zeroize::Zeroize::zeroize(&mut body);
-        zeroize::Zeroize::zeroize(&mut out);
-        d.clear_output();
-    }
-    sent?;
-    if chunked {
-        conn.write_answers(LAST_CHUNK).await?;
-    }
-    Ok(())
-}
-
-async fn send_piece<S: Transport>(
-    conn: &mut Conn<S>,
-    out: &mut Vec<u8>,
-    piece: &[u8],
-    chunked: bool,
-) -> std::io::Result<()> {
-    if !chunked {
-        return conn.write_answers(piece).await;
-    }
-    out.clear();
-    write_chunk(out, piece);
-    conn.write_answers(out).await
-}
-
 /// Answers a connection over the limit with 503 (CACHE_009) and closes.
 pub async fn refuse(stream: TcpStream) {
     let mut conn = Conn {
@@ -442,6 +447,6 @@ pub async fn refuse(stream: TcpStream) {
         output: None,
     };
     let reply = rest::error_reply(503, Status::TooManyConnections, "too many connections", None, "");
-    let _ = conn.send(&reply, 1, &new_correlation_id(), false, false).await;
+    let _ = conn.send(&reply, 1, &new_correlation_id()).await;
     conn.linger_close().await;
 }

@@ -4,10 +4,11 @@
 use prost::Message;
 use serde_json::json;
 
+use super::key::{key_answer, key_operation, KeyRequest};
 use crate::frame::{declared_len, encode_frame, FRAME_HEADER_BYTES};
 use crate::ops::OpKind;
 use crate::proto::{CacheOperation, CacheResponse};
-use crate::protocol::http::{Method, RequestHead};
+use crate::protocol::http::RequestHead;
 use crate::protocol::rest::request::{self, BatchItem};
 use crate::protocol::rest::response;
 use crate::protocol::rest::{routes, Query, RestError, Route};
@@ -17,7 +18,7 @@ use crate::time::unix_now_us;
 use crate::Status;
 
 pub const JSON: &str = "application/json";
-const OCTETS: &str = "application/octet-stream";
+pub(super) const OCTETS: &str = "application/octet-stream";
 
 /// A whole answer.
 pub struct Reply {
@@ -104,53 +105,61 @@ pub async fn handle(rt: &ShardRuntime, d: &mut Dispatcher, head: &RequestHead, b
     }
     match handle_route(rt, d, head, body, route, &query).await {
         Ok(outcome) => outcome,
-        Err((e, key, op)) if e.status == Status::Moved => moved(&e, head, key.as_deref(), op),
-        Err((e, key, op)) => rest_error(e, key.as_deref(), op),
+        Err(failure) => Outcome::Reply(failure_reply(head, failure)),
     }
 }
 
-type Failure = (RestError, Option<Vec<u8>>, &'static str);
+pub(super) type Failure = (RestError, Option<Vec<u8>>, &'static str);
+
+/// The ICD 8.2 answer of a failed request (307 for a key another node owns).
+pub(super) fn failure_reply(head: &RequestHead, (e, key, op): Failure) -> Reply {
+    if e.status == Status::Moved {
+        return moved(&e, head, key.as_deref(), op);
+    }
+    error_reply(e.http_status, e.status, &e.message, key.as_deref(), op)
+}
 
 /// A key of another node's slot (docs/cluster.md): 307 to the same path
 /// on that node's REST port, with the ICD 8.2 body naming CACHE_013.
-fn moved(e: &RestError, head: &RequestHead, key: Option<&[u8]>, operation: &str) -> Outcome {
+fn moved(e: &RestError, head: &RequestHead, key: Option<&[u8]>, operation: &str) -> Reply {
     let target: serde_json::Value = serde_json::from_str(&e.message).unwrap_or_default();
     let mut reply = error_reply(307, Status::Moved, &e.message, key, operation);
     if let Some(http) = target["moved"]["http"].as_str() {
         let query = head.query.as_deref().map_or(String::new(), |q| format!("?{q}"));
         reply.header = Some(("Location", format!("http://{http}{}{query}", head.path)));
     }
-    Outcome::Reply(reply)
+    reply
 }
 
 // ---- security (issue 5): credentials of each request ----
 
-/// Sets the dispatcher's grant from `Authorization: Bearer`. Health
-/// endpoints stay open; anything else needs a valid token when auth is on
-/// (401 AUTH_001 without one); the permission itself is checked where the
-/// operation is routed (403 AUTH_002).
+/// Sets the dispatcher's grant from `Authorization: Bearer` ([`grant_for`]).
 fn authorize(rt: &ShardRuntime, d: &mut Dispatcher, head: &RequestHead, route: &Route) -> Result<(), Reply> {
+    let grant = grant_for(rt, head, route);
+    d.set_grant(*grant.as_ref().unwrap_or(&crate::auth::Grant::NONE));
+    grant.map(|_| ())
+}
+
+/// What a request may do. Health endpoints stay open; anything else needs
+/// a valid token when auth is on (401 AUTH_001 without one); the permission
+/// itself is checked where the operation is routed (403 AUTH_002).
+pub(super) fn grant_for(
+    rt: &ShardRuntime,
+    head: &RequestHead,
+    route: &Route,
+) -> Result<crate::auth::Grant, Reply> {
     use crate::auth::Grant;
     if !rt.auth.enabled() {
-        d.set_grant(Grant::UNRESTRICTED);
-        return Ok(());
+        return Ok(Grant::UNRESTRICTED);
     }
     if matches!(route, Route::Live | Route::Ready | Route::CacheHealth) {
-        d.set_grant(Grant::NONE);
-        return Ok(());
+        return Ok(Grant::NONE);
     }
     let token = head.bearer.as_deref().unwrap_or_default();
-    match rt.auth.authenticate(token.as_bytes(), None) {
-        Ok(grant) => {
-            d.set_grant(grant);
-            Ok(())
-        }
-        Err(e) => {
-            d.set_grant(Grant::NONE);
-            let message = format!("invalid credentials: {e}");
-            Err(error_reply(401, Status::InvalidCredentials, &message, None, ""))
-        }
-    }
+    rt.auth.authenticate(token.as_bytes(), None).map_err(|e| {
+        let message = format!("invalid credentials: {e}");
+        error_reply(401, Status::InvalidCredentials, &message, None, "")
+    })
 }
 
 /// Refuses an endpoint that does not go through the dispatcher (reload,
@@ -185,33 +194,17 @@ async fn handle_route(
     };
     match route {
         Route::Key(key) => {
-            let (kind, op) = match head.method {
-                Method::Put => {
-                    let op = request::put_operation(&key, body, head.content_type.as_deref(), query)
-                        .map_err(|e| (e, Some(key.clone()), "set"))?;
-                    (OpKind::Set, op)
-                }
-                Method::Delete => (OpKind::Delete, request::key_operation(OpKind::Delete, &key)),
-                _ => (OpKind::Get, request::key_operation(OpKind::Get, &key)),
-            };
+            let (kind, op) = key_operation(head, body, &key, query)?;
             let resp = execute(rt, d, &with_id(op))
                 .await
                 .map_err(|e| (e, Some(key.clone()), kind.name()))?;
-            let wants_octets = head.accept.as_deref().is_some_and(|a| a.contains(OCTETS));
-            let outcome = if kind == OpKind::Get && resp.status == 0 && wants_octets {
-                Ok(Outcome::Reply(Reply {
-                    status: 200,
-                    content_type: OCTETS,
-                    body: resp.data.to_vec(),
-                    header: None,
-                }))
-            } else {
-                answer(kind, &resp, force_base64, Some(&key))
+            let request = KeyRequest {
+                kind,
+                key,
+                force_base64,
+                grant: d.grant(),
             };
-            if d.held_secret() {
-                wipe_response(resp);
-            }
-            outcome
+            Ok(Outcome::Reply(key_answer(&request, head, resp, d.held_secret())))
         }
         Route::Batch => {
             let (items, frames) =
@@ -229,7 +222,7 @@ async fn handle_route(
                 .await
                 .map_err(|e| (e, None, "pattern"))?;
             if resp.status != 0 {
-                return answer(OpKind::Pattern, &resp, false, Some(&pattern));
+                return answer(OpKind::Pattern, &resp, false, Some(&pattern)).map(Outcome::Reply);
             }
             Ok(json_reply(
                 200,
@@ -250,7 +243,7 @@ async fn handle_route(
             if kind == OpKind::Health && resp.status == 0 && !healthy {
                 return Ok(json_reply(503, response::success_body(kind, &resp, false)));
             }
-            answer(kind, &resp, false, None)
+            answer(kind, &resp, false, None).map(Outcome::Reply)
         }
         Route::Reload => {
             require(d, crate::auth::CACHE_RELOAD, "reload")?;
@@ -278,15 +271,20 @@ async fn handle_route(
 }
 
 /// A success body or the ICD error of `resp`.
-fn answer(
+pub(super) fn answer(
     kind: OpKind,
     resp: &CacheResponse,
     force_base64: bool,
     key: Option<&[u8]>,
-) -> Result<Outcome, Failure> {
+) -> Result<Reply, Failure> {
     let status = Status::from_u32(resp.status).unwrap_or(Status::Unavailable);
     if status == Status::Ok {
-        return Ok(json_reply(200, response::success_body(kind, resp, force_base64)));
+        return Ok(Reply {
+            status: 200,
+            content_type: JSON,
+            body: response::success_body(kind, resp, force_base64),
+            header: None,
+        });
     }
     let message = String::from_utf8_lossy(&resp.data);
     Err((
