@@ -220,6 +220,7 @@ impl Shard {
     /// With replication 2: where this shard hands its writes.
     pub fn attach_replication(&mut self, sink: replication::ReplSink) {
         self.repl = Some(sink);
+        self.store.get_mut().set_admission(false);
     }
 
     /// The replica node of a key hash's slot, when this node is its

@@ -17,6 +17,9 @@ pub struct StoreStats {
     pub evictions: u64,
     pub rejected_writes: u64,
     pub flushed: u64,
+    /// Large new items not stored on their first write (the cache was hot:
+    /// docs/memory.md, "Admission").
+    pub admissions_declined: u64,
 }
 
 /// Counters of one shard's connections and requests.

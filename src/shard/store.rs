@@ -96,6 +96,14 @@ pub struct Store {
     items_count: usize,
     sweep_cursor: usize,
     pub stats: StoreStats,
+    /// Keys that missed lately: a large value written after a miss may be
+    /// declined while the cache is hot ([`admit`]).
+    missed: admit::MissFilter,
+    /// State of admission's random draws.
+    draws: u64,
+    /// Share of read records among those eviction examined lately (1/1024).
+    read_share: u32,
+    admission: bool,
 }
 
 /// What one [`Store::maintain`] pass did.
@@ -151,7 +159,8 @@ fn table_hash(hash: u64) -> u64 {
 
 impl Store {
     pub fn new(config: StoreConfig) -> Self {
-        let fixed = Self::fixed_index_bytes();
+        let missed = admit::MissFilter::for_budget(config.memory_limit_bytes);
+        let fixed = Self::fixed_index_bytes() + missed.bytes();
         let mut items = Slab::new(config.memory_limit_bytes);
         items.set_index_bytes(fixed);
         Store {
@@ -164,6 +173,10 @@ impl Store {
             items_count: 0,
             sweep_cursor: 0,
             stats: StoreStats::default(),
+            draws: config.seed | 1,
+            missed,
+            read_share: 0,
+            admission: true,
         }
     }
 
@@ -264,10 +277,12 @@ impl Store {
         match self.find(hash, key) {
             None => {
                 self.stats.misses += 1;
+                self.missed.mark(hash);
                 Lookup::Miss
             }
             Some(id) if self.view(id).is_expired(now_us) => {
                 self.remove(hash, key);
+                self.missed.mark(hash);
                 self.stats.misses += 1;
                 self.stats.expired_on_access += 1;
                 Lookup::Expired
@@ -348,6 +363,9 @@ impl Store {
             ttl_s
         };
         let len = record_len(key.len(), value.len());
+        if version.is_none() && !self.admits(hash, key, len) {
+            return Ok(self.declined_meta(ttl_s, now_us));
+        }
         let new_id = self.allocate(len, now_us).inspect_err(|_| {
             self.stats.rejected_writes += 1;
         })?;
@@ -431,7 +449,8 @@ impl Store {
         for t in self.tables.iter_mut() {
             *t = HashTable::new();
         }
-        self.index_bytes = Self::fixed_index_bytes();
+        self.missed.clear();
+        self.index_bytes = Self::fixed_index_bytes() + self.missed.bytes();
         self.payload_bytes = 0;
         self.items.set_index_bytes(self.index_bytes);
         self.items.clear();
@@ -479,6 +498,9 @@ impl Store {
     }
 }
 
+mod admit;
+#[cfg(test)]
+mod admit_tests;
 mod evict;
 
 #[cfg(test)]

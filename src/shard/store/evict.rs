@@ -33,7 +33,20 @@ impl Store {
                 return Err(WriteError::Full);
             }
         }
-        Err(WriteError::Full)
+        if self.config.eviction == EvictionPolicy::NoEviction {
+            return Err(WriteError::Full);
+        }
+        // Every pass may have kept hot records (and the last one evicted
+        // only one region): evict whole regions until the record fits. A
+        // cache where everything was read still takes the write.
+        loop {
+            if let Ok(id) = self.items.alloc(len) {
+                return Ok(id);
+            }
+            if !self.evict_oldest(Keep::Nothing, None, now_us) {
+                return Err(WriteError::Full);
+            }
+        }
     }
 
     /// Evicts the oldest region (a segment or a large record), keeping the
@@ -48,14 +61,18 @@ impl Store {
             return false;
         }
         let mut keep = Vec::new();
+        let (mut examined, mut read) = (0, 0);
         for id in self.items.live_records(region) {
             let item = self.view(id);
+            let expired = item.is_expired(now_us);
+            examined += usize::from(!expired);
+            read += usize::from(!expired && item.was_accessed());
             let stays = match keep_which {
                 Keep::Read => item.was_accessed(),
                 Keep::Nothing => false,
                 Keep::Live => true,
             };
-            if stays && !item.is_expired(now_us) {
+            if stays && !expired {
                 keep.push(id);
                 continue;
             }
@@ -67,6 +84,7 @@ impl Store {
         for (old, new) in self.items.retire(region, &keep) {
             self.reindex(old, new);
         }
+        self.note_eviction_pass(examined, read);
         true
     }
 

@@ -338,3 +338,19 @@ proptest! {
         }
     }
 }
+
+/// Found by the admission tests: with every item read twice, the 63
+/// passes that give second chances kept everything, the last pass evicted
+/// one region, and the write was answered Full without trying again.
+#[test]
+fn a_store_where_every_item_is_read_still_takes_writes() {
+    let mut s = lru(4 << 20);
+    for i in 0..120_000 {
+        let key = format!("small:{i}");
+        put(&mut s, &key, &[1; 100], 0, 1_000).unwrap_or_else(|e| panic!("write {i}: {e:?}"));
+        for _ in 0..3 {
+            assert!(get(&mut s, key.as_bytes(), 2_000).is_some());
+        }
+    }
+    assert!(s.stats.evictions > 0);
+}
