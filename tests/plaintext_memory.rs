@@ -211,18 +211,14 @@ fn written_read_and_scanned(shards: usize) {
 /// bytes, its one copy in the slab.)
 #[test]
 fn no_plaintext_stays_in_memory_under_tls() {
+    use common::tls::{connect, frame, self_signed};
     use prost::Message;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_rustls::rustls;
 
     let dir = std::env::temp_dir().join(format!("dnd-cache-plaintext-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let key_file = dir.join("key");
     std::fs::write(&key_file, [7u8; 32]).unwrap();
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let (cert, key, config) = self_signed(&dir);
     let server = TestServer::start(&[
         "--shards",
         "1",
@@ -233,72 +229,40 @@ fn no_plaintext_stays_in_memory_under_tls() {
         "--tls-key",
         key.to_str().unwrap(),
     ]);
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from(
-            certified.cert.der().to_vec(),
-        ))
-        .unwrap();
-    let config = std::sync::Arc::new(
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    );
     let secret = plaintext();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut s = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-            .unwrap();
-        async fn call<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-            s: &mut S,
-            body: &[u8],
-        ) -> dnd_cache::proto::CacheResponse {
-            let mut out = (body.len() as u32).to_be_bytes().to_vec();
-            out.extend_from_slice(body);
-            s.write_all(&out).await.unwrap();
-            let mut header = [0u8; 4];
-            s.read_exact(&mut header).await.unwrap();
-            let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
-            s.read_exact(&mut body).await.unwrap();
-            let answer = dnd_cache::proto::CacheResponse::decode(&body[..]).unwrap();
-            zeroize::Zeroize::zeroize(&mut body);
-            answer
-        }
+        let mut s = connect(&config, server.addr).await;
         let hello = dnd_cache::proto::CacheConnection {
             service_id: "tls_secret".into(),
             protocol_version: 1,
             ..Default::default()
         };
-        assert_eq!(call(&mut s, &hello.encode_to_vec()).await.status, 0);
+        assert_eq!(frame(&mut s, &hello.encode_to_vec()).await.status, 0);
         assert_eq!(
-            call(&mut s, &encrypted_set(b"secret:1", &secret).encode_to_vec())
+            frame(&mut s, &encrypted_set(b"secret:1", &secret).encode_to_vec())
                 .await
                 .status,
             0
         );
-        let back = call(&mut s, &get(b"secret:1").encode_to_vec()).await;
+        let back = frame(&mut s, &get(b"secret:1").encode_to_vec()).await;
         assert_eq!((back.status, back.data.as_ref()), (0, &secret[..]));
         let filler = Bytes::from(vec![b'z'; 8 * 1024]);
         for i in 0..300 {
             let key = format!("filler:{}", i % 50);
             assert_eq!(
-                call(&mut s, &set(key.as_bytes(), &filler, 0).encode_to_vec())
+                frame(&mut s, &set(key.as_bytes(), &filler, 0).encode_to_vec())
                     .await
                     .status,
                 0
             );
-            assert_eq!(call(&mut s, &get(key.as_bytes()).encode_to_vec()).await.status, 0);
+            assert_eq!(
+                frame(&mut s, &get(key.as_bytes()).encode_to_vec()).await.status,
+                0
+            );
         }
     });
     let found = plaintext_bytes_in_memory(server.child.id(), &secret);

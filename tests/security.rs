@@ -503,68 +503,21 @@ fn encryption_without_a_key_file_uses_a_key_generated_at_start() {
 }
 
 mod tls {
-    use std::sync::Arc;
-
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_rustls::rustls;
 
     use super::*;
-
-    fn client_config(cert_der: Vec<u8>) -> Arc<rustls::ClientConfig> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(rustls::pki_types::CertificateDer::from(cert_der))
-            .unwrap();
-        Arc::new(
-            rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        )
-    }
-
-    async fn connect(
-        config: &Arc<rustls::ClientConfig>,
-        addr: std::net::SocketAddr,
-    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        tokio_rustls::TlsConnector::from(config.clone())
-            .connect(name, tcp)
-            .await
-            .expect("TLS handshake")
-    }
-
-    async fn frame<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-        s: &mut S,
-        body: &[u8],
-    ) -> CacheResponse {
-        let mut out = (body.len() as u32).to_be_bytes().to_vec();
-        out.extend_from_slice(body);
-        s.write_all(&out).await.unwrap();
-        let mut header = [0u8; 4];
-        s.read_exact(&mut header).await.unwrap();
-        let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
-        s.read_exact(&mut body).await.unwrap();
-        CacheResponse::decode(&body[..]).unwrap()
-    }
+    use common::tls::{connect, frame, self_signed};
 
     #[test]
     fn both_listeners_speak_tls() {
         let dir = temp_dir("tls");
-        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        std::fs::write(&cert, certified.cert.pem()).unwrap();
-        std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+        let (cert, key, config) = self_signed(&dir);
         let server = TestServer::start(&[
             "--tls-cert",
             cert.to_str().unwrap(),
             "--tls-key",
             key.to_str().unwrap(),
         ]);
-        let config = client_config(certified.cert.der().to_vec());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -5,25 +5,13 @@
 use std::sync::Arc;
 
 use crate::key::{key_hash, owner_of, slot_of};
-use crate::shard::store::{EvictionPolicy, StoreConfig};
-use crate::shard::{FlushRule, Shard, ShardCommand, ShardLimits};
+use crate::shard::{FlushRule, Shard, ShardCommand};
 
 const NOW: u64 = 1_700_000_000_000_000;
 const KEYS: usize = 3000;
 
 fn filled() -> Shard {
-    let limits = ShardLimits {
-        max_frame_bytes: 1 << 20,
-        max_item_bytes: 1 << 20,
-    };
-    let store = StoreConfig {
-        seed: 7,
-        memory_limit_bytes: 32 << 20,
-        max_item_bytes: 1 << 20,
-        default_ttl_s: 0,
-        eviction: EvictionPolicy::Lru,
-    };
-    let shard = Shard::new(0, 1, limits, store);
+    let shard = crate::shard::test_shard(0, 1);
     for i in 0..KEYS {
         let key = format!("k:{i}");
         let hash = key_hash(key.as_bytes(), shard.seed());
