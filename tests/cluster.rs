@@ -363,15 +363,7 @@ fn a_nats_server_with_credentials_admits_only_nodes_that_have_them() {
     // A node that is not given the password: it never starts (no map).
     let wrong = nats.url().replace("nats://", "nats://dnd:wrong@");
     let mut intruder = std::process::Command::new(common::server_bin())
-        .args([
-            "--port",
-            "0",
-            "--shard-port-base",
-            "0",
-            "--http-port",
-            "0",
-            "--no-pin",
-        ])
+        .args(common::FREE_PORTS)
         .args(common::cluster::node_flags(&wrong, "n3", "a"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -46,17 +46,11 @@ fn refused(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-const EPHEMERAL: [&str; 9] = [
-    "--port",
-    "0",
-    "--shard-port-base",
-    "0",
-    "--http-port",
-    "0",
-    "--no-pin",
-    "--max-memory",
-    "64MiB",
-];
+/// Free ports, no pinning, 64 MiB.
+const EPHEMERAL: [&str; 9] = {
+    let f = common::FREE_PORTS;
+    [f[0], f[1], f[2], f[3], f[4], f[5], f[6], "--max-memory", "64MiB"]
+};
 
 #[test]
 fn the_shipped_example_config_loads_and_serves() {

@@ -347,17 +347,8 @@ fn protected_mode_refuses_a_public_bind_without_auth() {
     let bin = common::server_bin();
     let run = |args: &[&str]| {
         Command::new(&bin)
-            .args([
-                "--port",
-                "0",
-                "--shard-port-base",
-                "0",
-                "--http-port",
-                "0",
-                "--no-pin",
-                "--shards",
-                "1",
-            ])
+            .args(common::FREE_PORTS)
+            .args(["--shards", "1"])
             .args(["--max-memory", "16MiB"])
             .args(args)
             .stdout(Stdio::null())

@@ -7,6 +7,17 @@ pub mod http;
 pub mod nats;
 pub mod tls;
 
+/// Flags that give a server free ports (it prints them) and no pinning.
+pub const FREE_PORTS: [&str; 7] = [
+    "--port",
+    "0",
+    "--shard-port-base",
+    "0",
+    "--http-port",
+    "0",
+    "--no-pin",
+];
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -35,17 +46,8 @@ pub struct TestServer {
 impl TestServer {
     /// A server with 2 shards, free ports, 64 MiB, plus `extra` flags.
     pub fn start(extra: &[&str]) -> TestServer {
-        let mut args = vec![
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--shard-port-base",
-            "0",
-            "--http-port",
-            "0",
-            "--no-pin",
-        ];
+        let mut args = vec!["--bind", "127.0.0.1"];
+        args.extend(FREE_PORTS);
         if !extra.contains(&"--max-memory") {
             args.extend(["--max-memory", "64MiB"]);
         }
