@@ -30,10 +30,10 @@ use super::ShardRuntime;
 use crate::auth::Grant;
 use crate::frame::{check_frame, FrameError, FrameStatus, FRAME_HEADER_BYTES};
 use crate::ops::{OpKind, Reach};
-use crate::protocol::binary::{decode_operation, OpView, ResponseEncoder};
+use crate::protocol::binary::{decode_operation, ResponseEncoder};
 use crate::shard::stats::Tally;
 use crate::time::unix_now_us;
-use crate::validate::{check_batch, check_consistency, check_key, check_pattern, RequestError};
+use crate::validate::{check_consistency, check_key, check_pattern, RequestError};
 use crate::Status;
 
 /// Most requests handled per read cycle. With `--max-output-bytes` (after
@@ -463,55 +463,6 @@ impl Dispatcher {
                 self.push_local(start);
             }
         }
-    }
-
-    /// Splits a batch operation by owner: one sub-operation per owner, the
-    /// local one run now, the others forwarded; merged in key order later.
-    fn route_multi(&mut self, rt: &ShardRuntime, op: &OpView<'_>, kind: OpKind, now_us: u64, start: usize) {
-        let shard = &rt.shard;
-        let count = if kind == OpKind::SetMany {
-            op.entry_count
-        } else {
-            op.key_count
-        };
-        if let Err(e) = check_batch(count) {
-            return self.refuse(e, op.correlation_id, start);
-        }
-        let owners = assemble::owners_of_items(op, kind, shard.seed(), shard.count(), shard.id());
-        if owners.iter().all(|&o| o as usize == shard.id()) {
-            shard.execute_local(op, kind, now_us, &mut self.out);
-            return self.push_local(start);
-        }
-        let mut local_reply = None;
-        for owner in 0..shard.count() {
-            if !owners.iter().any(|&o| o as usize == owner) {
-                continue;
-            }
-            if owner == shard.id() {
-                let mut sub = Vec::new();
-                assemble::encode_sub_operation(op, kind, &owners, owner, &mut sub);
-                let mut reply = Vec::new();
-                match decode_operation(&sub[FRAME_HEADER_BYTES..]) {
-                    Ok(sub_op) => shard.execute_local(&sub_op, kind, now_us, &mut reply),
-                    Err(_) => ResponseEncoder::error(&mut reply, Status::Malformed, "malformed request", b""),
-                }
-                local_reply = Some(reply);
-            } else {
-                assemble::encode_sub_operation(op, kind, &owners, owner, &mut self.forward[owner]);
-            }
-        }
-        self.jobs.push(Job::multi_key(
-            shard.limits().max_frame_bytes,
-            kind,
-            op,
-            owners,
-            local_reply,
-        ));
-        self.steps.push(Step::Job {
-            index: (self.jobs.len() - 1) as u32,
-        });
-        self.needs_assembly = true;
-        shard.tally(Tally::ForwardedOp);
     }
 
     /// One round trip to the owner shards: sends each owner whose answers
