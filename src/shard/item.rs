@@ -1,126 +1,133 @@
 //! The stored form of an item: one record holding a header, the key and
 //! the value, in a segment or a large record (see [`crate::slab`]).
 //!
-//! Header, little-endian ([`crate::slab::record`] owns the framing):
-//! - bytes 0..8: `version_us` in bits 0..52 (microsecond hybrid clock of the
-//!   write, also its creation time), then the allocator's bits: key length,
-//!   CLOCK accessed bit, dead bit, wide-length bit;
-//! - bytes 8..12: TTL in seconds in bits 0..30 (0 = never expires; TTLs
-//!   are capped at 2^30 - 1 s, about 34 years), bits 30 and 31 reserved for
-//!   value codecs (compression, encryption);
-//! - bytes 12..14: the value length (12..16 for values of 64 KiB and more).
-//!
-//! Records lie back to back in a segment, so a record costs its 14-byte
-//! header and nothing for rounding.
+//! [`crate::slab::record`] owns the header: the key and value lengths, the
+//! version (microsecond hybrid clock of the write, also its creation time,
+//! stored relative to its region's base), the TTL in seconds (0 = never
+//! expires; capped at 2^30 - 1 s, about 34 years), the two value-codec bits
+//! (compression, encryption), and the allocator's bits (read counter, dead
+//! bit). A 20-byte key with a 100-byte value and a TTL costs an 8-byte
+//! header, and nothing for rounding: records lie back to back.
 //!
 //! The index stores only an [`ItemId`]; the key lives in the record.
 
 use crate::protocol::binary::Meta;
-use crate::slab::record;
+use crate::slab::record::{self, Header, Parsed};
 pub use crate::slab::ItemId;
-
-const VERSION_MASK: u64 = record::ITEM_BITS_MASK;
 
 /// Largest TTL stored, in seconds.
 pub const MAX_TTL_S: u32 = (1 << 30) - 1;
-const TTL_MASK: u32 = MAX_TTL_S;
 
-/// The two codec bits (bit 30 compressed, bit 31 encrypted) of the TTL
-/// word, as a number 0..=3; their meaning belongs to [`crate::codec`].
-const CODEC_SHIFT: u32 = 30;
-
-/// Sets the codec bits of a record written by [`write_record`].
-#[inline]
-pub fn set_codec_flags(chunk: &mut [u8], flags: u32) {
-    let word = u32::from_le_bytes(chunk[8..12].try_into().expect("header")) & TTL_MASK;
-    chunk[8..12].copy_from_slice(&(word | (flags << CODEC_SHIFT)).to_le_bytes());
+/// What a write stores besides key and value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    pub version_us: u64,
+    pub ttl_s: u32,
+    /// The codec bits (0..=3); their meaning belongs to [`crate::codec`].
+    pub codec: u32,
 }
 
-/// Bytes of the record of an item.
 #[inline]
-pub const fn record_len(key_len: usize, value_len: usize) -> usize {
-    record::record_len(key_len, value_len)
+fn header(stamp: Stamp, key_len: usize, value_len: usize) -> Header {
+    Header {
+        key_len,
+        value_len,
+        version: stamp.version_us,
+        ttl_s: stamp.ttl_s.min(MAX_TTL_S),
+        codec: stamp.codec,
+    }
 }
 
-/// Writes an item into `chunk` (at least [`record_len`] bytes). The key is
-/// 1 to 255 bytes.
+/// Bytes of the record of an item in a region based at `base`.
 #[inline]
-pub fn write_record(chunk: &mut [u8], version_us: u64, ttl_s: u32, key: &[u8], value: &[u8]) {
-    debug_assert!(!key.is_empty() && key.len() <= 255 && chunk.len() >= record_len(key.len(), value.len()));
-    let key_at = record::write_frame(chunk, version_us & VERSION_MASK, key.len(), value.len());
-    chunk[8..12].copy_from_slice(&(ttl_s.min(MAX_TTL_S)).to_le_bytes());
+pub fn record_len(stamp: Stamp, key_len: usize, value_len: usize, base: u64) -> usize {
+    record::record_len(&header(stamp, key_len, value_len), base)
+}
+
+/// Writes an item into `chunk` (at least [`record_len`] bytes) of a region
+/// based at `base`. The key is 1 to 255 bytes.
+#[inline]
+pub fn write_record(chunk: &mut [u8], stamp: Stamp, base: u64, key: &[u8], value: &[u8]) {
+    let h = header(stamp, key.len(), value.len());
+    debug_assert!(!key.is_empty() && key.len() <= 255 && chunk.len() >= record::record_len(&h, base));
+    let key_at = record::write_header(chunk, &h, base);
     chunk[key_at..key_at + key.len()].copy_from_slice(key);
     chunk[key_at + key.len()..key_at + key.len() + value.len()].copy_from_slice(value);
 }
 
-/// A read-only view of a record.
+/// The key of a record (no need to know its region's base).
+#[inline]
+pub fn key_of(chunk: &[u8]) -> &[u8] {
+    record::key(chunk)
+}
+
+/// A read-only view of a record, its header read once.
 #[derive(Clone, Copy)]
 pub struct ItemView<'a> {
     chunk: &'a [u8],
+    parsed: Parsed,
 }
 
 impl<'a> ItemView<'a> {
+    /// `base`: the base of the record's region ([`crate::slab::Slab::base_of`]).
     #[inline]
-    pub fn new(chunk: &'a [u8]) -> Self {
-        ItemView { chunk }
-    }
-
-    #[inline]
-    fn word0(&self) -> u64 {
-        u64::from_le_bytes(self.chunk[0..8].try_into().expect("header"))
+    pub fn new(chunk: &'a [u8], base: u64) -> Self {
+        ItemView {
+            chunk,
+            parsed: record::parse(chunk, base),
+        }
     }
 
     #[inline]
     pub fn version_us(&self) -> u64 {
-        self.word0() & VERSION_MASK
+        self.parsed.header.version
     }
 
     #[inline]
     pub fn key_len(&self) -> usize {
-        record::key_len(self.word0())
+        self.parsed.header.key_len
     }
 
     #[inline]
     pub fn was_accessed(&self) -> bool {
-        record::reads(self.word0()) > 0
+        record::reads(self.chunk) > 0
     }
 
     #[inline]
     pub fn ttl_s(&self) -> u32 {
-        u32::from_le_bytes(self.chunk[8..12].try_into().expect("header")) & TTL_MASK
+        self.parsed.header.ttl_s
     }
 
-    /// The codec bits (see [`set_codec_flags`]); 0 = the value is stored
-    /// as the client sent it.
+    /// The codec bits; 0 = the value is stored as the client sent it.
     #[inline]
     pub fn codec_flags(&self) -> u32 {
-        u32::from_le_bytes(self.chunk[8..12].try_into().expect("header")) >> CODEC_SHIFT
+        self.parsed.header.codec
     }
 
     /// The whole record as it lies in the slab (tests of encryption at rest).
     pub fn record_bytes(&self) -> &'a [u8] {
-        &self.chunk[..record::total_len(self.chunk)]
+        &self.chunk[..self.value_end()]
     }
 
     #[inline]
-    fn key_at(&self) -> usize {
-        record::key_at(self.word0())
+    fn value_end(&self) -> usize {
+        self.parsed.key_at + self.parsed.header.key_len + self.parsed.header.value_len
     }
 
     #[inline]
     pub fn value_len(&self) -> usize {
-        record::value_len(self.chunk)
+        self.parsed.header.value_len
     }
 
     #[inline]
     pub fn key(&self) -> &'a [u8] {
-        let at = self.key_at();
+        let at = self.parsed.key_at;
         &self.chunk[at..at + self.key_len()]
     }
 
     #[inline]
     pub fn value(&self) -> &'a [u8] {
-        let start = self.key_at() + self.key_len();
+        let start = self.parsed.key_at + self.key_len();
         &self.chunk[start..start + self.value_len()]
     }
 
@@ -155,12 +162,23 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn stamp(version_us: u64, ttl_s: u32) -> Stamp {
+        Stamp {
+            version_us,
+            ttl_s,
+            codec: 0,
+        }
+    }
+
     #[test]
     fn record_round_trips() {
-        let mut buf = vec![0u8; record_len(3, 5)];
-        write_record(&mut buf, 1_700_000_000_123_456, 60, b"key", b"value");
-        let v = ItemView::new(&buf);
+        let base = 1_700_000_000_000_000;
+        let st = stamp(1_700_000_000_123_456, 60);
+        let mut buf = vec![0u8; record_len(st, 3, 5, base)];
+        write_record(&mut buf, st, base, b"key", b"value");
+        let v = ItemView::new(&buf, base);
         assert_eq!(v.key(), b"key");
+        assert_eq!(key_of(&buf), b"key");
         assert_eq!(v.value(), b"value");
         assert_eq!(v.ttl_s(), 60);
         assert_eq!(v.version_us(), 1_700_000_000_123_456);
@@ -170,29 +188,31 @@ mod tests {
         assert!(v.is_expired(1_700_000_060_123_456));
         assert!(!v.was_accessed());
         assert_eq!(v.codec_flags(), 0);
-        set_codec_flags(&mut buf, 3);
-        let v = ItemView::new(&buf);
+        assert_eq!(v.record_bytes().len(), buf.len());
+        let st = Stamp { codec: 3, ..st };
+        write_record(&mut buf, st, base, b"key", b"value");
+        let v = ItemView::new(&buf, base);
         assert_eq!((v.codec_flags(), v.ttl_s(), v.value()), (3, 60, &b"value"[..]));
     }
 
     #[test]
     fn values_of_64_kib_and_more_round_trip() {
         let value = vec![9u8; 70_000];
-        let mut buf = vec![0u8; record_len(2, value.len())];
-        write_record(&mut buf, 77, 5, b"kk", &value);
-        let v = ItemView::new(&buf);
+        let mut buf = vec![0u8; record_len(stamp(77, 5), 2, value.len(), 77)];
+        write_record(&mut buf, stamp(77, 5), 77, b"kk", &value);
+        let v = ItemView::new(&buf, 77);
         assert_eq!(
             (v.key(), v.value().len(), v.ttl_s(), v.version_us()),
             (&b"kk"[..], 70_000, 5, 77)
         );
-        assert_eq!(v.record_bytes().len(), 16 + 2 + 70_000);
+        assert_eq!(v.record_bytes().len(), 2 + 3 + 1 + 1 + 2 + 70_000);
     }
 
     #[test]
     fn huge_ttls_are_capped() {
-        let mut buf = vec![0u8; record_len(1, 1)];
-        write_record(&mut buf, 5, u32::MAX, b"k", b"v");
-        assert_eq!(ItemView::new(&buf).ttl_s(), MAX_TTL_S);
+        let mut buf = vec![0u8; record_len(stamp(5, u32::MAX), 1, 1, 0)];
+        write_record(&mut buf, stamp(5, u32::MAX), 0, b"k", b"v");
+        assert_eq!(ItemView::new(&buf, 0).ttl_s(), MAX_TTL_S);
     }
 
     proptest! {
@@ -200,15 +220,17 @@ mod tests {
         fn any_item_in_any_larger_chunk(key in proptest::collection::vec(any::<u8>(), 1..=255),
                                         value in proptest::collection::vec(any::<u8>(), 0..600),
                                         extra in 0usize..80, ttl in 0u32..MAX_TTL_S,
-                                        version in 0u64..(1 << 52)) {
-            let mut chunk = vec![0xAAu8; record_len(key.len(), value.len()) + extra];
-            write_record(&mut chunk, version, ttl, &key, &value);
-            let v = ItemView::new(&chunk);
+                                        version in 0u64..(1 << 52), base in 0u64..(1 << 52)) {
+            let st = stamp(version, ttl);
+            let len = record_len(st, key.len(), value.len(), base);
+            let mut chunk = vec![0xAAu8; len + extra];
+            write_record(&mut chunk, st, base, &key, &value);
+            let v = ItemView::new(&chunk, base);
             prop_assert_eq!(v.key(), &key[..]);
             prop_assert_eq!(v.value(), &value[..]);
             prop_assert_eq!(v.ttl_s(), ttl);
             prop_assert_eq!(v.version_us(), version);
-            prop_assert_eq!(v.record_bytes().len(), record_len(key.len(), value.len()));
+            prop_assert_eq!(v.record_bytes().len(), len);
         }
     }
 }

@@ -9,7 +9,7 @@
 
 use hashbrown::HashTable;
 
-use super::item::{record_len, set_codec_flags, write_record, ItemId, ItemView};
+use super::item::{key_of, record_len, write_record, ItemId, ItemView, Stamp};
 use super::stats::StoreStats;
 use crate::key::key_hash;
 use crate::pattern::glob_match;
@@ -237,15 +237,13 @@ impl Store {
 
     #[inline]
     fn view(&self, id: ItemId) -> ItemView<'_> {
-        ItemView::new(self.items.record(id))
+        ItemView::new(self.items.record(id), self.items.base_of(id))
     }
 
     fn find(&self, hash: u64, key: &[u8]) -> Option<ItemId> {
         let items = &self.items;
         self.tables[subtable_of(hash)]
-            .find(table_hash(hash), |&id| {
-                ItemView::new(items.record(id)).key() == key
-            })
+            .find(table_hash(hash), |&id| key_of(items.record(id)) == key)
             .copied()
     }
 
@@ -362,25 +360,47 @@ impl Store {
         } else {
             ttl_s
         };
-        let len = record_len(key.len(), value.len());
-        if version.is_none() && !self.admits(hash, key, len) {
+        let (key_len, value_len) = (key.len(), value.len());
+        // Admission judges the size the record has at the least.
+        let least = record_len(
+            Stamp {
+                version_us: 0,
+                ttl_s,
+                codec: flags,
+            },
+            key_len,
+            value_len,
+            0,
+        );
+        if version.is_none() && !self.admits(hash, key, least) {
             return Ok(self.declined_meta(ttl_s, now_us));
         }
-        let new_id = self.allocate(len, now_us).inspect_err(|_| {
-            self.stats.rejected_writes += 1;
-        })?;
-        let version = version.unwrap_or_else(|| self.clock.tick(now_us));
-        write_record(self.items.space_mut(new_id, len), version, ttl_s, key, value);
-        if flags != 0 {
-            set_codec_flags(self.items.record_mut(new_id), flags);
-        }
+        let stamp = Stamp {
+            version_us: version.unwrap_or_else(|| self.clock.tick(now_us)),
+            ttl_s,
+            codec: flags,
+        };
+        let len_for = |base| record_len(stamp, key_len, value_len, base);
+        let new_id = self
+            .allocate(stamp.version_us, len_for, now_us)
+            .inspect_err(|_| {
+                self.stats.rejected_writes += 1;
+            })?;
+        let base = self.items.base_of(new_id);
+        write_record(
+            self.items.space_mut(new_id, len_for(base)),
+            stamp,
+            base,
+            key,
+            value,
+        );
         let meta = self.view(new_id).meta();
 
         let items = &self.items;
         let seed = self.config.seed;
         let table = &mut self.tables[subtable_of(hash)];
         let old = match table.find_mut(table_hash(hash), |&id| {
-            id != new_id && ItemView::new(items.record(id)).key() == key
+            id != new_id && key_of(items.record(id)) == key
         }) {
             Some(slot) => Some(std::mem::replace(slot, new_id)),
             None => {
@@ -398,7 +418,7 @@ impl Store {
                     return Err(WriteError::Full);
                 }
                 table.insert_unique(table_hash(hash), new_id, |&id| {
-                    table_hash(key_hash(ItemView::new(items.record(id)).key(), seed))
+                    table_hash(key_hash(key_of(items.record(id)), seed))
                 });
                 if grows {
                     self.index_bytes = self.index_bytes + table.allocation_size() - before;
@@ -431,9 +451,9 @@ impl Store {
 
     fn remove(&mut self, hash: u64, key: &[u8]) -> bool {
         let items = &self.items;
-        let Ok(entry) = self.tables[subtable_of(hash)].find_entry(table_hash(hash), |&id| {
-            ItemView::new(items.record(id)).key() == key
-        }) else {
+        let Ok(entry) = self.tables[subtable_of(hash)]
+            .find_entry(table_hash(hash), |&id| key_of(items.record(id)) == key)
+        else {
             return false;
         };
         let (id, _) = entry.remove();

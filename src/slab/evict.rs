@@ -1,6 +1,6 @@
 //! Eviction: the oldest region goes, its read records moved on.
 
-use super::record::{spend_chance, total_len, word0, DEAD_BIT};
+use super::record::{is_dead, reencode, reencoded_len, spend_chance, total_len};
 use super::{ItemId, Region, Slab};
 
 impl Slab {
@@ -35,7 +35,7 @@ impl Slab {
                 let mut offset = 0;
                 while offset < seg.used as usize {
                     let record = &mem[offset..];
-                    if word0(record) & DEAD_BIT == 0 {
+                    if !is_dead(record) {
                         ids.push(self.chunk_id(s, offset));
                     }
                     offset += self.aligned(total_len(record));
@@ -101,28 +101,42 @@ impl Slab {
             return Vec::new();
         }
         self.compactions += 1;
-        let target = self.open.filter(|&o| {
-            o != s && self.segments[o as usize].used as usize + kept_bytes <= self.segment_bytes
+        // Versions are stored relative to a segment's base: moved records
+        // are re-encoded against the open segment's, which may change their
+        // length.
+        let from = self.segments[s as usize].base;
+        let mem = self.segments[s as usize].mem.as_deref().expect("live segment");
+        let target = self.open.filter(|&o| o != s).and_then(|o| {
+            let to = self.segments[o as usize].base;
+            let moved: usize = kept
+                .iter()
+                .map(|&(offset, _)| aligned(reencoded_len(&mem[offset..], from, to)))
+                .sum();
+            (self.segments[o as usize].used as usize + moved <= self.segment_bytes).then_some(o)
         });
         let mut moves = Vec::with_capacity(keep.len());
         if let Some(o) = target {
             // Room in the open segment: move the survivors there.
             let mem = self.segments[s as usize].mem.take().expect("live segment");
+            let to_base = self.segments[o as usize].base;
             let mut at = self.segments[o as usize].used as usize;
             let to = self.segments[o as usize]
                 .mem
                 .as_deref_mut()
                 .expect("open segment");
-            for &(offset, len) in &kept {
-                to[at..at + len].copy_from_slice(&mem[offset..offset + len]);
+            let mut moved_live = 0;
+            for &(offset, _) in &kept {
+                let len = reencode(&mem[offset..], from, to_base, &mut to[at..]);
                 spend_chance(&mut to[at..]);
                 moves.push(at);
+                moved_live += len;
                 at += aligned(len);
             }
             let open = &mut self.segments[o as usize];
             open.used = at as u32;
             open.live += keep.len() as u32;
-            open.live_bytes += kept_live as u32;
+            open.live_bytes += moved_live as u32;
+            self.live_bytes = self.live_bytes + moved_live - kept_live;
             // The survivors stay live, in the open segment.
             self.segments[s as usize].mem = Some(mem);
             self.segments[s as usize].live_bytes = 0;

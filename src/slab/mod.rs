@@ -11,7 +11,7 @@
 //!
 //! When a write needs memory, the store takes the oldest region, whatever
 //! it holds: records read since they were written (the CLOCK bit of
-//! [`record::ACCESSED_BIT`]) get a second chance (moved to the open
+//! [`record::ACCESSED`]) get a second chance (moved to the open
 //! segment, or the segment compacted in place and reopened; a large record
 //! goes back to the tail of the queue), the others are evicted, and the
 //! region's memory serves the write. So memory goes to the new sizes
@@ -30,8 +30,8 @@ use std::collections::VecDeque;
 
 use mapped::{mapped_len, Mapped};
 
-pub use record::ACCESSED_BIT;
-use record::{set_word0, total_len, word0, DEAD_BIT};
+pub use record::ACCESSED;
+use record::{is_dead, mark_dead, total_len};
 
 /// Largest segment: a shard with at least 256 MiB uses 1 MiB segments.
 pub const MAX_PAGE_BYTES: usize = 1 << 20;
@@ -96,11 +96,15 @@ struct Segment {
     live_bytes: u32,
     /// Bumped on release, so that stale queue entries are recognised.
     generation: u32,
+    /// Versions of its records are stored relative to this one
+    /// ([`record`]): the version of the write that opened it.
+    base: u64,
 }
 
 struct Large {
     record: Option<Mapped>,
     generation: u32,
+    base: u64,
 }
 
 /// Statistics of one kind of region (the stats' `slab_classes`).
@@ -248,22 +252,38 @@ impl Slab {
         len > self.large_above
     }
 
-    /// Reserves `len` bytes for a record without evicting. The caller
-    /// writes the record (see [`record::write_frame`]) into
+    /// Reserves room for a record without evicting. A record's length
+    /// depends on the base of the region it lands in (its version is stored
+    /// relative to it): `len_for(base)` says it. `base` is the base a new
+    /// region gets (the version of the write). The caller writes the record
+    /// (see [`record::write_header`], with [`Slab::base_of`]) into
     /// [`Slab::space_mut`] before anything else reaches the allocator.
-    pub fn alloc(&mut self, len: usize) -> Result<ItemId, NoMemory> {
-        if self.is_large_len(len) {
-            return self.alloc_large(len);
+    pub fn alloc(&mut self, base: u64, len_for: impl Fn(u64) -> usize) -> Result<ItemId, NoMemory> {
+        let fresh = len_for(base);
+        if self.is_large_len(fresh) {
+            return self.alloc_large(fresh, base);
         }
-        let need = self.aligned(len);
-        if let Some(id) = self.append(need, len) {
-            return Ok(id);
+        if let Some(open) = self.open {
+            let len = len_for(self.segments[open as usize].base);
+            if let Some(id) = self.append(self.aligned(len), len) {
+                return Ok(id);
+            }
         }
         if self.spare.is_empty() && !self.can_grow(self.segment_bytes) {
             return Err(NoMemory);
         }
-        self.open_segment().ok_or(NoMemory)?;
-        self.append(need, len).ok_or(NoMemory)
+        self.open_segment(base).ok_or(NoMemory)?;
+        self.append(self.aligned(fresh), fresh).ok_or(NoMemory)
+    }
+
+    /// The base of the region holding `id` (see [`Slab::alloc`]).
+    #[inline]
+    pub fn base_of(&self, id: ItemId) -> u64 {
+        if id.is_large() {
+            self.large[id.large_index()].base
+        } else {
+            self.segments[self.locate(id).0].base
+        }
     }
 
     #[inline]
@@ -281,7 +301,7 @@ impl Slab {
         Some(self.chunk_id(s, offset))
     }
 
-    fn alloc_large(&mut self, len: usize) -> Result<ItemId, NoMemory> {
+    fn alloc_large(&mut self, len: usize, base: u64) -> Result<ItemId, NoMemory> {
         let need = mapped_len(len.min(isize::MAX as usize / 2)) + LARGE_SLOT_BYTES;
         while !self.can_grow(need) && self.spare.pop().is_some() {}
         if len > isize::MAX as usize / 2 || !self.can_grow(need) {
@@ -291,12 +311,14 @@ impl Slab {
         let index = match self.large_free.pop() {
             Some(i) => {
                 self.large[i as usize].record = record;
+                self.large[i as usize].base = base;
                 i
             }
             None => {
                 self.large.push(Large {
                     record,
                     generation: 0,
+                    base,
                 });
                 (self.large.len() - 1) as u32
             }
@@ -309,8 +331,9 @@ impl Slab {
         Ok(ItemId::large(index))
     }
 
-    /// Opens a new segment for appends; the open one is closed.
-    fn open_segment(&mut self) -> Option<u32> {
+    /// Opens a new segment for appends, based at `base`; the open one is
+    /// closed.
+    fn open_segment(&mut self, base: u64) -> Option<u32> {
         let most = 1usize << (31 - self.offset_bits);
         let s = match self.free_segments.pop() {
             Some(s) => s,
@@ -321,6 +344,7 @@ impl Slab {
                     live: 0,
                     live_bytes: 0,
                     generation: 0,
+                    base,
                 });
                 (self.segments.len() - 1) as u32
             }
@@ -334,7 +358,7 @@ impl Slab {
                 .pop()
                 .unwrap_or_else(|| Mapped::zeroed(self.segment_bytes)),
         );
-        (seg.used, seg.live, seg.live_bytes) = (0, 0, 0);
+        (seg.used, seg.live, seg.live_bytes, seg.base) = (0, 0, 0, base);
         let generation = seg.generation;
         self.live_segments += 1;
         self.close_open();
@@ -411,9 +435,9 @@ impl Slab {
         let (s, offset) = self.locate(id);
         let seg = &mut self.segments[s];
         let record = &mut seg.mem.as_deref_mut().expect("live segment")[offset..];
-        let (w, len) = (word0(record), total_len(record));
-        debug_assert!(w & DEAD_BIT == 0, "double free");
-        set_word0(record, w | DEAD_BIT);
+        let len = total_len(record);
+        debug_assert!(!is_dead(record), "double free");
+        mark_dead(record);
         seg.live -= 1;
         seg.live_bytes -= len as u32;
         self.live_bytes -= len;

@@ -1,82 +1,275 @@
-//! A record's framing: the part of its header the allocator reads, so that
-//! it can walk a segment from record to record, mark records dead and keep
-//! the CLOCK bit. [`crate::shard::item`] owns the rest (version, TTL, codec
-//! bits).
+//! A record's header: what the allocator reads to walk a segment, mark a
+//! record dead, count its reads and move it, and what the item keeps
+//! (version, TTL, codec bits). [`crate::shard::item`] reads items through
+//! it.
 //!
-//! Layout, little-endian:
-//! - bytes 0..8 (`word0`): bits 0..52 belong to the item (its version),
-//!   key length in bits 52..60, [`DEAD_BIT`] 61, [`WIDE_BIT`] 62, and a
-//!   2-bit read counter in bits 60 ([`ACCESSED_BIT`]) and 63;
-//! - bytes 8..12 belong to the item (TTL and codec bits);
-//! - bytes 12..14: the value length (u16), or bytes 12..16 (u32) when WIDE
-//!   (values of 64 KiB and more);
+//! Layout, little-endian, variable length (issue #16: a leaner item):
+//! - bytes 0..2 (`frame`): key length (bits 0..8), a 2-bit read counter
+//!   (bits 8..10), [`DEAD`] (bit 10), the two codec bits (11..13),
+//!   [`HAS_TTL`] (bit 13), [`BEFORE_BASE`] (bit 14), [`TTL_MINUTES`]
+//!   (bit 15);
+//! - the value length, LEB128 (1 byte below 128, 2 below 16 KiB);
+//! - the version, as the LEB128 of its distance from the *base* of the
+//!   record's region (after it, or before it with [`BEFORE_BASE`]). A
+//!   segment's base is the version of the write that opened it, so a record
+//!   appended within 16 ms of it costs 2 bytes here instead of 6.5; a
+//!   record moved to a newer segment is re-encoded against that segment's
+//!   base ([`reencode`]);
+//! - the TTL, LEB128, only when [`HAS_TTL`]: in minutes with
+//!   [`TTL_MINUTES`] (a whole number of minutes: the default 3600 s takes
+//!   1 byte), else in seconds;
 //! - the key, then the value.
+//!
+//! A 20-byte key and 100-byte value with a TTL of 3600 s take a 6- or
+//! 7-byte header (it was 14 bytes of fixed fields).
 
-/// Low bit of the read counter: set by the first read since eviction last
+/// The read counter's low bit: set by the first read since eviction last
 /// passed the record.
-pub const ACCESSED_BIT: u64 = 1 << 60;
-/// High bit of the read counter.
-const READS_HIGH_BIT: u64 = 1 << 63;
-const READS_MASK: u64 = ACCESSED_BIT | READS_HIGH_BIT;
+pub const ACCESSED: u16 = 1 << 8;
+const READS_SHIFT: u32 = 8;
+const READS_MASK: u16 = 3 << READS_SHIFT;
 /// Set when the record was freed; its bytes stay until its segment goes.
-pub const DEAD_BIT: u64 = 1 << 61;
-/// The value length takes 4 bytes instead of 2.
-pub const WIDE_BIT: u64 = 1 << 62;
+pub const DEAD: u16 = 1 << 10;
+const CODEC_SHIFT: u32 = 11;
+const CODEC_MASK: u16 = 3 << CODEC_SHIFT;
+/// A TTL follows the version.
+pub const HAS_TTL: u16 = 1 << 13;
+/// The version lies before the region's base (a replica's write, a record
+/// moved to a newer segment).
+pub const BEFORE_BASE: u16 = 1 << 14;
+/// The TTL is stored in minutes.
+pub const TTL_MINUTES: u16 = 1 << 15;
 
-/// Bits of `word0` the item owns.
-pub const ITEM_BITS_MASK: u64 = (1 << KEY_LEN_SHIFT) - 1;
+/// Longest header: frame, 5-byte length, 8-byte version, 5-byte TTL.
+pub const MAX_HEADER_BYTES: usize = 2 + 5 + 8 + 5;
 
-const KEY_LEN_SHIFT: u32 = 52;
-const SHORT_HEADER_BYTES: usize = 14;
-const WIDE_HEADER_BYTES: usize = 16;
-/// Offset of the value length.
-const LEN_AT: usize = 12;
+/// An item's fields, as written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// 1 to 255.
+    pub key_len: usize,
+    pub value_len: usize,
+    /// Microsecond hybrid clock of the write (below 2^53).
+    pub version: u64,
+    /// 0 = never expires.
+    pub ttl_s: u32,
+    /// 0..=3, meaning owned by [`crate::codec`].
+    pub codec: u32,
+}
 
-/// Header bytes of a record with a `value_len`-byte value.
+/// A header read back, with where its key starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    pub header: Header,
+    pub key_at: usize,
+}
+
 #[inline]
-pub const fn header_len(value_len: usize) -> usize {
-    if value_len <= u16::MAX as usize {
-        SHORT_HEADER_BYTES
-    } else {
-        WIDE_HEADER_BYTES
+const fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+#[inline]
+fn put_varint(out: &mut [u8], mut v: u64) -> usize {
+    let mut i = 0;
+    while v >= 0x80 {
+        out[i] = (v as u8) | 0x80;
+        v >>= 7;
+        i += 1;
+    }
+    out[i] = v as u8;
+    i + 1
+}
+
+/// Reads a LEB128 number at `at`; returns it and the offset after it.
+#[inline]
+fn get_varint(bytes: &[u8], mut at: usize) -> (u64, usize) {
+    let mut v = 0u64;
+    let mut shift = 0;
+    loop {
+        let b = bytes[at];
+        at += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return (v, at);
+        }
+        shift += 7;
     }
 }
 
-/// Bytes of a record: header, key and value.
 #[inline]
-pub const fn record_len(key_len: usize, value_len: usize) -> usize {
-    header_len(value_len) + key_len + value_len
+fn skip_varint(bytes: &[u8], mut at: usize) -> usize {
+    while bytes[at] >= 0x80 {
+        at += 1;
+    }
+    at + 1
 }
 
-/// The first word of a record.
+/// The distance of `version` from `base`, and the frame bit of its side.
 #[inline]
-pub fn word0(record: &[u8]) -> u64 {
-    u64::from_le_bytes(record[..8].try_into().expect("8 bytes"))
+fn distance(version: u64, base: u64) -> (u64, u16) {
+    if version >= base {
+        (version - base, 0)
+    } else {
+        (base - version, BEFORE_BASE)
+    }
+}
+
+/// The stored TTL and its frame bits.
+#[inline]
+fn stored_ttl(ttl_s: u32) -> (u64, u16) {
+    match ttl_s {
+        0 => (0, 0),
+        t if t % 60 == 0 => (u64::from(t / 60), HAS_TTL | TTL_MINUTES),
+        t => (u64::from(t), HAS_TTL),
+    }
+}
+
+/// Header bytes of `h` in a region whose base is `base`.
+#[inline]
+pub fn header_len(h: &Header, base: u64) -> usize {
+    let (ttl, ttl_bits) = stored_ttl(h.ttl_s);
+    let ttl_len = if ttl_bits == 0 { 0 } else { varint_len(ttl) };
+    2 + varint_len(h.value_len as u64) + varint_len(distance(h.version, base).0) + ttl_len
+}
+
+/// Bytes of the record of `h`: header, key and value.
+#[inline]
+pub fn record_len(h: &Header, base: u64) -> usize {
+    header_len(h, base) + h.key_len + h.value_len
+}
+
+/// Writes the header of a live, unread record; returns where the key goes.
+#[inline]
+pub fn write_header(record: &mut [u8], h: &Header, base: u64) -> usize {
+    debug_assert!((1..=0xff).contains(&h.key_len) && h.codec <= 3);
+    let (ttl, ttl_bits) = stored_ttl(h.ttl_s);
+    let (d, side) = distance(h.version, base);
+    set_frame(
+        record,
+        h.key_len as u16 | ((h.codec as u16) << CODEC_SHIFT) | ttl_bits | side,
+    );
+    let mut at = 2;
+    at += put_varint(&mut record[at..], h.value_len as u64);
+    at += put_varint(&mut record[at..], d);
+    if ttl_bits != 0 {
+        at += put_varint(&mut record[at..], ttl);
+    }
+    at
+}
+
+/// Reads a record's header; `base` is its region's.
+#[inline]
+pub fn parse(record: &[u8], base: u64) -> Parsed {
+    let f = frame(record);
+    let (value_len, at) = get_varint(record, 2);
+    let (d, at) = get_varint(record, at);
+    let (ttl, at) = if f & HAS_TTL != 0 {
+        get_varint(record, at)
+    } else {
+        (0, at)
+    };
+    let ttl_s = if f & TTL_MINUTES != 0 { ttl * 60 } else { ttl };
+    Parsed {
+        header: Header {
+            key_len: usize::from(f & 0xff),
+            value_len: value_len as usize,
+            version: if f & BEFORE_BASE != 0 { base - d } else { base + d },
+            ttl_s: ttl_s as u32,
+            codec: u32::from((f & CODEC_MASK) >> CODEC_SHIFT),
+        },
+        key_at: at,
+    }
+}
+
+/// Where the key starts, its length and the value's (no base needed).
+#[inline]
+pub fn layout(record: &[u8]) -> (usize, usize, usize) {
+    let f = frame(record);
+    let (value_len, mut at) = get_varint(record, 2);
+    at = skip_varint(record, at);
+    if f & HAS_TTL != 0 {
+        at = skip_varint(record, at);
+    }
+    (at, usize::from(f & 0xff), value_len as usize)
+}
+
+/// The key of a record.
+#[inline]
+pub fn key(record: &[u8]) -> &[u8] {
+    let (at, key_len, _) = layout(record);
+    &record[at..at + key_len]
+}
+
+/// Bytes of the record starting at `record[0]`.
+#[inline]
+pub fn total_len(record: &[u8]) -> usize {
+    let (at, key_len, value_len) = layout(record);
+    at + key_len + value_len
+}
+
+/// Bytes `record` (of a region based at `from`) takes once re-encoded in a
+/// region based at `to`.
+#[inline]
+pub fn reencoded_len(record: &[u8], from: u64, to: u64) -> usize {
+    record_len(&parse(record, from).header, to)
+}
+
+/// Copies `record` (of a region based at `from`) into `out` for a region
+/// based at `to`, keeping its read counter; returns the
+/// bytes written ([`reencoded_len`]).
+#[inline]
+pub fn reencode(record: &[u8], from: u64, to: u64, out: &mut [u8]) -> usize {
+    let p = parse(record, from);
+    let at = write_header(out, &p.header, to);
+    set_frame(out, (frame(out) & !READS_MASK) | (frame(record) & READS_MASK));
+    let body = p.header.key_len + p.header.value_len;
+    out[at..at + body].copy_from_slice(&record[p.key_at..p.key_at + body]);
+    at + body
 }
 
 #[inline]
-pub fn set_word0(record: &mut [u8], word: u64) {
-    record[..8].copy_from_slice(&word.to_le_bytes());
+pub fn frame(record: &[u8]) -> u16 {
+    u16::from_le_bytes([record[0], record[1]])
+}
+
+#[inline]
+pub fn set_frame(record: &mut [u8], frame: u16) {
+    record[..2].copy_from_slice(&frame.to_le_bytes());
+}
+
+#[inline]
+pub fn is_dead(record: &[u8]) -> bool {
+    frame(record) & DEAD != 0
+}
+
+#[inline]
+pub fn mark_dead(record: &mut [u8]) {
+    set_frame(record, frame(record) | DEAD);
 }
 
 /// Reads counted since eviction last passed the record, 0 to 3.
 #[inline]
-pub fn reads(word0: u64) -> u64 {
-    ((word0 >> 60) & 1) | ((word0 >> 62) & 2)
+pub fn reads(record: &[u8]) -> u16 {
+    (frame(record) & READS_MASK) >> READS_SHIFT
 }
 
 #[inline]
-fn with_reads(word0: u64, reads: u64) -> u64 {
-    (word0 & !READS_MASK) | ((reads & 1) << 60) | ((reads & 2) << 62)
+fn set_reads(record: &mut [u8], n: u16) {
+    set_frame(record, (frame(record) & !READS_MASK) | (n << READS_SHIFT));
 }
 
 /// Counts a read (saturating at 3).
 #[inline]
 pub fn count_read(record: &mut [u8]) {
-    let w = word0(record);
-    let n = reads(w);
+    let n = reads(record);
     if n < 3 {
-        set_word0(record, with_reads(w, n + 1));
+        set_reads(record, n + 1);
     }
 }
 
@@ -84,93 +277,81 @@ pub fn count_read(record: &mut [u8]) {
 /// counted, so a key read often outlives one read once (a 2-bit CLOCK).
 #[inline]
 pub fn spend_chance(record: &mut [u8]) {
-    let w = word0(record);
-    set_word0(record, with_reads(w, reads(w).saturating_sub(1)));
-}
-
-#[inline]
-pub fn key_len(word0: u64) -> usize {
-    ((word0 >> KEY_LEN_SHIFT) & 0xff) as usize
-}
-
-/// Where the key starts.
-#[inline]
-pub fn key_at(word0: u64) -> usize {
-    if word0 & WIDE_BIT != 0 {
-        WIDE_HEADER_BYTES
-    } else {
-        SHORT_HEADER_BYTES
-    }
-}
-
-#[inline]
-pub fn value_len(record: &[u8]) -> usize {
-    if word0(record) & WIDE_BIT != 0 {
-        u32::from_le_bytes(record[LEN_AT..LEN_AT + 4].try_into().expect("4 bytes")) as usize
-    } else {
-        u16::from_le_bytes(record[LEN_AT..LEN_AT + 2].try_into().expect("2 bytes")) as usize
-    }
-}
-
-/// Bytes of the record starting at `record[0]`.
-#[inline]
-pub fn total_len(record: &[u8]) -> usize {
-    let w = word0(record);
-    key_at(w) + key_len(w) + value_len(record)
-}
-
-/// Writes the framing of a record: `item_bits` (the item's part of
-/// `word0`), the key length and the value length (a live, unread record).
-/// Returns where the key goes.
-#[inline]
-pub fn write_frame(record: &mut [u8], item_bits: u64, key_len: usize, value_len: usize) -> usize {
-    debug_assert!(key_len <= 0xff && item_bits & !ITEM_BITS_MASK == 0);
-    let mut w = item_bits | ((key_len as u64) << KEY_LEN_SHIFT);
-    if value_len <= u16::MAX as usize {
-        record[LEN_AT..LEN_AT + 2].copy_from_slice(&(value_len as u16).to_le_bytes());
-    } else {
-        w |= WIDE_BIT;
-        record[LEN_AT..LEN_AT + 4].copy_from_slice(&(value_len as u32).to_le_bytes());
-    }
-    set_word0(record, w);
-    header_len(value_len)
+    set_reads(record, reads(record).saturating_sub(1));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn header(key_len: usize, value_len: usize, version: u64, ttl_s: u32, codec: u32) -> Header {
+        Header {
+            key_len,
+            value_len,
+            version,
+            ttl_s,
+            codec,
+        }
+    }
 
     #[test]
-    fn frame_round_trips_short_and_wide() {
-        for value_len in [0usize, 1, 65_535, 65_536, 1 << 20] {
-            let mut r = vec![0u8; record_len(7, value_len)];
-            let at = write_frame(&mut r, 12345, 7, value_len);
-            assert_eq!(at, header_len(value_len));
-            assert_eq!(key_at(word0(&r)), at);
-            assert_eq!(key_len(word0(&r)), 7);
-            assert_eq!(value_len_of(&r), value_len);
-            assert_eq!(total_len(&r), r.len());
-            assert_eq!(word0(&r) & ITEM_BITS_MASK, 12345);
-        }
+    fn a_small_item_written_near_its_base_has_an_8_byte_header() {
+        // 100-byte value (1 byte), 10 ms after the base (2 bytes), 60
+        // minutes (1 byte).
+        let h = header(20, 100, 1_000_010_000, 3600, 0);
+        assert_eq!(header_len(&h, 1_000_000_000), 6);
+        assert_eq!(header_len(&h, 1_000_020_000), 6, "before the base");
+        assert_eq!(header_len(&Header { ttl_s: 0, ..h }, 1_000_000_000), 5);
+        assert_eq!(header_len(&Header { ttl_s: 3601, ..h }, 1_000_000_000), 7);
+        // 40 ms: 3 bytes.
+        assert_eq!(header_len(&h, 999_960_000), 7);
     }
 
     #[test]
     fn the_read_counter_saturates_at_3_and_spends_one_chance_at_a_time() {
-        let mut r = vec![0u8; record_len(1, 1)];
-        write_frame(&mut r, 99, 1, 1);
+        let h = header(1, 1, 99, 0, 2);
+        let mut r = vec![0u8; record_len(&h, 0)];
+        write_header(&mut r, &h, 0);
         for expected in [1, 2, 3, 3] {
             count_read(&mut r);
-            assert_eq!(reads(word0(&r)), expected);
+            assert_eq!(reads(&r), expected);
         }
         spend_chance(&mut r);
-        assert_eq!(reads(word0(&r)), 2);
-        assert_eq!(
-            (word0(&r) & ITEM_BITS_MASK, key_len(word0(&r)), total_len(&r)),
-            (99, 1, r.len())
-        );
+        assert_eq!(reads(&r), 2);
+        assert_eq!(parse(&r, 0).header, h);
+        mark_dead(&mut r);
+        assert!(is_dead(&r) && reads(&r) == 2 && parse(&r, 0).header == h);
     }
 
-    fn value_len_of(r: &[u8]) -> usize {
-        value_len(r)
+    proptest! {
+        #[test]
+        fn any_header_round_trips_and_moves(key_len in 1usize..=255, value_len in 0usize..(1 << 31),
+                                            version in 0u64..(1 << 53), base in 0u64..(1 << 53),
+                                            to in 0u64..(1 << 53), ttl_s in 0u32..(1 << 30),
+                                            codec in 0u32..4, reads_n in 0u16..4) {
+            let h = header(key_len, value_len.min(300), version, ttl_s, codec);
+            let mut r = vec![0xAAu8; record_len(&h, base) + 7];
+            let at = write_header(&mut r, &h, base);
+            r[at..at + h.key_len + h.value_len].fill(0x5A);
+            for _ in 0..reads_n {
+                count_read(&mut r);
+            }
+            prop_assert_eq!(parse(&r, base), Parsed { header: h, key_at: at });
+            prop_assert_eq!(layout(&r), (at, h.key_len, h.value_len));
+            prop_assert_eq!(total_len(&r), record_len(&h, base));
+            prop_assert!(header_len(&h, base) <= MAX_HEADER_BYTES);
+            let mut out = vec![0u8; reencoded_len(&r, base, to) + 3];
+            let n = reencode(&r, base, to, &mut out);
+            prop_assert_eq!(n, record_len(&h, to));
+            prop_assert_eq!(parse(&out, to).header, h);
+            prop_assert_eq!(reads(&out), reads_n.min(3));
+            prop_assert_eq!(key(&out), key(&r));
+            // Any value length is framed (the wide lengths of large records).
+            let big = header(key_len, value_len, version, ttl_s, codec);
+            let mut r = vec![0u8; header_len(&big, base)];
+            write_header(&mut r, &big, base);
+            prop_assert_eq!(layout(&r).2, value_len);
+        }
     }
 }

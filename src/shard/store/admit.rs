@@ -37,26 +37,43 @@ pub(super) const HOT_SHARE: u32 = 256;
 const SHARE_WEIGHT_SHIFT: u32 = 4;
 
 /// Keys that missed lately: one bit per hashed key, cleared after a
-/// quarter of its bits were set.
+/// quarter of its bits were set. Admission matters only once the cache is
+/// full, so the filter takes no memory until the store first has to evict
+/// ([`MissFilter::arm`]); misses before that are not recorded.
 pub(super) struct MissFilter {
     bits: Box<[u64]>,
+    /// Bytes the filter takes once armed.
+    size: usize,
     marked: usize,
 }
 
 impl MissFilter {
-    /// Bytes for a shard of `budget` bytes: a 128th of it, a power of two
-    /// from 4 KiB to 512 KiB (counted in the index's memory).
+    /// A filter for a shard of `budget` bytes: a 128th of it, a power of
+    /// two from 4 KiB to 512 KiB (counted in the index's memory once armed).
     pub(super) fn for_budget(budget: usize) -> MissFilter {
         let bytes = (budget / 128).clamp(4 << 10, 512 << 10);
-        let bytes = 1usize << (usize::BITS - 1 - bytes.leading_zeros());
         MissFilter {
-            bits: vec![0u64; bytes / 8].into_boxed_slice(),
+            bits: Box::new([]),
+            size: 1usize << (usize::BITS - 1 - bytes.leading_zeros()),
             marked: 0,
         }
     }
 
+    /// Bytes it takes now.
     pub(super) fn bytes(&self) -> usize {
         self.bits.len() * 8
+    }
+
+    pub(super) fn is_armed(&self) -> bool {
+        !self.bits.is_empty()
+    }
+
+    /// Allocates the filter; returns the bytes it now takes.
+    pub(super) fn arm(&mut self) -> usize {
+        if !self.is_armed() {
+            self.bits = vec![0u64; self.size / 8].into_boxed_slice();
+        }
+        self.bytes()
     }
 
     #[inline]
@@ -67,6 +84,9 @@ impl MissFilter {
 
     #[inline]
     pub(super) fn mark(&mut self, hash: u64) {
+        if !self.is_armed() {
+            return;
+        }
         let (word, mask) = self.bit(hash);
         if self.bits[word] & mask == 0 {
             self.bits[word] |= mask;
@@ -78,6 +98,9 @@ impl MissFilter {
     }
 
     fn missed(&self, hash: u64) -> bool {
+        if !self.is_armed() {
+            return false;
+        }
         let (word, mask) = self.bit(hash);
         self.bits[word] & mask != 0
     }
@@ -89,6 +112,17 @@ impl MissFilter {
 }
 
 impl Store {
+    /// Arms the miss filter (the first time a write has to evict), keeping
+    /// the whole within the budget.
+    pub(super) fn arm_admission(&mut self, now_us: u64) {
+        if self.missed.is_armed() {
+            return;
+        }
+        self.index_bytes += self.missed.arm();
+        self.items.set_index_bytes(self.index_bytes);
+        self.release_over_budget(None, now_us);
+    }
+
     /// Whether a client's write of a `len`-byte record of `key` is stored.
     pub(super) fn admits(&mut self, hash: u64, key: &[u8], len: usize) -> bool {
         if len <= GATE_BYTES

@@ -7,9 +7,15 @@ use super::*;
 impl Store {
     /// Memory for a record, evicting under the LRU policy when needed: the
     /// oldest region goes, whatever the size of what it holds.
-    pub(super) fn allocate(&mut self, len: usize, now_us: u64) -> Result<ItemId, WriteError> {
+    /// `base` and `len_for` as [`crate::slab::Slab::alloc`] takes them.
+    pub(super) fn allocate(
+        &mut self,
+        base: u64,
+        len_for: impl Fn(u64) -> usize + Copy,
+        now_us: u64,
+    ) -> Result<ItemId, WriteError> {
         for attempt in 0..MAX_EVICTIONS_PER_WRITE {
-            if let Ok(id) = self.items.alloc(len) {
+            if let Ok(id) = self.items.alloc(base, len_for) {
                 return Ok(id);
             }
             if self.config.eviction == EvictionPolicy::NoEviction {
@@ -23,6 +29,9 @@ impl Store {
                     return Err(WriteError::Full);
                 }
                 continue;
+            }
+            if attempt == 0 {
+                self.arm_admission(now_us);
             }
             let keep = if attempt < SECOND_CHANCES_PER_WRITE {
                 Keep::Read
@@ -40,7 +49,7 @@ impl Store {
         // only one region): evict whole regions until the record fits. A
         // cache where everything was read still takes the write.
         loop {
-            if let Ok(id) = self.items.alloc(len) {
+            if let Ok(id) = self.items.alloc(base, len_for) {
                 return Ok(id);
             }
             if !self.evict_oldest(Keep::Nothing, None, now_us) {
@@ -161,7 +170,7 @@ impl Store {
             let items = &mut self.items;
             let payload = &mut self.payload_bytes;
             table.retain(|&mut id| {
-                let item = ItemView::new(items.record(id));
+                let item = ItemView::new(items.record(id), items.base_of(id));
                 if item.is_expired(now_us) {
                     *payload -= item.key_len() + item.value_len();
                     items.free(id);
