@@ -5,8 +5,8 @@
 //! its hash, and an alternate computed from the home bucket and the tag
 //! (bits 56..64) only, so that an entry can move to its other bucket
 //! without its key being read. Lookups read the tags of at most two buckets
-//! and compare a key only where a tag matches (a miss touches about one
-//! record in 30).
+//! and compare a key only where a tag matches: a miss reads a record about
+//! once in 20 (16 slots, about 14 of them full, each matching with 1/255).
 //!
 //! The bucket count may be any number: the table is filled to
 //! [`MAX_LOAD_PER_1024`] of its slots, then grows by a quarter (not
