@@ -1,13 +1,12 @@
 //! A shard's partition of the key space: the index, the items, TTLs and
 //! counters. Single-threaded by construction (one per shard executor).
 //!
-//! The index is split into [`SUBTABLES`] hashbrown tables. Each grows on its
-//! own, so growth never rehashes more than about 2/SUBTABLES of the shard at
-//! once: loading 10 million keys into a shard rehashes at most a few
-//! thousand entries at a time (about half a millisecond measured by
-//! `cargo bench --bench index_growth`), never millions.
-
-use hashbrown::HashTable;
+//! The index is split into [`SUBTABLES`] cuckoo tables (`index::Table`,
+//! about 6 bytes per item). Each grows on its own, by a quarter, so growth
+//! never rehashes more than about 2/SUBTABLES of the shard at once: loading
+//! 10 million keys into a shard rehashes at most a few thousand entries at
+//! a time (`cargo bench --bench index_growth` reports the slowest insert),
+//! never millions.
 
 use super::item::{key_of, record_len, write_record, ItemId, ItemView, Stamp};
 use super::stats::StoreStats;
@@ -85,7 +84,7 @@ const MAX_EVICTIONS_PER_WRITE: usize = 64;
 const SECOND_CHANCES_PER_WRITE: usize = MAX_EVICTIONS_PER_WRITE - 1;
 
 pub struct Store {
-    tables: Box<[HashTable<ItemId>]>,
+    tables: Box<[index::Table]>,
     items: Slab,
     /// Bytes of the index tables' allocations.
     index_bytes: usize,
@@ -132,10 +131,11 @@ const SUBTABLE_SELECT_BITS: u32 = 17;
 /// Chooses a sub-table from 17 hash bits `t` (as a fraction of 1): the
 /// key lands in sub-table `SUBTABLES * t * (4 - t) / 3`, which gives the
 /// first sub-table half the share of the last, rising smoothly in between.
-/// The sub-tables' sizes then spread over one doubling, so at any item count
-/// their hashbrown load factors spread over their whole range instead of all
-/// sitting just after a doubling at once (which costs up to 3 bytes per item
-/// more, and makes every sub-table grow in the same short window).
+/// The sub-tables' sizes then spread over a factor of two, wider than one
+/// growth step (a quarter), so at any item count their loads spread over
+/// their whole range instead of all sitting just after a growth at once
+/// (which costs up to 0.7 bytes per item more), and they grow at different
+/// times rather than all in the same short window.
 ///
 /// Computed with one multiplication rather than looked up: a 256 KiB table
 /// was one more cache miss per request, about a tenth of a lookup's time at
@@ -150,8 +150,9 @@ fn subtable_of(hash: u64) -> usize {
     (t * (4 * ONE - t) * SUBTABLES as u64 / (3 * ONE * ONE)) as usize
 }
 
-/// The hash given to hashbrown: rotated so that its bucket bits (low) are
-/// not the bits fixed by the owner choice.
+/// The hash given to a sub-table: rotated so that its bucket bits (0..32)
+/// and tag bits (56..64) are the key hash's bits 32..64 and 24..32, none of
+/// them fixed by the owner choice (bits 0..7) or the sub-table (7..24).
 #[inline]
 fn table_hash(hash: u64) -> u64 {
     hash.rotate_left(32)
@@ -164,7 +165,7 @@ impl Store {
         let mut items = Slab::new(config.memory_limit_bytes);
         items.set_index_bytes(fixed);
         Store {
-            tables: (0..SUBTABLES).map(|_| HashTable::new()).collect(),
+            tables: (0..SUBTABLES).map(|_| index::Table::new()).collect(),
             items,
             index_bytes: fixed,
             payload_bytes: 0,
@@ -217,7 +218,7 @@ impl Store {
 
     /// Bytes the index takes with no item: the sub-table headers and map.
     fn fixed_index_bytes() -> usize {
-        SUBTABLES * std::mem::size_of::<HashTable<ItemId>>()
+        SUBTABLES * std::mem::size_of::<index::Table>()
     }
 
     /// Bytes of the index.
@@ -243,8 +244,8 @@ impl Store {
     fn find(&self, hash: u64, key: &[u8]) -> Option<ItemId> {
         let items = &self.items;
         self.tables[subtable_of(hash)]
-            .find(table_hash(hash), |&id| key_of(items.record(id)) == key)
-            .copied()
+            .find(table_hash(hash), |id| key_of(items.record(ItemId(id))) == key)
+            .map(ItemId)
     }
 
     /// First step of warming a lookup: starts loading the index sub-table
@@ -260,11 +261,16 @@ impl Store {
 
     /// Second step: walks the index for `hash` (whose header the first step
     /// brought in) and starts loading the records the lookup will compare.
+    /// The walk reads both buckets of the key: the second starts loading
+    /// before the first is read.
     #[inline]
     pub fn prefetch_records(&self, hash: u64) {
         let items = &self.items;
-        let _ = self.tables[subtable_of(hash)].find(table_hash(hash), |&id| {
-            prefetch(items.record_ptr(id));
+        let table = &self.tables[subtable_of(hash)];
+        let hash = table_hash(hash);
+        prefetch(table.bucket_ptrs(hash)[1]);
+        let _ = table.find(hash, |id| {
+            prefetch(items.record_ptr(ItemId(id)));
             false
         });
     }
@@ -399,28 +405,26 @@ impl Store {
         let items = &self.items;
         let seed = self.config.seed;
         let table = &mut self.tables[subtable_of(hash)];
-        let old = match table.find_mut(table_hash(hash), |&id| {
-            id != new_id && key_of(items.record(id)) == key
-        }) {
-            Some(slot) => Some(std::mem::replace(slot, new_id)),
+        let th = table_hash(hash);
+        let old = match table.find_mut(th, |id| id != new_id.0 && key_of(items.record(ItemId(id))) == key) {
+            Some(slot) => Some(ItemId(std::mem::replace(slot, new_id.0))),
             None => {
-                // Only a full table grows; account for its new allocation.
-                let grows = table.len() == table.capacity();
-                let before = if grows { table.allocation_size() } else { 0 };
-                // Under noeviction the index may not grow into memory that
-                // holds items: refuse the new key instead.
-                if grows
-                    && self.config.eviction == EvictionPolicy::NoEviction
-                    && !items.can_grow(before.max(64))
-                {
-                    self.items.free(new_id);
-                    self.stats.rejected_writes += 1;
-                    return Err(WriteError::Full);
-                }
-                table.insert_unique(table_hash(hash), new_id, |&id| {
-                    table_hash(key_hash(key_of(items.record(id)), seed))
-                });
-                if grows {
+                if !table.try_insert(th, new_id.0) {
+                    // The table must grow (rarely: stash the entry); account
+                    // for its new allocation.
+                    let before = table.allocation_size();
+                    // Under noeviction the index may not grow into memory that
+                    // holds items: refuse the new key instead.
+                    if self.config.eviction == EvictionPolicy::NoEviction
+                        && !items.can_grow(table.grown_allocation_size().saturating_sub(before).max(64))
+                    {
+                        self.items.free(new_id);
+                        self.stats.rejected_writes += 1;
+                        return Err(WriteError::Full);
+                    }
+                    table.insert(th, new_id.0, |id| {
+                        table_hash(key_hash(key_of(items.record(ItemId(id))), seed))
+                    });
                     self.index_bytes = self.index_bytes + table.allocation_size() - before;
                     self.items.set_index_bytes(self.index_bytes);
                     self.release_over_budget(Some(new_id), now_us);
@@ -451,12 +455,12 @@ impl Store {
 
     fn remove(&mut self, hash: u64, key: &[u8]) -> bool {
         let items = &self.items;
-        let Ok(entry) = self.tables[subtable_of(hash)]
-            .find_entry(table_hash(hash), |&id| key_of(items.record(id)) == key)
+        let Some(id) = self.tables[subtable_of(hash)]
+            .remove(table_hash(hash), |id| key_of(items.record(ItemId(id))) == key)
         else {
             return false;
         };
-        let (id, _) = entry.remove();
+        let id = ItemId(id);
         self.payload_bytes -= self.payload_of(id);
         self.items.free(id);
         self.items_count -= 1;
@@ -467,7 +471,7 @@ impl Store {
     pub fn flush(&mut self) -> usize {
         let n = self.items_count;
         for t in self.tables.iter_mut() {
-            *t = HashTable::new();
+            t.clear();
         }
         self.missed.clear();
         self.index_bytes = Self::fixed_index_bytes() + self.missed.bytes();
@@ -489,8 +493,8 @@ impl Store {
         mut each: impl FnMut(ItemView<'_>),
     ) {
         for table in &self.tables[tables] {
-            for &id in table.iter() {
-                let item = self.view(id);
+            for id in table.iter() {
+                let item = self.view(ItemId(id));
                 if !item.is_expired(now_us) {
                     each(item);
                 }
@@ -508,8 +512,8 @@ impl Store {
     /// false.
     pub fn scan(&self, pattern: &[u8], now_us: u64, mut found: impl FnMut(ItemView<'_>) -> bool) {
         for table in self.tables.iter() {
-            for &id in table.iter() {
-                let item = self.view(id);
+            for id in table.iter() {
+                let item = self.view(ItemId(id));
                 if !item.is_expired(now_us) && glob_match(pattern, item.key()) && !found(item) {
                     return;
                 }
@@ -522,6 +526,7 @@ mod admit;
 #[cfg(test)]
 mod admit_tests;
 mod evict;
+mod index;
 
 #[cfg(test)]
 mod tests;

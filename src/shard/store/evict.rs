@@ -107,8 +107,10 @@ impl Store {
         } else {
             self.stats.evictions += 1;
         }
-        if let Ok(entry) = self.tables[subtable_of(hash)].find_entry(table_hash(hash), |&x| x == id) {
-            entry.remove();
+        if self.tables[subtable_of(hash)]
+            .remove(table_hash(hash), |x| x == id.0)
+            .is_some()
+        {
             self.items_count -= 1;
             self.payload_bytes -= payload;
         }
@@ -118,8 +120,8 @@ impl Store {
     /// place.
     pub(super) fn reindex(&mut self, old: ItemId, new: ItemId) {
         let hash = key_hash(self.view(new).key(), self.config.seed);
-        if let Some(slot) = self.tables[subtable_of(hash)].find_mut(table_hash(hash), |&x| x == old) {
-            *slot = new;
+        if let Some(slot) = self.tables[subtable_of(hash)].find_mut(table_hash(hash), |x| x == old.0) {
+            *slot = new.0;
         }
     }
 
@@ -169,7 +171,8 @@ impl Store {
             visited += table.len();
             let items = &mut self.items;
             let payload = &mut self.payload_bytes;
-            table.retain(|&mut id| {
+            table.retain(|id| {
+                let id = ItemId(id);
                 let item = ItemView::new(items.record(id), items.base_of(id));
                 if item.is_expired(now_us) {
                     *payload -= item.key_len() + item.value_len();

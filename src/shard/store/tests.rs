@@ -244,6 +244,42 @@ fn index_growth_counts_toward_the_budget() {
     assert!(s.index_bytes() > 0);
 }
 
+/// The index's bytes: the sub-tables' headers and miss filter, plus what
+/// the sub-tables allocated.
+fn index_bytes_held(s: &Store) -> usize {
+    let tables: usize = s.tables.iter().map(index::Table::allocation_size).sum();
+    Store::fixed_index_bytes() + s.missed.bytes() + tables
+}
+
+#[test]
+fn index_bytes_are_exactly_the_tables_allocations() {
+    for mut s in [lru(4 * MIB), store(4 * MIB)] {
+        for i in 0..60_000u32 {
+            let _ = put(
+                &mut s,
+                &format!("k{}", i % 50_000),
+                b"v",
+                i % 3,
+                u64::from(i) * 1_000,
+            );
+            if i % 7 == 0 {
+                s.delete(
+                    key_hash(format!("k{}", i / 2).as_bytes(), SEED),
+                    format!("k{}", i / 2).as_bytes(),
+                );
+            }
+            if i % 1_000 == 0 {
+                s.maintain(u64::from(i) * 1_000, 500, false);
+                assert_eq!(s.index_bytes(), index_bytes_held(&s));
+            }
+        }
+        assert_eq!(s.index_bytes(), index_bytes_held(&s));
+        s.flush();
+        assert_eq!(s.index_bytes(), index_bytes_held(&s));
+        assert_eq!(s.index_bytes(), Store::fixed_index_bytes() + s.missed.bytes());
+    }
+}
+
 #[test]
 fn subtables_get_shares_spread_over_one_doubling() {
     let mut counts = vec![0usize; SUBTABLES];
