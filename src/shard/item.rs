@@ -27,6 +27,24 @@ pub struct Stamp {
     pub codec: u32,
 }
 
+impl Stamp {
+    /// The wire metadata of the item written with this stamp (what
+    /// [`ItemView::meta`] reads back).
+    #[inline]
+    pub fn meta(&self) -> Meta {
+        let ttl = self.ttl_s.min(MAX_TTL_S);
+        Meta {
+            created_at_ms: self.version_us / 1000,
+            expires_at_ms: if ttl == 0 {
+                0
+            } else {
+                self.version_us.saturating_add(u64::from(ttl) * 1_000_000) / 1000
+            },
+            version: self.version_us,
+        }
+    }
+}
+
 #[inline]
 fn header(stamp: Stamp, key_len: usize, value_len: usize) -> Header {
     Header {
@@ -50,9 +68,9 @@ pub fn record_len(stamp: Stamp, key_len: usize, value_len: usize, base: u64) -> 
 pub fn write_record(chunk: &mut [u8], stamp: Stamp, base: u64, key: &[u8], value: &[u8]) {
     let h = header(stamp, key.len(), value.len());
     debug_assert!(!key.is_empty() && key.len() <= 255 && chunk.len() >= record::record_len(&h, base));
-    let key_at = record::write_header(chunk, &h, base);
-    chunk[key_at..key_at + key.len()].copy_from_slice(key);
-    chunk[key_at + key.len()..key_at + key.len() + value.len()].copy_from_slice(value);
+    let value_at = record::write_header(chunk, &h, base);
+    chunk[record::KEY_AT..record::KEY_AT + key.len()].copy_from_slice(key);
+    chunk[value_at..value_at + value.len()].copy_from_slice(value);
 }
 
 /// The key of a record (no need to know its region's base).
@@ -111,7 +129,7 @@ impl<'a> ItemView<'a> {
 
     #[inline]
     fn value_end(&self) -> usize {
-        self.parsed.key_at + self.parsed.header.key_len + self.parsed.header.value_len
+        self.parsed.value_at + self.parsed.header.value_len
     }
 
     #[inline]
@@ -121,13 +139,12 @@ impl<'a> ItemView<'a> {
 
     #[inline]
     pub fn key(&self) -> &'a [u8] {
-        let at = self.parsed.key_at;
-        &self.chunk[at..at + self.key_len()]
+        &self.chunk[record::KEY_AT..record::KEY_AT + self.key_len()]
     }
 
     #[inline]
     pub fn value(&self) -> &'a [u8] {
-        let start = self.parsed.key_at + self.key_len();
+        let start = self.parsed.value_at;
         &self.chunk[start..start + self.value_len()]
     }
 

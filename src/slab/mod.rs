@@ -25,6 +25,7 @@
 mod evict;
 mod mapped;
 pub mod record;
+mod stats;
 
 use std::collections::VecDeque;
 
@@ -258,22 +259,27 @@ impl Slab {
     /// region gets (the version of the write). The caller writes the record
     /// (see [`record::write_header`], with [`Slab::base_of`]) into
     /// [`Slab::space_mut`] before anything else reaches the allocator.
-    pub fn alloc(&mut self, base: u64, len_for: impl Fn(u64) -> usize) -> Result<ItemId, NoMemory> {
-        let fresh = len_for(base);
-        if self.is_large_len(fresh) {
-            return self.alloc_large(fresh, base);
-        }
+    ///
+    /// Returns the record's id and its length.
+    pub fn alloc(&mut self, base: u64, len_for: impl Fn(u64) -> usize) -> Result<(ItemId, usize), NoMemory> {
         if let Some(open) = self.open {
             let len = len_for(self.segments[open as usize].base);
-            if let Some(id) = self.append(self.aligned(len), len) {
-                return Ok(id);
+            if !self.is_large_len(len) {
+                if let Some(id) = self.append(self.aligned(len), len) {
+                    return Ok((id, len));
+                }
             }
+        }
+        let fresh = len_for(base);
+        if self.is_large_len(fresh) {
+            return Ok((self.alloc_large(fresh, base)?, fresh));
         }
         if self.spare.is_empty() && !self.can_grow(self.segment_bytes) {
             return Err(NoMemory);
         }
         self.open_segment(base).ok_or(NoMemory)?;
-        self.append(self.aligned(fresh), fresh).ok_or(NoMemory)
+        let id = self.append(self.aligned(fresh), fresh).ok_or(NoMemory)?;
+        Ok((id, fresh))
     }
 
     /// The base of the region holding `id` (see [`Slab::alloc`]).
@@ -542,50 +548,6 @@ impl Slab {
 
     pub fn large_evictions(&self) -> u64 {
         self.large_evictions
-    }
-
-    /// Bytes of segments that compaction would give back: dead records and
-    /// padding before each segment's end of appends. Walks the segment
-    /// table (only a write refused under `noeviction` asks).
-    pub fn dead_bytes(&self) -> usize {
-        self.segments
-            .iter()
-            .filter(|s| s.mem.is_some())
-            .map(|s| (s.used - s.live_bytes) as usize)
-            .sum()
-    }
-
-    /// Bytes of live records.
-    pub fn live_bytes(&self) -> usize {
-        self.live_bytes
-    }
-
-    /// Segments and large records, as two "classes".
-    pub fn class_stats(&self) -> Vec<ClassStats> {
-        let segment_items: u64 = self.segments.iter().map(|s| u64::from(s.live)).sum();
-        vec![
-            ClassStats {
-                chunk_bytes: self.segment_bytes,
-                pages: self.live_segments,
-                items: segment_items,
-                free_chunks: self.free_bytes_in_pages() as u64,
-                evictions: self.segment_evictions,
-            },
-            ClassStats {
-                chunk_bytes: 0,
-                pages: self.large_live as usize,
-                items: self.large_live,
-                free_chunks: 0,
-                evictions: self.large_evictions,
-            },
-        ]
-    }
-
-    /// Bytes of segments not holding a live record (dead records, padding,
-    /// unused tails).
-    pub fn free_bytes_in_pages(&self) -> usize {
-        let live_in_segments: usize = self.segments.iter().map(|s| s.live_bytes as usize).sum();
-        (self.live_segments + self.spare.len()) * self.segment_bytes - live_in_segments
     }
 }
 

@@ -8,6 +8,11 @@
 //!   (bits 8..10), [`DEAD`] (bit 10), the two codec bits (11..13),
 //!   [`HAS_TTL`] (bit 13), [`BEFORE_BASE`] (bit 14), [`TTL_MINUTES`]
 //!   (bit 15);
+//! - the key, at a fixed offset ([`KEY_AT`]): a lookup compares it with no
+//!   parsing, so the loads of the key do not wait on branches that depend
+//!   on the header's bytes (with the key after the variable fields, GET of
+//!   a 1-million-key store took 128 ns against 74: the cache misses of a
+//!   record's two lines no longer overlapped);
 //! - the value length, LEB128 (1 byte below 128, 2 below 16 KiB);
 //! - the version, as the LEB128 of its distance from the *base* of the
 //!   record's region (after it, or before it with [`BEFORE_BASE`]). A
@@ -18,7 +23,7 @@
 //! - the TTL, LEB128, only when [`HAS_TTL`]: in minutes with
 //!   [`TTL_MINUTES`] (a whole number of minutes: the default 3600 s takes
 //!   1 byte), else in seconds;
-//! - the key, then the value.
+//! - the value.
 //!
 //! A 20-byte key and 100-byte value with a TTL of 3600 s take a 6- or
 //! 7-byte header (it was 14 bytes of fixed fields).
@@ -40,8 +45,14 @@ pub const BEFORE_BASE: u16 = 1 << 14;
 /// The TTL is stored in minutes.
 pub const TTL_MINUTES: u16 = 1 << 15;
 
+/// Shortest header: frame, 1-byte length, 1-byte version, no TTL.
+pub const MIN_HEADER_BYTES: usize = 4;
+
 /// Longest header: frame, 5-byte length, 8-byte version, 5-byte TTL.
 pub const MAX_HEADER_BYTES: usize = 2 + 5 + 8 + 5;
+
+/// Where the key starts.
+pub const KEY_AT: usize = 2;
 
 /// An item's fields, as written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,21 +68,18 @@ pub struct Header {
     pub codec: u32,
 }
 
-/// A header read back, with where its key starts.
+/// A header read back, with where its value starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Parsed {
     pub header: Header,
-    pub key_at: usize,
+    pub value_at: usize,
 }
 
+/// Bytes of `v` in LEB128: 7 bits a byte.
 #[inline]
-const fn varint_len(mut v: u64) -> usize {
-    let mut n = 1;
-    while v >= 0x80 {
-        v >>= 7;
-        n += 1;
-    }
-    n
+const fn varint_len(v: u64) -> usize {
+    let bits = 64 - (v | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
 }
 
 #[inline]
@@ -144,7 +152,8 @@ pub fn record_len(h: &Header, base: u64) -> usize {
     header_len(h, base) + h.key_len + h.value_len
 }
 
-/// Writes the header of a live, unread record; returns where the key goes.
+/// Writes the header of a live, unread record (the key goes at
+/// [`KEY_AT`]); returns where the value goes.
 #[inline]
 pub fn write_header(record: &mut [u8], h: &Header, base: u64) -> usize {
     debug_assert!((1..=0xff).contains(&h.key_len) && h.codec <= 3);
@@ -154,7 +163,7 @@ pub fn write_header(record: &mut [u8], h: &Header, base: u64) -> usize {
         record,
         h.key_len as u16 | ((h.codec as u16) << CODEC_SHIFT) | ttl_bits | side,
     );
-    let mut at = 2;
+    let mut at = KEY_AT + h.key_len;
     at += put_varint(&mut record[at..], h.value_len as u64);
     at += put_varint(&mut record[at..], d);
     if ttl_bits != 0 {
@@ -167,7 +176,7 @@ pub fn write_header(record: &mut [u8], h: &Header, base: u64) -> usize {
 #[inline]
 pub fn parse(record: &[u8], base: u64) -> Parsed {
     let f = frame(record);
-    let (value_len, at) = get_varint(record, 2);
+    let (value_len, at) = get_varint(record, KEY_AT + usize::from(f & 0xff));
     let (d, at) = get_varint(record, at);
     let (ttl, at) = if f & HAS_TTL != 0 {
         get_varint(record, at)
@@ -183,34 +192,33 @@ pub fn parse(record: &[u8], base: u64) -> Parsed {
             ttl_s: ttl_s as u32,
             codec: u32::from((f & CODEC_MASK) >> CODEC_SHIFT),
         },
-        key_at: at,
+        value_at: at,
     }
 }
 
-/// Where the key starts, its length and the value's (no base needed).
+/// Where the value starts and its length (no base needed).
 #[inline]
-pub fn layout(record: &[u8]) -> (usize, usize, usize) {
+pub fn layout(record: &[u8]) -> (usize, usize) {
     let f = frame(record);
-    let (value_len, mut at) = get_varint(record, 2);
+    let (value_len, mut at) = get_varint(record, KEY_AT + usize::from(f & 0xff));
     at = skip_varint(record, at);
     if f & HAS_TTL != 0 {
         at = skip_varint(record, at);
     }
-    (at, usize::from(f & 0xff), value_len as usize)
+    (at, value_len as usize)
 }
 
 /// The key of a record.
 #[inline]
 pub fn key(record: &[u8]) -> &[u8] {
-    let (at, key_len, _) = layout(record);
-    &record[at..at + key_len]
+    &record[KEY_AT..KEY_AT + usize::from(frame(record) & 0xff)]
 }
 
 /// Bytes of the record starting at `record[0]`.
 #[inline]
 pub fn total_len(record: &[u8]) -> usize {
-    let (at, key_len, value_len) = layout(record);
-    at + key_len + value_len
+    let (at, value_len) = layout(record);
+    at + value_len
 }
 
 /// Bytes `record` (of a region based at `from`) takes once re-encoded in a
@@ -228,9 +236,11 @@ pub fn reencode(record: &[u8], from: u64, to: u64, out: &mut [u8]) -> usize {
     let p = parse(record, from);
     let at = write_header(out, &p.header, to);
     set_frame(out, (frame(out) & !READS_MASK) | (frame(record) & READS_MASK));
-    let body = p.header.key_len + p.header.value_len;
-    out[at..at + body].copy_from_slice(&record[p.key_at..p.key_at + body]);
-    at + body
+    let key_len = p.header.key_len;
+    out[KEY_AT..KEY_AT + key_len].copy_from_slice(&record[KEY_AT..KEY_AT + key_len]);
+    let value_len = p.header.value_len;
+    out[at..at + value_len].copy_from_slice(&record[p.value_at..p.value_at + value_len]);
+    at + value_len
 }
 
 #[inline]
@@ -326,6 +336,17 @@ mod tests {
 
     proptest! {
         #[test]
+        fn varints_read_back_wherever_they_lie(v in any::<u64>(), pad in 0usize..12, tail in 0usize..12) {
+            let mut buf = vec![0xFFu8; pad];
+            let mut enc = [0u8; 10];
+            let n = put_varint(&mut enc, v);
+            prop_assert_eq!(n, varint_len(v));
+            buf.extend_from_slice(&enc[..n]);
+            buf.extend(std::iter::repeat_n(0xA5u8, tail));
+            prop_assert_eq!(get_varint(&buf, pad), (v, pad + n));
+        }
+
+        #[test]
         fn any_header_round_trips_and_moves(key_len in 1usize..=255, value_len in 0usize..(1 << 31),
                                             version in 0u64..(1 << 53), base in 0u64..(1 << 53),
                                             to in 0u64..(1 << 53), ttl_s in 0u32..(1 << 30),
@@ -333,12 +354,13 @@ mod tests {
             let h = header(key_len, value_len.min(300), version, ttl_s, codec);
             let mut r = vec![0xAAu8; record_len(&h, base) + 7];
             let at = write_header(&mut r, &h, base);
-            r[at..at + h.key_len + h.value_len].fill(0x5A);
+            r[KEY_AT..KEY_AT + h.key_len].fill(0x5B);
+            r[at..at + h.value_len].fill(0x5A);
             for _ in 0..reads_n {
                 count_read(&mut r);
             }
-            prop_assert_eq!(parse(&r, base), Parsed { header: h, key_at: at });
-            prop_assert_eq!(layout(&r), (at, h.key_len, h.value_len));
+            prop_assert_eq!(parse(&r, base), Parsed { header: h, value_at: at });
+            prop_assert_eq!(layout(&r), (at, h.value_len));
             prop_assert_eq!(total_len(&r), record_len(&h, base));
             prop_assert!(header_len(&h, base) <= MAX_HEADER_BYTES);
             let mut out = vec![0u8; reencoded_len(&r, base, to) + 3];
@@ -347,11 +369,13 @@ mod tests {
             prop_assert_eq!(parse(&out, to).header, h);
             prop_assert_eq!(reads(&out), reads_n.min(3));
             prop_assert_eq!(key(&out), key(&r));
+            let p = parse(&out, to);
+            prop_assert_eq!(&out[p.value_at..n], &r[at..at + h.value_len]);
             // Any value length is framed (the wide lengths of large records).
             let big = header(key_len, value_len, version, ttl_s, codec);
-            let mut r = vec![0u8; header_len(&big, base)];
+            let mut r = vec![0u8; header_len(&big, base) + key_len];
             write_header(&mut r, &big, base);
-            prop_assert_eq!(layout(&r).2, value_len);
+            prop_assert_eq!(layout(&r).1, value_len);
         }
     }
 }

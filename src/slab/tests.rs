@@ -31,11 +31,12 @@ fn header(key_len: usize, value_len: usize, tag: u8) -> Header {
 /// `value_len`-byte value, every byte after the header `tag`.
 fn put(slab: &mut Slab, key_len: usize, value_len: usize, tag: u8) -> Result<ItemId, NoMemory> {
     let h = header(key_len, value_len, tag);
-    let id = slab.alloc(h.version, |base| record_len(&h, base))?;
+    let (id, len) = slab.alloc(h.version, |base| record_len(&h, base))?;
     let base = slab.base_of(id);
-    let space = slab.space_mut(id, record_len(&h, base));
-    let at = write_header(space, &h, base);
-    space[at..].fill(tag);
+    assert_eq!(len, record_len(&h, base));
+    let space = slab.space_mut(id, len);
+    space.fill(tag);
+    write_header(space, &h, base);
     Ok(id)
 }
 
@@ -44,7 +45,11 @@ fn intact(slab: &Slab, id: ItemId, tag: u8) -> bool {
     let r = &r[..total_len(r)];
     let p = parse(r, slab.base_of(id));
     let h = header(p.header.key_len, p.header.value_len, tag);
-    p.header == h && r[p.key_at..].iter().all(|&b| b == tag)
+    p.header == h
+        && r[record::KEY_AT..record::KEY_AT + h.key_len]
+            .iter()
+            .all(|&b| b == tag)
+        && r[p.value_at..].iter().all(|&b| b == tag)
 }
 
 fn was_read(slab: &Slab, id: ItemId) -> bool {

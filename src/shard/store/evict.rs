@@ -13,10 +13,10 @@ impl Store {
         base: u64,
         len_for: impl Fn(u64) -> usize + Copy,
         now_us: u64,
-    ) -> Result<ItemId, WriteError> {
+    ) -> Result<(ItemId, usize), WriteError> {
         for attempt in 0..MAX_EVICTIONS_PER_WRITE {
-            if let Ok(id) = self.items.alloc(base, len_for) {
-                return Ok(id);
+            if let Ok(placed) = self.items.alloc(base, len_for) {
+                return Ok(placed);
             }
             if self.config.eviction == EvictionPolicy::NoEviction {
                 // Only expired items and the bytes of dead records may make
@@ -49,8 +49,8 @@ impl Store {
         // only one region): evict whole regions until the record fits. A
         // cache where everything was read still takes the write.
         loop {
-            if let Ok(id) = self.items.alloc(base, len_for) {
-                return Ok(id);
+            if let Ok(placed) = self.items.alloc(base, len_for) {
+                return Ok(placed);
             }
             if !self.evict_oldest(Keep::Nothing, None, now_us) {
                 return Err(WriteError::Full);

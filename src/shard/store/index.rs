@@ -1,31 +1,39 @@
-//! One index sub-table: bucketized cuckoo hashing over 40-byte buckets of
-//! eight slots (an 8-bit tag and a 32-bit item id each, 5 bytes a slot).
+//! One index sub-table: bucketized cuckoo hashing over buckets of twelve
+//! slots (an 8-bit tag and a 32-bit item id each) that fill one 64-byte
+//! cache line (5.33 bytes a slot).
 //!
 //! A key may sit in two buckets: its home bucket, chosen by bits 0..32 of
 //! its hash, and an alternate computed from the home bucket and the tag
 //! (bits 56..64) only, so that an entry can move to its other bucket
 //! without its key being read. Lookups read the tags of at most two buckets
 //! and compare a key only where a tag matches: a miss reads a record about
-//! once in 20 (16 slots, about 14 of them full, each matching with 1/255).
+//! once in 12 (24 slots, about 21 of them full, each matching with 1/255).
+//! The second bucket's line starts loading before the first is read, so
+//! the two cache misses of a lookup overlap.
+//!
+//! Buckets were first 40 bytes of eight slots (5 bytes a slot): half of
+//! them straddled two cache lines, and a lookup read the second bucket only
+//! after the first: GET of a 1-million-key store took 110-117 ns against
+//! 74 ns with hashbrown (`cargo bench --bench shard_store`, `get_hit`).
 //!
 //! The bucket count may be any number: the table is filled to
 //! [`MAX_LOAD_PER_1024`] of its slots, then grows by a quarter (not
-//! doubling), so that its load stays between about 0.76 and 0.95: about
-//! 5.9 bytes per entry on average, where hashbrown's doubling, at 5 bytes a
+//! doubling), so that its load stays between about 0.78 and 0.97: about
+//! 6.2 to 6.5 bytes per entry on average, where hashbrown's doubling, at 5 bytes a
 //! slot and loads between 7/16 and 7/8, costs about 8.6.
 //!
 //! Growing needs every entry's full hash: the caller gives a `rehash`
 //! closure (the store reads the entry's key and hashes it).
 //!
 //! Keys whose hashes collide so badly that no table size separates them
-//! (more than 16 sharing 40 hash bits, which random keys never do) go to a
+//! (more than 24 sharing 40 hash bits, which random keys never do) go to a
 //! small stash searched after both buckets, instead of growing the table
 //! without end.
 
 /// Slots per bucket.
-const SLOTS: usize = 8;
+const SLOTS: usize = 12;
 
-/// Buckets of a table's first allocation: one (40 bytes), as a small
+/// Buckets of a table's first allocation: one (64 bytes), as a small
 /// shard's sub-tables hold a few items each (two made a 4 MiB shard's index
 /// a third bigger than hashbrown's, and hold fewer items).
 const INITIAL_BUCKETS: usize = 1;
@@ -34,18 +42,29 @@ const INITIAL_BUCKETS: usize = 1;
 /// grows.
 const MAX_KICKS: usize = 64;
 
-/// Share of the slots (in 1/1024) a table fills before it grows: 0.95.
-/// Measured over store-sized tables (`kick_failures_are_rare_at_the_max_load`
-/// and the bytes-per-entry tests), at max loads 0.93, 0.95, 0.96 and 0.97:
-/// walks that find no room (each an early growth) in 0.5, 1.4, 2.7 and 7.1
-/// inserts in 10,000, for 6.05, 5.91, 5.85 and 5.80 bytes per entry.
-const MAX_LOAD_PER_1024: usize = 973;
+/// Share of the slots (in 1/1024) a table fills before it grows: 0.97.
+/// With eight-slot buckets, measured at max loads 0.93, 0.95, 0.96 and
+/// 0.97: walks that find no room (each an early growth) in 0.5, 1.4, 2.7
+/// and 7.1 inserts in 10,000. Twelve-slot buckets (24 places per key) fail
+/// about once in 10,000 at 0.97 (`kick_failures_are_rare_at_the_max_load`),
+/// for 6.16 bytes per entry in one table and 6.5 over the store's
+/// sub-tables.
+const MAX_LOAD_PER_1024: usize = 993;
 
 const ONES: u64 = 0x0101_0101_0101_0101;
 const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+/// The high bits of the four tag bytes of a bucket's second tag word.
+const HIGH4: u64 = 0x8080_8080;
+
+/// The high bit of each byte of `x` that is zero (no carry crosses bytes,
+/// so no false match).
+#[inline]
+fn zero_bytes(x: u64) -> u64 {
+    !((((x & LOW7) + LOW7) | x) | LOW7)
+}
 
 #[derive(Clone, Copy)]
-#[repr(C)]
+#[repr(C, align(64))]
 struct Bucket {
     /// 0: empty slot.
     tags: [u8; SLOTS],
@@ -60,11 +79,12 @@ impl Bucket {
 
     /// The high bit of byte `i` set exactly where `tags[i] == tag`.
     #[inline]
-    fn matches(&self, tag: u8) -> u64 {
-        let x = u64::from_le_bytes(self.tags) ^ (ONES * u64::from(tag));
-        // A byte's high bit: set when the byte is non-zero (no carry crosses
-        // bytes, so no false match).
-        !((((x & LOW7) + LOW7) | x) | LOW7)
+    fn matches(&self, tag: u8) -> u128 {
+        let t = self.tags;
+        let lo = u64::from_le_bytes([t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]]);
+        let hi = u64::from(u32::from_le_bytes([t[8], t[9], t[10], t[11]]));
+        let spread = ONES * u64::from(tag);
+        u128::from(zero_bytes(lo ^ spread)) | (u128::from(zero_bytes(hi ^ spread) & HIGH4) << 64)
     }
 
     #[inline]
@@ -214,6 +234,10 @@ impl Table {
         }
         let tag = tag_of(hash);
         let b1 = home_of(hash, n);
+        // (Prefetching the second bucket here made a lookup slower:
+        // `cargo bench --bench shard_store`, `get_hit` 98 ns against 81-88.
+        // Pipelined lookups prefetch it a step ahead, in
+        // `Store::prefetch_records`.)
         if let Some(slot) = self.buckets[b1].find(tag, &mut eq) {
             return Some(Place::Bucket(b1, slot));
         }
@@ -380,7 +404,7 @@ impl Table {
             draws ^= draws << 13;
             draws ^= draws >> 7;
             draws ^= draws << 17;
-            let slot = (draws >> 61) as usize;
+            let slot = (((draws >> 32) * SLOTS as u64) >> 32) as usize;
             let bucket = &mut self.buckets[b];
             std::mem::swap(&mut bucket.tags[slot], &mut tag);
             std::mem::swap(&mut bucket.ids[slot], &mut id);

@@ -199,15 +199,22 @@ fn alternate_bucket_is_an_involution() {
 }
 
 #[test]
+fn a_bucket_is_one_cache_line() {
+    assert_eq!(std::mem::size_of::<Bucket>(), 64);
+    assert_eq!(std::mem::align_of::<Bucket>(), 64);
+}
+
+#[test]
 fn tag_match_is_exact() {
     let mut bucket = Bucket::EMPTY;
-    bucket.tags = [1, 0, 2, 1, 255, 0x80, 0x81, 1];
+    bucket.tags = [1, 0, 2, 1, 255, 0x80, 0x81, 1, 0, 7, 0x80, 1];
+    bucket.ids = [u32::MAX; SLOTS];
     for tag in 0..=255u8 {
         let m = bucket.matches(tag);
         for (i, &t) in bucket.tags.iter().enumerate() {
             assert_eq!(m >> (8 * i + 7) & 1 == 1, t == tag, "tag {tag} slot {i}");
         }
-        assert_eq!(m & !0x8080_8080_8080_8080, 0);
+        assert_eq!(m & !0x8080_8080_8080_8080_8080_8080, 0, "no bit past the tags");
     }
 }
 
@@ -230,11 +237,11 @@ fn growth_never_loses_entries_when_walks_fail() {
             load_family(Family { tags, homes }, 300);
         }
     }
-    // One tag, one home: at most 16 entries fit their two buckets, the
+    // One tag, one home: at most two buckets' worth fit, the
     // rest are stashed, and the table grows with the entries only (not
     // once per failed walk).
     let h = load_family(Family { tags: 1, homes: 1 }, 300);
-    assert!(h.table.stash.as_ref().is_some_and(|s| s.len() >= 300 - 16));
+    assert!(h.table.stash.as_ref().is_some_and(|s| s.len() >= 300 - 2 * SLOTS));
     assert!(
         h.table.buckets.len() * SLOTS <= 2 * 300,
         "{} buckets",
@@ -250,7 +257,7 @@ fn bytes_per_entry(tables: &[Table]) -> f64 {
 }
 
 #[test]
-fn a_million_entries_over_the_store_subtables_take_under_6_5_bytes_each() {
+fn a_million_entries_over_the_store_subtables_take_under_6_8_bytes_each() {
     use super::super::{subtable_of, table_hash, SUBTABLES};
     let mut tables: Vec<Table> = (0..SUBTABLES).map(|_| Table::new()).collect();
     for step in 1..=4u64 {
@@ -264,13 +271,13 @@ fn a_million_entries_over_the_store_subtables_take_under_6_5_bytes_each() {
             "{} entries: {per_entry:.3} bytes per entry (+{fixed:.3} of table headers)",
             step * 250_000
         );
-        assert!(per_entry <= 6.5, "{per_entry}");
+        assert!(per_entry <= 6.8, "{per_entry}");
     }
     assert!(tables.iter().all(|t| t.stash.is_none()));
 }
 
 #[test]
-fn one_table_averages_under_6_bytes_per_entry_over_its_growth() {
+fn one_table_averages_under_6_3_bytes_per_entry_over_its_growth() {
     let mut table = Table::new();
     let (mut sum, mut samples, mut worst) = (0.0, 0, 0.0f64);
     for i in 0..100_000u64 {
@@ -284,8 +291,8 @@ fn one_table_averages_under_6_bytes_per_entry_over_its_growth() {
     }
     let mean = sum / f64::from(samples);
     println!("one table, 10k..100k entries: {mean:.3} bytes per entry on average, {worst:.3} at worst");
-    assert!(mean <= 6.0, "{mean}");
-    assert!(worst <= 6.7, "{worst}");
+    assert!(mean <= 6.3, "{mean}");
+    assert!(worst <= 7.0, "{worst}");
 }
 
 #[test]
