@@ -231,11 +231,6 @@ impl Store {
         self.payload_bytes
     }
 
-    fn payload_of(&self, id: ItemId) -> usize {
-        let item = self.view(id);
-        item.key_len() + item.value_len()
-    }
-
     #[inline]
     fn view(&self, id: ItemId) -> ItemView<'_> {
         ItemView::new(self.items.record(id), self.items.base_of(id))
@@ -402,7 +397,7 @@ impl Store {
                     if self.config.eviction == EvictionPolicy::NoEviction
                         && !items.can_grow(table.grown_allocation_size().saturating_sub(before).max(64))
                     {
-                        self.items.free(new_id);
+                        let _ = self.items.free(new_id);
                         self.stats.rejected_writes += 1;
                         return Err(WriteError::Full);
                     }
@@ -418,8 +413,7 @@ impl Store {
         };
         match old {
             Some(old) => {
-                self.payload_bytes -= self.payload_of(old);
-                self.items.free(old);
+                self.payload_bytes -= self.items.free(old);
             }
             None => self.items_count += 1,
         }
@@ -445,8 +439,7 @@ impl Store {
             return false;
         };
         let id = ItemId(id);
-        self.payload_bytes -= self.payload_of(id);
-        self.items.free(id);
+        self.payload_bytes -= self.items.free(id);
         self.items_count -= 1;
         true
     }

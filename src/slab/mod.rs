@@ -32,7 +32,7 @@ use std::collections::VecDeque;
 use mapped::{mapped_len, Mapped};
 
 pub use record::ACCESSED;
-use record::{is_dead, mark_dead, total_len};
+use record::{is_dead, mark_dead};
 
 /// Largest segment: a shard with at least 256 MiB uses 1 MiB segments.
 pub const MAX_PAGE_BYTES: usize = 1 << 20;
@@ -432,16 +432,18 @@ impl Slab {
         }
     }
 
-    /// Returns a record's memory.
-    pub fn free(&mut self, id: ItemId) {
+    /// Returns a record's memory; returns its key and value bytes (one
+    /// read of its header for both the store's count and ours).
+    pub fn free(&mut self, id: ItemId) -> usize {
         if id.is_large() {
+            let payload = record::sizes(self.record(id)).0;
             self.release_large(id.large_index());
-            return;
+            return payload;
         }
         let (s, offset) = self.locate(id);
         let seg = &mut self.segments[s];
         let record = &mut seg.mem.as_deref_mut().expect("live segment")[offset..];
-        let len = total_len(record);
+        let (payload, len) = record::sizes(record);
         debug_assert!(!is_dead(record), "double free");
         mark_dead(record);
         seg.live -= 1;
@@ -450,6 +452,7 @@ impl Slab {
         if seg.live == 0 && self.open != Some(s as u32) {
             self.release_segment(s as u32);
         }
+        payload
     }
 
     /// The bytes reserved for a record just allocated with `len` bytes.

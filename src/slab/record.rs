@@ -214,6 +214,13 @@ pub fn key(record: &[u8]) -> &[u8] {
     &record[KEY_AT..KEY_AT + usize::from(frame(record) & 0xff)]
 }
 
+/// Key and value bytes of a record, and its whole length.
+#[inline]
+pub fn sizes(record: &[u8]) -> (usize, usize) {
+    let (at, value_len) = layout(record);
+    (usize::from(frame(record) & 0xff) + value_len, at + value_len)
+}
+
 /// Bytes of the record starting at `record[0]`.
 #[inline]
 pub fn total_len(record: &[u8]) -> usize {

@@ -1,4 +1,4 @@
-use super::record::{parse, reads, record_len, write_header, Header};
+use super::record::{parse, reads, record_len, total_len, write_header, Header};
 use super::*;
 
 mod accounting;
