@@ -16,6 +16,8 @@
 //! The file also has `interop_peer`, the Rust side of the cross-language test
 //! driven by clients/python/tests/test_interop.py.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -588,21 +590,8 @@ fn rust_get(stream: &mut TcpStream, key: &[u8]) -> Option<Vec<u8>> {
 /// Starts the release server on ephemeral ports; returns it and its address.
 fn start_server(bin: &str) -> (Child, String) {
     let mut child = Command::new(bin)
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--shard-port-base",
-            "0",
-            "--http-port",
-            "0",
-            "--shards",
-            "2",
-            "--no-pin",
-            "--max-memory",
-            "64MiB",
-        ])
+        .args(["--bind", "127.0.0.1", "--shards", "2", "--max-memory", "64MiB"])
+        .args(common::FREE_PORTS)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

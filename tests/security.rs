@@ -369,22 +369,12 @@ fn protected_mode_refuses_a_public_bind_without_auth() {
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 32"));
     // With --insecure-no-auth it serves.
-    let server = TestServer::start_with_args(&[
-        "--bind",
-        "0.0.0.0",
-        "--insecure-no-auth",
-        "--port",
-        "0",
-        "--shard-port-base",
-        "0",
-        "--http-port",
-        "0",
-        "--no-pin",
-        "--shards",
-        "1",
-        "--max-memory",
-        "16MiB",
-    ]);
+    let args: Vec<&str> = ["--bind", "0.0.0.0", "--insecure-no-auth"]
+        .into_iter()
+        .chain(FREE_PORTS)
+        .chain(["--shards", "1", "--max-memory", "16MiB"])
+        .collect();
+    let server = TestServer::start_with_args(&args);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], server.addr.port()));
     assert_eq!(Raw::handshaken(addr).call(&op("health", b"")).status, 0);
 }
