@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 const API_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One key of one KV bucket.
+#[derive(Clone)]
 pub struct Bucket {
     client: Client,
     stream: String,
@@ -157,6 +158,16 @@ impl Bucket {
     /// may have lost it).
     pub fn reset(&mut self) {
         self.ready = false;
+    }
+
+    /// Whether the bucket's stream is known to exist.
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// The stream was found by a clone of this handle.
+    pub fn set_ready(&mut self) {
+        self.ready = true;
     }
 }
 

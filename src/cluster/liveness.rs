@@ -15,11 +15,14 @@ pub struct Liveness {
     /// Per node whose last heartbeat said it holds every item of the slots
     /// it replicates: the epoch of the map it said so under.
     synced: BTreeMap<String, u64>,
+    /// Per node, the epoch of the map its last heartbeat said it runs.
+    epochs: BTreeMap<String, u64>,
 }
 
 impl Liveness {
     /// A heartbeat from `node` at `now`.
-    pub fn saw(&mut self, node: NodeInfo, synced_at: Option<u64>, now: Instant) {
+    pub fn saw(&mut self, node: NodeInfo, epoch: u64, synced_at: Option<u64>, now: Instant) {
+        self.epochs.insert(node.id.clone(), epoch);
         if let Some(epoch) = synced_at {
             self.synced.insert(node.id.clone(), epoch);
         } else {
@@ -35,6 +38,11 @@ impl Liveness {
         self.synced.get(id) == Some(&epoch)
     }
 
+    /// The epoch of the map `id`'s last heartbeat said it runs.
+    pub fn epoch_of(&self, id: &str) -> Option<u64> {
+        self.epochs.get(id).copied()
+    }
+
     /// The nodes heard from within `timeout` of `now`, by id; older ones
     /// are forgotten.
     pub fn alive(&mut self, now: Instant, timeout: Duration) -> Vec<NodeInfo> {
@@ -48,6 +56,7 @@ impl Liveness {
     pub fn clear(&mut self) {
         self.seen.clear();
         self.synced.clear();
+        self.epochs.clear();
     }
 }
 
@@ -71,8 +80,8 @@ mod tests {
     fn a_node_is_out_once_its_heartbeats_stop() {
         let t0 = Instant::now();
         let mut l = Liveness::default();
-        l.saw(node("a"), Some(1), t0);
-        l.saw(node("b"), Some(1), t0 + Duration::from_millis(600));
+        l.saw(node("a"), 1, Some(1), t0);
+        l.saw(node("b"), 1, Some(1), t0 + Duration::from_millis(600));
         let ids = |v: Vec<NodeInfo>| v.into_iter().map(|n| n.id).collect::<Vec<_>>();
         assert_eq!(
             ids(l.alive(t0 + Duration::from_millis(900), Duration::from_secs(1))),
@@ -82,7 +91,7 @@ mod tests {
             ids(l.alive(t0 + Duration::from_millis(1100), Duration::from_secs(1))),
             ["b"]
         );
-        l.saw(node("a"), Some(1), t0 + Duration::from_millis(1200));
+        l.saw(node("a"), 1, Some(1), t0 + Duration::from_millis(1200));
         assert_eq!(
             ids(l.alive(t0 + Duration::from_millis(1300), Duration::from_secs(1))),
             ["a", "b"]

@@ -20,13 +20,12 @@ use std::time::{Duration, Instant};
 use async_nats::{ConnectOptions, Event};
 
 use futures_lite::StreamExt;
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::bucket::Bucket;
 use super::liveness::Liveness;
 use super::replicate::Replicator;
-use super::slots::{NodeInfo, SlotMap};
+use super::slots::SlotMap;
 use super::ClusterState;
 use crate::config::ClusterConfig;
 use crate::control::ControlPlane;
@@ -34,6 +33,11 @@ use crate::shard::replication::{ReplShared, ReplWiring};
 use crate::shard::ShardCommand;
 
 mod coordinate;
+
+use coordinate::MapRead;
+mod handover;
+
+use handover::{send_heartbeats, Beat, Handover, Heartbeat};
 
 /// How often the shards' replication queues are drained and sent.
 pub const REPLICATION_DRAIN: Duration = Duration::from_millis(1);
@@ -62,45 +66,6 @@ const MAP_KEY: &str = "map";
 /// [`FAILURE_TIMEOUT`] minus this after the last heartbeat it knows the
 /// cluster heard (the others cannot have moved its slots before).
 const LEASE_MARGIN: Duration = Duration::from_millis(250);
-
-/// What a node publishes every [`HEARTBEAT_INTERVAL`].
-#[derive(Debug, Serialize, Deserialize)]
-struct Heartbeat {
-    node: NodeInfo,
-    /// Epoch of the map the node runs with (0: none yet).
-    epoch: u64,
-    /// Whether it holds every item of the slots it replicates.
-    #[serde(default)]
-    synced: bool,
-}
-
-/// The heartbeat the agent's heartbeat task sends, kept current by the
-/// agent's ticks, and when the task last sent it. Heartbeats have a task
-/// of their own: a tick that waits on JetStream (its map read, seconds
-/// after nats-server restarted) must not silence the node (its peers took
-/// it for dead and moved its slots).
-struct Beat {
-    heartbeat: std::sync::Mutex<Heartbeat>,
-    /// Unix µs of the last heartbeat sent (0: none).
-    sent_at_us: std::sync::atomic::AtomicU64,
-}
-
-/// Sends the heartbeat every [`HEARTBEAT_INTERVAL`].
-async fn send_heartbeats(client: async_nats::Client, subject: String, beat: Arc<Beat>) {
-    let mut every = tokio::time::interval(HEARTBEAT_INTERVAL);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        let body = serde_json::to_vec(&*beat.heartbeat.lock().unwrap_or_else(|e| e.into_inner()));
-        let sent_at_us = crate::time::unix_now_us();
-        if let Ok(body) = body {
-            if client.publish(subject.clone(), body.into()).await.is_ok() {
-                beat.sent_at_us
-                    .store(sent_at_us, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    }
-}
 
 /// Starts the agent's thread. It runs until `stopping` returns true.
 pub fn start(
@@ -195,6 +160,7 @@ async fn run(
     };
     let mut drain = tokio::time::interval(REPLICATION_DRAIN);
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (read_tx, mut map_reads) = tokio::sync::mpsc::unbounded_channel();
     let first_beat = Heartbeat {
         node: state.me.clone(),
         epoch: 0,
@@ -214,10 +180,14 @@ async fn run(
         beat: Arc::new(Beat {
             heartbeat: std::sync::Mutex::new(first_beat),
             sent_at_us: Default::default(),
+            now: tokio::sync::Notify::new(),
         }),
         repl,
         shared,
         pending_follow: None,
+        handover: Handover::default(),
+        reading: false,
+        map_reads: read_tx,
     };
     let (mut heartbeats, mut maps) = loop {
         let hb = agent.client.subscribe(agent.subject.clone()).await;
@@ -244,6 +214,7 @@ async fn run(
         }
         tokio::select! {
             _ = tick.tick() => agent.tick().await,
+            Some(read) = map_reads.recv() => agent.map_read(read).await,
             Some(msg) = heartbeats.next() => agent.heard(&msg.payload),
             Some(_) = maps.next() => {
                 agent.refresh().await;
@@ -326,6 +297,12 @@ struct Agent {
     /// A map was installed since the streams last followed (with the map
     /// before it).
     pending_follow: Option<Option<Arc<SlotMap>>>,
+    /// Leads taken over from nodes not yet known to run the new map.
+    handover: Handover,
+    /// A map read is in flight ([`coordinate::MapRead`]).
+    reading: bool,
+    /// Where map reads answer.
+    map_reads: tokio::sync::mpsc::UnboundedSender<MapRead>,
 }
 
 impl Agent {
@@ -383,7 +360,8 @@ impl Agent {
         match serde_json::from_slice::<Heartbeat>(payload) {
             Ok(hb) if hb.node.id != self.state.me.id => {
                 let synced_at = hb.synced.then_some(hb.epoch);
-                self.live.saw(hb.node, synced_at, Instant::now())
+                self.live.saw(hb.node, hb.epoch, synced_at, Instant::now());
+                self.maybe_grant_withheld();
             }
             Ok(_) => {}
             Err(e) => warn!(error = %e, "cluster: unreadable heartbeat"),
@@ -432,6 +410,7 @@ impl Agent {
             let json = serde_json::to_string(&*map).unwrap_or_default();
             tracing::debug!(target: "dnd_cache::cluster::maps", epoch = map.epoch, map = %json, "cluster: installing");
         }
+        self.note_givers(&map);
         self.state.install(map.clone());
         // Two installs before a follow: the streams follow from the map
         // they last followed, not from the one in between.
@@ -496,11 +475,24 @@ impl Agent {
             syncing,
         );
         let connected = self.client.connection_state() == async_nats::connection::State::Connected;
-        if connected && self.refresh().await {
-            // The map read was answered after the heartbeat went out: the
-            // others heard from us at `sent_at_us` or later, and no newer
-            // map moved our slots. They cannot before FAILURE_TIMEOUT.
-            self.renew_lease(sent_at_us);
+        if connected && !self.reading {
+            // The map read runs in a task of its own: while JetStream
+            // elects a leader it waits seconds, and the agent must go on
+            // replicating meanwhile (a blocked agent let the shards'
+            // queues overflow, and every replica resynced). Its answer
+            // comes back to `map_read`, which renews the lease and plans.
+            self.reading = true;
+            let mut bucket = self.bucket.clone();
+            let answers = self.map_reads.clone();
+            tokio::spawn(async move {
+                let result = bucket.read().await;
+                let _ = answers.send(MapRead {
+                    result,
+                    ready: bucket.is_ready(),
+                    sent_at_us,
+                    started,
+                });
+            });
         }
         self.follow().await;
         if let Some(r) = self.repl.as_mut() {
@@ -509,56 +501,10 @@ impl Agent {
             r.ask_for_copies().await;
             self.state.set_repl_counters(r.counters());
         }
-        if !connected || now < self.settled_at || alive[0].id != me.id {
-            return;
-        }
-        // This tick waited on NATS (a request during an outage): heartbeats
-        // were not read meanwhile, so silence proves nothing yet (the first
-        // map is exempt: it removes no one, and JetStream may be slow to
-        // answer while it starts).
-        let blocked = started.elapsed();
-        if self.current.is_some()
-            && (blocked > STALL || self.client.connection_state() != async_nats::connection::State::Connected)
-        {
-            warn!(
-                blocked_ms = blocked.as_millis() as u64,
-                "cluster: this tick waited on NATS; hearing peers again before coordinating"
-            );
-            self.settled_at = Instant::now() + SETTLE;
-            return;
-        }
-        // A coordinator that hears fewer than half of the map's nodes is
-        // more likely cut off than they are all dead: it does not shrink
-        // the map (with replication 2, two nodes lost at once lose data
-        // anyway; one node of two still fails over).
-        if let Some((map, _)) = &self.current {
-            let heard = map
-                .nodes
-                .iter()
-                .filter(|n| alive.iter().any(|a| a.id == n.id))
-                .count();
-            if heard * 2 < map.nodes.len() {
-                warn!(
-                    heard,
-                    nodes = map.nodes.len(),
-                    "cluster: hearing a minority of the map's nodes; not planning"
-                );
-                return;
-            }
-        }
-        // The first map waits for the cluster to be whole, or for the
-        // settle time to pass twice over (a cluster that starts degraded
-        // still serves).
-        if self.current.is_none() && alive.len() < self.config.nodes && now < self.settled_at + SETTLE {
-            return;
-        }
-        self.coordinate(&alive).await;
-        self.follow().await;
     }
-
     /// Extends this node's lease on the slots of its map (docs/cluster.md,
     /// "Leases") when the map in force names it as it runs now.
-    fn renew_lease(&self, heard_at_us: u64) {
+    fn renew_lease(&mut self, heard_at_us: u64) {
         let me = &self.state.me;
         let current = self.current.as_ref().is_some_and(|(m, _)| {
             m.index_of(&me.id)
@@ -566,7 +512,7 @@ impl Agent {
         });
         if current {
             let span = (FAILURE_TIMEOUT - LEASE_MARGIN).as_micros() as u64;
-            self.shared.set_lease_until(heard_at_us + span);
+            self.grant_lease(heard_at_us + span);
         } else {
             self.shared.revoke_lease();
         }
@@ -583,10 +529,14 @@ impl Agent {
         };
         let map = map.clone();
         if let Some(r) = self.repl.as_mut() {
+            r.remember(&map);
             r.prune(&map);
             r.follow_map(prev.as_deref(), &map).await;
             r.serve_deferred(&map).await;
         }
+        // The others learn at once that this node runs the map (a node
+        // that took slots from it waits for that before its lease).
+        self.announce();
     }
 }
 

@@ -107,6 +107,10 @@ impl Replicator {
         };
         info!(replica = %from, copy = id, "replication: serving a full copy");
         self.copies_served += 1;
+        // It misses items until this copy is sent whole.
+        self.fed.remove(from);
+        self.feeding
+            .insert(from.to_string(), (id, self.control.shard_count()));
         for shard in 0..self.control.shard_count() {
             let command = ShardCommand::Copy {
                 target: target as u16,

@@ -33,8 +33,8 @@ use super::slots::{slot_of, SlotMap, NO_NODE};
 use crate::control::ControlPlane;
 use crate::key::key_hash;
 use crate::shard::replication::{records, ReplQueue, ReplRecord, OP_COPY_DONE, OP_FLUSH, STRONG_TIMEOUT};
-use crate::shard::ShardCommand;
 
+mod acks;
 mod backlog;
 mod catchup;
 mod flush;
@@ -142,6 +142,13 @@ pub struct Replicator {
     /// Full copies asked under a map newer than this node's, kept until it
     /// installs that map.
     deferred_copies: Vec<Vec<u8>>,
+    /// Full copies being sent, per replica node: the copy's id and the
+    /// shards whose end marker has not been sent yet.
+    feeding: HashMap<String, (u64, usize)>,
+    /// Nodes whose last full copy was sent whole: from then on, strong
+    /// writes of the slots they learn wait for them too
+    /// (docs/cluster.md, "Consistency").
+    fed: std::collections::HashSet<String>,
     /// The last few maps, newest last: handovers name nodes by their index
     /// in the map they were written under.
     maps: VecDeque<Arc<SlotMap>>,
@@ -195,6 +202,8 @@ impl Replicator {
             flush_log: flush::Flushes::default(),
             followed_epoch: 0,
             deferred_copies: Vec::new(),
+            feeding: HashMap::new(),
+            fed: Default::default(),
             stale_refused: 0,
             gaps: 0,
             copies_served: 0,
@@ -227,19 +236,17 @@ impl Replicator {
     /// [`MAX_MESSAGE`]) per target node; tracks strong handovers.
     /// Returns whether a shard had handed anything over.
     pub async fn drain(&mut self, map: &Arc<SlotMap>) -> bool {
-        if self.maps.back().is_none_or(|m| m.epoch != map.epoch) {
-            self.maps.push_back(map.clone());
-            if self.maps.len() > KEPT_MAPS {
-                self.maps.pop_front();
-            }
-        }
+        self.remember(map);
         // Per destination: the records.
         let mut per_target: HashMap<Dest, Vec<u8>> = HashMap::new();
         let mut strong: Vec<(usize, u64, Vec<Dest>)> = Vec::new();
         let mut announce = Vec::new();
         let mut lost = false;
         let mut took = false;
-        for (shard, queue) in self.queues.iter().enumerate() {
+        // Out of `self` while drained (put back below), so that a copy's end
+        // marker can mark its node fed before the next handover is read.
+        let queues = std::mem::take(&mut self.queues);
+        for (shard, queue) in queues.iter().enumerate() {
             let mut taken = 0;
             while taken < DRAIN_BYTES_PER_SHARD {
                 let Some(handover) = queue.pop() else { break };
@@ -290,13 +297,24 @@ impl Replicator {
                     };
                     let key = (node.id.clone(), handover.epoch);
                     r.encode(per_target.entry(key.clone()).or_default());
+                    if r.op == OP_COPY_DONE {
+                        self.copy_sent(&node.id, r.key);
+                    }
                     if learners && r.op != OP_COPY_DONE {
                         let learner = written.learner_of(slot_of(key_hash(r.key, written.seed)));
                         if learner != NO_NODE && learner != r.target && Some(learner) != me {
                             if let Some(l) = written.nodes.get(learner as usize) {
                                 let mut copy = r;
                                 copy.target = learner;
-                                copy.encode(per_target.entry((l.id.clone(), handover.epoch)).or_default());
+                                let lkey = (l.id.clone(), handover.epoch);
+                                copy.encode(per_target.entry(lkey.clone()).or_default());
+                                // A learner filled whole acknowledges the
+                                // strong writes of its slots from now on:
+                                // when it becomes the replica, it holds
+                                // every strong write acknowledged before.
+                                if handover.strong && self.fed.contains(&l.id) && !targets.contains(&lkey) {
+                                    targets.push(lkey);
+                                }
                             }
                         }
                     }
@@ -309,6 +327,7 @@ impl Replicator {
                 }
             }
         }
+        self.queues = queues;
         if lost {
             // A shard dropped records (its queue was full): every replica
             // of this node sees a sequence gap and asks for a full copy.
@@ -363,10 +382,40 @@ impl Replicator {
         took
     }
 
-    /// Nothing waits for an acknowledgement (no message in flight, no
-    /// strong write): the agent may stop its drain tick.
-    pub fn settled(&self) -> bool {
-        self.strong.is_empty() && self.outgoing.values().all(|s| s.unacked.is_empty())
+    /// A shard sent the end marker of copy `id` (its record key) to `node`;
+    /// once every shard's is sent, the node is fed.
+    fn copy_sent(&mut self, node: &str, id: &[u8]) {
+        let Ok(id) = <[u8; 8]>::try_from(id).map(u64::from_le_bytes) else {
+            return;
+        };
+        if let Some((copy, left)) = self.feeding.get_mut(node) {
+            if *copy == id {
+                *left = left.saturating_sub(1);
+                if *left == 0 {
+                    self.feeding.remove(node);
+                    self.fed.insert(node.to_string());
+                }
+            }
+        }
+    }
+
+    /// Keeps `map` among the maps that name the nodes of handovers and of
+    /// messages written under it (every map installed, not only those a
+    /// shard wrote under: a replica judges a primary's late messages by
+    /// the map they were written under).
+    pub fn remember(&mut self, map: &Arc<SlotMap>) {
+        if self.maps.iter().any(|m| m.epoch == map.epoch) {
+            return;
+        }
+        let at = self
+            .maps
+            .iter()
+            .position(|m| m.epoch > map.epoch)
+            .unwrap_or(self.maps.len());
+        self.maps.insert(at, map.clone());
+        if self.maps.len() > KEPT_MAPS {
+            self.maps.pop_front();
+        }
     }
 
     /// Publishes one message to `node`; its sequence, or None on failure.
@@ -400,132 +449,6 @@ impl Replicator {
                 None
             }
         }
-    }
-
-    /// An acknowledgement (or refusal) from a replica.
-    pub fn acked(&mut self, payload: &[u8]) {
-        let text = String::from_utf8_lossy(payload);
-        let mut parts = text.split(' ');
-        let (Some(from), Some(Ok(seq))) = (parts.next(), parts.next().map(str::parse::<u64>)) else {
-            return;
-        };
-        let verdict = parts.next();
-        let refused = verdict == Some("refused");
-        if let Some(stream) = self.outgoing.get_mut(from) {
-            let now = Instant::now();
-            while let Some(&(s, at, _)) = stream.unacked.front().filter(|m| m.0 <= seq) {
-                stream.unacked.pop_front();
-                if s == seq {
-                    let us = now.duration_since(at).as_micros() as u64;
-                    self.acked_after_us.saturating_record(us.max(1));
-                }
-            }
-        }
-        if verdict == Some("again") {
-            // A message it had already applied (or refused): no verdict
-            // for a strong write, which then times out (CACHE_005).
-            return;
-        }
-        let mut i = 0;
-        while i < self.strong.len() {
-            let w = &mut self.strong[i];
-            let before = w.waiting.len();
-            w.waiting.retain(|(node, s)| !(node == from && *s == seq));
-            let hit = w.waiting.len() != before;
-            if hit && refused {
-                let w = self.strong.swap_remove(i);
-                self.verdicts[w.shard].push((w.seq, false));
-                continue;
-            }
-            if w.waiting.is_empty() {
-                let w = self.strong.swap_remove(i);
-                self.verdicts[w.shard].push((w.seq, true));
-                continue;
-            }
-            i += 1;
-        }
-        self.deliver_verdicts();
-    }
-
-    /// Strong handovers past their deadline fail.
-    pub fn expire(&mut self, now: Instant) {
-        let mut i = 0;
-        while i < self.strong.len() {
-            if self.strong[i].deadline <= now {
-                let w = self.strong.swap_remove(i);
-                self.verdicts[w.shard].push((w.seq, false));
-            } else {
-                i += 1;
-            }
-        }
-        self.deliver_verdicts();
-    }
-
-    fn deliver_verdicts(&mut self) {
-        for (shard, verdicts) in self.verdicts.iter_mut().enumerate() {
-            if !verdicts.is_empty() {
-                let batch = std::mem::take(verdicts);
-                // A full queue means a stuck shard: its waiters time out.
-                let _ = self.control.send(shard, ShardCommand::ReplDone(batch));
-            }
-        }
-    }
-
-    /// Seconds behind, per target node: the age of the oldest message it
-    /// has not acknowledged (0 when it has them all).
-    pub fn lag(&self) -> Vec<(String, f64)> {
-        let now = Instant::now();
-        let mut lag: Vec<(String, f64)> = self
-            .outgoing
-            .iter()
-            .map(|(target, stream)| {
-                let behind = stream
-                    .unacked
-                    .front()
-                    .map_or(0.0, |&(_, at, _)| now.duration_since(at).as_secs_f64());
-                (target.clone(), behind)
-            })
-            .collect();
-        lag.sort_by(|a, b| a.0.cmp(&b.0));
-        lag
-    }
-
-    /// Forgets the outgoing streams to nodes no longer in the map.
-    /// Strong writes waiting on such a node fail now (CACHE_005): it will
-    /// not acknowledge them, and the client's retry then runs under the
-    /// new map instead of after [`STRONG_TIMEOUT`] (the slow failovers of
-    /// the chaos run: a retry sent just before the map moved waited its
-    /// whole second for the dead replica).
-    pub fn prune(&mut self, map: &SlotMap) {
-        self.outgoing.retain(|id, _| map.index_of(id).is_some());
-        let mut i = 0;
-        while i < self.strong.len() {
-            if self.strong[i]
-                .waiting
-                .iter()
-                .any(|(node, _)| map.index_of(node).is_none())
-            {
-                let w = self.strong.swap_remove(i);
-                self.verdicts[w.shard].push((w.seq, false));
-            } else {
-                i += 1;
-            }
-        }
-        self.deliver_verdicts();
-    }
-
-    /// Bytes sent and not acknowledged, over every replica. A message
-    /// never acknowledged (lost on the way, or with a replica that died)
-    /// stops counting after [`UNACKED_FORGOTTEN`], so that it cannot stop
-    /// the copies that would repair it.
-    pub fn unacked_bytes(&self) -> u64 {
-        let now = Instant::now();
-        self.outgoing
-            .values()
-            .flat_map(|s| s.unacked.iter())
-            .filter(|&&(_, at, _)| now.duration_since(at) < UNACKED_FORGOTTEN)
-            .map(|&(_, _, bytes)| bytes as u64)
-            .sum()
     }
 }
 

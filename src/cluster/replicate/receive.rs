@@ -44,14 +44,23 @@ impl Replicator {
             return;
         }
         let Some(map) = map else { return };
-        // Written under an older map: a record counts only where its
+        // Written under an older map: a record is applied only where its
         // writer was the slot's primary under that map (the newest map
-        // kept that is not newer); others are refused, and the message is
-        // never acknowledged. Applied records never replace newer items
-        // (Shard::apply_replicated), so a write in flight from a slot's
-        // previous primary is kept, and a deposed primary's old writes
-        // cannot undo its successor's.
+        // kept that is not newer); others are dropped. Applied records
+        // never replace newer items (Shard::apply_replicated), so a write
+        // in flight from a slot's previous primary is kept, and a deposed
+        // primary's old writes cannot undo its successor's.
+        //
+        // The message is acknowledged only if, under this node's map, its
+        // writer still leads every slot it wrote and this node still holds
+        // a copy of each (replica or learner). Otherwise it is refused,
+        // and its strong writes fail (CACHE_005): a primary that has not
+        // yet heard of the map that moved its slot cannot complete a
+        // strong write this node acknowledged after that map, which the
+        // slot's new primary, or its new replica, may not hold.
         let stale = epoch < map.epoch;
+        let source_now = map.index_of(&source).map(|i| i as u16);
+        let me_now = map.index_of_run(&self.me, self.incarnation).map(|i| i as u16);
         let written = if stale {
             self.maps.iter().rev().find(|m| m.epoch <= epoch).cloned()
         } else {
@@ -98,6 +107,7 @@ impl Replicator {
         let mut commands: Vec<Vec<ShardCommand>> = (0..shards).map(|_| Vec::new()).collect();
         let mut markers = 0;
         let mut dropped = 0usize;
+        let mut moved = 0usize;
         let copy_id = stream.copy.map(|(id, _, _)| id);
         for r in records(&msg.payload) {
             if r.op == OP_FLUSH {
@@ -122,10 +132,14 @@ impl Replicator {
                 continue;
             }
             let hash = key_hash(r.key, map.seed);
-            let writer = written.as_ref().map(|m| m.primary[slot_of(hash)]);
+            let slot = slot_of(hash);
+            let writer = written.as_ref().map(|m| m.primary[slot]);
             if stale && (writer.is_none() || writer != source_index) {
                 dropped += 1;
                 continue;
+            }
+            if stale && !still_copied(map, slot, source_now, me_now) {
+                moved += 1;
             }
             let shard = owner_of(hash, shards);
             r.encode(&mut per_shard[shard]);
@@ -169,10 +183,10 @@ impl Replicator {
                 }
             }
         }
-        if dropped > 0 {
+        if dropped + moved > 0 {
             self.stale_refused += 1;
         }
-        self.answer(&source, seq, dropped == 0).await;
+        self.answer(&source, seq, dropped + moved == 0).await;
     }
 
     /// Queues a command for a shard, waiting (a little) while its queue is
@@ -205,5 +219,58 @@ impl Replicator {
         };
         let subject = format!("dnd.repl.{}.ack.{source}", self.name);
         let _ = self.client.publish(subject, Bytes::from(body)).await;
+    }
+}
+
+/// Whether, under `map`, node `source` still leads `slot` and node `me`
+/// still holds a copy of it (replica or learner): a late message of an
+/// older map is acknowledged only then.
+fn still_copied(map: &SlotMap, slot: usize, source: Option<u16>, me: Option<u16>) -> bool {
+    let copy_here = me.is_some_and(|me| map.replica[slot] == me || map.learner_of(slot) == me);
+    source == Some(map.primary[slot]) && copy_here
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::slots::{plan, NodeInfo, NO_NODE, SLOTS};
+
+    fn node(id: &str, zone: &str) -> NodeInfo {
+        NodeInfo {
+            id: id.into(),
+            zone: zone.into(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            http_port: 2,
+            shard_ports: vec![3],
+            incarnation: 0,
+        }
+    }
+
+    #[test]
+    fn a_late_message_counts_only_while_its_writer_leads_and_this_node_copies() {
+        let nodes = [node("a", "z1"), node("b", "z2"), node("c", "z1")];
+        let map = plan(None, &nodes, 2, 0, &|_, _| true, &|_, _| true);
+        for slot in 0..SLOTS {
+            let (p, r) = (map.primary[slot], map.replica[slot]);
+            let other = (0..3u16).find(|&i| i != p && i != r).unwrap();
+            assert!(still_copied(&map, slot, Some(p), Some(r)), "slot {slot}");
+            // Its primary moved (to the replica, or elsewhere): refused.
+            assert!(!still_copied(&map, slot, Some(r), Some(p)));
+            assert!(!still_copied(&map, slot, Some(other), Some(r)));
+            // This node no longer copies the slot, or left the map.
+            assert!(!still_copied(&map, slot, Some(p), Some(other)));
+            assert!(!still_copied(&map, slot, Some(p), None));
+            // The writer left the map.
+            assert!(!still_copied(&map, slot, None, Some(r)));
+        }
+        // A learner of the slot holds a copy.
+        let mut learning = map.clone();
+        learning.learner = vec![NO_NODE; SLOTS];
+        let slot = 7;
+        let (p, r) = (map.primary[slot], map.replica[slot]);
+        let other = (0..3u16).find(|&i| i != p && i != r).unwrap();
+        learning.learner[slot] = other;
+        assert!(still_copied(&learning, slot, Some(p), Some(other)));
     }
 }

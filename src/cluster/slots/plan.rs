@@ -7,14 +7,18 @@ use super::{NodeInfo, SlotMap, NO_NODE, SLOTS};
 /// possible from `prev`. Its epoch is `prev`'s + 1, or 1 for a first map;
 /// `min_epoch` raises it (a map re-created after the bucket was lost must
 /// not reuse an epoch a node has seen). `holds(slot, id)`: whether node
-/// `id` holds every item of `slot`, and so may take it over as primary to
-/// balance the load.
+/// `id` holds every item of `slot`, and so may become its replica in place
+/// of a learner. `leads(slot, id)`: whether it may also take the slot over
+/// as primary to balance the load: only a node that acknowledged the
+/// slot's strong writes (its replica, or its primary) holds every one of
+/// them; a learner's acknowledgements are not waited for.
 pub fn plan(
     prev: Option<&SlotMap>,
     alive: &[NodeInfo],
     replication: u8,
     min_epoch: u64,
     holds: &dyn Fn(usize, &str) -> bool,
+    leads: &dyn Fn(usize, &str) -> bool,
 ) -> SlotMap {
     let mut nodes = alive.to_vec();
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
@@ -51,7 +55,7 @@ pub fn plan(
             }
         }
     }
-    let serve = |slot: usize, i: usize| holds(slot, &nodes[i].id);
+    let serve = |slot: usize, i: usize| leads(slot, &nodes[i].id);
     balance_primaries(&mut primary, &mut replica, n, replication, &serve);
     let mut learner = vec![NO_NODE; SLOTS];
     if replication >= 2 && n >= 2 {
@@ -117,10 +121,11 @@ pub fn plan_settled(
     replication: u8,
     min_epoch: u64,
     holds: &dyn Fn(usize, &str) -> bool,
+    leads: &dyn Fn(usize, &str) -> bool,
 ) -> SlotMap {
-    let mut next = plan(from, alive, replication, min_epoch, holds);
+    let mut next = plan(from, alive, replication, min_epoch, holds, leads);
     for _ in 0..PLAN_ROUNDS {
-        let mut again = plan(Some(&next), alive, replication, 0, holds);
+        let mut again = plan(Some(&next), alive, replication, 0, holds, leads);
         again.epoch = next.epoch;
         if again.same_roles(&next) {
             break;
@@ -288,6 +293,12 @@ mod tests {
         }
     }
 
+    /// The coordinator's rule: the slot's primary or replica may lead it.
+    fn leads_in(prev: &SlotMap, slot: usize, id: &str) -> bool {
+        let is = |i: u16| prev.nodes.get(i as usize).is_some_and(|n| n.id == id);
+        is(prev.primary[slot]) || is(prev.replica[slot])
+    }
+
     fn counts(map: &SlotMap) -> Vec<(usize, usize)> {
         (0..map.nodes.len()).map(|i| map.slot_counts(i)).collect()
     }
@@ -295,7 +306,7 @@ mod tests {
     #[test]
     fn three_nodes_in_two_zones() {
         let nodes = [node("a", "z1"), node("b", "z2"), node("c", "z1")];
-        let map = plan(None, &nodes, 2, 0, &|_, _| true);
+        let map = plan(None, &nodes, 2, 0, &|_, _| true, &|_, _| true);
         map.check().unwrap();
         assert_eq!(map.epoch, 1);
         for (p, _) in counts(&map) {
@@ -310,12 +321,13 @@ mod tests {
     #[test]
     fn a_lost_primary_hands_its_slots_to_their_replicas() {
         let nodes = [node("a", "z1"), node("b", "z2"), node("c", "z1")];
-        let before = plan(None, &nodes, 2, 0, &|_, _| true);
+        let before = plan(None, &nodes, 2, 0, &|_, _| true, &|_, _| true);
         let after = plan(
             Some(&before),
             &[node("a", "z1"), node("b", "z2")],
             2,
             0,
+            &|_, _| true,
             &|_, _| true,
         );
         after.check().unwrap();
@@ -336,8 +348,8 @@ mod tests {
     fn a_joining_node_takes_primaries_once_it_serves_its_replicas() {
         let two = [node("a", "z1"), node("b", "z2")];
         let three = [node("a", "z1"), node("b", "z2"), node("c", "z1")];
-        let first = plan(None, &two, 2, 0, &|_, _| true);
-        let joined = plan(Some(&first), &three, 2, 0, &|_, id| id != "c");
+        let first = plan(None, &two, 2, 0, &|_, _| true, &|_, _| true);
+        let joined = plan(Some(&first), &three, 2, 0, &|_, id| id != "c", &|_, id| id != "c");
         joined.check().unwrap();
         let c = joined.index_of("c").unwrap();
         let (p, r) = joined.slot_counts(c);
@@ -358,7 +370,14 @@ mod tests {
         let mut m = joined;
         for _ in 0..6 {
             let prev = m.clone();
-            m = plan_settled(Some(&prev), &three, 2, 0, &|slot, id| prev.has_copy(slot, id));
+            m = plan_settled(
+                Some(&prev),
+                &three,
+                2,
+                0,
+                &|slot, id| prev.has_copy(slot, id),
+                &|slot, id| leads_in(&prev, slot, id),
+            );
             m.check().unwrap();
             for slot in 0..SLOTS {
                 let (was, now) = (
@@ -366,8 +385,8 @@ mod tests {
                     &m.nodes[m.primary[slot] as usize].id,
                 );
                 assert!(
-                    was == now || prev.has_copy(slot, now),
-                    "slot {slot} moved to {now}, which held no copy"
+                    was == now || &prev.nodes[prev.replica[slot] as usize].id == now,
+                    "slot {slot} moved to {now}, which was not its replica (a learner lacks strong writes)"
                 );
             }
         }
@@ -385,10 +404,10 @@ mod tests {
         let one = [node("a", "z")];
         let two = [node("a", "z"), node("b", "z")];
         let all = |_: usize, _: &str| true;
-        let first = plan(None, &one, 2, 0, &all);
-        let grown = plan(Some(&first), &two, 2, 0, &all);
+        let first = plan(None, &one, 2, 0, &all, &all);
+        let grown = plan(Some(&first), &two, 2, 0, &all, &all);
         assert_eq!(counts(&grown), [(4096, 0), (0, 4096)], "b gets copies first");
-        let balanced = plan(Some(&grown), &two, 2, 0, &all);
+        let balanced = plan(Some(&grown), &two, 2, 0, &all, &all);
         assert_eq!(counts(&balanced), [(2048, 2048), (2048, 2048)]);
     }
 
@@ -408,9 +427,9 @@ mod tests {
             first in arb_nodes(), second in arb_nodes(), replication in 1u8..=2
         ) {
             let all = |_: usize, _: &str| true;
-            let a = plan(None, &first, replication, 0, &all);
+            let a = plan(None, &first, replication, 0, &all, &all);
             prop_assert!(a.check().is_ok(), "{:?}", a.check());
-            let b = plan(Some(&a), &second, replication, 0, &all);
+            let b = plan(Some(&a), &second, replication, 0, &all, &all);
             prop_assert!(b.check().is_ok(), "{:?}", b.check());
             prop_assert!(b.epoch > a.epoch);
             let n = b.nodes.len();
@@ -437,7 +456,7 @@ mod tests {
             let mut settled = false;
             let mut moves = Vec::new();
             for _ in 0..20 {
-                let again = plan(Some(&m), &second, replication, 0, &all);
+                let again = plan(Some(&m), &second, replication, 0, &all, &all);
                 if again.primary == m.primary && again.replica == m.replica {
                     settled = true;
                     break;
@@ -449,13 +468,20 @@ mod tests {
             prop_assert!(settled, "no fixpoint within 20 plans: {:?}", moves);
             // Settled planning swaps a live primary's slot only onto a
             // node that held a copy of it in the map planned from.
-            let s = plan_settled(Some(&a), &second, replication, 0, &|slot, id| a.has_copy(slot, id));
+            let s = plan_settled(
+                Some(&a),
+                &second,
+                replication,
+                0,
+                &|slot, id| a.has_copy(slot, id),
+                &|slot, id| leads_in(&a, slot, id),
+            );
             prop_assert!(s.check().is_ok(), "{:?}", s.check());
             for slot in 0..SLOTS {
                 let old_p = &a.nodes[a.primary[slot] as usize].id;
                 let new_p = &s.nodes[s.primary[slot] as usize].id;
                 if replication == 2 && s.index_of(old_p).is_some() && new_p != old_p {
-                    prop_assert!(a.has_copy(slot, new_p), "slot {} moved to {} without a copy", slot, new_p);
+                    prop_assert!(leads_in(&a, slot, new_p), "slot {} moved to {}, not its replica", slot, new_p);
                 }
             }
             // Whatever moves, a slot that a live node held keeps such a
