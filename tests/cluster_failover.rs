@@ -308,3 +308,79 @@ fn a_nats_blip_is_repaired_from_the_backlog() {
         );
     });
 }
+
+/// A node paused out of the map keeps its items; keys deleted while it is
+/// away must not come back when it rejoins (a full copy adds items and
+/// removes none, and deletes leave no tombstone). n3 is paused until the
+/// map drops it, every key is deleted (strong), n3 resumes and is filled
+/// again: no key reads back, neither now nor once n1 dies and n3 serves
+/// the slots it shared with n1.
+#[test]
+fn a_node_back_from_a_pause_brings_back_no_deleted_key() {
+    let Some(bin) = require_nats() else { return };
+    let nats = Nats::start_js(bin);
+    let (mut nodes, _) = three_nodes(&nats);
+    let rt = runtime();
+    let count = 300;
+    rt.block_on(write_strong(&nodes[0], "gone", count));
+    signal(&nodes[2], "-STOP");
+    wait_for_map_of(&[&nodes[0], &nodes[1]], &["n1", "n2"]);
+    rt.block_on(async {
+        let c = client(&nodes[0], "strong").await;
+        for i in 0..count {
+            assert!(c.delete(format!("gone:{i}")).await.unwrap(), "gone:{i} was there");
+        }
+    });
+    signal(&nodes[2], "-CONT");
+    let whole = |h: &serde_json::Value| {
+        serving(h) == ["n1", "n2", "n3"]
+            && slot_totals(h) == (4096, 4096)
+            && h["nodes"].as_array().is_some_and(|n| {
+                n.iter()
+                    .all(|n| n["learner_slots"] == 0 && n["primary_slots"].as_u64() > Some(0))
+            })
+    };
+    for n in &nodes {
+        wait_for(
+            n,
+            Duration::from_secs(30),
+            "n3 back, filled, leading slots",
+            whole,
+        );
+    }
+    let back = |server: &TestServer| {
+        let server_addr = server.addr;
+        rt.block_on(async move {
+            // Eventual reads: served by each slot's primary, with no
+            // lease to wait for after the map moved.
+            let config = ClientConfig::new("failover-test").address(server_addr.to_string());
+            let c = CacheClient::connect(config).await.unwrap();
+            let mut back = Vec::new();
+            for i in 0..count {
+                // A read that lands while the map still moves is retried.
+                let mut tries = 0;
+                let got = loop {
+                    match c.get(format!("gone:{i}")).await {
+                        Ok(got) => break got,
+                        Err(e) if tries < 30 => {
+                            eprintln!("gone:{i}: {e}; again");
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(e) => panic!("gone:{i}: {e}"),
+                    }
+                };
+                if got.is_some() {
+                    back.push(i);
+                }
+            }
+            back
+        })
+    };
+    let now = back(&nodes[1]);
+    assert!(now.is_empty(), "deleted keys read back: {now:?}");
+    kill(&mut nodes[0]);
+    wait_for_map_of(&[&nodes[1], &nodes[2]], &["n2", "n3"]);
+    let after = back(&nodes[1]);
+    assert!(after.is_empty(), "deleted keys read back once n1 died: {after:?}");
+}

@@ -2,14 +2,15 @@
 //! a node asks for a full copy after a new map, and serving such a copy
 //! as a primary (the shards stream it: `crate::shard::catchup`).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use tracing::{info, warn};
 
 use super::{Replicator, COPY_RETRY};
-use crate::cluster::slots::SlotMap;
-use crate::shard::ShardCommand;
+use crate::cluster::slots::{SlotMap, SLOTS};
+use crate::shard::{FlushRule, ShardCommand};
 
 impl Replicator {
     /// After a new map: the primaries this node now replicates slots of,
@@ -27,6 +28,7 @@ impl Replicator {
             return;
         };
         self.followed = true;
+        self.drop_stale_slots(prev, map, me).await;
         let sources = replicated_sources(map, me);
         self.incoming.retain(|id, _| sources.iter().any(|(s, _)| s == id));
         for (source, slots) in sources {
@@ -58,6 +60,56 @@ impl Replicator {
             }
         }
         self.ask_for_copies().await;
+    }
+
+    /// Removes this node's items of the slots it now copies but did not
+    /// hold under the map before (it kept them from an earlier time it
+    /// held the slot, or from a late message): a full copy adds items and
+    /// never removes one, so a key deleted meanwhile would come back with
+    /// them. Removed before the copy is asked for (the shards' queues are
+    /// ordered), and only where nothing rests on them: slots it gains as a
+    /// learner (the replica holds the slot meanwhile), and, when the map
+    /// before is the one just before this (no epoch skipped), any slot it
+    /// held no copy of there.
+    async fn drop_stale_slots(&mut self, prev: Option<&SlotMap>, map: &SlotMap, me: usize) {
+        let before = prev
+            .filter(|p| p.epoch + 1 == map.epoch)
+            .map(|p| (p, p.index_of_run(&self.me, self.incarnation)));
+        let mut stale = vec![false; SLOTS];
+        let mut any = false;
+        for (slot, flag) in stale.iter_mut().enumerate() {
+            let learner = map.learner_of(slot) as usize == me;
+            if !(learner || map.replica[slot] as usize == me) {
+                continue;
+            }
+            *flag = match before {
+                Some((p, Some(pm))) => !p.has_copy(slot, &p.nodes[pm].id),
+                Some((_, None)) => true,
+                None => learner,
+            };
+            any |= *flag;
+        }
+        if !any {
+            return;
+        }
+        let stale = Arc::new(stale);
+        let shards = self.control.shard_count();
+        for shard in 0..shards {
+            let rule = FlushRule {
+                slots: stale.clone(),
+                shard: shard as u16,
+                shards: shards as u16,
+            };
+            if !self
+                .queue_for_shard(shard, ShardCommand::FlushSlots(vec![rule]))
+                .await
+            {
+                warn!(
+                    shard,
+                    "replication: could not drop the stale items of slots gained"
+                );
+            }
+        }
     }
 
     /// Asks every primary this node is out of sync with, and not already

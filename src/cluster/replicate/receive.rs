@@ -106,6 +106,7 @@ impl Replicator {
         // Commands per shard, in stream order (records, flush markers).
         let mut commands: Vec<Vec<ShardCommand>> = (0..shards).map(|_| Vec::new()).collect();
         let mut markers = 0;
+        let now_us = crate::time::unix_now_us();
         let mut dropped = 0usize;
         let mut moved = 0usize;
         let copy_id = stream.copy.map(|(id, _, _)| id);
@@ -140,6 +141,13 @@ impl Replicator {
             }
             if stale && !still_copied(map, slot, source_now, me_now) {
                 moved += 1;
+                // Kept only when fresh (a write in flight across a move):
+                // a deposed primary resumed after a pause must not bring
+                // back a key its successor deleted since (deletes leave
+                // no tombstone for the version check to see).
+                if now_us.saturating_sub(r.version) > LATE_WRITE_US {
+                    continue;
+                }
             }
             let shard = owner_of(hash, shards);
             r.encode(&mut per_shard[shard]);
@@ -221,6 +229,11 @@ impl Replicator {
         let _ = self.client.publish(subject, Bytes::from(body)).await;
     }
 }
+
+/// A write of a slot's previous primary older than this (µs) reaching
+/// this node after the slot moved is dropped: the failure timeout, past
+/// which that primary was declared dead.
+const LATE_WRITE_US: u64 = crate::cluster::agent::FAILURE_TIMEOUT.as_micros() as u64;
 
 /// Whether, under `map`, node `source` still leads `slot` and node `me`
 /// still holds a copy of it (replica or learner): a late message of an
