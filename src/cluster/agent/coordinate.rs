@@ -30,17 +30,7 @@ impl Agent {
         if read.ready && read.result.is_ok() {
             self.bucket.set_ready();
         }
-        let answered = match read.result {
-            Ok(Some((value, revision))) => {
-                self.seen(&value, revision);
-                true
-            }
-            Ok(None) => true,
-            Err(e) => {
-                warn!(error = %e, "cluster: reading the map");
-                false
-            }
-        };
+        let answered = self.took(read.result);
         if answered {
             // The map read was answered after the heartbeat went out: the
             // others heard from us at `sent_at_us` or later, and no newer

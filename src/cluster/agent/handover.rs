@@ -182,19 +182,7 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::slots::plan;
-
-    fn node(id: &str, zone: &str) -> NodeInfo {
-        NodeInfo {
-            id: id.into(),
-            zone: zone.into(),
-            host: "127.0.0.1".into(),
-            port: 1,
-            http_port: 2,
-            shard_ports: vec![3],
-            incarnation: 0,
-        }
-    }
+    use crate::cluster::slots::{plan, test_node as node};
 
     #[test]
     fn givers_are_the_old_primaries_of_the_slots_gained() {

@@ -36,6 +36,7 @@ mod coordinate;
 
 use coordinate::MapRead;
 mod handover;
+mod relay;
 
 use handover::{send_heartbeats, Beat, Handover, Heartbeat};
 
@@ -161,6 +162,7 @@ async fn run(
     let mut drain = tokio::time::interval(REPLICATION_DRAIN);
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (read_tx, mut map_reads) = tokio::sync::mpsc::unbounded_channel();
+    let (relay_tx, mut relays) = tokio::sync::mpsc::unbounded_channel();
     let first_beat = Heartbeat {
         node: state.me.clone(),
         epoch: 0,
@@ -188,13 +190,19 @@ async fn run(
         handover: Handover::default(),
         reading: false,
         map_reads: read_tx,
+        relays: relay_tx,
+        relay_asked: None,
     };
-    let (mut heartbeats, mut maps) = loop {
+    let (mut heartbeats, mut maps, mut map_asks) = loop {
         let hb = agent.client.subscribe(agent.subject.clone()).await;
         let maps = agent.client.subscribe(agent.bucket.subject().to_string()).await;
-        match (hb, maps) {
-            (Ok(hb), Ok(maps)) => break (hb, maps),
-            (Err(e), _) | (_, Err(e)) => {
+        let asks = agent
+            .client
+            .subscribe(relay::subject(&agent.config.name, &agent.state.me.id))
+            .await;
+        match (hb, maps, asks) {
+            (Ok(hb), Ok(maps), Ok(asks)) => break (hb, maps, asks),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 warn!(error = %e, "cluster: subscribing");
                 tokio::time::sleep(HEARTBEAT_INTERVAL).await;
             }
@@ -215,6 +223,8 @@ async fn run(
         tokio::select! {
             _ = tick.tick() => agent.tick().await,
             Some(read) = map_reads.recv() => agent.map_read(read).await,
+            Some(msg) = map_asks.next() => agent.serve_map(msg).await,
+            Some(relayed) = relays.recv() => agent.relayed(relayed).await,
             Some(msg) = heartbeats.next() => agent.heard(&msg.payload),
             Some(_) = maps.next() => {
                 agent.refresh().await;
@@ -231,7 +241,14 @@ async fn run(
             Some(msg) = next_message(&mut inbox) => {
                 let map = agent.current.as_ref().map(|(m, _)| m.clone());
                 if let Some(r) = agent.repl.as_mut() {
+                    let was = r.in_sync();
                     r.receive(&msg, map.as_deref()).await;
+                    if was && !r.in_sync() {
+                        // A gap or a lost record: the coordinator must not
+                        // count on this node's copies until it is in sync
+                        // again (its last heartbeat said it was).
+                        agent.announce();
+                    }
                 }
             }
             Some(msg) = next_message(&mut acks) => {
@@ -303,6 +320,9 @@ struct Agent {
     reading: bool,
     /// Where map reads answer.
     map_reads: tokio::sync::mpsc::UnboundedSender<MapRead>,
+    /// Where peers' maps answer ([`relay`]), and when one was last asked.
+    relays: tokio::sync::mpsc::UnboundedSender<relay::Relayed>,
+    relay_asked: Option<Instant>,
 }
 
 impl Agent {
@@ -360,8 +380,10 @@ impl Agent {
         match serde_json::from_slice::<Heartbeat>(payload) {
             Ok(hb) if hb.node.id != self.state.me.id => {
                 let synced_at = hb.synced.then_some(hb.epoch);
+                let (peer, epoch) = (hb.node.id.clone(), hb.epoch);
                 self.live.saw(hb.node, hb.epoch, synced_at, Instant::now());
                 self.maybe_grant_withheld();
+                self.ask_peer_for_map(&peer, epoch);
             }
             Ok(_) => {}
             Err(e) => warn!(error = %e, "cluster: unreadable heartbeat"),
@@ -372,7 +394,13 @@ impl Agent {
     /// one in force; keeps its revision for the next compare-and-set.
     /// Whether the read succeeded.
     async fn refresh(&mut self) -> bool {
-        match self.bucket.read().await {
+        let read = self.bucket.read().await;
+        self.took(read)
+    }
+
+    /// Installs what a map read found; whether it was answered.
+    fn took(&mut self, read: Result<Option<(bytes::Bytes, u64)>, super::bucket::BucketError>) -> bool {
+        match read {
             Ok(Some((value, revision))) => {
                 self.seen(&value, revision);
                 true
@@ -500,6 +528,10 @@ impl Agent {
             r.retransmit(Instant::now()).await;
             r.ask_for_copies().await;
             self.state.set_repl_counters(r.counters());
+            if synced && !r.in_sync() {
+                // Fell back to a full copy: say so now, not a tick later.
+                self.announce();
+            }
         }
     }
     /// Extends this node's lease on the slots of its map (docs/cluster.md,

@@ -246,19 +246,7 @@ fn still_copied(map: &SlotMap, slot: usize, source: Option<u16>, me: Option<u16>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::slots::{plan, NodeInfo, NO_NODE, SLOTS};
-
-    fn node(id: &str, zone: &str) -> NodeInfo {
-        NodeInfo {
-            id: id.into(),
-            zone: zone.into(),
-            host: "127.0.0.1".into(),
-            port: 1,
-            http_port: 2,
-            shard_ports: vec![3],
-            incarnation: 0,
-        }
-    }
+    use crate::cluster::slots::{plan, test_node as node, NO_NODE, SLOTS};
 
     #[test]
     fn a_late_message_counts_only_while_its_writer_leads_and_this_node_copies() {

@@ -179,6 +179,20 @@ impl SlotMap {
 
 mod plan;
 
+/// A node for tests: `id` in `zone`, on made-up ports.
+#[cfg(test)]
+pub(crate) fn test_node(id: &str, zone: &str) -> NodeInfo {
+    NodeInfo {
+        id: id.into(),
+        zone: zone.into(),
+        host: "127.0.0.1".into(),
+        port: 7000,
+        http_port: 8000,
+        shard_ports: vec![7100],
+        incarnation: 0,
+    }
+}
+
 pub use plan::{plan, plan_settled, PLAN_ROUNDS};
 
 #[cfg(test)]

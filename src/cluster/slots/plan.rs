@@ -281,17 +281,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn node(id: &str, zone: &str) -> NodeInfo {
-        NodeInfo {
-            id: id.into(),
-            zone: zone.into(),
-            host: "127.0.0.1".into(),
-            port: 7000,
-            http_port: 8000,
-            shard_ports: vec![7100],
-            incarnation: 0,
-        }
-    }
+    use crate::cluster::slots::test_node as node;
 
     /// The coordinator's rule: the slot's primary or replica may lead it.
     fn leads_in(prev: &SlotMap, slot: usize, id: &str) -> bool {
