@@ -403,6 +403,9 @@ impl Shard {
             key,
             value: b"",
         };
+        self.tombstones
+            .borrow_mut()
+            .record(hash, record.version, record.version);
         self.replicate(hash, record);
     }
 
@@ -432,6 +435,7 @@ impl Shard {
                 continue;
             }
             match r.op {
+                OP_SET | OP_COPY if self.tombstones.borrow().hides(hash, r.version) => {}
                 OP_SET | OP_COPY => {
                     let flags = if r.op == OP_COPY {
                         u32::from(r.options & 3)
@@ -456,6 +460,7 @@ impl Shard {
                     applied += usize::from(written);
                 }
                 OP_DELETE => {
+                    self.tombstones.borrow_mut().record(hash, r.version, now_us);
                     store.delete(hash, r.key);
                     applied += 1;
                 }

@@ -24,6 +24,7 @@ pub(crate) mod policy;
 pub mod replication;
 pub(crate) mod stats;
 pub mod store;
+mod tombstones;
 
 use std::cell::{Cell, Ref, RefCell, RefMut};
 
@@ -67,6 +68,9 @@ pub struct Shard {
     ownership: RefCell<Option<std::sync::Arc<Ownership>>>,
     /// With replication 2: writes handed to the replicas.
     repl: Option<replication::ReplSink>,
+    /// With replication 2: recent deletes, which older applied writes
+    /// must not undo.
+    tombstones: RefCell<tombstones::Tombstones>,
 }
 
 /// Which node of the cluster owns each slot, as a shard checks it
@@ -128,6 +132,7 @@ impl Shard {
             events: None,
             ownership: RefCell::new(None),
             repl: None,
+            tombstones: RefCell::default(),
         }
     }
 
@@ -447,5 +452,20 @@ mod replicated_tests {
         assert_eq!(held(&shard), Some((b"newer".to_vec(), 300)));
         assert_eq!(shard.apply_replicated(&record(OP_DELETE, 301, b"")), 1);
         assert_eq!(held(&shard), None);
+    }
+
+    /// A deleted key has no version left to compare: a write older than
+    /// the delete, landing after it (a previous primary's write in flight
+    /// across a move, a copy), must not bring the key back.
+    #[test]
+    fn an_older_write_does_not_undo_a_delete() {
+        let shard = test_shard(0, 1);
+        assert_eq!(shard.apply_replicated(&record(OP_SET, 200, b"v")), 1);
+        assert_eq!(shard.apply_replicated(&record(OP_DELETE, 300, b"")), 1);
+        assert_eq!(shard.apply_replicated(&record(OP_SET, 250, b"late")), 0);
+        assert_eq!(shard.apply_replicated(&record(OP_COPY, 300, b"late")), 0);
+        assert_eq!(held(&shard), None);
+        assert_eq!(shard.apply_replicated(&record(OP_SET, 301, b"after")), 1);
+        assert_eq!(held(&shard), Some((b"after".to_vec(), 301)));
     }
 }
