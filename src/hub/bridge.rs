@@ -28,6 +28,14 @@ use crate::time::unix_now_us;
 /// How often the queues are drained.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(2);
 
+/// Drains in a row with nothing to do after which the bridge sleeps until
+/// a shard rings ([`crate::shard::events::EventBell`]): 200 ms idle.
+const IDLE_AFTER: u32 = 100;
+
+/// While asleep, the bridge still looks this often (shutdown, and a ring
+/// lost to a race between its last look and a shard's hand-over).
+const IDLE_CHECK: Duration = Duration::from_millis(100);
+
 /// Subjects.
 pub use super::item_message::SUBJECT_ITEM_UPDATED;
 pub const SUBJECT_HEALTH: &str = "cache.health.status";
@@ -124,17 +132,49 @@ pub async fn run(
     );
     let mut drain = tokio::time::interval(DRAIN_INTERVAL);
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut check = tokio::time::interval(IDLE_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let bell = bridge
+        .queues
+        .first()
+        .map(|q| q.bell().clone())
+        .unwrap_or_default();
+    // Drains in a row that found nothing to do.
+    let mut quiet = 0u32;
     let period = bridge.config.health_interval;
     let mut health = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = drain.tick() => {
+            _ = drain.tick(), if quiet < IDLE_AFTER => {
                 if stopping() {
                     bridge.finish().await;
                     return;
                 }
                 bridge.drain(false).await;
+                quiet = if bridge.settled() { quiet + 1 } else { 0 };
+                if quiet >= IDLE_AFTER {
+                    bell.set_idle(true);
+                    // A batch handed over just before is taken now.
+                    if !bridge.settled() {
+                        bell.set_idle(false);
+                        quiet = 0;
+                    }
+                }
+            }
+            _ = check.tick() => {
+                if stopping() {
+                    bridge.finish().await;
+                    return;
+                }
+                if quiet >= IDLE_AFTER && !bridge.settled() {
+                    bell.set_idle(false);
+                    quiet = 0;
+                }
+            }
+            _ = bell.rung() => {
+                bell.set_idle(false);
+                quiet = 0;
             }
             _ = health.tick() => bridge.publish_health().await,
             Some(msg) = next(&mut config_sub) => bridge.on_config(msg).await,
@@ -205,6 +245,12 @@ impl Bridge {
 
     /// Moves events from the shards' queues to NATS. While disconnected the
     /// queues are left alone: they fill and the shards count what they drop.
+    /// Nothing to publish now or later: connected, every queue empty and
+    /// no event held back.
+    fn settled(&self) -> bool {
+        self.connected() && self.pending.is_empty() && self.queues.iter().all(|q| q.is_empty())
+    }
+
     async fn drain(&mut self, everything: bool) {
         if !self.connected() {
             return;

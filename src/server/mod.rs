@@ -202,6 +202,7 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
     let policy = config.start_policy();
     let events_on = config.hub.nats_url.is_some();
     let mut event_queues = Vec::new();
+    let event_bell = Arc::new(crate::shard::events::EventBell::default());
     let me = crate::cluster::slots::NodeInfo {
         id: config.hub.node_id.clone(),
         zone: config.hub.zone.clone(),
@@ -265,7 +266,7 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         let policy = policy.clone();
         let repl = repl_sinks.next().flatten();
         let events = events_on.then(|| {
-            let (sink, queue) = EventSink::with_capacity(config.hub.event_queue);
+            let (sink, queue) = EventSink::with_capacity(config.hub.event_queue, event_bell.clone());
             event_queues.push(queue);
             sink
         });

@@ -13,7 +13,7 @@
 //! events. The shard never waits for the bridge.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
@@ -206,6 +206,35 @@ impl EventBatch {
     }
 }
 
+/// Wakes the bridge when it sleeps: shared by every shard's queue. A
+/// bridge with nothing to do stops its 2 ms drain and waits for a shard's
+/// hand-over to ring (one flag read per hand-over).
+#[derive(Default)]
+pub struct EventBell {
+    idle: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl EventBell {
+    /// The bridge sleeps (`true`) or drains again.
+    pub fn set_idle(&self, idle: bool) {
+        self.idle.store(idle, Ordering::SeqCst);
+    }
+
+    /// After a hand-over: wakes the bridge if it sleeps.
+    #[inline]
+    fn ring_if_idle(&self) {
+        if self.idle.load(Ordering::SeqCst) && self.idle.swap(false, Ordering::SeqCst) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Resolves when a shard rang.
+    pub async fn rung(&self) {
+        self.wake.notified().await;
+    }
+}
+
 /// The queue between one shard and the bridge.
 pub struct EventChannel {
     full: ArrayQueue<EventBatch>,
@@ -213,6 +242,7 @@ pub struct EventChannel {
     /// Events in `full` and in the batch the bridge is publishing.
     queued: AtomicUsize,
     capacity: usize,
+    bell: Arc<EventBell>,
 }
 
 /// The bridge's end of a shard's queue.
@@ -239,6 +269,11 @@ impl EventChannel {
         self.full.is_empty()
     }
 
+    /// The bell every shard's queue shares.
+    pub fn bell(&self) -> &Arc<EventBell> {
+        &self.bell
+    }
+
     /// Events queued and not yet given back.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Acquire)
@@ -260,14 +295,16 @@ pub struct EventSink {
 }
 
 impl EventSink {
-    /// A queue bounded at `capacity` events and the sink that fills it.
-    pub fn with_capacity(capacity: usize) -> (EventSink, EventQueue) {
+    /// A queue bounded at `capacity` events and the sink that fills it;
+    /// its hand-overs ring `bell`.
+    pub fn with_capacity(capacity: usize, bell: Arc<EventBell>) -> (EventSink, EventQueue) {
         let capacity = capacity.max(1);
         let channel = Arc::new(EventChannel {
             full: ArrayQueue::new(capacity),
             spare: ArrayQueue::new(SPARE_BATCHES),
             queued: AtomicUsize::new(0),
             capacity,
+            bell,
         });
         let sink = EventSink {
             channel: channel.clone(),
@@ -321,6 +358,7 @@ impl EventSink {
                 dropped: n as u64,
             };
         }
+        channel.bell.ring_if_idle();
         Handed {
             queued: n as u64,
             dropped: 0,
@@ -332,6 +370,28 @@ impl EventSink {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A sleeping bridge is rung by the next hand-over, once; an awake one
+    /// is not (it drains every 2 ms anyway).
+    #[test]
+    fn a_hand_over_rings_a_sleeping_bridge() {
+        use futures_lite::future::{block_on, poll_once};
+        let bell = Arc::new(EventBell::default());
+        let (sink, queue) = EventSink::with_capacity(100, bell.clone());
+        let event = ItemEventRef::new(ItemOp::Set, 1, b"k", b"s", b"");
+        sink.offer(&event);
+        sink.hand_over();
+        assert!(block_on(poll_once(bell.rung())).is_none(), "awake: no ring");
+        bell.set_idle(true);
+        sink.offer(&event);
+        sink.hand_over();
+        assert!(block_on(poll_once(bell.rung())).is_some(), "asleep: rung");
+        assert!(!bell.idle.load(Ordering::SeqCst), "and awake again");
+        sink.offer(&event);
+        sink.hand_over();
+        assert!(block_on(poll_once(bell.rung())).is_none(), "rung once");
+        assert_eq!(drain(&queue).len(), 3);
+    }
 
     fn drain(queue: &EventQueue) -> Vec<ItemEvent> {
         let mut out = Vec::new();
@@ -355,7 +415,7 @@ mod tests {
 
     #[test]
     fn a_batch_travels_at_hand_over_and_its_buffer_comes_back() {
-        let (sink, queue) = EventSink::with_capacity(100);
+        let (sink, queue) = EventSink::with_capacity(100, Arc::default());
         sink.offer(&ItemEventRef::new(ItemOp::Set, 1, b"a", b"s", b""));
         sink.offer(&ItemEventRef::new(ItemOp::Delete, 2, b"b", b"s", b"c"));
         assert!(queue.pop().is_none(), "nothing travels before the hand-over");
@@ -377,7 +437,7 @@ mod tests {
 
     #[test]
     fn a_batch_past_the_bound_is_dropped_whole() {
-        let (sink, queue) = EventSink::with_capacity(3);
+        let (sink, queue) = EventSink::with_capacity(3, Arc::default());
         let e = ItemEventRef::new(ItemOp::Delete, 1, b"k", b"s", b"");
         sink.offer(&e);
         sink.offer(&e);
@@ -404,7 +464,7 @@ mod tests {
 
     #[test]
     fn a_full_batch_is_handed_over_mid_cycle() {
-        let (sink, queue) = EventSink::with_capacity(10_000);
+        let (sink, queue) = EventSink::with_capacity(10_000, Arc::default());
         let e = ItemEventRef::new(ItemOp::SetMany, 1, b"k", b"s", b"");
         let mut handed = Handed::default();
         for _ in 0..BATCH_MAX_EVENTS {
@@ -424,7 +484,7 @@ mod tests {
                  proptest::collection::vec(any::<u8>(), 0..100)),
                 0..40),
         ) {
-            let (sink, queue) = EventSink::with_capacity(1000);
+            let (sink, queue) = EventSink::with_capacity(1000, Arc::default());
             let mut expected = Vec::new();
             for (op, at, key, service, corr) in &events {
                 let e = ItemEventRef::new(ItemOp::from_byte(*op).unwrap(), *at, key, service, corr);
