@@ -99,6 +99,11 @@ impl ReplShared {
         self.lease_until_us.store(0, Ordering::Relaxed);
     }
 
+    /// Until when (Unix µs) the lease runs; 0: none.
+    pub fn lease_until(&self) -> u64 {
+        self.lease_until_us.load(Ordering::Relaxed)
+    }
+
     #[inline]
     pub fn lease_valid(&self, now_us: u64) -> bool {
         now_us < self.lease_until_us.load(Ordering::Relaxed)

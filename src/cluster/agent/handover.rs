@@ -120,11 +120,17 @@ impl Agent {
         let me = &self.state.me;
         let givers = givers(old, map, &me.id, me.incarnation);
         if !givers.is_empty() {
+            // The lease held is withheld, not lost: it still says that the
+            // others heard this node lately; it lacked only the givers'
+            // word, and is given back as soon as they have shown it (a
+            // few milliseconds), not at the next map read.
+            let held = self.shared.lease_until();
             self.shared.revoke_lease();
+            let withheld = self.handover.withheld.take().into_iter().chain([held]).max();
             self.handover = Handover {
                 givers,
                 since: Instant::now(),
-                withheld: None,
+                withheld: withheld.filter(|&until| until > 0),
             };
         }
     }
