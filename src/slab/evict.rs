@@ -15,6 +15,17 @@ impl Slab {
         None
     }
 
+    /// Sends the oldest region to the back of the queue (the region a
+    /// write is landing in, which must not be evicted under it: the next
+    /// oldest goes instead).
+    pub fn requeue_oldest(&mut self) {
+        if self.oldest().is_some() {
+            if let Some(front) = self.queue.pop_front() {
+                self.queue.push_back(front);
+            }
+        }
+    }
+
     /// The region holding `id`.
     pub fn region_of(&self, id: ItemId) -> Region {
         if id.is_large() {

@@ -390,3 +390,82 @@ fn a_store_where_every_item_is_read_still_takes_writes() {
     }
     assert!(s.stats.evictions > 0);
 }
+
+/// Found by `behaves_like_a_map_that_may_forget`: large records and one
+/// small-record segment opened first and still open; a small write grew
+/// the index past the budget, and the eviction that should make room
+/// stopped at once because the oldest region was the write's own.
+#[test]
+fn index_growth_evicts_past_the_writes_own_region() {
+    let ops: Vec<(u8, usize)> = vec![
+        (2, 0),
+        (3, 204793),
+        (28, 159736),
+        (29, 200696),
+        (4, 0),
+        (0, 270329),
+        (5, 0),
+        (12, 0),
+        (30, 0),
+        (31, 286712),
+        (32, 0),
+        (6, 147449),
+        (7, 286713),
+        (33, 135160),
+        (8, 266233),
+        (34, 0),
+        (168, 0),
+        (13, 0),
+        (9, 0),
+        (14, 0),
+        (80, 0),
+        (168, usize::MAX),
+        (35, 0),
+        (41, 139256),
+        (58, 0),
+        (36, 143352),
+        (42, 0),
+        (15, 0),
+        (10, 0),
+        (16, 0),
+        (17, 0),
+        (18, 229368),
+        (61, 297606),
+        (74, 4914),
+        (87, 245280),
+        (233, 75),
+        (231, 191194),
+        (222, 16),
+        (44, 101008),
+        (67, 917),
+        (236, 187998),
+        (27, 188567),
+        (136, 11),
+        (22, 244382),
+        (77, 170097),
+        (253, 166646),
+        (118, 4010),
+        (171, 268805),
+        (11, 3932),
+        (240, 122222),
+        (133, 125770),
+        (102, 214630),
+        (114, 249859),
+        (79, 4898),
+        (167, 132),
+    ];
+    let mut s = Store::new(config(3 * MIB, EvictionPolicy::Lru));
+    for (step, (k, n)) in ops.into_iter().enumerate() {
+        if n == usize::MAX {
+            let _ = get(&mut s, format!("k{k}").as_bytes(), 0);
+            continue;
+        }
+        let value: Vec<u8> = (0..n).map(|i| (i + step) as u8).collect();
+        let _ = put(&mut s, &format!("k{k}"), &value, 0, 0);
+        assert!(
+            s.used_bytes() <= 3 * MIB,
+            "step {step}: {} bytes held",
+            s.used_bytes()
+        );
+    }
+}
