@@ -309,6 +309,27 @@ fn a_nats_blip_is_repaired_from_the_backlog() {
     });
 }
 
+/// Runs `op` on `key` until it succeeds, retrying a failure every 100 ms
+/// (30 times at most), as a client does; its result and the retries.
+async fn retried<T, F, Fut>(key: &str, op: F) -> (T, u32)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, dnd_cache::ClientError>>,
+{
+    let mut tries = 0;
+    loop {
+        match op().await {
+            Ok(v) => return (v, tries),
+            Err(e) if tries < 30 => {
+                eprintln!("{key}: {e}; again");
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{key}: {e}"),
+        }
+    }
+}
+
 /// A node paused out of the map keeps its items; keys deleted while it is
 /// away must not come back when it rejoins (a full copy adds items and
 /// removes none, and deletes leave no tombstone). n3 is paused until the
@@ -330,18 +351,8 @@ fn a_node_back_from_a_pause_brings_back_no_deleted_key() {
         for i in 0..count {
             // Just after a map change a node may hold no lease yet for a
             // few milliseconds (CACHE_005): retried, as a client does.
-            let mut tries = 0;
-            let deleted = loop {
-                match c.delete(format!("gone:{i}")).await {
-                    Ok(deleted) => break deleted,
-                    Err(e) if tries < 30 => {
-                        eprintln!("delete gone:{i}: {e}; again");
-                        tries += 1;
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    Err(e) => panic!("delete gone:{i}: {e}"),
-                }
-            };
+            let key = format!("gone:{i}");
+            let (deleted, tries) = retried(&key, || c.delete(&key)).await;
             // A refused try may still have deleted it (CACHE_005 says
             // "maybe"): then the retry finds nothing.
             assert!(deleted || tries > 0, "gone:{i} was there");
@@ -374,18 +385,8 @@ fn a_node_back_from_a_pause_brings_back_no_deleted_key() {
             let mut back = Vec::new();
             for i in 0..count {
                 // A read that lands while the map still moves is retried.
-                let mut tries = 0;
-                let got = loop {
-                    match c.get(format!("gone:{i}")).await {
-                        Ok(got) => break got,
-                        Err(e) if tries < 30 => {
-                            eprintln!("gone:{i}: {e}; again");
-                            tries += 1;
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                        Err(e) => panic!("gone:{i}: {e}"),
-                    }
-                };
+                let key = format!("gone:{i}");
+                let (got, _) = retried(&key, || c.get(&key)).await;
                 if got.is_some() {
                     back.push(i);
                 }
