@@ -274,7 +274,7 @@ impl Replicator {
                 };
                 let me = written.index_of(&self.me).map(|i| i as u16);
                 // Learners get a copy of their slots' writes (strong writes
-                // wait for the replica only: the learner is not in sync yet).
+                // wait for a learner too once its full copy was sent whole).
                 let learners = written.learner.iter().any(|&l| l != NO_NODE);
                 for r in records(&handover.records) {
                     if r.op == OP_FLUSH {
