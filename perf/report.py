@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-SERVERS = [("dnd", "dnd-cache"), ("redis", "Redis"), ("memcached", "memcached")]
+SERVERS = [("dnd", "dnd-cache"), ("redis", "Redis"), ("memcached", "memcached"), ("echo", "echo (floor)")]
 WORKLOADS = [
     ("get-p1", "GET, pipeline 1"),
     ("set-p1", "SET, pipeline 1"),
@@ -21,7 +21,7 @@ WORKLOADS = [
     ("open-high", "90/10 open loop at {rate}/s (heavy)"),
 ]
 OPEN_TAGS = ["open-low", "open-mid", "open-high"]
-COLORS = {"dnd": "#d62728", "redis": "#1f77b4", "memcached": "#2ca02c"}
+COLORS = {"dnd": "#d62728", "redis": "#1f77b4", "memcached": "#2ca02c", "echo": "#7f7f7f"}
 
 
 def read_json(path):
@@ -216,6 +216,39 @@ def open_goals_section(out):
     )
 
 
+# The floor (issue 18): dnd-cache's server CPU per request over that of
+# perf-echo, a server that does nothing, at most this, per round.
+FLOOR_TAGS = ["get-p1", "set-p1", "mix-zipf-p1"]
+FLOOR_MOST = 1.1
+
+
+def floor_section(out):
+    """dnd-cache's server CPU per request over the echo's, per round."""
+    rows = [
+        "| workload | dnd-cache / echo, server CPU per request: median (range) | rounds at goal | goal |",
+        "|---|---:|---:|---:|",
+    ]
+    titles = dict(WORKLOADS)
+    for tag in FLOOR_TAGS:
+        ours, floor = rounds(out, f"dnd-{tag}"), rounds(out, f"echo-{tag}")
+        ratios = []
+        for r in sorted(ours):
+            if r in floor:
+                mine, least = metric(ours[r], "cpu"), metric(floor[r], "cpu")
+                if mine and least:
+                    ratios.append(mine / least)
+        if ratios:
+            met = sum(x <= FLOOR_MOST for x in ratios)
+            rows.append(f"| {titles[tag]} | {spread(ratios, 2)}x | {met} of {len(ratios)} | ≤ {FLOOR_MOST:g}x |")
+    if len(rows) == 2:
+        return ""
+    return (
+        "The floor: dnd-cache's server CPU per request over that of perf-echo, a server of the "
+        "same protocol that does nothing (one epoll thread, a canned answer per frame), in the "
+        "same round (lower is better):\n\n" + "\n".join(rows)
+    )
+
+
 def cpu_seconds(path):
     user, system = path.read_text().split()[-2:]
     return float(user) + float(system)
@@ -353,6 +386,8 @@ def main():
         goals_section(out),
         "",
         open_goals_section(out),
+        "",
+        floor_section(out),
         "",
         client_cpu_section(out),
         "",

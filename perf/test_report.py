@@ -115,6 +115,18 @@ class ReportTest(unittest.TestCase):
         self.assertIn("| p99 | 90/10 open loop at 60,000/s (heavy) | Redis | 0.90x | 1 of 1 | ≤ 1x |", md)
         self.assertNotIn("server CPU per request", md, "no memcached runs: no CPU row")
 
+    def test_the_floor_is_ours_over_the_echo_in_each_round(self):
+        # GET: 4.2 over 4.0 = 1.05 (meets 1.1), 5.0 over 4.0 = 1.25 (misses).
+        for r, (ours, echo) in enumerate([(4.2, 4.0), (5.0, 4.0)], 1):
+            self.write(f"dnd-get-p1.r{r}", summary(200_000, ours))
+            self.write(f"echo-get-p1.r{r}", summary(250_000, echo))
+        self.write("echo-set-p1.r1", summary(250_000, 4.0))
+        md = report.floor_section(self.out)
+        self.assertIn("| GET, pipeline 1 | 1.15 (1.05–1.25)x | 1 of 2 | ≤ 1.1x |", md)
+        self.assertNotIn("SET, pipeline 1", md, "no dnd-cache SET runs: no row")
+        self.assertIn("| GET, pipeline 1 | echo (floor) | 250,000 |", report.table(self.out))
+        self.assertEqual(report.floor_section(Path(self.tmp.name) / "missing"), "")
+
     def test_client_cpu_ratio_per_round(self):
         (self.out / "client-cpu-requests.txt").write_text("1000000")
         for r, (rb, ours) in enumerate([("0.5 1.5", "0.2 0.8"), ("0.4 1.6", "0.2 0.9")], start=1):

@@ -96,6 +96,20 @@ impl<'a> ItemView<'a> {
         }
     }
 
+    /// A view of `chunk` whose header an earlier view of the same record
+    /// read ([`ItemView::parsed`]): the read counter may have changed since,
+    /// nothing else.
+    #[inline]
+    pub fn with_parsed(chunk: &'a [u8], parsed: Parsed) -> Self {
+        ItemView { chunk, parsed }
+    }
+
+    /// The header as read, to build a later view without reading it again.
+    #[inline]
+    pub fn parsed(&self) -> Parsed {
+        self.parsed
+    }
+
     #[inline]
     pub fn version_us(&self) -> u64 {
         self.parsed.header.version

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Load generator suite: the report's unit tests, a short perf/compare run against real dnd-cache, Redis
-# and memcached (every workload must finish without errors and the report and
+# Load generator suite: the report's unit tests, a short perf/compare run against real dnd-cache, Redis,
+# memcached and the do-nothing floor (perf-echo) (every workload must finish without errors and the report and
 # plot must be written), then a capacity search with a loose objective.
 # Timings are printed, never asserted: they depend on the machine.
 # needs: redis-server redis-server
@@ -36,12 +36,25 @@ for server in ("dnd", "redis", "memcached"):
                 failed.append(f"{p}: ops {s['ops']} sent {s['sent']} errors {s['errors_by_status']}")
             if s.get("server_cpu_us_per_op") is None:
                 failed.append(f"{p}: no server CPU")
+# The floor (perf-echo) runs the closed-loop pipeline-1 workloads only.
+for tag in ("get-p1", "set-p1", "mix-zipf-p1"):
+    for rnd in (1, 2):
+        p = out / f"echo-{tag}.r{rnd}.json"
+        if not p.exists():
+            failed.append(f"{p}: missing")
+            continue
+        s = json.loads(p.read_text())
+        checked += 1
+        if s["errors"] or s["ops"] == 0 or s["sent"] != s["ops"] or s.get("server_cpu_us_per_op") is None:
+            failed.append(f"{p}: ops {s['ops']} sent {s['sent']} errors {s['errors_by_status']}")
+if list(out.glob("echo-get-p16.*")) or list(out.glob("echo-open-*")) or list(out.glob("echo-curve-*")):
+    failed.append("the echo ran workloads other than the closed-loop pipeline-1 ones")
 for f in ("compare.md", "latency.svg"):
     if not (out / f).exists() or (out / f).stat().st_size == 0:
         failed.append(f"{out / f}: not written")
 md = (out / "compare.md").read_text() if (out / "compare.md").exists() else ""
 for label in ("dnd-cache", "Redis", "memcached", "redis-benchmark", "of 2 rounds at goal", "| 1.15x |",
-              "Open-loop goals", "| ≤ 0.8x |", "open-loop rates: "):
+              "Open-loop goals", "| ≤ 0.8x |", "open-loop rates: ", "The floor:", "| ≤ 1.1x |", "echo (floor)"):
     if label not in md:
         failed.append(f"compare.md lacks {label}")
 for f in failed:
