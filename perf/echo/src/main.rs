@@ -143,10 +143,14 @@ fn accept_all(listener: &TcpListener, ep: &OwnedFd, conns: &mut Vec<Option<Conn>
             // Out of descriptors and the like: try again at the next readiness.
             Err(_) => return Ok(()),
         };
-        stream.set_nonblocking(true)?;
-        stream.set_nodelay(true)?;
         let fd = stream.as_raw_fd();
-        ctl(ep, libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32, fd as u64)?;
+        // A connection that cannot be set up is dropped (closed), not fatal.
+        if stream.set_nonblocking(true).is_err()
+            || stream.set_nodelay(true).is_err()
+            || ctl(ep, libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32, fd as u64).is_err()
+        {
+            continue;
+        }
         let fd = fd as usize;
         if conns.len() <= fd {
             conns.resize_with(fd + 1, || None);
