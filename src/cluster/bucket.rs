@@ -107,8 +107,35 @@ impl Bucket {
             }
             Err(e) => return Err(e),
         }
+        self.probe().await?;
         self.ready = true;
         Ok(())
+    }
+
+    /// Whether the stream takes messages yet, asked without writing: a
+    /// publish that expects an impossible last revision. The stream's own
+    /// answer (an error) proves it runs; "no responders" means it is not
+    /// yet set up.
+    ///
+    /// nats-server 2.9.10 (Debian's) registers a stream before it opens
+    /// its store, and a `STREAM.MSG.GET` in that window dereferences the
+    /// missing store and kills the server (`jsMsgGetRequest`,
+    /// jetstream_api.go:3028). Nodes started together race exactly there:
+    /// one creates the stream, another's INFO or CREATE finds it
+    /// half-made and answers success. The stream subscribes to its
+    /// subjects only once its store is open, so its answer here is the
+    /// safe sign that reads may follow.
+    async fn probe(&self) -> Result<(), BucketError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Expected-Last-Subject-Sequence", PROBE_REVISION);
+        let request = self
+            .client
+            .request_with_headers(self.subject.clone(), headers, Bytes::new());
+        let reply = tokio::time::timeout(API_TIMEOUT, request)
+            .await
+            .map_err(|_| BucketError::Request("timed out".into()))?
+            .map_err(|e| BucketError::Request(format!("the map stream is not up yet: {e}")))?;
+        probe_answer(&reply.payload)
     }
 
     /// The key's value and revision; `None` when it was never written.
@@ -171,6 +198,20 @@ impl Bucket {
     }
 }
 
+/// The revision a probe expects: no key ever reaches it, so the stream
+/// refuses the probe and stores nothing.
+const PROBE_REVISION: &str = "18446744073709551615";
+
+/// A probe's answer: the stream's refusal means it is up. Anything stored
+/// would be a bug of ours, said loudly.
+fn probe_answer(payload: &[u8]) -> Result<(), BucketError> {
+    match answer(payload) {
+        Err(BucketError::JetStream { .. }) => Ok(()),
+        Ok(v) => Err(BucketError::Answer(format!("a probe was stored: {v}"))),
+        Err(e) => Err(e),
+    }
+}
+
 /// A JetStream API answer: its JSON, or its error.
 fn answer(payload: &[u8]) -> Result<Value, BucketError> {
     let v: Value = serde_json::from_slice(payload)
@@ -201,5 +242,16 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(answer(b"nope"), Err(BucketError::Answer(_))));
+    }
+
+    #[test]
+    fn a_probe_is_up_only_when_the_stream_refuses_it() {
+        let refused = br#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 0"}}"#;
+        assert!(probe_answer(refused).is_ok());
+        assert!(matches!(
+            probe_answer(br#"{"stream":"KV_c","seq":1}"#),
+            Err(BucketError::Answer(_))
+        ));
+        assert!(matches!(probe_answer(b""), Err(BucketError::Answer(_))));
     }
 }

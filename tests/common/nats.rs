@@ -106,6 +106,11 @@ impl Nats {
         self.wait_ready();
     }
 
+    /// Whether the nats-server process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().map(|s| s.is_none()).unwrap_or(false)
+    }
+
     pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while StdTcpStream::connect(("127.0.0.1", self.port)).is_err() {

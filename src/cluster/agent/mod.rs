@@ -270,8 +270,14 @@ async fn run(
             }
             Some(msg) = next_message(&mut sync_requests) => {
                 let map = agent.current.as_ref().map(|(m, _)| m.clone());
-                if let (Some(r), Some(map)) = (agent.repl.as_mut(), map) {
-                    r.serve_copy(&msg.payload, &map).await;
+                if let Some(r) = agent.repl.as_mut() {
+                    match map {
+                        Some(map) => r.serve_copy(&msg.payload, &map).await,
+                        // Asked by a node that read the first map before
+                        // this one did: served once it is installed (a
+                        // dropped ask cost the replica COPY_RETRY).
+                        None => r.defer_copy(&msg.payload),
+                    }
                 }
             }
         }

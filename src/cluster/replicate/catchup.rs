@@ -147,11 +147,8 @@ impl Replicator {
         };
         let asked_under = fields.next().and_then(|e| e.parse::<u64>().ok()).unwrap_or(0);
         if asked_under > map.epoch {
-            // Its copy would stop as soon as this node installs that map
-            // (a few kept: the replica asks again after COPY_RETRY).
-            if self.deferred_copies.len() < 64 {
-                self.deferred_copies.push(payload.to_vec());
-            }
+            // Its copy would stop as soon as this node installs that map.
+            self.defer_copy(payload);
             return;
         }
         let (Some(target), Ok(id)) = (map.index_of(from), id.parse::<u64>()) else {
@@ -176,6 +173,15 @@ impl Replicator {
                     "replication: could not start a full copy (shard queue full)"
                 );
             }
+        }
+    }
+
+    /// Keeps an ask for a full copy until this node installs the map it
+    /// was asked under (a few kept: the replica asks again after
+    /// COPY_RETRY).
+    pub fn defer_copy(&mut self, payload: &[u8]) {
+        if self.deferred_copies.len() < 64 {
+            self.deferred_copies.push(payload.to_vec());
         }
     }
 
