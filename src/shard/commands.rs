@@ -16,6 +16,10 @@ use crate::time::unix_now_us;
 /// pass repeats until no key matches, yielding between passes).
 const INVALIDATE_BATCH: usize = 10_000;
 
+/// Sub-tables a flush of some slots scans per step (of
+/// [`super::store::SUBTABLES`]).
+const FLUSH_TABLES_PER_STEP: usize = 8;
+
 /// Something for a shard to do.
 pub enum ShardCommand {
     /// Copy the counters and histograms.
@@ -131,13 +135,21 @@ impl Shard {
                 if spare.is_empty() {
                     self.flush();
                 } else {
+                    // Whole before any request runs: a client's write in
+                    // between could stay here and go at the replica's
+                    // marker (or the reverse).
                     self.flush_where(|hash| !spare.iter().any(|r| r.names(hash)));
                 }
                 self.push_flush_marker(id, origin.as_bytes());
                 self.end_cycle();
             }
             ShardCommand::FlushSlots(rules) => {
-                self.flush_where(|hash| rules.iter().any(|r| r.names(hash)));
+                // Slots this node copies: only commands write them, and
+                // those wait behind this one, so requests may run between
+                // steps (a store of millions stalled its shard for the
+                // whole scan).
+                self.flush_where_yielding(|hash| rules.iter().any(|r| r.names(hash)))
+                    .await;
             }
             ShardCommand::Policy { policy, applied } => {
                 self.apply_policy(&policy);
@@ -151,22 +163,50 @@ impl Shard {
         self.store.borrow_mut().flush() as u64
     }
 
-    /// Removes the items whose key hash `remove` names; how many.
+    /// Removes the items whose key hash `remove` names, at once; how many.
     pub fn flush_where(&self, remove: impl Fn(u64) -> bool) -> u64 {
+        let mut keys = Vec::new();
+        (0..super::store::SUBTABLES)
+            .step_by(FLUSH_TABLES_PER_STEP)
+            .map(|first| self.flush_tables(first, &remove, &mut keys))
+            .sum()
+    }
+
+    /// As [`Shard::flush_where`], a few sub-tables at a time, letting the
+    /// shard's other tasks run between steps when the executor asks.
+    pub async fn flush_where_yielding(&self, remove: impl Fn(u64) -> bool) -> u64 {
+        let mut keys = Vec::new();
+        let mut removed = 0;
+        for first in (0..super::store::SUBTABLES).step_by(FLUSH_TABLES_PER_STEP) {
+            removed += self.flush_tables(first, &remove, &mut keys);
+            glommio::yield_if_needed().await;
+        }
+        removed
+    }
+
+    /// One step of a flush: the named items of the sub-tables from `first`
+    /// ([`FLUSH_TABLES_PER_STEP`] of them). `keys` is scratch, kept between
+    /// steps: a step holds about 1/1024 of the store's keys, so a flush
+    /// never copies the whole key set.
+    fn flush_tables(
+        &self,
+        first: usize,
+        remove: &impl Fn(u64) -> bool,
+        keys: &mut Vec<(u64, Vec<u8>)>,
+    ) -> u64 {
         let mut store = self.store.borrow_mut();
-        let mut keys: Vec<(u64, Vec<u8>)> = Vec::new();
+        let end = (first + FLUSH_TABLES_PER_STEP).min(super::store::SUBTABLES);
+        keys.clear();
         // `now_us` 0: expired items are removed too.
-        store.for_each_in(0..super::store::SUBTABLES, 0, |item| {
+        store.for_each_in(first..end, 0, |item| {
             let hash = key_hash(item.key(), self.seed);
             if remove(hash) {
                 keys.push((hash, item.key().to_vec()));
             }
         });
-        let mut removed = 0;
-        for (hash, key) in &keys {
-            removed += u64::from(store.delete(*hash, key));
-        }
-        removed
+        keys.iter()
+            .map(|(hash, key)| u64::from(store.delete(*hash, key)))
+            .sum()
     }
 
     /// Tells this node's replicas, in order with the writes before it, that
