@@ -56,19 +56,31 @@ fn header(stamp: Stamp, key_len: usize, value_len: usize) -> Header {
     }
 }
 
-/// Bytes of the record of an item in a region based at `base`.
+/// The header of an item written with `stamp`, worked out once for
+/// [`record_len`] and [`write_record`].
 #[inline]
+pub fn encoding(stamp: Stamp, key_len: usize, value_len: usize) -> record::Encoding {
+    record::Encoding::new(&header(stamp, key_len, value_len))
+}
+
+/// Bytes of the record of an item in a region based at `base`.
+#[cfg(test)]
 pub fn record_len(stamp: Stamp, key_len: usize, value_len: usize, base: u64) -> usize {
-    record::record_len(&header(stamp, key_len, value_len), base)
+    encoding(stamp, key_len, value_len).record_len(base)
 }
 
 /// Writes an item into `chunk` (at least [`record_len`] bytes) of a region
 /// based at `base`. The key is 1 to 255 bytes.
-#[inline]
+#[cfg(test)]
 pub fn write_record(chunk: &mut [u8], stamp: Stamp, base: u64, key: &[u8], value: &[u8]) {
-    let h = header(stamp, key.len(), value.len());
-    debug_assert!(!key.is_empty() && key.len() <= 255 && chunk.len() >= record::record_len(&h, base));
-    let value_at = record::write_header(chunk, &h, base);
+    write_encoded(chunk, &encoding(stamp, key.len(), value.len()), base, key, value);
+}
+
+/// As [`write_record`], with the header worked out by [`encoding`].
+#[inline]
+pub fn write_encoded(chunk: &mut [u8], e: &record::Encoding, base: u64, key: &[u8], value: &[u8]) {
+    debug_assert!(!key.is_empty() && key.len() <= 255 && chunk.len() >= e.record_len(base));
+    let value_at = e.write(chunk, base);
     chunk[record::KEY_AT..record::KEY_AT + key.len()].copy_from_slice(key);
     chunk[value_at..value_at + value.len()].copy_from_slice(value);
 }

@@ -8,7 +8,7 @@
 //! a time (`cargo bench --bench index_growth` reports the slowest insert),
 //! never millions.
 
-use super::item::{key_of, record_len, write_record, ItemId, ItemView, Stamp};
+use super::item::{encoding, key_of, write_encoded, ItemId, ItemView, Stamp};
 use super::stats::StoreStats;
 use crate::key::key_hash;
 use crate::pattern::glob_match;
@@ -381,14 +381,15 @@ impl Store {
             ttl_s,
             codec: flags,
         };
-        let len_for = |base| record_len(stamp, key_len, value_len, base);
+        let enc = encoding(stamp, key_len, value_len);
+        let len_for = |base| enc.record_len(base);
         let (new_id, len) = self
             .allocate(stamp.version_us, len_for, now_us)
             .inspect_err(|_| {
                 self.stats.rejected_writes += 1;
             })?;
         let base = self.items.base_of(new_id);
-        write_record(self.items.space_mut(new_id, len), stamp, base, key, value);
+        write_encoded(self.items.space_mut(new_id, len), &enc, base, key, value);
         let meta = stamp.meta();
         debug_assert_eq!(meta, self.view(new_id).meta());
 
