@@ -264,6 +264,7 @@ impl Table {
         })
     }
 
+    #[inline]
     pub fn find_mut(&mut self, hash: u64, eq: impl FnMut(u32) -> bool) -> Option<&mut u32> {
         Some(match self.locate(hash, eq)? {
             Place::Bucket(b, slot) => &mut self.buckets[b].ids[slot],
