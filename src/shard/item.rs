@@ -57,7 +57,8 @@ fn header(stamp: Stamp, key_len: usize, value_len: usize) -> Header {
 }
 
 /// The header of an item written with `stamp`, worked out once for
-/// [`record_len`] and [`write_record`].
+/// sizing its record ([`record::Encoding::record_len`]) and writing it
+/// ([`write_encoded`]).
 #[inline]
 pub fn encoding(stamp: Stamp, key_len: usize, value_len: usize) -> record::Encoding {
     record::Encoding::new(&header(stamp, key_len, value_len))
