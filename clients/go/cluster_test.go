@@ -67,18 +67,41 @@ func TestClusterKeysReachTheirNode(t *testing.T) {
 	defer first.Close()
 	second := NewClient(&Config{ServiceID: "t", Address: nodes[1].Addr})
 	defer second.Close()
-	// Both nodes in the map before writing.
+	// Both nodes run the same settled map of two before writing: a joining
+	// node takes its slots over a few maps (learner, then owner), and a
+	// node still on an older one answers CACHE_013 with that map.
+	settled := func(h map[string]any) (float64, bool) {
+		c, ok := h["cluster"].(map[string]any)
+		if !ok {
+			return 0, false
+		}
+		n, ok := c["nodes"].([]any)
+		if !ok || len(n) != 2 {
+			return 0, false
+		}
+		for _, x := range n {
+			node, _ := x.(map[string]any)
+			p, _ := node["primary_slots"].(float64)
+			l, _ := node["learner_slots"].(float64)
+			if node["status"] != "serving" || p == 0 || l != 0 {
+				return 0, false
+			}
+		}
+		epoch, _ := c["epoch"].(float64)
+		return epoch, true
+	}
 	for deadline := time.Now().Add(15 * time.Second); ; {
-		h, err := second.Health(ctx)
-		if err == nil {
-			if c, ok := h["cluster"].(map[string]any); ok {
-				if n, ok := c["nodes"].([]any); ok && len(n) == 2 {
-					break
-				}
+		h1, err1 := first.Health(ctx)
+		h2, err2 := second.Health(ctx)
+		if err1 == nil && err2 == nil {
+			e1, ok1 := settled(h1)
+			e2, ok2 := settled(h2)
+			if ok1 && ok2 && e1 == e2 {
+				break
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no map of two nodes: %v %v", h, err)
+			t.Fatalf("no settled map of two nodes: %v %v / %v %v", h1, err1, h2, err2)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
