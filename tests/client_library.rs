@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::TestServer;
+use dnd_cache::client::BreakerState;
 use dnd_cache::{CacheClient, ClientConfig, ClientError, Status};
 
 fn config(server: &TestServer) -> ClientConfig {
@@ -120,6 +121,39 @@ async fn the_client_reconnects_after_the_server_closes_its_connection() {
         ),
         "{err:?}"
     );
+}
+
+/// ICD 9.2's circuit breaker: once the failed share of at least
+/// `min_requests` calls reaches the threshold, calls fail at once with
+/// `CircuitOpen` (no connect, no retry) until the cool-down ends.
+#[tokio::test]
+async fn a_dead_server_opens_the_breaker_and_calls_then_fail_fast() {
+    let server = TestServer::start(&["--shards", "1"]);
+    let mut cfg = config(&server).shard_aware(false);
+    cfg.retries = 0;
+    cfg.breaker.min_requests = 5;
+    cfg.breaker.cooldown = Duration::from_secs(60);
+    let client = CacheClient::connect(cfg).await.unwrap();
+    client.set("k", "v", 0).await.unwrap();
+    let address = server.addr.to_string();
+    assert_eq!(client.breaker_state(&address), BreakerState::Closed);
+    drop(server);
+    let mut failures = 0;
+    let err = loop {
+        match client.get("k").await {
+            Err(ClientError::CircuitOpen(a)) => break a,
+            Err(_) => failures += 1,
+            Ok(v) => panic!("a dead server answered {v:?}"),
+        }
+        assert!(failures < 10, "the breaker never opened");
+    };
+    assert_eq!(err, address);
+    assert!(
+        failures >= 4,
+        "opened after {failures} failures, below min_requests"
+    );
+    assert_eq!(client.breaker_state(&address), BreakerState::Open);
+    assert!(matches!(client.get("k").await, Err(ClientError::CircuitOpen(_))));
 }
 
 /// A port nothing listens on: bound, then closed.

@@ -133,10 +133,10 @@ fn requests_reach_the_owner_of_their_slot(nodes: &[TestServer]) {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let via_n1 = CacheClient::connect(ClientConfig::new("t").address(nodes[0].addr.to_string()))
+        let via_n1 = CacheClient::connect(ClientConfig::new("route-n1").address(nodes[0].addr.to_string()))
             .await
             .unwrap();
-        let via_n2 = CacheClient::connect(ClientConfig::new("t").address(nodes[1].addr.to_string()))
+        let via_n2 = CacheClient::connect(ClientConfig::new("route-n2").address(nodes[1].addr.to_string()))
             .await
             .unwrap();
         for i in 0..300 {
@@ -149,7 +149,31 @@ fn requests_reach_the_owner_of_their_slot(nodes: &[TestServer]) {
         let keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
         let many = via_n2.get_many(&keys).await.unwrap();
         assert!(many.iter().all(Option::is_some), "get_many across nodes");
+        let entries: Vec<(String, String)> = (0..300).map(|i| (format!("b{i}"), format!("w{i}"))).collect();
+        let stored = via_n1.set_many(&entries, 0).await.unwrap();
+        assert!(stored.iter().all(|r| r.status == 0), "set_many across nodes");
+        let batch: Vec<&String> = entries.iter().map(|(k, _)| k).collect();
+        let read = via_n2.get_many(&batch).await.unwrap();
+        for ((k, v), got) in entries.iter().zip(&read) {
+            assert_eq!(got.as_deref(), Some(v.as_bytes()), "{k}");
+        }
+        // Both clients routed every key (alone and in batches) by the
+        // handshake's map: no redirection.
+        for c in [&via_n1, &via_n2] {
+            let stats = c.routing_stats();
+            assert_eq!(stats.redirects, 0, "{stats:?}");
+            assert!(stats.epoch >= 1, "{stats:?}");
+        }
     });
+    // Nor did any node answer them CACHE_013.
+    for n in nodes {
+        let metrics = HttpConn::open(n.http).get("/health/metrics").text();
+        let moved: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("cache_errors_total{service=\"route-") && l.contains("CACHE_013"))
+            .collect();
+        assert!(moved.is_empty(), "redirections: {moved:?}");
+    }
     // Each node holds a share: a raw get of every key on n1 answers either
     // the value (its slot) or CACHE_013 naming another node.
     let mut raw = nodes[0].connect();

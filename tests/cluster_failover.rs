@@ -401,3 +401,86 @@ fn a_node_back_from_a_pause_brings_back_no_deleted_key() {
     let after = back(&nodes[1]);
     assert!(after.is_empty(), "deleted keys read back once n1 died: {after:?}");
 }
+
+/// A client through a failover (issue 17, "clients follow the map"): the
+/// primary of a third of the keys is killed; the client's writes to the
+/// other nodes' keys never fail, its writes to the dead node's keys
+/// succeed again once the survivors' map has moved them (the client
+/// refreshes its map after the connection error, no new client needed),
+/// and only the dead node's breaker can open.
+#[test]
+fn a_client_follows_a_failover_and_only_the_dead_nodes_breaker_opens() {
+    let Some(bin) = require_nats() else { return };
+    let nats = Nats::start_js(bin);
+    let (mut nodes, _) = three_nodes(&nats);
+    let rt = runtime();
+    rt.block_on(async {
+        // Through n2; eventual, so writes to the live nodes' keys need no
+        // replica (a strong write whose replica was n1 waits for the map).
+        let c = client(&nodes[1], "eventual").await;
+        let dead = format!("127.0.0.1:{}", nodes[0].addr.port());
+        let keys: Vec<String> = (0..90).map(|i| format!("fo:{i}")).collect();
+        for k in &keys {
+            c.set(k, "before", 0).await.unwrap();
+        }
+        let (moving, staying): (Vec<&String>, Vec<&String>) = keys
+            .iter()
+            .partition(|k| c.node_for(k.as_str()).as_deref() == Some(dead.as_str()));
+        assert!(
+            moving.len() > 10 && staying.len() > 30,
+            "{} / {}",
+            moving.len(),
+            staying.len()
+        );
+        let epoch = c.routing_stats().epoch;
+
+        kill(&mut nodes[0]);
+        let killed = Instant::now();
+        let mut pending: Vec<&String> = moving.clone();
+        let mut rounds = 0;
+        while !pending.is_empty() {
+            rounds += 1;
+            for k in &staying {
+                c.set(k.as_str(), "during", 0)
+                    .await
+                    .unwrap_or_else(|e| panic!("{k} on a live node failed during the failover: {e}"));
+            }
+            let mut still = Vec::new();
+            for k in pending {
+                if c.set(k.as_str(), "after", 0).await.is_err() {
+                    still.push(k);
+                }
+            }
+            pending = still;
+            assert!(
+                killed.elapsed() < Duration::from_secs(10),
+                "{} keys of the dead node still failing after {:?}",
+                pending.len(),
+                killed.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let took = killed.elapsed();
+        eprintln!(
+            "the client wrote every key of the killed node again {took:?} after the kill ({rounds} rounds)"
+        );
+        let stats = c.routing_stats();
+        assert!(stats.epoch > epoch, "the client learned the new map: {stats:?}");
+        for k in &moving {
+            assert_ne!(c.node_for(k.as_str()).as_deref(), Some(dead.as_str()), "{k}");
+            assert_eq!(
+                c.get(k.as_str()).await.unwrap().as_deref(),
+                Some(&b"after"[..]),
+                "{k}"
+            );
+        }
+        for n in &nodes[1..] {
+            let live = format!("127.0.0.1:{}", n.addr.port());
+            assert_eq!(
+                c.breaker_state(&live),
+                dnd_cache::client::BreakerState::Closed,
+                "{live}"
+            );
+        }
+    });
+}

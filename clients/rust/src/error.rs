@@ -26,6 +26,10 @@ pub enum ClientError {
     /// The request was refused before it was sent (e.g. an invalid key).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The circuit breaker of the node at this address is open: requests to
+    /// it fail at once until its cool-down ends (ICD 9.2).
+    #[error("circuit breaker open for {0}: the node is failing")]
+    CircuitOpen(String),
     /// The client's configuration cannot be used (e.g. an address that is
     /// not `host:port`).
     #[error("configuration: {0}")]

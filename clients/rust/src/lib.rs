@@ -17,6 +17,8 @@
 //! `address` may list several seeds (`"10.0.0.1:7000,10.0.0.2:7000"`): the
 //! client enters by the first that answers the handshake (`seeds.rs`).
 
+mod breaker;
+mod cluster;
 mod connection;
 mod error;
 mod seeds;
@@ -27,12 +29,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::Mutex;
 
+use cluster::{Cluster, Moved, OnMoved, MAX_REDIRECTS, STALE_WAIT};
 use connection::Connection;
-use dnd_cache_proto::key::{key_hash, owner_of, slot_of, SLOTS};
+use dnd_cache_proto::key::{key_hash, owner_of};
 use dnd_cache_proto::pb as proto;
 use dnd_cache_proto::validate::check_key;
 use seeds::Seeds;
 
+pub use breaker::{BreakerConfig, BreakerState};
+pub use cluster::RoutingStats;
 pub use dnd_cache_proto::pb::{ItemResult, Metadata, Options};
 pub use error::{ClientError, Status};
 
@@ -57,6 +62,8 @@ pub struct ClientConfig {
     /// Send each key straight to its owner shard's port.
     pub shard_aware: bool,
     pub max_frame_bytes: usize,
+    /// ICD 9.2's circuit breaker, one per node of a cluster.
+    pub breaker: BreakerConfig,
 }
 
 impl ClientConfig {
@@ -75,6 +82,7 @@ impl ClientConfig {
             backoff: Duration::from_millis(50),
             shard_aware: true,
             max_frame_bytes: dnd_cache_proto::frame::DEFAULT_MAX_FRAME_BYTES,
+            breaker: BreakerConfig::default(),
         }
     }
 
@@ -101,9 +109,27 @@ pub struct Item {
     pub metadata: Metadata,
 }
 
-struct Route {
+/// One address the client sends to, with its connection (opened on first
+/// use, reopened after it closes).
+pub(crate) struct Route {
     address: String,
     conn: Mutex<Option<Arc<Connection>>>,
+}
+
+impl Route {
+    pub(crate) fn new(address: String) -> Route {
+        Route {
+            address,
+            conn: Mutex::new(None),
+        }
+    }
+}
+
+/// Where one attempt of a request goes: the route, and in a cluster the
+/// node behind it (whose breaker counts the outcome).
+struct Target {
+    route: Arc<Route>,
+    node: Option<Arc<cluster::Node>>,
 }
 
 /// A cache client. Cheap to clone; clones share connections.
@@ -123,90 +149,11 @@ struct Inner {
     public: Arc<Route>,
     /// The seed addresses (not the hash `seed` above).
     seeds: Seeds,
-    /// In a cluster: the slots of other nodes (docs/cluster.md).
+    /// In a cluster: where each slot lives (docs/cluster.md, "Routing").
     cluster: Option<Cluster>,
-}
-
-/// Where each slot of a cluster lives, as this client last learned it (the
-/// handshake's map, then each CACHE_013 answer).
-struct Cluster {
-    /// `None`: the node this client connected to; else another node's
-    /// public port.
-    slots: std::sync::RwLock<Vec<Option<Arc<Route>>>>,
-    /// One route per node address, shared by its slots.
-    nodes: std::sync::Mutex<std::collections::HashMap<String, Arc<Route>>>,
-}
-
-impl Cluster {
-    fn from_handshake(map: &proto::Handshake) -> Option<Cluster> {
-        if map.cluster_epoch == 0 || map.slot_primary.len() != SLOTS {
-            return None;
-        }
-        let cluster = Cluster {
-            slots: std::sync::RwLock::new(vec![None; SLOTS]),
-            nodes: std::sync::Mutex::new(std::collections::HashMap::new()),
-        };
-        let routes: Vec<Option<Arc<Route>>> = map
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                (i as u32 != map.node_index).then(|| cluster.node(&format!("{}:{}", n.host, n.port)))
-            })
-            .collect();
-        {
-            let mut slots = cluster.slots.write().unwrap_or_else(|e| e.into_inner());
-            for (slot, &p) in map.slot_primary.iter().enumerate() {
-                slots[slot] = routes.get(p as usize).cloned().flatten();
-            }
-        }
-        Some(cluster)
-    }
-
-    /// The route to a node's public port.
-    fn node(&self, address: &str) -> Arc<Route> {
-        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
-        nodes
-            .entry(address.to_string())
-            .or_insert_with(|| {
-                Arc::new(Route {
-                    address: address.to_string(),
-                    conn: Mutex::new(None),
-                })
-            })
-            .clone()
-    }
-
-    fn route(&self, slot: usize) -> Option<Arc<Route>> {
-        self.slots.read().unwrap_or_else(|e| e.into_inner())[slot].clone()
-    }
-
-    /// A CACHE_013 answer: the slot lives at `address` from now on.
-    fn moved(&self, slot: usize, address: &str) -> Arc<Route> {
-        let route = self.node(address);
-        if let Some(s) = self
-            .slots
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(slot)
-        {
-            *s = Some(route.clone());
-        }
-        route
-    }
-}
-
-/// Most CACHE_013 redirections one request follows.
-const MAX_REDIRECTS: u32 = 3;
-
-/// The slot and node address of a CACHE_013 answer.
-fn moved_target(data: &[u8]) -> Option<(usize, String)> {
-    let v: serde_json::Value = serde_json::from_slice(data).ok()?;
-    let moved = &v["moved"];
-    Some((
-        moved["slot"].as_u64()? as usize,
-        moved["address"].as_str()?.to_string(),
-    ))
+    /// The breaker of a lone server, and of the entry connection in a
+    /// cluster (a cluster's nodes have their own).
+    breaker: breaker::Breaker,
 }
 
 impl CacheClient {
@@ -248,7 +195,8 @@ impl CacheClient {
             address,
             conn: Mutex::new(Some(Arc::new(first))),
         });
-        let cluster = Cluster::from_handshake(&map);
+        let cluster = Cluster::from_handshake(&map, config.shard_aware, config.breaker);
+        let breaker = breaker::Breaker::new(config.breaker);
         Ok(CacheClient {
             inner: Arc::new(Inner {
                 config,
@@ -258,21 +206,110 @@ impl CacheClient {
                 public,
                 seeds,
                 cluster,
+                breaker,
             }),
         })
     }
 
-    fn route_for(&self, key: &[u8]) -> Arc<Route> {
-        let hash = key_hash(key, self.inner.seed);
-        if let Some(route) = self.inner.cluster.as_ref().and_then(|c| c.route(slot_of(hash))) {
-            return route;
+    /// How this client routed so far (all zero for a lone server).
+    pub fn routing_stats(&self) -> RoutingStats {
+        self.inner
+            .cluster
+            .as_ref()
+            .map(Cluster::stats)
+            .unwrap_or_default()
+    }
+
+    /// In a cluster, the node (its public `host:port`) a key is sent to by
+    /// the map this client holds; `None` for a lone server.
+    pub fn node_for(&self, key: impl AsRef<[u8]>) -> Option<String> {
+        let hash = key_hash(key.as_ref(), self.inner.seed);
+        Some(self.inner.cluster.as_ref()?.route(hash).0.address.clone())
+    }
+
+    /// The state of the breaker of the node at `address` (a node's public
+    /// `host:port` as the map names it); of the one breaker for a lone
+    /// server (any address).
+    pub fn breaker_state(&self, address: &str) -> BreakerState {
+        match &self.inner.cluster {
+            Some(c) => c
+                .members()
+                .into_iter()
+                .find(|n| n.address == address)
+                .map_or(BreakerState::Closed, |n| n.breaker.state()),
+            None => self.inner.breaker.state(),
+        }
+    }
+
+    /// Where a request goes: a key's (`hash`) to its slot's node and owner
+    /// shard, anything else to the entry connection.
+    fn target(&self, hash: Option<u64>) -> Target {
+        if let (Some(hash), Some(cluster)) = (hash, &self.inner.cluster) {
+            let (node, route) = cluster.route(hash);
+            return Target {
+                route,
+                node: Some(node),
+            };
         }
         let shards = &self.inner.shards;
-        if shards.is_empty() {
-            self.inner.public.clone()
-        } else {
-            shards[owner_of(hash, shards.len())].clone()
+        let route = match hash {
+            Some(hash) if !shards.is_empty() => shards[owner_of(hash, shards.len())].clone(),
+            _ => self.inner.public.clone(),
+        };
+        Target { route, node: None }
+    }
+
+    fn breaker_of<'a>(&'a self, target: &'a Target) -> &'a breaker::Breaker {
+        target.node.as_ref().map_or(&self.inner.breaker, |n| &n.breaker)
+    }
+
+    /// Asks a node for the map it runs (a fresh handshake) and installs it
+    /// if newer: `first` first, then the other nodes of the map but
+    /// `avoid`, then the seeds. One refresh at a time, at most one per
+    /// 100 ms; a node that does not answer within a second is skipped.
+    async fn refresh(&self, first: Option<&str>, avoid: Option<&str>) {
+        let Some(cluster) = &self.inner.cluster else {
+            return;
+        };
+        let Some(mut done) = cluster.refresh_slot().await else {
+            return;
+        };
+        let c = &self.inner.config;
+        let timeout = c.connect_timeout.min(std::time::Duration::from_secs(1));
+        let mut answered = false;
+        for node in cluster.refresh_candidates(first, avoid) {
+            if node.breaker.state() == BreakerState::Open {
+                continue;
+            }
+            if let Ok(conn) =
+                Connection::open(&node.address, &self.inner.hello, timeout, c.max_frame_bytes).await
+            {
+                cluster.install(&conn.handshake);
+                // The fresh connection serves the node's next requests.
+                *node.public.conn.lock().await = Some(Arc::new(conn));
+                answered = true;
+                break;
+            }
         }
+        if !answered {
+            if let Ok((_, conn)) = self
+                .inner
+                .seeds
+                .open(&self.inner.hello, timeout, c.max_frame_bytes)
+                .await
+            {
+                cluster.install(&conn.handshake);
+            }
+        }
+        *done = Some(std::time::Instant::now());
+    }
+
+    /// [`CacheClient::refresh`] in the background (a redirection named a
+    /// newer map than the client's: the other slots that moved with it are
+    /// learned without a redirection each).
+    fn refresh_later(&self, from: String) {
+        let me = self.clone();
+        tokio::spawn(async move { me.refresh(Some(&from), None).await });
     }
 
     async fn connection(&self, route: &Route) -> Result<Arc<Connection>, ClientError> {
@@ -299,48 +336,122 @@ impl CacheClient {
                 .await?,
             )
         };
+        if let Some(cluster) = &self.inner.cluster {
+            cluster.install(&conn.handshake);
+        }
         *slot = Some(conn.clone());
         Ok(conn)
     }
 
     /// Sends an operation (retrying failures of the connection) and returns
     /// the raw answer, whatever its status.
-    /// In a cluster, a key's request goes to the node that owns its slot;
-    /// a CACHE_013 answer (the map moved) is followed to the node it names.
+    ///
+    /// In a cluster a key's request goes to its slot's node (its owner
+    /// shard); a CACHE_013 answer is followed to the node it names (at most
+    /// 3 times), or, when it comes from a node on an older map than the
+    /// client's, waited on (at most 2 s); a connection error refreshes the
+    /// map before the retry. Each node's breaker counts its outcomes.
     pub async fn execute(&self, op: &proto::CacheOperation) -> Result<proto::CacheResponse, ClientError> {
-        let mut route = match op.operation.as_str() {
-            "get" | "set" | "delete" => self.route_for(&op.key),
-            _ => self.inner.public.clone(),
-        };
+        let keyed = matches!(op.operation.as_str(), "get" | "set" | "delete");
+        let hash = keyed.then(|| key_hash(&op.key, self.inner.seed));
+        self.send(op, self.target(hash), hash).await
+    }
+
+    /// [`CacheClient::execute`] from a first target; `hash` is the key's
+    /// for a single-key request (redirections and refreshes re-route it).
+    async fn send(
+        &self,
+        op: &proto::CacheOperation,
+        mut target: Target,
+        hash: Option<u64>,
+    ) -> Result<proto::CacheResponse, ClientError> {
+        let cluster = self.inner.cluster.as_ref();
         let config = &self.inner.config;
         let mut attempt = 0;
         let mut redirects = 0;
+        let mut stale: Option<(std::time::Instant, u32)> = None;
         loop {
-            let result = match self.connection(&route).await {
+            if !self.breaker_of(&target).allow() {
+                // The slot may have moved off the failing node.
+                if let (Some(node), Some(_)) = (&target.node, cluster) {
+                    let avoid = node.address.clone();
+                    self.refresh(None, Some(&avoid)).await;
+                    let next = self.target(hash);
+                    if next.node.as_ref().is_some_and(|n| n.address != avoid) {
+                        target = next;
+                        continue;
+                    }
+                }
+                return Err(ClientError::CircuitOpen(target.route.address.clone()));
+            }
+            let result = match self.connection(&target.route).await {
                 Ok(conn) => conn.call(op, config.request_timeout).await,
                 Err(e) => Err(e),
             };
-            match result {
-                Err(ClientError::Io(_) | ClientError::Closed | ClientError::Timeout)
-                    if attempt < config.retries =>
-                {
+            let breaker = self.breaker_of(&target);
+            let resp = match result {
+                Err(e @ (ClientError::Io(_) | ClientError::Closed | ClientError::Timeout)) => {
+                    breaker.record(false);
+                    if attempt >= config.retries {
+                        return Err(e);
+                    }
                     attempt += 1;
                     tokio::time::sleep(backoff(config.backoff, attempt)).await;
+                    if let Some(node) = &target.node {
+                        let failed = node.address.clone();
+                        self.refresh(None, Some(&failed)).await;
+                        if hash.is_some() {
+                            target = self.target(hash);
+                        }
+                    }
+                    continue;
                 }
-                Ok(resp) if resp.status == Status::Moved.code_number() && redirects < MAX_REDIRECTS => {
-                    let Some((slot, address)) = moved_target(&resp.data) else {
-                        return Ok(resp);
-                    };
+                Err(e) => {
+                    breaker.abandon();
+                    return Err(e);
+                }
+                Ok(resp) => resp,
+            };
+            let unhealthy = [Status::TooManyConnections, Status::Unavailable].map(Status::code_number);
+            breaker.record(!unhealthy.contains(&resp.status));
+            if resp.status != Status::Moved.code_number() {
+                return Ok(resp);
+            }
+            let Some(moved) = Moved::parse(&resp.data) else {
+                return Ok(resp);
+            };
+            match (cluster, hash) {
+                (Some(cluster), Some(hash)) => match cluster.moved(hash, &moved) {
+                    (OnMoved::Follow, node, route) if redirects < MAX_REDIRECTS => {
+                        redirects += 1;
+                        if moved.epoch > cluster.epoch() {
+                            self.refresh_later(moved.address.clone());
+                        }
+                        target = Target {
+                            route,
+                            node: Some(node),
+                        };
+                    }
+                    (OnMoved::Wait, _, _) => {
+                        let (since, tries) = stale.get_or_insert((std::time::Instant::now(), 0));
+                        if since.elapsed() >= STALE_WAIT {
+                            return Ok(resp);
+                        }
+                        tokio::time::sleep(cluster::stale_backoff(*tries)).await;
+                        *tries += 1;
+                    }
+                    _ => return Ok(resp),
+                },
+                // A lone server's client (or a request of no key) follows
+                // the address as it is.
+                _ if redirects < MAX_REDIRECTS => {
                     redirects += 1;
-                    route = match &self.inner.cluster {
-                        Some(cluster) => cluster.moved(slot, &address),
-                        None => Arc::new(Route {
-                            address,
-                            conn: Mutex::new(None),
-                        }),
+                    target = Target {
+                        route: Arc::new(Route::new(moved.address)),
+                        node: None,
                     };
                 }
-                other => return other,
+                _ => return Ok(resp),
             }
         }
     }
@@ -349,6 +460,80 @@ impl CacheClient {
         let resp = self.execute(&op).await?;
         check_status(&resp)?;
         Ok(resp)
+    }
+
+    /// A batch's items, in the order of its keys (or entries). In a
+    /// cluster the batch is split by the node each key's slot lives on,
+    /// the parts sent at once, and the items put back in order; an item
+    /// still answered CACHE_013 (the map moved meanwhile) is left to the
+    /// caller, which re-sends it alone.
+    async fn call_batch(&self, o: proto::CacheOperation) -> Result<Vec<ItemResult>, ClientError> {
+        let Some(cluster) = &self.inner.cluster else {
+            return Ok(self.call(o).await?.items);
+        };
+        let by_entries = !o.entries.is_empty();
+        let count = if by_entries { o.entries.len() } else { o.keys.len() };
+        let key = |i: usize| if by_entries { &o.entries[i].key } else { &o.keys[i] };
+        let mut groups: Vec<(Arc<cluster::Node>, Vec<usize>)> = Vec::new();
+        for i in 0..count {
+            let node = cluster.route(key_hash(key(i), self.inner.seed)).0;
+            match groups.iter_mut().find(|(n, _)| Arc::ptr_eq(n, &node)) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((node, vec![i])),
+            }
+        }
+        if groups.len() <= 1 {
+            let target = match groups.pop() {
+                Some((node, _)) => Target {
+                    route: node.public.clone(),
+                    node: Some(node),
+                },
+                None => self.target(None),
+            };
+            let resp = self.send(&o, target, None).await?;
+            check_status(&resp)?;
+            return Ok(resp.items);
+        }
+        let mut parts = Vec::with_capacity(groups.len());
+        for (node, members) in &groups {
+            let mut part = proto::CacheOperation {
+                keys: Vec::new(),
+                entries: Vec::new(),
+                ..o.clone()
+            };
+            if by_entries {
+                part.entries = members.iter().map(|&i| o.entries[i].clone()).collect();
+            } else {
+                part.keys = members.iter().map(|&i| o.keys[i].clone()).collect();
+            }
+            let me = self.clone();
+            let target = Target {
+                route: node.public.clone(),
+                node: Some(node.clone()),
+            };
+            parts.push(tokio::spawn(async move {
+                let resp = me.send(&part, target, None).await?;
+                check_status(&resp)?;
+                Ok::<_, ClientError>(resp.items)
+            }));
+        }
+        let mut items: Vec<Option<ItemResult>> = vec![None; count];
+        for (part, (_, members)) in parts.into_iter().zip(&groups) {
+            let answered = part
+                .await
+                .map_err(|e| ClientError::Protocol(format!("batch part failed: {e}")))??;
+            if answered.len() != members.len() {
+                return Err(ClientError::Protocol(format!(
+                    "batch of {} keys answered with {} items",
+                    members.len(),
+                    answered.len()
+                )));
+            }
+            for (item, &i) in answered.into_iter().zip(members) {
+                items[i] = Some(item);
+            }
+        }
+        Ok(items.into_iter().flatten().collect())
     }
 
     /// The value of `key`; `None` when missing or expired.
@@ -401,9 +586,9 @@ impl CacheClient {
     pub async fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Bytes>>, ClientError> {
         let mut o = op("get_many", b"");
         o.keys = keys.iter().map(|k| Bytes::copy_from_slice(k.as_ref())).collect();
-        let resp = self.call(o).await?;
-        let mut values = Vec::with_capacity(resp.items.len());
-        for item in resp.items {
+        let items = self.call_batch(o).await?;
+        let mut values = Vec::with_capacity(items.len());
+        for item in items {
             values.push(match Status::from_u32(item.status) {
                 Some(Status::Ok) => Some(item.data),
                 Some(Status::NotFound | Status::Expired) => None,
@@ -431,7 +616,7 @@ impl CacheClient {
                 ttl: 0,
             })
             .collect();
-        let mut items = self.call(o).await?.items;
+        let mut items = self.call_batch(o).await?;
         for (item, (_, value)) in items.iter_mut().zip(entries) {
             // In a cluster: a key of another node's slot.
             if item.status == Status::Moved.code_number() {
@@ -452,7 +637,7 @@ impl CacheClient {
         let mut o = op("delete_many", b"");
         o.keys = keys.iter().map(|k| Bytes::copy_from_slice(k.as_ref())).collect();
         let mut removed = 0;
-        for item in self.call(o).await?.items {
+        for item in self.call_batch(o).await? {
             removed += match Status::from_u32(item.status) {
                 Some(Status::Ok) => 1,
                 // In a cluster: a key of another node's slot.
