@@ -196,6 +196,13 @@ fn requests_reach_the_owner_of_their_slot(nodes: &[TestServer]) {
         here > 50 && moved > 100,
         "n1 owns {here} of 300, {moved} elsewhere"
     );
+    // Those answers are counted as CACHE_013 (the check above that the
+    // clients caused none is not empty by construction).
+    let metrics = HttpConn::open(nodes[0].http).get("/health/metrics").text();
+    let line = format!(
+        "cache_errors_total{{service=\"test_service\",operation=\"get\",code=\"CACHE_013\"}} {moved}"
+    );
+    assert!(metrics.contains(&line), "{line} missing in:\n{metrics}");
     // REST: 307 to the owner's REST port, and the owner takes the write.
     let mut followed = 0;
     for i in 0..20 {

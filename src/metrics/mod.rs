@@ -66,10 +66,11 @@ pub fn op_label(slot: u8) -> &'static str {
 
 #[inline]
 fn status_slot(status: u32) -> usize {
+    // The position of the status in `Status::ALL` (checked by a test).
     match status {
-        0..=12 => status as usize,
-        101 => 13,
-        102 => 14,
+        0..=13 => status as usize,
+        101 => 14,
+        102 => 15,
         _ => 6, // unknown statuses count as malformed
     }
 }
@@ -180,6 +181,24 @@ impl ShardMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every status is counted under its own code (CACHE_013 was counted
+    /// as CACHE_006, and AUTH_001 shown as CACHE_013, until 2026-12-07).
+    #[test]
+    fn every_status_is_counted_under_its_own_code() {
+        for status in Status::ALL {
+            assert_eq!(Status::ALL[status_slot(status as u32)], status, "{status:?}");
+            let mut m = ShardMetrics::default();
+            let svc = m.intern("svc");
+            m.record(svc, 0, status as u32, 5);
+            let errors = &m.op_snapshots()[0].errors;
+            if status == Status::Ok {
+                assert!(errors.is_empty());
+            } else {
+                assert_eq!(errors, &vec![(status.code(), 1)], "{status:?}");
+            }
+        }
+    }
 
     #[test]
     fn services_are_capped() {
