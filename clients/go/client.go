@@ -29,6 +29,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"dnd/cache/internal/wire"
@@ -48,6 +49,10 @@ type Client struct {
 	breaker *breaker
 
 	counts counters
+	// learned is set once a handshake was read: until then the client
+	// knows no route but the seed's, so a keyed request opens a
+	// connection first (a cluster's map comes with it).
+	learned atomic.Bool
 
 	mu       sync.Mutex
 	pools    map[string]*pool
@@ -462,6 +467,7 @@ func (c *Client) batch(ctx context.Context, operation string, keys []string, val
 	if err != nil {
 		return nil, err
 	}
+	_ = c.handshakeFirst(ctx) // a failure is met again by the chunks' attempts
 	results := make([]wire.ItemResult, len(keys))
 	pending := make([]int, len(keys))
 	for i := range pending {
@@ -565,7 +571,13 @@ func (c *Client) withRetries(ctx context.Context, key []byte, send func(route) (
 				return nil, err
 			}
 		}
-		r, retry, err := c.attempt(ctx, c.checkedRoute(ctx, key), lastErr, send)
+		rt, first := c.checkedRoute(ctx, key)
+		r, retry, err := c.attempt(ctx, rt, lastErr, func(rt route) (*wire.CacheResponse, error) {
+			if first != nil {
+				return nil, first // the first handshake failed: this attempt's failure
+			}
+			return send(rt)
+		})
 		if !retry {
 			return r, err
 		}
@@ -698,6 +710,7 @@ func (c *Client) dial(ctx context.Context, addr string) (*conn, error) {
 // carries it), else, from the seed in use, its shard ports (other nodes are
 // then reached on their public port).
 func (c *Client) learnHandshake(addr string, hs *wire.Handshake, seed bool) {
+	c.learned.Store(true)
 	c.mu.Lock()
 	c.hashSeed = hs.HashSeed
 	c.mu.Unlock()

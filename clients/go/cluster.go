@@ -196,15 +196,49 @@ func (c *Client) routeFor(key []byte) route {
 	return c.routeLocked(key)
 }
 
-// checkedRoute is where key goes, after fetching the map again when the
-// node it maps to has an open breaker (the slot may have moved).
-func (c *Client) checkedRoute(ctx context.Context, key []byte) route {
+// checkedRoute is where key goes: after a first handshake (handshakeFirst;
+// its error is returned), and after fetching the map again when the node
+// it maps to has an open breaker (the slot may have moved).
+func (c *Client) checkedRoute(ctx context.Context, key []byte) (route, error) {
+	if len(key) > 0 {
+		if err := c.handshakeFirst(ctx); err != nil {
+			return c.routeFor(key), err
+		}
+	}
 	rt := c.routeFor(key)
 	if rt.node != "" && c.breakerFor(rt.node).isOpen() {
 		c.refreshMap(ctx, "", rt.node, true)
 		rt = c.routeFor(key)
 	}
-	return rt
+	return rt, nil
+}
+
+// handshakeFirst opens a connection to the seed in use when no handshake
+// has been read yet, so that the first keyed request is routed by what it
+// says (a cluster's map, or the shard ports) rather than sent to the seed.
+// Its error is the request's attempt's; with the breaker open it leaves
+// the request to fail fast.
+func (c *Client) handshakeFirst(ctx context.Context) error {
+	if c.learned.Load() || c.breaker.isOpen() {
+		return nil
+	}
+	addr := c.seeds.inUse()
+	if addr == "" {
+		var err error
+		if addr, err = c.enter(ctx); err != nil {
+			return err
+		}
+	}
+	p, err := c.pool(addr)
+	if err != nil {
+		return err
+	}
+	conn, err := p.get(ctx)
+	if err != nil {
+		return err
+	}
+	p.put(conn)
+	return nil
 }
 
 // breakerFor is the breaker of a node (by public address); outside a
