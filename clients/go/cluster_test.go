@@ -77,9 +77,11 @@ func startCluster(t *testing.T, url, name string, n int, zones []string) []*test
 }
 
 // waitSettled waits until every node runs the same settled map of all the
-// nodes (all serving, each a primary, none learning) and returns its epoch:
-// a joining node takes its slots over a few maps, and a node still on an
-// older one answers CACHE_013 with that map.
+// nodes (all serving, none learning, the primaries balanced, the same
+// epoch on two polls in a row) and returns its epoch: a joining node takes
+// its slots over a few maps (with replication 2 the primaries are balanced
+// after the nodes serve), and a node still on an older one answers
+// CACHE_013 with that map.
 func waitSettled(t *testing.T, nodes []*testServer, within time.Duration) float64 {
 	t.Helper()
 	settled := func(h map[string]any) (float64, bool) {
@@ -91,11 +93,12 @@ func waitSettled(t *testing.T, nodes []*testServer, within time.Duration) float6
 		if !ok || len(n) != len(nodes) {
 			return 0, false
 		}
+		fair := float64(slotCount / len(nodes))
 		for _, x := range n {
 			node, _ := x.(map[string]any)
 			p, _ := node["primary_slots"].(float64)
 			l, _ := node["learner_slots"].(float64)
-			if node["status"] != "serving" || p == 0 || l != 0 {
+			if node["status"] != "serving" || p < fair-2 || p > fair+2 || l != 0 {
 				return 0, false
 			}
 		}
@@ -110,6 +113,7 @@ func waitSettled(t *testing.T, nodes []*testServer, within time.Duration) float6
 	}
 	ctx := context.Background()
 	started := time.Now()
+	seen := -1.0 // the settled epoch of the poll before
 	for {
 		var epochs []float64
 		var last []any
@@ -120,14 +124,19 @@ func waitSettled(t *testing.T, nodes []*testServer, within time.Duration) float6
 				epochs = append(epochs, e)
 			}
 		}
-		if len(epochs) == len(nodes) {
+		if len(epochs) == len(nodes) && epochs[0] != seen {
+			seen = epochs[0]
+		} else if len(epochs) == len(nodes) {
 			t.Logf("settled map of %d nodes (epoch %v) after %v", len(nodes), epochs[0], time.Since(started).Round(time.Millisecond))
 			return epochs[0]
 		}
 		if time.Since(started) > within {
 			t.Fatalf("no settled map of %d nodes in %v: %v", len(nodes), within, last)
 		}
-		time.Sleep(100 * time.Millisecond)
+		if len(epochs) != len(nodes) {
+			seen = -1
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 
@@ -300,6 +309,9 @@ func TestClusterFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := c.RoutingStats()
+	if epoch := waitSettled(t, nodes, 10*time.Second); before.MapEpoch != uint64(epoch) {
+		t.Fatalf("the map moved while the keys were sorted by node: epoch %v, the client's %+v", epoch, before)
+	}
 
 	_ = victim.cmd.Process.Kill()
 	_ = victim.cmd.Wait()
