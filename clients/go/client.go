@@ -18,6 +18,12 @@
 // set and delete are idempotent for a cache (a repeated set stores the same
 // value again). A circuit breaker counts those failures and, once open,
 // fails calls at once with ErrCircuitOpen.
+//
+// In a cluster, the handshake's slot map sends each key straight to its
+// node (and that node's owner shard); the client follows CACHE_013 when the
+// map moved, fetches the map again when a node is lost, and keeps one
+// circuit breaker per node, so a dead node fails fast for its own keys only
+// (cluster.go; Client.RoutingStats, Client.NodeBreakerStates).
 package cache
 
 import (
