@@ -274,7 +274,7 @@ func TestClusterRoutesByTheMap(t *testing.T) {
 }
 
 // TestClusterFailover: three nodes keeping two copies of each key; one is
-// killed. The keys of the live nodes keep being served all along, the
+// killed, the seed the client entered through. The keys of the live nodes keep being served all along, the
 // killed node's keys are served by its promoted replica within 5 s, and
 // only the killed node's breaker may open.
 func TestClusterFailover(t *testing.T) {
@@ -288,7 +288,7 @@ func TestClusterFailover(t *testing.T) {
 	c := NewClient(&Config{ServiceID: fmt.Sprintf("go_failover_%d", os.Getpid()), Address: strings.Join(seeds, ",")})
 	defer c.Close()
 	ctx := context.Background()
-	victim := nodes[1]
+	victim := nodes[0] // the seed in use: the map is fetched from the other seeds
 	var victimKeys, otherKeys []string
 	values := map[string]any{}
 	for i := 0; len(victimKeys) < 20 || len(otherKeys) < 20; i++ {
@@ -309,6 +309,9 @@ func TestClusterFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := c.RoutingStats()
+	if seed := c.seeds.inUse(); seed != victim.Addr {
+		t.Fatalf("the seed in use is %s, not the first seed %s", seed, victim.Addr)
+	}
 	if epoch := waitSettled(t, nodes, 10*time.Second); before.MapEpoch != uint64(epoch) {
 		t.Fatalf("the map moved while the keys were sorted by node: epoch %v, the client's %+v", epoch, before)
 	}
