@@ -16,6 +16,13 @@ import (
 // Cluster routing decisions that need no server: the stale-epoch rule, the
 // map's routes, and the breaker of each node.
 
+func TestAMovedAnswerIsErrMoved(t *testing.T) {
+	err := statusError(statusMoved, []byte(`{"moved":{}}`))
+	if !errors.Is(err, ErrMoved) || err.Code != "CACHE_013" || err.Retryable() {
+		t.Fatalf("%+v", err)
+	}
+}
+
 func TestOnMovedFollowsTheSameOrANewerEpoch(t *testing.T) {
 	for _, tc := range []struct {
 		answer, known uint64
