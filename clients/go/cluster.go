@@ -413,7 +413,7 @@ func (c *Client) refreshMap(ctx context.Context, first, avoid string, wait bool)
 			return // canceled, or a refused token: every node would refuse it
 		}
 		c.counts.refreshes.Add(1)
-		c.learnMap(addr, conn.handshake)
+		c.learnHandshake(addr, conn.handshake, false)
 		if p, err := c.pool(addr); err == nil {
 			p.adopt(conn)
 		} else {
