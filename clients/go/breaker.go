@@ -48,6 +48,14 @@ func (b *breaker) State() string {
 	return b.state
 }
 
+// isOpen reports whether the breaker refuses requests now (open, cool-down
+// not over); unlike allow it takes no probe.
+func (b *breaker) isOpen() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.state == StateOpen && b.now().Sub(b.openedAt) < b.cfg.Cooldown
+}
+
 // allow reports whether a request may be sent now (taking the probe when half-open).
 func (b *breaker) allow() bool {
 	b.mu.Lock()

@@ -155,7 +155,7 @@ func TestRetriesCountAndStopOnClientErrors(t *testing.T) {
 	c := NewClient(&Config{ServiceID: "svc", Retries: 3, BackoffBase: time.Millisecond, BackoffMax: time.Millisecond,
 		Breaker: BreakerConfig{MinRequests: 1000}})
 	calls := 0
-	_, err := c.withRetries(context.Background(), func() (*wire.CacheResponse, error) {
+	_, err := c.withRetries(context.Background(), nil, func(route) (*wire.CacheResponse, error) {
 		calls++
 		return nil, &Error{Code: codeConnection}
 	})
@@ -164,7 +164,7 @@ func TestRetriesCountAndStopOnClientErrors(t *testing.T) {
 	}
 	calls = 0
 	answers := []uint32{11, 5, 0}
-	r, err := c.withRetries(context.Background(), func() (*wire.CacheResponse, error) {
+	r, err := c.withRetries(context.Background(), nil, func(route) (*wire.CacheResponse, error) {
 		calls++
 		return &wire.CacheResponse{Status: answers[calls-1]}, nil
 	})
@@ -172,7 +172,7 @@ func TestRetriesCountAndStopOnClientErrors(t *testing.T) {
 		t.Fatalf("calls=%d r=%v err=%v", calls, r, err)
 	}
 	calls = 0
-	r, _ = c.withRetries(context.Background(), func() (*wire.CacheResponse, error) {
+	r, _ = c.withRetries(context.Background(), nil, func(route) (*wire.CacheResponse, error) {
 		calls++
 		return &wire.CacheResponse{Status: 4}, nil
 	})

@@ -18,6 +18,12 @@
 // set and delete are idempotent for a cache (a repeated set stores the same
 // value again). A circuit breaker counts those failures and, once open,
 // fails calls at once with ErrCircuitOpen.
+//
+// In a cluster, the handshake's slot map sends each key straight to its
+// node (and that node's owner shard); the client follows CACHE_013 when the
+// map moved, fetches the map again when a node is lost, and keeps one
+// circuit breaker per node, so a dead node fails fast for its own keys only
+// (cluster.go; Client.RoutingStats, Client.NodeBreakerStates).
 package cache
 
 import (
@@ -29,6 +35,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"dnd/cache/internal/wire"
@@ -47,12 +54,22 @@ type Client struct {
 	seeds   *seeds
 	breaker *breaker
 
+	counts counters
+	// learned is set once a handshake was read: until then the client
+	// knows no route but the seed's, so a keyed request opens a
+	// connection first (a cluster's map comes with it).
+	learned atomic.Bool
+
 	mu       sync.Mutex
 	pools    map[string]*pool
 	topology *topology
 	closed   bool
-	// In a cluster: slots learned (from CACHE_013) to live on other nodes.
-	moved map[int]string
+	hashSeed uint64 // of the last handshake
+	// In a cluster (cluster.go): the slot map and each node's breaker.
+	cluster     *clusterMap
+	breakers    map[string]*breaker
+	refreshing  chan struct{} // closed when the map fetch in flight ends
+	refreshedAt time.Time     // when the last map fetch ended
 }
 
 // statusMoved is CACHE_013: the key's slot belongs to another node of the
@@ -62,26 +79,8 @@ const statusMoved = 13
 // maxRedirects bounds the CACHE_013 redirections one request follows.
 const maxRedirects = 3
 
-// movedTarget is the slot and node address a CACHE_013 answer names.
-func movedTarget(data []byte) (int, string, bool) {
-	var body struct {
-		Moved struct {
-			Slot    int    `json:"slot"`
-			Address string `json:"address"`
-		} `json:"moved"`
-	}
-	if err := json.Unmarshal(data, &body); err != nil || body.Moved.Address == "" {
-		return 0, "", false
-	}
-	return body.Moved.Slot, body.Moved.Address, true
-}
-
-// slotOf is the cluster slot of a key: the top 12 bits of its hash.
-func slotOf(key []byte, seed uint64) int {
-	return int(xxh3.Hash64Seed(key, seed) >> 52)
-}
-
-// topology is what the handshake of the seed in use said about its shards.
+// topology is what the handshake of the seed in use said about its shards
+// (outside a cluster).
 type topology struct {
 	host  string
 	ports []uint32
@@ -91,7 +90,7 @@ type topology struct {
 // NewClient returns a client for cfg. A configuration error is returned by
 // every call of the client.
 func NewClient(cfg *Config) *Client {
-	c := &Client{pools: map[string]*pool{}}
+	c := &Client{pools: map[string]*pool{}, breakers: map[string]*breaker{}}
 	if cfg == nil {
 		cfg = &Config{}
 	}
@@ -290,8 +289,29 @@ func (c *Client) document(ctx context.Context, op string) (map[string]any, error
 	return doc, json.Unmarshal(r.Data, &doc)
 }
 
-// BreakerState is "closed", "open" or "half_open".
-func (c *Client) BreakerState() string { return c.breaker.State() }
+// BreakerState is "closed", "open" or "half_open". In a cluster each node
+// has its own breaker (NodeBreakerStates): BreakerState is then "open" when
+// every node's breaker the client used is open, "half_open" when none is
+// closed but one is half-open, else "closed".
+func (c *Client) BreakerState() string {
+	if !c.inCluster() {
+		return c.breaker.State()
+	}
+	states := c.NodeBreakerStates()
+	if len(states) == 0 {
+		return c.breaker.State()
+	}
+	summary := StateOpen
+	for _, st := range states {
+		switch st {
+		case StateClosed:
+			return StateClosed
+		case StateHalfOpen:
+			summary = StateHalfOpen
+		}
+	}
+	return summary
+}
 
 // Close closes every connection; later calls fail.
 func (c *Client) Close() error {
@@ -339,30 +359,51 @@ func (c *Client) single(ctx context.Context, op *wire.CacheOperation) (*wire.Cac
 	}
 	op.CorrelationID = id
 	body := op.Marshal()
-	redirect := ""
-	for n := 0; ; n++ {
-		r, err := c.withRetries(ctx, func() (*wire.CacheResponse, error) {
-			addr := redirect
-			if addr == "" {
-				addr = c.addressFor(op.Key)
-			}
-			return c.send(ctx, addr, body)
+	redirects := 0
+	var waited time.Duration
+	next := staleWaitFirst
+	for {
+		r, err := c.withRetries(ctx, op.Key, func(rt route) (*wire.CacheResponse, error) {
+			return c.send(ctx, rt.addr, body)
 		})
-		if err != nil || r.Status != statusMoved || n == maxRedirects {
+		if err != nil || r.Status != statusMoved {
 			return r, err
 		}
-		slot, addr, ok := movedTarget(r.Data)
+		// In a cluster: the node sent to does not hold the key's slot.
+		mv, ok := parseMoved(r.Data)
 		if !ok {
 			return r, nil
 		}
-		// In a cluster: the key's slot lives on another node.
-		c.mu.Lock()
-		if c.moved == nil {
-			c.moved = map[int]string{}
+		action, wait := onMoved(mv.Epoch, c.slotEpoch(mv.Slot), redirects, waited, next)
+		switch action {
+		case follow:
+			redirects++
+			c.counts.redirects.Add(1)
+			if c.pointSlot(mv) {
+				c.refreshInBackground(mv.Address)
+			}
+		case waitStale:
+			c.counts.staleWaits.Add(1)
+			if err := sleep(ctx, wait); err != nil {
+				return nil, err
+			}
+			waited += wait
+			next *= 2
+		default:
+			return r, nil
 		}
-		c.moved[slot] = addr
-		c.mu.Unlock()
-		redirect = addr
+	}
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
@@ -373,8 +414,57 @@ func singleOf(operation string, key []byte, value []byte, ttl uint32) *wire.Cach
 	return &wire.CacheOperation{Operation: single, Key: key, Value: value, TTL: ttl}
 }
 
-// batch splits keys by owner shard and into chunks the server accepts,
-// sends the groups in parallel, and returns one item per key, in order.
+// chunk is the keys of a batch (indexes) sent to one address in one request.
+type chunk struct {
+	rt      route
+	indexes []int
+}
+
+// chunks groups the keys at idx by route (owner shard, or node) and splits
+// the groups into requests the server accepts. A node with an open breaker
+// makes it fetch the map first (its slots may have moved).
+func (c *Client) chunks(ctx context.Context, keys []string, idx []int) []chunk {
+	group := func() (map[route][]int, []route) {
+		groups := map[route][]int{}
+		var order []route
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, i := range idx {
+			rt := c.routeLocked([]byte(keys[i]))
+			if _, ok := groups[rt]; !ok {
+				order = append(order, rt)
+			}
+			groups[rt] = append(groups[rt], i)
+		}
+		return groups, order
+	}
+	groups, order := group()
+	for _, rt := range order {
+		if rt.node != "" && c.breakerFor(rt.node).isOpen() {
+			c.refreshMap(ctx, "", rt.node, true)
+			groups, order = group()
+			break
+		}
+	}
+	var out []chunk
+	for _, rt := range order {
+		in := groups[rt]
+		for start := 0; start < len(in); start += MaxBatchKeys {
+			end := start + MaxBatchKeys
+			if end > len(in) {
+				end = len(in)
+			}
+			out = append(out, chunk{rt, in[start:end]})
+		}
+	}
+	return out
+}
+
+// batch splits keys by owner shard (and, in a cluster, owner node) and into
+// chunks the server accepts, sends the chunks in parallel, and returns one
+// item per key, in order. A chunk that fails with a retryable error is sent
+// again after the backoff, its keys grouped again by the route the map
+// gives then (a connection error fetches the map again).
 func (c *Client) batch(ctx context.Context, operation string, keys []string, values map[string][]byte, ttl uint32) ([]wire.ItemResult, error) {
 	if c.err != nil {
 		return nil, c.err
@@ -383,71 +473,73 @@ func (c *Client) batch(ctx context.Context, operation string, keys []string, val
 	if err != nil {
 		return nil, err
 	}
-	groups := map[string][]int{}
-	var order []string
-	for i, k := range keys {
-		addr := c.addressFor([]byte(k))
-		if _, ok := groups[addr]; !ok {
-			order = append(order, addr)
-		}
-		groups[addr] = append(groups[addr], i)
-	}
-	type chunk struct {
-		addr    string
-		indexes []int
-	}
-	var chunks []chunk
-	for _, addr := range order {
-		idx := groups[addr]
-		for start := 0; start < len(idx); start += MaxBatchKeys {
-			end := start + MaxBatchKeys
-			if end > len(idx) {
-				end = len(idx)
-			}
-			chunks = append(chunks, chunk{addr, idx[start:end]})
-		}
-	}
+	_ = c.handshakeFirst(ctx) // a failure is met again by the chunks' attempts
 	results := make([]wire.ItemResult, len(keys))
-	errs := make([]error, len(chunks))
-	var wg sync.WaitGroup
-	for n, ch := range chunks {
-		op := &wire.CacheOperation{Operation: operation, TTL: ttl, CorrelationID: id}
-		for _, i := range ch.indexes {
-			if values == nil {
-				op.Keys = append(op.Keys, []byte(keys[i]))
-			} else {
-				op.Entries = append(op.Entries, wire.Entry{Key: []byte(keys[i]), Value: values[keys[i]]})
+	pending := make([]int, len(keys))
+	for i := range pending {
+		pending[i] = i
+	}
+	var lastErr error
+	for round := 0; len(pending) > 0; round++ {
+		if round > 0 {
+			if err := c.backoff(ctx, round-1); err != nil {
+				return nil, err
 			}
 		}
-		wg.Add(1)
-		go func(n int, ch chunk, body []byte) {
-			defer wg.Done()
-			r, err := c.withRetries(ctx, func() (*wire.CacheResponse, error) { return c.send(ctx, ch.addr, body) })
-			switch {
-			case err != nil:
-				errs[n] = err
-			case r.Status != 0:
-				errs[n] = statusError(r.Status, r.Data)
-			case len(r.Items) != len(ch.indexes):
-				errs[n] = &Error{Code: codeProtocol, Message: fmt.Sprintf("%s: %d items for %d keys", operation, len(r.Items), len(ch.indexes))}
-			default:
-				for j, i := range ch.indexes {
-					results[i] = r.Items[j]
+		chunks := c.chunks(ctx, keys, pending)
+		errs := make([]error, len(chunks))
+		again := make([]bool, len(chunks))
+		var wg sync.WaitGroup
+		for n, ch := range chunks {
+			op := &wire.CacheOperation{Operation: operation, TTL: ttl, CorrelationID: id}
+			for _, i := range ch.indexes {
+				if values == nil {
+					op.Keys = append(op.Keys, []byte(keys[i]))
+				} else {
+					op.Entries = append(op.Entries, wire.Entry{Key: []byte(keys[i]), Value: values[keys[i]]})
 				}
 			}
-		}(n, ch, op.Marshal())
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return nil, err
+			wg.Add(1)
+			go func(n int, ch chunk, body []byte) {
+				defer wg.Done()
+				r, retry, err := c.attempt(ctx, ch.rt, lastErr, func(rt route) (*wire.CacheResponse, error) {
+					return c.send(ctx, rt.addr, body)
+				})
+				switch {
+				case retry && round < c.cfg.Retries:
+					again[n], errs[n] = true, err
+				case err != nil:
+					errs[n] = err
+				case r.Status != 0:
+					errs[n] = statusError(r.Status, r.Data)
+				case len(r.Items) != len(ch.indexes):
+					errs[n] = &Error{Code: codeProtocol, Message: fmt.Sprintf("%s: %d items for %d keys", operation, len(r.Items), len(ch.indexes))}
+				default:
+					for j, i := range ch.indexes {
+						results[i] = r.Items[j]
+					}
+				}
+			}(n, ch, op.Marshal())
 		}
+		wg.Wait()
+		var next []int
+		for n, ch := range chunks {
+			switch {
+			case again[n]:
+				next = append(next, ch.indexes...)
+				lastErr = errs[n]
+			case errs[n] != nil:
+				return nil, errs[n]
+			}
+		}
+		pending = next
 	}
 	for i := range results {
 		if results[i].Status != statusMoved {
 			continue
 		}
-		// In a cluster: a key of another node, sent there alone.
+		// In a cluster: a key of another node (the map moved), sent there
+		// alone, following CACHE_013 as single requests do.
 		key := []byte(keys[i])
 		var value []byte
 		if values != nil {
@@ -462,30 +554,22 @@ func (c *Client) batch(ctx context.Context, operation string, keys []string, val
 	return results, nil
 }
 
-// addressFor is the owner shard's port when the server listed them, else
-// the seed in use; "" when a walk must find one (send does).
-func (c *Client) addressFor(key []byte) string {
-	if c.cfg.DisableShardRouting || len(key) == 0 {
-		return c.seeds.inUse()
-	}
-	c.mu.Lock()
+// addressForLocked is, outside a cluster, the owner shard's port when the
+// server listed them, else the seed in use; "" when a walk must find one
+// (send does). c.mu is held.
+func (c *Client) addressForLocked(key []byte) string {
 	t := c.topology
-	var moved string
-	if t != nil && c.moved != nil {
-		moved = c.moved[slotOf(key, t.seed)]
-	}
-	c.mu.Unlock()
-	if moved != "" {
-		return moved
-	}
-	if t == nil {
+	if c.cfg.DisableShardRouting || len(key) == 0 || t == nil {
 		return c.seeds.inUse()
 	}
 	port := t.ports[OwnerShard(key, t.seed, len(t.ports))]
 	return net.JoinHostPort(t.host, strconv.Itoa(int(port)))
 }
 
-func (c *Client) withRetries(ctx context.Context, attempt func() (*wire.CacheResponse, error)) (*wire.CacheResponse, error) {
+// withRetries sends a request for key (nil: no key) with send, on the route
+// the client knows for it at each attempt, retrying retryable failures
+// after the backoff.
+func (c *Client) withRetries(ctx context.Context, key []byte, send func(route) (*wire.CacheResponse, error)) (*wire.CacheResponse, error) {
 	var lastErr error
 	for n := 0; n <= c.cfg.Retries; n++ {
 		if n > 0 {
@@ -493,40 +577,78 @@ func (c *Client) withRetries(ctx context.Context, attempt func() (*wire.CacheRes
 				return nil, err
 			}
 		}
-		if !c.breaker.allow() {
-			return nil, &Error{Code: codeCircuitOpen, Message: "circuit breaker open: the server is failing", Err: lastErr}
-		}
-		r, err := attempt()
-		if err != nil {
-			var e *Error
-			if !errors.As(err, &e) || !e.Retryable() {
-				// A canceled context or a refused handshake says nothing
-				// about the server's health.
-				c.breaker.abandon()
-				return nil, err
+		rt, first := c.checkedRoute(ctx, key)
+		r, retry, err := c.attempt(ctx, rt, lastErr, func(rt route) (*wire.CacheResponse, error) {
+			if first != nil {
+				return nil, first // the first handshake failed: this attempt's failure
 			}
-			c.breaker.record(false)
-			if e.Code == codeConnection {
-				c.mu.Lock()
-				c.topology = nil // the shard ports may be stale
-				c.mu.Unlock()
-				c.seeds.forget() // and the seed may be down
-			}
-			lastErr = err
-			continue
+			return send(rt)
+		})
+		if !retry {
+			return r, err
 		}
-		if r.Status != 0 && statusError(r.Status, nil).Retryable() {
-			c.breaker.record(false)
-			lastErr = statusError(r.Status, r.Data)
-			if n < c.cfg.Retries {
-				continue
-			}
-			return r, nil
+		if r != nil && n == c.cfg.Retries {
+			return r, nil // the retryable status of the last attempt
 		}
-		c.breaker.record(true)
-		return r, nil
+		lastErr = err
 	}
 	return nil, lastErr
+}
+
+// attempt sends one request on rt through the breaker of rt's node, and
+// says whether it may be retried. lastErr is the failure of the attempt
+// before, if any. A connection error or timeout (a node lost) makes the
+// client look for another seed, or in a cluster fetch the map again.
+func (c *Client) attempt(ctx context.Context, rt route, lastErr error, send func(route) (*wire.CacheResponse, error)) (r *wire.CacheResponse, retry bool, err error) {
+	b := c.breakerFor(rt.node)
+	if !b.allow() {
+		msg := "circuit breaker open: the server is failing"
+		if rt.node != "" {
+			msg = "circuit breaker open: node " + rt.node + " is failing"
+		}
+		return nil, false, &Error{Code: codeCircuitOpen, Message: msg, Err: lastErr}
+	}
+	r, err = send(rt)
+	if err != nil {
+		var e *Error
+		if !errors.As(err, &e) || !e.Retryable() {
+			// A canceled context or a refused handshake says nothing
+			// about the server's health.
+			b.abandon()
+			return nil, false, err
+		}
+		b.record(false)
+		if e.Code == codeConnection || (e.Code == ErrTimeout.Code && e.Status == 0) {
+			c.lostNode(ctx, rt, e.Code != codeConnection)
+		}
+		return nil, true, err
+	}
+	if r.Status != 0 && statusError(r.Status, nil).Retryable() {
+		b.record(false)
+		return r, true, statusError(r.Status, r.Data)
+	}
+	b.record(true)
+	return r, false, nil
+}
+
+// lostNode follows a connection error (or a timeout) on rt. Outside a
+// cluster, a connection error forgets the shard ports and, with several
+// seeds, the seed in use. In a cluster, the map is fetched again from
+// another node so the retry takes the route it gives.
+func (c *Client) lostNode(ctx context.Context, rt route, timeout bool) {
+	if !c.inCluster() {
+		if !timeout {
+			c.mu.Lock()
+			c.topology = nil // the shard ports may be stale
+			c.mu.Unlock()
+			c.seeds.forget() // and the seed may be down
+		}
+		return
+	}
+	if seed := c.seeds.inUse(); rt.node == "" || rt.node == seed {
+		c.seeds.forget()
+	}
+	c.refreshMap(ctx, "", rt.node, true)
 }
 
 func (c *Client) backoff(ctx context.Context, attempt int) error {
@@ -534,14 +656,7 @@ func (c *Client) backoff(ctx context.Context, attempt int) error {
 	if limit > c.cfg.BackoffMax || limit <= 0 {
 		limit = c.cfg.BackoffMax
 	}
-	t := time.NewTimer(time.Duration(rand.Int63n(int64(limit) + 1))) // full jitter
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return sleep(ctx, time.Duration(rand.Int63n(int64(limit)+1))) // full jitter
 }
 
 // send sends body to addr, or to the seed in use when addr is "".
@@ -592,19 +707,26 @@ func (c *Client) dial(ctx context.Context, addr string) (*conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if addr == c.seeds.inUse() {
-		c.learnTopology(addr, conn.handshake)
-	}
+	c.learnHandshake(addr, conn.handshake, addr == c.seeds.inUse())
 	return conn, nil
 }
 
-// learnTopology keeps the shard ports of the seed in use: other nodes of a
-// cluster are reached on their public port.
-func (c *Client) learnTopology(seed string, hs *wire.Handshake) {
+// learnHandshake keeps what a handshake that addr answered says: a
+// cluster's map when it is newer than the client's (any node's handshake
+// carries it), else, from the seed in use, its shard ports (other nodes are
+// then reached on their public port).
+func (c *Client) learnHandshake(addr string, hs *wire.Handshake, seed bool) {
+	c.learned.Store(true)
+	c.mu.Lock()
+	c.hashSeed = hs.HashSeed
+	c.mu.Unlock()
+	if c.learnMap(addr, hs) || !seed {
+		return
+	}
 	if hs.Hash != "xxh3_64" || hs.ShardCount == 0 || len(hs.ShardPorts) != int(hs.ShardCount) {
 		return
 	}
-	host, _, _ := net.SplitHostPort(seed)
+	host, _, _ := net.SplitHostPort(addr)
 	c.mu.Lock()
 	c.topology = &topology{host: host, ports: hs.ShardPorts, seed: hs.HashSeed}
 	c.mu.Unlock()

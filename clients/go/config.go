@@ -40,7 +40,10 @@ type Config struct {
 	ServiceID string
 	// Address is host:port, or a comma-separated list of seeds
 	// ("10.0.0.1:7000,10.0.0.2:7000"): the client uses the first that
-	// answers the handshake. Default $DND_CACHE_ADDR, then 127.0.0.1:7000.
+	// answers the handshake. In a cluster, any node will do as a seed: its
+	// handshake gives the map of every node, and the seeds are also where
+	// the client fetches the map again after losing a node. Default
+	// $DND_CACHE_ADDR, then 127.0.0.1:7000.
 	Address string
 	// Token is the JWT sent in the handshake as auth_token.
 	Token   string
@@ -60,7 +63,8 @@ type Config struct {
 	Pool    PoolConfig
 	Breaker BreakerConfig
 	// DisableShardRouting sends every request to the seed in use instead
-	// of the port of the key's owner shard.
+	// of the port of the key's owner shard; in a cluster, to the public
+	// port of the key's node.
 	DisableShardRouting bool
 }
 

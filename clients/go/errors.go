@@ -72,6 +72,10 @@ var (
 	ErrHandshake          = &Error{Code: "CACHE_010", Status: 10, Message: "handshake required, invalid or too late"}
 	ErrUnavailable        = &Error{Code: "CACHE_011", Status: 11, Message: "server shutting down or shard unavailable"}
 	ErrBatchTooLarge      = &Error{Code: "CACHE_012", Status: 12, Message: "batch too large"}
+	// ErrMoved: the key's slot is another node's (a cluster's map moved);
+	// the client follows it, and returns it only when the redirections
+	// or the waits on an older map run out.
+	ErrMoved              = &Error{Code: "CACHE_013", Status: 13, Message: "key owned by another node of the cluster"}
 	ErrInvalidCredentials = &Error{Code: "AUTH_001", Status: 101, Message: "invalid credentials"}
 	ErrForbidden          = &Error{Code: "AUTH_002", Status: 102, Message: "insufficient permissions"}
 	ErrConnection         = &Error{Code: codeConnection, Message: "connection failed"}
@@ -83,7 +87,7 @@ var byStatus = func() map[uint32]*Error {
 	m := map[uint32]*Error{}
 	for _, e := range []*Error{ErrNotFound, ErrExpired, ErrStorageFull, ErrInvalidKey, ErrTimeout,
 		ErrMalformed, ErrUnknownOperation, ErrFrameTooLarge, ErrTooManyConnections, ErrHandshake,
-		ErrUnavailable, ErrBatchTooLarge, ErrInvalidCredentials, ErrForbidden} {
+		ErrUnavailable, ErrBatchTooLarge, ErrMoved, ErrInvalidCredentials, ErrForbidden} {
 		m[e.Status] = e
 	}
 	return m

@@ -142,7 +142,7 @@ func (c *Client) enter(ctx context.Context) (string, error) {
 			continue
 		}
 		s.chose(seed)
-		c.learnTopology(seed, conn.handshake)
+		c.learnHandshake(seed, conn.handshake, true)
 		p.adopt(conn)
 		return seed, nil
 	}

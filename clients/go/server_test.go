@@ -20,6 +20,7 @@ type testServer struct {
 	cmd    *exec.Cmd
 	Addr   string
 	Shards []string
+	HTTP   string   // host:port of the HTTP API
 	extra  []string // more flags (a cluster node's)
 }
 
@@ -77,6 +78,8 @@ func (s *testServer) tryStart() error {
 					s.port = v[strings.LastIndex(v, ":")+1:]
 				case "shard_ports":
 					s.Shards = strings.Split(v, ",")
+				case "http":
+					s.HTTP = v
 				}
 			}
 			return nil
