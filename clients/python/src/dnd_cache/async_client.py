@@ -60,6 +60,7 @@ from .cluster import (
     format_nodes,
     moved_decision,
     parse_moved,
+    pin_to,
 )
 from .routing import MAX_REDIRECTS, MOVED, Endpoint
 from .seeds import Seeds, format_endpoint, no_seed_answered, skips_seed
@@ -471,8 +472,10 @@ class AsyncCacheClient:
             await self._learn_first()
         redirects = 0
         stale: Optional[StaleWait] = None
+        # The named node, when the map does not route the key there by itself.
+        pinned: Optional[Route] = None
         while True:
-            answer = await self._with_retries(lambda: self._route(op.key), op)
+            answer = await self._with_retries(lambda: pinned or self._route(op.key), op)
             moved = parse_moved(answer.data) if answer.status == MOVED else None
             if moved is None:
                 return answer
@@ -491,6 +494,7 @@ class AsyncCacheClient:
             self._router.point(moved)
             if moved.epoch > self._router.epoch:
                 await self._refresh(prefer=moved.address, newer_than=self._router.epoch)
+            pinned = pin_to(self._route(op.key), moved)
 
     async def _batch(
         self,

@@ -39,6 +39,7 @@ from .cluster import (
     format_nodes,
     moved_decision,
     parse_moved,
+    pin_to,
 )
 from .routing import MAX_REDIRECTS, MOVED, Endpoint, owner_shard
 from .seeds import Seeds, format_endpoint, no_seed_answered, skips_seed
@@ -226,9 +227,11 @@ class CacheClient:
             self._learn_first()
         redirects = 0
         stale: Optional[StaleWait] = None
+        # The named node, when the map does not route the key there by itself.
+        pinned: Optional[Route] = None
         while True:
             answer = self._with_retries(
-                lambda route: self._send(route, [op])[0], lambda: self._route(op.key)
+                lambda route: self._send(route, [op])[0], lambda: pinned or self._route(op.key)
             )
             moved = parse_moved(answer.data) if answer.status == MOVED else None
             if moved is None:
@@ -248,6 +251,7 @@ class CacheClient:
             self._router.point(moved)
             if moved.epoch > self._router.epoch:
                 self._refresh(prefer=moved.address, newer_than=self._router.epoch)
+            pinned = pin_to(self._route(op.key), moved)
 
     def _batch(
         self,

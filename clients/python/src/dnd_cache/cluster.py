@@ -179,6 +179,14 @@ class Route:
     endpoint: Optional[Endpoint]
 
 
+def pin_to(route: Route, moved: Moved) -> Optional[Route]:
+    """Where a request goes after following ``moved``: ``None`` when the
+    client has a cluster map (``route``, the key's route now, then already
+    takes the pointed slot or a newer map into account), else (no map yet)
+    the named node's public port."""
+    return Route(moved.address, moved.address) if route.node is None else None
+
+
 class Router:
     """Where each key goes, from what the handshakes and CACHE_013 answers told.
 
