@@ -130,22 +130,29 @@ def test_async_client_reaches_every_key_through_either_node(cluster: List[Server
 
 def _settled_epoch(health: Dict[str, Any], n: int) -> Optional[int]:
     """The map's epoch when the node runs a settled map of ``n`` nodes (all
-    serving, each primary of some slots, no learner), else ``None``."""
+    serving, no learner, the primary slots spread evenly: a joining node
+    takes its share over several maps, each of which may look settled on
+    its own), else ``None``."""
     c = health.get("cluster")
     if not isinstance(c, dict) or len(c.get("nodes", [])) != n:
         return None
+    primaries = [int(node.get("primary_slots") or 0) for node in c["nodes"]]
+    if max(primaries) - min(primaries) > 4096 // 50:
+        return None
     for node in c["nodes"]:
-        if node.get("status") != "serving" or not node.get("primary_slots") or node.get("learner_slots"):
+        if node.get("status") != "serving" or node.get("learner_slots"):
             return None
     return int(c.get("epoch", 0))
 
 
-def _wait_settled(nodes: List[Server], timeout: float = 30.0) -> int:
-    """Waits until every node runs the same settled map of all of them: a
-    joining node takes its slots over a few maps, and a node still on an
-    older one answers CACHE_013 with that map."""
+def _wait_settled(nodes: List[Server], timeout: float = 30.0, still_for: float = 1.0) -> int:
+    """Waits until every node runs the same settled map of all of them, and
+    has for ``still_for`` seconds: a node still on an older map answers
+    CACHE_013 with that map, and a test that sorts keys by node needs the
+    map those keys will have."""
     clients = [CacheClient(service_id="t-health", address=n.address) for n in nodes]
     deadline = time.monotonic() + timeout
+    since: Optional[Tuple[int, float]] = None
     seen: List[Any] = []
     try:
         while True:
@@ -155,9 +162,15 @@ def _wait_settled(nodes: List[Server], timeout: float = 30.0) -> int:
                     seen.append(_settled_epoch(c.health(), len(nodes)))
                 except CacheError as exc:
                     seen.append(exc)
-            if seen[0] is not None and isinstance(seen[0], int) and all(e == seen[0] for e in seen):
-                return seen[0]
-            assert time.monotonic() < deadline, f"no settled map of {len(nodes)} nodes: {seen}"
+            now = time.monotonic()
+            if isinstance(seen[0], int) and all(e == seen[0] for e in seen):
+                if since is None or since[0] != seen[0]:
+                    since = (seen[0], now)
+                elif now - since[1] >= still_for:
+                    return seen[0]
+            else:
+                since = None
+            assert now < deadline, f"no settled map of {len(nodes)} nodes: {seen}"
             time.sleep(0.1)
     finally:
         for c in clients:
@@ -233,3 +246,163 @@ def test_both_clients_route_every_key_by_the_map_without_a_redirection(cluster: 
         redirected = blind.routing_stats().redirections
     assert redirected > 0
     assert _redirections_counted(cluster[0], blind_sid) == redirected
+
+
+# -- failover (three nodes, two copies of each key) -------------------------
+
+
+def _node_of(node: Server) -> Tuple[str, int]:
+    host, port = node.address.rsplit(":", 1)
+    return host, int(port)
+
+
+class _Outage:
+    """What one client saw after the kill: when every key of the dead node
+    was read and written again, and the operations on the live nodes' keys
+    that failed meanwhile."""
+
+    def __init__(self) -> None:
+        self.recovered_after: Optional[float] = None
+        self.live_ops = 0
+        self.live_failures: List[str] = []
+        self.slowest_live_op = 0.0
+
+
+def _sync_outage(c: CacheClient, dead: List[str], live: List[str], killed_at: float, out: _Outage) -> None:
+    deadline = killed_at + 10
+    i = 0
+    while time.monotonic() < deadline:
+        k = live[i % len(live)]
+        i += 1
+        t = time.monotonic()
+        try:
+            c.set(k, f"live-{i}")
+            assert c.get_str(k) == f"live-{i}"
+        except CacheError as exc:
+            out.live_failures.append(f"{k}: {exc}")
+        out.live_ops += 1
+        out.slowest_live_op = max(out.slowest_live_op, time.monotonic() - t)
+        try:
+            for k in dead:
+                assert c.get_str(k) == f"v-{k}", k
+                c.set(k, f"v-{k}")
+        except CacheError:
+            time.sleep(0.01)
+            continue
+        out.recovered_after = time.monotonic() - killed_at
+        return
+
+
+async def _async_outage(
+    c: AsyncCacheClient, dead: List[str], live: List[str], killed_at: float, out: _Outage
+) -> None:
+    deadline = killed_at + 10
+    i = 0
+    while time.monotonic() < deadline:
+        k = live[i % len(live)]
+        i += 1
+        t = time.monotonic()
+        try:
+            await c.set(k, f"alive-{i}")
+            assert await c.get(k) == f"alive-{i}".encode()
+        except CacheError as exc:
+            out.live_failures.append(f"{k}: {exc}")
+        out.live_ops += 1
+        out.slowest_live_op = max(out.slowest_live_op, time.monotonic() - t)
+        try:
+            values = await asyncio.gather(*(c.get(k) for k in dead))
+            assert values == [f"v-{k}".encode() for k in dead]
+            await asyncio.gather(*(c.set(k, f"v-{k}") for k in dead))
+        except CacheError:
+            await asyncio.sleep(0.01)
+            continue
+        out.recovered_after = time.monotonic() - killed_at
+        return
+
+
+def test_after_a_node_dies_its_keys_are_reached_on_the_new_primary_and_other_nodes_keep_serving() -> None:
+    """SIGKILL one node of three (two copies of each key): the sync and the
+    asyncio client, running side by side, read and write its keys again on
+    their new primaries within 5 s, while every operation on the other
+    nodes' keys keeps succeeding; the live nodes' breakers stay closed."""
+    zones = ["--replication", "2", "--cluster-zones", "a,b"]
+    with _cluster_of("pyfo", [zones + ["--zone", z] for z in ("a", "b", "a")]) as nodes:
+        _wait_settled(nodes)
+        victim, live_nodes = nodes[2], nodes[:2]
+        keys = [f"fo:{i}" for i in range(300)]
+        # Strong writes are acknowledged by the replica: the promoted copy has them.
+        with CacheClient("py-fo-writer", address=nodes[0].address, options={"consistency": "strong"}) as w:
+            w.set_many({k: f"v-{k}" for k in keys})
+        seeds = ",".join(n.address for n in live_nodes)
+        sync_client = CacheClient(f"py-fo-{os.getpid()}", address=seeds)
+        try:
+            assert len(sync_client.get_many(keys)) == len(keys)
+            by_node: Dict[Any, List[str]] = {}
+            for k in keys:
+                by_node.setdefault(sync_client._route(k.encode()).node, []).append(k)
+            assert set(by_node) == {_node_of(n) for n in nodes}, by_node.keys()
+            dead = by_node[_node_of(victim)]
+            live = [k for n in live_nodes for k in by_node[_node_of(n)]]
+            epoch = sync_client.cluster_epoch
+
+            # The asyncio client runs in a thread of its own, on the odd live
+            # keys (the sync client writes the even ones).
+            ready, killed, done = threading.Event(), threading.Event(), threading.Event()
+            async_out, sync_out = _Outage(), _Outage()
+            async_result: Dict[str, Any] = {}
+            killed_at = [0.0]
+
+            async def async_side() -> None:
+                async with AsyncCacheClient(f"py-fo-async-{os.getpid()}", address=seeds) as a:
+                    assert len(await a.get_many(keys)) == len(keys)
+                    ready.set()
+                    await asyncio.get_running_loop().run_in_executor(None, killed.wait)
+                    await _async_outage(a, dead, live[1::2], killed_at[0], async_out)
+                    async_result["stats"] = a.routing_stats()
+                    async_result["epoch"] = a.cluster_epoch
+                    async_result["breakers"] = a.node_breakers()
+                    async_result["breaker"] = a.breaker.state
+
+            def run_async() -> None:
+                try:
+                    asyncio.run(async_side())
+                except BaseException as exc:  # reported by the main thread
+                    async_result["error"] = exc
+                finally:
+                    ready.set()
+                    done.set()
+
+            runner = threading.Thread(target=run_async)
+            runner.start()
+            assert ready.wait(30) and "error" not in async_result, async_result
+            assert victim.proc is not None
+            victim.proc.kill()  # SIGKILL
+            killed_at[0] = time.monotonic()
+            killed.set()
+            _sync_outage(sync_client, dead, live[0::2], killed_at[0], sync_out)
+            runner.join(30)
+            assert "error" not in async_result, async_result["error"]
+            results = [
+                ("sync", sync_out, sync_client.routing_stats(), sync_client.cluster_epoch,
+                 sync_client.node_breakers(), sync_client.breaker.state),
+                ("async", async_out, async_result["stats"], async_result["epoch"],
+                 async_result["breakers"], async_result["breaker"]),
+            ]
+            for name, out, stats, new_epoch, breakers, default_state in results:
+                took = "never" if out.recovered_after is None else f"{out.recovered_after:.3f} s"
+                print(
+                    f"\n{name}: keys of the killed node served again after {took}; "
+                    f"{out.live_ops} rounds on live keys meanwhile, slowest "
+                    f"{out.slowest_live_op * 1000:.0f} ms, failed {len(out.live_failures)}; "
+                    f"epoch {epoch} -> {new_epoch}; {stats}"
+                )
+            for name, out, stats, new_epoch, breakers, default_state in results:
+                assert out.recovered_after is not None and out.recovered_after <= 5.0, name
+                assert out.live_failures == [], (name, out.live_failures[:5])
+                assert new_epoch > epoch, name
+                for n in live_nodes:
+                    breaker = breakers.get(n.address)
+                    assert breaker is None or breaker.state == CLOSED, (name, n.address)
+                assert default_state == CLOSED, name
+        finally:
+            sync_client.close()
