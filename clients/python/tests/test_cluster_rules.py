@@ -4,14 +4,17 @@ CACHE_013 answers change, and one circuit breaker per node."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import time
 from typing import Any, List, Tuple
 
 import pytest
 import xxhash
 
 from dnd_cache import (
+    AsyncCacheClient,
     CacheClient,
     CacheConnectionError,
     CircuitBreaker,
@@ -33,7 +36,7 @@ from dnd_cache.cluster import (
     moved_decision,
     parse_moved,
 )
-from dnd_cache.errors import OperationTimeoutError
+from dnd_cache.errors import MovedError, OperationTimeoutError
 
 SEED = 12345
 A = ("10.0.0.1", 7001)
@@ -223,3 +226,114 @@ def test_a_client_keeps_serving_other_nodes_while_one_nodes_breaker_is_open() ->
     assert len(calls) == before  # failed fast: no attempt
     assert client._with_retries(attempt, lambda: client._route(key_b)).data == b"ok"
     client.close()
+
+
+# -- rules 3-4 in the clients' request loop (answers given, no server) -------
+
+
+def _moved(slot: int, node: Tuple[str, int], epoch: int) -> wire.CacheResponse:
+    data = {"moved": {"slot": slot, "node": "n", "address": f"{node[0]}:{node[1]}", "epoch": epoch}}
+    return wire.CacheResponse(status=13, data=json.dumps(data).encode())
+
+
+def _client_on_map(
+    answers: List[wire.CacheResponse], sent: List[Route]
+) -> Tuple[CacheClient, Tuple[str, int], Tuple[str, int], bytes, int]:
+    """A client whose map (epoch 5) puts every slot on node a; its requests
+    get ``answers`` in turn, and each one's route is put in ``sent``. Every
+    address refuses connections, so the map refreshes find nobody."""
+    seed, node_a, node_b = (("127.0.0.1", _closed_port()) for _ in range(3))
+    cfg = ClientConfig(retries=0, connect_timeout=0.5)
+    client = CacheClient("svc", address=f"{seed[0]}:{seed[1]}", config=cfg)
+    client._router.learn(node_a, handshake(5, lambda s: 0, nodes=(node_a, node_b)), from_seed=False)
+
+    def send(route: Route, requests: Any) -> List[wire.CacheResponse]:
+        sent.append(route)
+        return [answers.pop(0) if answers else wire.CacheResponse(data=b"v")]
+
+    client._send = send  # type: ignore[method-assign]
+    key = b"some-key"
+    slot = client._router.slot_of(key)
+    assert slot is not None
+    return client, node_a, node_b, key, slot
+
+
+def test_an_answer_of_a_node_on_an_older_map_is_waited_on_not_followed() -> None:
+    sent: List[Route] = []
+    answers: List[wire.CacheResponse] = []
+    client, node_a, node_b, key, slot = _client_on_map(answers, sent)
+    answers += [_moved(slot, node_b, 4), _moved(slot, node_b, 4)]
+    started = time.monotonic()
+    assert client.get(key) == b"v"
+    assert time.monotonic() - started >= 0.03  # 10 ms, then 20 ms
+    assert [r.node for r in sent] == [node_a] * 3  # the same node each time
+    stats = client.routing_stats()
+    assert (stats.redirections, stats.stale_waits) == (0, 2)
+
+
+def test_a_node_on_an_older_map_is_given_2_s_then_its_cache_013_is_the_answer() -> None:
+    sent: List[Route] = []
+    answers: List[wire.CacheResponse] = []
+    client, node_a, node_b, key, slot = _client_on_map(answers, sent)
+    answers += [_moved(slot, node_b, 4)] * 100
+    started = time.monotonic()
+    with pytest.raises(MovedError):
+        client.get(key)
+    took = time.monotonic() - started
+    assert 1.9 <= took < 4.0, took
+    assert {r.node for r in sent} == {node_a}
+    assert client.routing_stats().redirections == 0
+
+
+def test_a_newer_answer_is_followed_at_once_to_the_named_nodes_shard_three_times_at_most() -> None:
+    sent: List[Route] = []
+    answers: List[wire.CacheResponse] = []
+    client, node_a, node_b, key, slot = _client_on_map(answers, sent)
+    answers.append(_moved(slot, node_b, 6))
+    assert client.get(key) == b"v"
+    h = xxhash.xxh3_64_intdigest(key, SEED)
+    assert sent == [Route(node_a, ("127.0.0.1", 100 + h % 2)), Route(node_b, ("127.0.0.1", 200 + h % 2))]
+    assert client._router.slot_epoch(slot) == 6
+    assert client.routing_stats().redirections == 1
+    # The slot stays pointed there; an answer as new as that is followed too.
+    sent.clear()
+    answers += [_moved(slot, node_a, 6), _moved(slot, node_b, 7), _moved(slot, node_a, 7), _moved(slot, node_b, 7)]
+    with pytest.raises(MovedError):
+        client.get(key)
+    assert [r.node for r in sent] == [node_b, node_a, node_b, node_a]
+    assert client.routing_stats().redirections == 4
+
+
+def test_the_async_client_waits_on_an_older_map_and_follows_a_newer_one() -> None:
+    seed, node_a, node_b = (("127.0.0.1", _closed_port()) for _ in range(3))
+    sent: List[Tuple[str, int]] = []
+    answers: List[wire.CacheResponse] = []
+
+    class FakeConn:
+        async def request(self, op: wire.CacheOperation) -> wire.CacheResponse:
+            return answers.pop(0) if answers else wire.CacheResponse(data=b"v")
+
+    class FakePool:
+        def __init__(self, endpoint: Tuple[str, int]) -> None:
+            self.endpoint = endpoint
+
+        async def acquire(self) -> FakeConn:
+            sent.append(self.endpoint)
+            return FakeConn()
+
+    async def run() -> None:
+        client = AsyncCacheClient("svc", address=f"{seed[0]}:{seed[1]}", config=ClientConfig(retries=0))
+        client._router.learn(node_a, handshake(5, lambda s: 0, nodes=(node_a, node_b)), from_seed=False)
+        client._pool = FakePool  # type: ignore[assignment]
+        key = b"some-key"
+        slot = client._router.slot_of(key)
+        assert slot is not None
+        shard = xxhash.xxh3_64_intdigest(key, SEED) % 2
+        answers.extend([_moved(slot, node_b, 4), _moved(slot, node_b, 6)])
+        assert await client.get(key) == b"v"
+        # a (older map: wait, same node), a again (newer: follow), b's shard.
+        assert sent == [("127.0.0.1", 100 + shard)] * 2 + [("127.0.0.1", 200 + shard)]
+        stats = client.routing_stats()
+        assert (stats.redirections, stats.stale_waits) == (1, 1)
+
+    asyncio.run(run())
