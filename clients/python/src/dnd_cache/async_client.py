@@ -44,7 +44,6 @@ from .errors import (
     CLOSING_STATUSES,
     CacheConnectionError,
     CacheError,
-    CircuitOpenError,
     OperationTimeoutError,
 )
 from .retry import RetryState
@@ -59,11 +58,12 @@ from .cluster import (
     failed_node,
     format_nodes,
     moved_decision,
+    breaker_open,
     parse_moved,
     pin_to,
 )
 from .routing import MAX_REDIRECTS, MOVED, Endpoint
-from .seeds import Seeds, format_endpoint, no_seed_answered, skips_seed
+from .seeds import Seeds, no_seed_answered, skips_seed
 from .values import Key, encode_value
 
 __all__ = ["AsyncCacheClient", "AsyncConnection", "AsyncConnectionPool"]
@@ -587,10 +587,7 @@ class AsyncCacheClient:
             route = route_for()
             if state.admit(self._breakers.get(route.node)):
                 return route
-            raise CircuitOpenError(
-                f"circuit breaker open: node {format_endpoint(route.node)} is failing"
-            )
-        raise CircuitOpenError("circuit breaker open: the server is failing")
+        raise breaker_open(route.node)
 
     async def _node_failed(self, route: Route) -> None:
         """After a connection error or timeout on ``route``: in a cluster the

@@ -24,7 +24,7 @@ from . import wire
 from .breaker import CircuitBreaker
 from .config import ClientConfig, make_options, resolve_seeds
 from .connection import Connection, ConnectionPool
-from .errors import CacheConnectionError, CacheError, CircuitOpenError
+from .errors import CacheConnectionError, CacheError
 from .operations import MAX_BATCH_KEYS
 from .retry import RetryState
 from .cluster import (
@@ -38,11 +38,12 @@ from .cluster import (
     failed_node,
     format_nodes,
     moved_decision,
+    breaker_open,
     parse_moved,
     pin_to,
 )
 from .routing import MAX_REDIRECTS, MOVED, Endpoint, owner_shard
-from .seeds import Seeds, format_endpoint, no_seed_answered, skips_seed
+from .seeds import Seeds, no_seed_answered, skips_seed
 from .values import Key, encode_value
 
 __all__ = ["CacheClient", "MAX_BATCH_KEYS", "owner_shard"]
@@ -355,10 +356,7 @@ class CacheClient:
             route = route_for()
             if state.admit(self._breakers.get(route.node)):
                 return route
-            raise CircuitOpenError(
-                f"circuit breaker open: node {format_endpoint(route.node)} is failing"
-            )
-        raise CircuitOpenError("circuit breaker open: the server is failing")
+        raise breaker_open(route.node)
 
     def _node_failed(self, route: Route) -> None:
         """After a connection error or timeout on ``route``: in a cluster the

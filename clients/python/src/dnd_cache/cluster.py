@@ -38,7 +38,7 @@ import xxhash
 from . import wire
 from .breaker import CircuitBreaker
 from .config import ClientConfig
-from .errors import CacheConnectionError, OperationTimeoutError
+from .errors import CacheConnectionError, CircuitOpenError, OperationTimeoutError
 from .routing import Endpoint, Topology
 from .seeds import format_endpoint
 
@@ -96,6 +96,14 @@ def failed_node(exc: Exception, cluster: bool) -> bool:
     if isinstance(exc, CacheConnectionError):
         return True
     return cluster and isinstance(exc, OperationTimeoutError) and exc.status == 0
+
+
+def breaker_open(node: Optional[Endpoint]) -> CircuitOpenError:
+    """The error of a request refused by the breaker of ``node`` (``None``:
+    the client's one breaker, a server alone)."""
+    if node is None:
+        return CircuitOpenError("circuit breaker open: the server is failing")
+    return CircuitOpenError(f"circuit breaker open: node {format_endpoint(node)} is failing")
 
 
 def moved_decision(known_epoch: int, moved_epoch: int) -> str:
