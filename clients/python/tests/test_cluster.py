@@ -320,6 +320,46 @@ async def _async_outage(
         return
 
 
+class _MapMoves(threading.Thread):
+    """A client that writes and reads 100 keys round after round until told
+    to finish, noting every error and wrong value."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(daemon=True)
+        self.client = CacheClient(f"py-join-{os.getpid()}", address=address)
+        self.rounds = 0
+        self.errors: List[str] = []
+        self.first_epoch = self.last_epoch = 0
+        self.stats: Any = None
+        self._stop_at = threading.Event()
+
+    def run(self) -> None:
+        keys = [f"join:{i}" for i in range(100)]
+        try:
+            for k in keys:
+                self.client.set(k, f"0-{k}")
+            self.first_epoch = self.client.cluster_epoch
+            while not self._stop_at.is_set():
+                for k in keys:
+                    try:
+                        got = self.client.get_str(k)
+                        if got != f"{self.rounds}-{k}":
+                            self.errors.append(f"{k}: read {got!r} in round {self.rounds}")
+                        self.client.set(k, f"{self.rounds + 1}-{k}")
+                    except CacheError as exc:
+                        self.errors.append(f"{k}: {exc}")
+                self.rounds += 1
+        except CacheError as exc:
+            self.errors.append(f"writing: {exc}")
+        self.last_epoch = self.client.cluster_epoch
+        self.stats = self.client.routing_stats()
+        self.client.close()
+
+    def finish(self) -> None:
+        self._stop_at.set()
+        self.join(30)
+
+
 def test_after_a_node_dies_its_keys_are_reached_on_the_new_primary_and_other_nodes_keep_serving() -> None:
     """SIGKILL one node of three (two copies of each key): the sync and the
     asyncio client, running side by side, read and write its keys again on
@@ -327,7 +367,18 @@ def test_after_a_node_dies_its_keys_are_reached_on_the_new_primary_and_other_nod
     nodes' keys keeps succeeding; the live nodes' breakers stay closed."""
     zones = ["--replication", "2", "--cluster-zones", "a,b"]
     with _cluster_of("pyfo", [zones + ["--zone", z] for z in ("a", "b", "a")]) as nodes:
-        _wait_settled(nodes)
+        # First, while the third node joins and the map moves its share of
+        # slots over several epochs: a client keeps reading and writing.
+        joining = _MapMoves(nodes[0].address)
+        joining.start()
+        try:
+            _wait_settled(nodes)
+        finally:
+            joining.finish()
+        print(f"\nwhile the map moved: {joining.rounds} rounds of 100 keys, epoch "
+              f"{joining.first_epoch} -> {joining.last_epoch}, {joining.stats}, errors {joining.errors[:5]}")
+        assert joining.rounds > 0 and joining.errors == []
+        assert joining.last_epoch > joining.first_epoch
         victim, live_nodes = nodes[2], nodes[:2]
         keys = [f"fo:{i}" for i in range(300)]
         # Strong writes are acknowledged by the replica: the promoted copy has them.
