@@ -345,7 +345,9 @@ class AsyncCacheClient:
     """The asyncio client of one dnd-cache server: the methods of
     :class:`~dnd_cache.CacheClient`, awaited (``await client.get(key)``).
 
-    Same constructor, same routing of each key to its owner shard, same
+    Same constructor, same routing of each key to its owner shard (and in a
+    cluster to its slot's node, by the map, with the same rules for CACHE_013,
+    map refreshes, per-node breakers and :meth:`routing_stats`), same
     ICD 9.2 behaviour (timeouts, retries with jittered backoff, pool,
     circuit breaker) and the same errors. Use it from one event loop;
     ``async with AsyncCacheClient(...) as client:`` closes it.

@@ -70,6 +70,18 @@ class CacheClient:
     CACHE_011, up to ``config.retries`` times with exponential backoff and
     full jitter: a cache's get, set and delete are idempotent (a repeated set
     stores the same value again). The circuit breaker counts those failures.
+
+    **Cluster.** When the server is a node of a cluster, its handshake's slot
+    map routes each key to its slot's primary node, on that node's owner
+    shard, so a current map costs no redirection. A CACHE_013 answer at
+    least as new as what the client knows about the slot is followed at once
+    (at most 3 times per request; a newer epoch also refreshes the map); one
+    from a node still on an older map is waited on (10 ms doubling to
+    200 ms, 2 s in all) and sent to the same node again. A connection error
+    or timeout refreshes the map from another node before the retry. Each
+    node has its own circuit breaker (:meth:`node_breakers`); a server alone
+    uses :attr:`breaker`. :meth:`routing_stats` counts redirections, stale
+    answers waited on and map refreshes (``cluster.py``).
     """
 
     def __init__(
