@@ -232,6 +232,10 @@ class Router:
         than the one known is installed (from any node); a server alone gives
         its shard ports when it is the seed in use. True when a new map was
         installed."""
+        known = self.map
+        if known is not None and 0 < hs.cluster_epoch <= known.epoch:
+            self.learned = True
+            return False  # the map known already (or a newer one)
         new = SlotMap.from_handshake(hs)
         if new is None:
             if from_seed:
