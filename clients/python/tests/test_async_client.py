@@ -152,8 +152,8 @@ def test_shard_aware_routing_avoids_forwarding(server: Server) -> None:
     async def scenario() -> None:
         async with AsyncCacheClient("async_routing", address=server.address) as c:
             await c.get("warm-up")
-            assert c._topology is not None
-            assert list(c._topology.shard_ports) == server.shard_ports
+            assert c._router.topology is not None
+            assert list(c._router.topology.shard_ports) == server.shard_ports
             stats = wire.CacheOperation(operation="stats")
             before = forwarded(await c._single(stats))
             await asyncio.gather(*(c.set(f"aio:route:{i}", i) for i in range(200)))

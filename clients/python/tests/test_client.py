@@ -104,7 +104,7 @@ def test_shard_aware_routing_avoids_forwarding(server: Server) -> None:
     """Each key goes straight to its owner's port: no shard forwards any op."""
     with CacheClient("routing", address=server.address) as c:
         c.get("warm-up")  # learns the shard ports
-        topo = c._topology
+        topo = c._router.topology
         assert topo is not None and list(topo.shard_ports) == server.shard_ports
         before = forwarded_ops(c)
         keys = [f"route:{i}" for i in range(200)]

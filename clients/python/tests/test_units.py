@@ -145,7 +145,7 @@ def test_retries_connection_errors_then_gives_up() -> None:
     client = CacheClient("svc", config=fast_config(retries=3))
     calls: List[int] = []
 
-    def attempt() -> wire.CacheResponse:
+    def attempt(_route: Any) -> wire.CacheResponse:
         calls.append(1)
         raise CacheConnectionError("refused")
 
@@ -157,10 +157,10 @@ def test_retries_connection_errors_then_gives_up() -> None:
 def test_retries_until_success_and_not_on_client_errors() -> None:
     client = CacheClient("svc", config=fast_config(retries=3))
     answers = [wire.CacheResponse(status=11), wire.CacheResponse(status=5), wire.CacheResponse(data=b"v")]
-    assert client._with_retries(lambda: answers.pop(0)).data == b"v"
+    assert client._with_retries(lambda _route: answers.pop(0)).data == b"v"
     calls: List[int] = []
 
-    def invalid() -> wire.CacheResponse:
+    def invalid(_route: Any) -> wire.CacheResponse:
         calls.append(1)
         return wire.CacheResponse(status=4)
 
@@ -172,7 +172,7 @@ def test_breaker_fails_fast_without_calling() -> None:
     client = CacheClient("svc", config=fast_config(retries=0, breaker_min_requests=5))
     calls: List[int] = []
 
-    def attempt() -> wire.CacheResponse:
+    def attempt(_route: Any) -> wire.CacheResponse:
         calls.append(1)
         raise CacheConnectionError("refused")
 

@@ -17,6 +17,7 @@
 from .async_client import AsyncCacheClient
 from .breaker import CircuitBreaker
 from .client import CacheClient, owner_shard
+from .cluster import RoutingStats
 from .config import ClientConfig
 from .errors import (
     BatchError,
@@ -67,6 +68,7 @@ __all__ = [
     "Options",
     "PermissionDeniedError",
     "ProtocolError",
+    "RoutingStats",
     "StorageFullError",
     "TooManyConnectionsError",
     "UnavailableError",

@@ -47,7 +47,22 @@ from .errors import (
     OperationTimeoutError,
 )
 from .retry import RetryState
-from .routing import MAX_REDIRECTS, MOVED, Endpoint, Topology, moved_target, slot_of
+from .cluster import (
+    REFRESH_MIN_INTERVAL,
+    WAIT,
+    NodeBreakers,
+    Route,
+    Router,
+    RoutingStats,
+    StaleWait,
+    failed_node,
+    format_nodes,
+    moved_decision,
+    breaker_open,
+    parse_moved,
+    pin_to,
+)
+from .routing import MAX_REDIRECTS, MOVED, Endpoint
 from .seeds import Seeds, no_seed_answered, skips_seed
 from .values import Key, encode_value
 
@@ -330,7 +345,9 @@ class AsyncCacheClient:
     """The asyncio client of one dnd-cache server: the methods of
     :class:`~dnd_cache.CacheClient`, awaited (``await client.get(key)``).
 
-    Same constructor, same routing of each key to its owner shard, same
+    Same constructor, same routing of each key to its owner shard (and in a
+    cluster to its slot's node, by the map, with the same rules for CACHE_013,
+    map refreshes, per-node breakers and :meth:`routing_stats`), same
     ICD 9.2 behaviour (timeouts, retries with jittered backoff, pool,
     circuit breaker) and the same errors. Use it from one event loop;
     ``async with AsyncCacheClient(...) as client:`` closes it.
@@ -362,10 +379,16 @@ class AsyncCacheClient:
             min_requests=self.config.breaker_min_requests,
             cooldown=self.config.breaker_cooldown,
         )
+        # In a cluster: one breaker per node (cluster.py); ``breaker`` is the
+        # one of a server alone.
+        self._breakers = NodeBreakers(self.config, self.breaker)
         self._pools: Dict[Endpoint, AsyncConnectionPool] = {}
-        self._topology: Optional[Topology] = None
-        # In a cluster: slots learned (from CACHE_013) to live on other nodes.
-        self._moved: Dict[int, Endpoint] = {}
+        self._router = Router(self.config.shard_aware)
+        self._stats = RoutingStats()
+        # The map refresh under way, which every caller needing one awaits,
+        # and when the last one began.
+        self._refreshing: Optional["asyncio.Future[None]"] = None
+        self._last_refresh = -REFRESH_MIN_INTERVAL
         self._closed = False
 
     # -- public API --------------------------------------------------------
@@ -423,18 +446,57 @@ class AsyncCacheClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    # -- cluster routing: what a user (or a test) can read -----------------
+
+    def routing_stats(self) -> RoutingStats:
+        """A copy of the cluster routing counters: CACHE_013 redirections
+        followed, answers of a node on an older map waited on, map refreshes."""
+        return self._stats.snapshot()
+
+    def node_breakers(self) -> Dict[str, CircuitBreaker]:
+        """In a cluster: the circuit breaker of each node the client sent a
+        request to, keyed by its public ``host:port``. A server alone uses
+        :attr:`breaker` only."""
+        return format_nodes(self._breakers.items())
+
+    @property
+    def cluster_epoch(self) -> int:
+        """The epoch of the cluster map the client routes by (0: none)."""
+        return self._router.epoch
+
     # -- routing and resilience --------------------------------------------
 
     async def _single(self, op: wire.CacheOperation) -> wire.CacheResponse:
-        endpoint = self._endpoint_for(op.key)
-        for _ in range(MAX_REDIRECTS + 1):
-            answer = await self._with_retries(endpoint, op)
-            moved = moved_target(answer.data) if answer.status == MOVED else None
+        """Sends ``op`` to its key's owner, following CACHE_013 answers
+        (cluster.py): at most three redirections, and waits on nodes that
+        run an older map than the client's."""
+        if op.key:
+            await self._learn_first()
+        redirects = 0
+        stale: Optional[StaleWait] = None
+        # The named node, when the map does not route the key there by itself.
+        pinned: Optional[Route] = None
+        while True:
+            answer = await self._with_retries(lambda: pinned or self._route(op.key), op)
+            moved = parse_moved(answer.data) if answer.status == MOVED else None
             if moved is None:
                 return answer
-            # In a cluster: the key's slot lives on another node.
-            self._moved[moved[0]] = endpoint = moved[1]
-        return answer
+            if moved_decision(self._router.slot_epoch(moved.slot), moved.epoch) == WAIT:
+                stale = stale or StaleWait()
+                delay = stale.next_delay()
+                if delay is None:
+                    return answer
+                self._stats.add("stale_waits")
+                await asyncio.sleep(delay)
+                continue
+            if redirects == MAX_REDIRECTS:
+                return answer
+            redirects += 1
+            self._stats.add("redirections")
+            self._router.point(moved)
+            if moved.epoch > self._router.epoch:
+                await self._refresh(prefer=moved.address, newer_than=self._router.epoch)
+            pinned = pin_to(self._route(op.key), moved)
 
     async def _batch(
         self,
@@ -443,10 +505,12 @@ class AsyncCacheClient:
         values: Optional[Mapping[K, bytes]] = None,
         ttl: int = 0,
     ) -> List[Tuple[K, wire.ItemResult]]:
-        """Sends every shard its chunks at once and returns (key, item) in key order."""
-        chunks = ops.plan_batch(operation, keys, self._endpoint_for, values, ttl)
+        """Sends every shard of every node its chunks at once and returns
+        (key, item) in key order."""
+        await self._learn_first()
+        chunks = ops.plan_batch(operation, keys, self._route, values, ttl)
         answers = await asyncio.gather(
-            *(self._with_retries(chunk.endpoint, chunk.op) for chunk in chunks)
+            *(self._with_retries(self._chunk_route(chunk), chunk.op) for chunk in chunks)
         )
         results: Dict[K, wire.ItemResult] = {}
         for chunk, answer in zip(chunks, answers):
@@ -458,30 +522,50 @@ class AsyncCacheClient:
                 results[key] = ops.item_of(item.key, await self._single(single))
         return [(key, results[key]) for key in keys]
 
-    def _endpoint_for(self, key: bytes) -> Optional[Endpoint]:
-        """Where ``key`` goes; ``None``: the seed in use, found when sending."""
-        topology = self._topology
-        if topology is None or not self.config.shard_aware or not key:
-            return self._seeds.current
-        moved = self._moved.get(slot_of(key, topology.seed)) if self._moved else None
-        return moved or topology.endpoint_for(key)
+    def _chunk_route(self, chunk: ops.BatchChunk[K, Route]) -> Callable[[], Route]:
+        """The route of a batch chunk's attempts: the planned one first; after
+        a failure, where the (possibly refreshed) map sends its first key
+        (its other keys, if they moved elsewhere, come back CACHE_013 and are
+        sent one by one)."""
+        tries = [0]
+
+        def route() -> Route:
+            tries[0] += 1
+            return chunk.route if tries[0] == 1 else self._route(chunk.first_key())
+
+        return route
+
+    def _route(self, key: bytes) -> Route:
+        """Where ``key`` goes (cluster.py); endpoint ``None``: the seed in use,
+        found when sending."""
+        return self._router.route(key, self._seeds.current)
+
+    async def _learn_first(self) -> None:
+        """Before the first request: takes a handshake from the seed, so that
+        even the first key goes to its owner. A failure is left to the
+        request, which meets it again under its retries."""
+        if self._router.learned:
+            return
+        try:
+            await self._pool(self._seeds.current or await self._enter()).acquire()
+        except CacheError:
+            pass
 
     async def _with_retries(
-        self, endpoint: Optional[Endpoint], op: wire.CacheOperation
+        self, route_for: Callable[[], Route], op: wire.CacheOperation
     ) -> wire.CacheResponse:
+        """Sends ``op`` on the route ``route_for`` gives, again after
+        retryable failures (ICD 9.2), counting each outcome in the breaker of
+        the attempt's node."""
         state = RetryState(self.config, self.breaker)
         while True:
-            state.before_attempt()
+            route = await self._admit(state, route_for)
             try:
-                conn = await self._pool(endpoint or await self._enter()).acquire()
+                conn = await self._pool(route.endpoint or await self._enter()).acquire()
                 answer = await conn.request(op)
             except CacheError as exc:
-                if isinstance(exc, CacheConnectionError):
-                    # The shard ports may be stale, and the seed may be
-                    # down: the seed in use (after a walk) takes any key.
-                    self._topology = None
-                    self._seeds.forget()
-                    endpoint = self._seeds.current
+                if failed_node(exc, route.node is not None):
+                    await self._node_failed(route)
                 await asyncio.sleep(state.after_error(exc))
                 continue
             except BaseException:
@@ -491,6 +575,80 @@ class AsyncCacheClient:
             if delay is None:
                 return answer
             await asyncio.sleep(delay)
+
+    async def _admit(self, state: RetryState, route_for: Callable[[], Route]) -> Route:
+        """The route of the next attempt, once its node's breaker lets it
+        through. In a cluster, a node whose breaker is open may have lost the
+        slot: the map is refreshed and the key routed again; if it still goes
+        there, the attempt fails fast with :class:`CircuitOpenError`."""
+        route = route_for()
+        if state.admit(self._breakers.get(route.node)):
+            return route
+        if route.node is not None:
+            await self._refresh(exclude=route.node)
+            route = route_for()
+            if state.admit(self._breakers.get(route.node)):
+                return route
+        raise breaker_open(route.node)
+
+    async def _node_failed(self, route: Route) -> None:
+        """After a connection error or timeout on ``route``: in a cluster the
+        map is refreshed from another node (the node may be gone and its
+        slots promoted elsewhere); a server alone's shard ports may be
+        stale. With several seeds, the seed in use may be down: walk again."""
+        if route.node is None:
+            self._router.forget_topology()
+            self._seeds.forget()
+            return
+        if route.node == self._seeds.current or route.endpoint is None:
+            self._seeds.forget()
+        await self._refresh(exclude=route.node)
+
+    async def _refresh(
+        self,
+        prefer: Optional[Endpoint] = None,
+        exclude: Optional[Endpoint] = None,
+        newer_than: Optional[int] = None,
+    ) -> None:
+        """Renews the cluster map with a fresh handshake: with ``prefer``
+        first, then the seeds and the other nodes of the map (``exclude``,
+        the node that just failed, last). One refresh at a time (the callers
+        meanwhile await it), at most one every 100 ms. ``newer_than``: skip
+        it when the map is already past that epoch."""
+        if self._refreshing is not None:
+            await asyncio.shield(self._refreshing)
+            return
+        if newer_than is not None and self._router.epoch > newer_than:
+            return
+        now = time.monotonic()
+        if now - self._last_refresh < REFRESH_MIN_INTERVAL:
+            return
+        self._last_refresh = now
+        self._refreshing = asyncio.ensure_future(self._refresh_walk(prefer, exclude))
+        # shield: a cancelled caller does not abort a refresh others wait for.
+        await asyncio.shield(self._refreshing)
+
+    async def _refresh_walk(self, prefer: Optional[Endpoint], exclude: Optional[Endpoint]) -> None:
+        try:
+            candidates = self._router.refresh_candidates(self._seeds.endpoints, exclude)
+            if prefer is not None:
+                candidates = [prefer] + [c for c in candidates if c != prefer]
+            for endpoint in candidates:
+                if self._closed:
+                    return
+                try:
+                    conn = await self._open(endpoint)
+                except CacheError:
+                    continue
+                self._stats.add("map_refreshes")
+                self._router.learn(endpoint, conn.handshake, endpoint == self._seeds.current)
+                if self._closed:
+                    conn.close()
+                else:
+                    self._pool(endpoint).adopt(conn)
+                return
+        finally:
+            self._refreshing = None
 
     def _pool(self, endpoint: Endpoint) -> AsyncConnectionPool:
         if self._closed:
@@ -520,32 +678,30 @@ class AsyncCacheClient:
             for seed in self._seeds.walk():
                 pool = self._pool(seed)
                 try:
-                    conn = await self._connect(seed)
+                    conn = await self._open(seed)
                 except CacheError as exc:
                     if not skips_seed(exc):
                         raise
                     failures.append((seed, exc))
                     continue
                 self._seeds.chose(seed)
-                self._learn_topology(seed, conn.handshake)
+                self._router.learn(seed, conn.handshake, True)
                 pool.adopt(conn)
                 return seed
             raise no_seed_answered(failures)
         finally:
             self._walking = None
 
-    async def _connect(self, endpoint: Endpoint) -> AsyncConnection:
+    async def _open(self, endpoint: Endpoint) -> AsyncConnection:
+        """A new handshaken connection to ``endpoint``, learning nothing."""
         cfg = self.config
-        conn = await AsyncConnection.open(
+        return await AsyncConnection.open(
             endpoint, self._hello, cfg.connect_timeout, cfg.request_timeout
         )
-        if endpoint == self._seeds.current:
-            self._learn_topology(endpoint, conn.handshake)
-        return conn
 
-    def _learn_topology(self, endpoint: Endpoint, handshake: wire.Handshake) -> None:
-        # Shard ports come from the seed in use: other nodes of a cluster
-        # are reached on their public port.
-        topology = Topology.from_handshake(endpoint[0], handshake)
-        if topology is not None and topology != self._topology:
-            self._topology = topology
+    async def _connect(self, endpoint: Endpoint) -> AsyncConnection:
+        """A pool's new connection: its handshake may carry a newer map (any
+        node of a cluster), or the shard ports of the seed in use."""
+        conn = await self._open(endpoint)
+        self._router.learn(endpoint, conn.handshake, endpoint == self._seeds.current)
+        return conn

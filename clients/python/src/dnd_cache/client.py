@@ -27,7 +27,22 @@ from .connection import Connection, ConnectionPool
 from .errors import CacheConnectionError, CacheError
 from .operations import MAX_BATCH_KEYS
 from .retry import RetryState
-from .routing import MAX_REDIRECTS, MOVED, Endpoint, Topology, moved_target, owner_shard, slot_of
+from .cluster import (
+    REFRESH_MIN_INTERVAL,
+    WAIT,
+    NodeBreakers,
+    Route,
+    Router,
+    RoutingStats,
+    StaleWait,
+    failed_node,
+    format_nodes,
+    moved_decision,
+    breaker_open,
+    parse_moved,
+    pin_to,
+)
+from .routing import MAX_REDIRECTS, MOVED, Endpoint, owner_shard
 from .seeds import Seeds, no_seed_answered, skips_seed
 from .values import Key, encode_value
 
@@ -55,6 +70,18 @@ class CacheClient:
     CACHE_011, up to ``config.retries`` times with exponential backoff and
     full jitter: a cache's get, set and delete are idempotent (a repeated set
     stores the same value again). The circuit breaker counts those failures.
+
+    **Cluster.** When the server is a node of a cluster, its handshake's slot
+    map routes each key to its slot's primary node, on that node's owner
+    shard, so a current map costs no redirection. A CACHE_013 answer at
+    least as new as what the client knows about the slot is followed at once
+    (at most 3 times per request; a newer epoch also refreshes the map); one
+    from a node still on an older map is waited on (10 ms doubling to
+    200 ms, 2 s in all) and sent to the same node again. A connection error
+    or timeout refreshes the map from another node before the retry. Each
+    node has its own circuit breaker (:meth:`node_breakers`); a server alone
+    uses :attr:`breaker`. :meth:`routing_stats` counts redirections, stale
+    answers waited on and map refreshes (``cluster.py``).
     """
 
     def __init__(
@@ -86,11 +113,16 @@ class CacheClient:
             min_requests=self.config.breaker_min_requests,
             cooldown=self.config.breaker_cooldown,
         )
+        # In a cluster: one breaker per node (cluster.py); ``breaker`` is the
+        # one of a server alone.
+        self._breakers = NodeBreakers(self.config, self.breaker)
         self._lock = threading.Lock()
         self._pools: Dict[Endpoint, ConnectionPool] = {}
-        self._topology: Optional[Topology] = None
-        # In a cluster: slots learned (from CACHE_013) to live on other nodes.
-        self._moved: Dict[int, Endpoint] = {}
+        self._router = Router(self.config.shard_aware)
+        self._stats = RoutingStats()
+        # One map refresh at a time, and when it was last done.
+        self._refresh_lock = threading.Lock()
+        self._last_refresh = -REFRESH_MIN_INTERVAL
         self._closed = False
 
     # -- public API --------------------------------------------------------
@@ -177,25 +209,62 @@ class CacheClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- cluster routing: what a user (or a test) can read -----------------
+
+    def routing_stats(self) -> RoutingStats:
+        """A copy of the cluster routing counters: CACHE_013 redirections
+        followed, answers of a node on an older map waited on, map refreshes."""
+        return self._stats.snapshot()
+
+    def node_breakers(self) -> Dict[str, CircuitBreaker]:
+        """In a cluster: the circuit breaker of each node the client sent a
+        request to, keyed by its public ``host:port``. A server alone uses
+        :attr:`breaker` only."""
+        return format_nodes(self._breakers.items())
+
+    @property
+    def cluster_epoch(self) -> int:
+        """The epoch of the cluster map the client routes by (0: none)."""
+        return self._router.epoch
+
     # -- routing and resilience --------------------------------------------
 
     def _single(
         self, op: wire.CacheOperation, correlation_id: Optional[str] = None
     ) -> wire.CacheResponse:
+        """Sends ``op`` to its key's owner, following CACHE_013 answers
+        (cluster.py): at most three redirections, and waits on nodes that
+        run an older map than the client's."""
         op.correlation_id = self._correlation_for(correlation_id)
-        redirect: Optional[Endpoint] = None
-        for _ in range(MAX_REDIRECTS + 1):
-            # The owner is looked up again on each attempt: a retry after a
-            # connection error may find other ports.
+        if op.key:
+            self._learn_first()
+        redirects = 0
+        stale: Optional[StaleWait] = None
+        # The named node, when the map does not route the key there by itself.
+        pinned: Optional[Route] = None
+        while True:
             answer = self._with_retries(
-                lambda: self._send(redirect or self._endpoint_for(op.key), [op])[0]
+                lambda route: self._send(route, [op])[0], lambda: pinned or self._route(op.key)
             )
-            moved = moved_target(answer.data) if answer.status == MOVED else None
+            moved = parse_moved(answer.data) if answer.status == MOVED else None
             if moved is None:
                 return answer
-            # In a cluster: the key's slot lives on another node.
-            self._moved[moved[0]] = redirect = moved[1]
-        return answer
+            if moved_decision(self._router.slot_epoch(moved.slot), moved.epoch) == WAIT:
+                stale = stale or StaleWait()
+                delay = stale.next_delay()
+                if delay is None:
+                    return answer
+                self._stats.add("stale_waits")
+                time.sleep(delay)
+                continue
+            if redirects == MAX_REDIRECTS:
+                return answer
+            redirects += 1
+            self._stats.add("redirections")
+            self._router.point(moved)
+            if moved.epoch > self._router.epoch:
+                self._refresh(prefer=moved.address, newer_than=self._router.epoch)
+            pinned = pin_to(self._route(op.key), moved)
 
     def _batch(
         self,
@@ -206,13 +275,16 @@ class CacheClient:
         *,
         correlation_id: Optional[str] = None,
     ) -> List[Tuple[K, wire.ItemResult]]:
-        """Sends each shard its keys (in chunks the server accepts) and returns
-        (key, item) in key order."""
+        """Sends each shard of each node its keys (in chunks the server
+        accepts) and returns (key, item) in key order."""
         results: Dict[K, wire.ItemResult] = {}
         correlation = self._correlation_for(correlation_id)
-        for chunk in ops.plan_batch(operation, keys, self._endpoint_for, values, ttl):
+        self._learn_first()
+        for chunk in ops.plan_batch(operation, keys, self._route, values, ttl):
             chunk.op.correlation_id = correlation
-            answer = self._with_retries(lambda: self._send(chunk.endpoint, [chunk.op])[0])
+            answer = self._with_retries(
+                lambda route: self._send(route, [chunk.op])[0], self._chunk_route(chunk)
+            )
             results.update(ops.chunk_items(chunk, answer))
         for key, item in results.items():
             if item.status == MOVED:
@@ -221,30 +293,58 @@ class CacheClient:
                 results[key] = ops.item_of(item.key, self._single(single, correlation_id))
         return [(key, results[key]) for key in keys]
 
+    def _chunk_route(self, chunk: ops.BatchChunk[K, Route]) -> Callable[[], Route]:
+        """The route of a batch chunk's attempts: the planned one first; after
+        a failure, where the (possibly refreshed) map sends its first key
+        (its other keys, if they moved elsewhere, come back CACHE_013 and are
+        sent one by one)."""
+        tries = [0]
+
+        def route() -> Route:
+            tries[0] += 1
+            return chunk.route if tries[0] == 1 else self._route(chunk.first_key())
+
+        return route
+
     def _correlation_for(self, per_call: Optional[str]) -> str:
         """The call's correlation id, else the client's, else none ("")."""
         if per_call is not None:
             return ops.check_correlation_id(per_call)
         return self.correlation_id
 
-    def _endpoint_for(self, key: bytes) -> Optional[Endpoint]:
-        """Where ``key`` goes; ``None``: the seed in use, found when sending."""
-        topology = self._topology
-        if topology is None or not self.config.shard_aware or not key:
-            return self._seeds.current
-        moved = self._moved.get(slot_of(key, topology.seed)) if self._moved else None
-        return moved or topology.endpoint_for(key)
+    def _route(self, key: bytes) -> Route:
+        """Where ``key`` goes (cluster.py); endpoint ``None``: the seed in use,
+        found when sending."""
+        return self._router.route(key, self._seeds.current)
 
-    def _with_retries(self, attempt: Callable[[], wire.CacheResponse]) -> wire.CacheResponse:
+    def _learn_first(self) -> None:
+        """Before the first request: takes a handshake from the seed, so that
+        even the first key goes to its owner. A failure is left to the
+        request, which meets it again under its retries."""
+        if self._router.learned:
+            return
+        try:
+            pool = self._pool(self._seeds.current or self._enter())
+            pool.release(pool.acquire())
+        except CacheError:
+            pass
+
+    def _with_retries(
+        self,
+        attempt: Callable[[Route], wire.CacheResponse],
+        route_for: Callable[[], Route] = lambda: Route(None, None),
+    ) -> wire.CacheResponse:
+        """Runs ``attempt`` on the route ``route_for`` gives, again after
+        retryable failures (ICD 9.2), counting each outcome in the breaker of
+        the attempt's node."""
         state = RetryState(self.config, self.breaker)
         while True:
-            state.before_attempt()
+            route = self._admit(state, route_for)
             try:
-                answer = attempt()
+                answer = attempt(route)
             except CacheError as exc:
-                if isinstance(exc, CacheConnectionError):
-                    self._topology = None  # the shard ports may be stale
-                    self._seeds.forget()  # and the seed may be down
+                if failed_node(exc, route.node is not None):
+                    self._node_failed(route)
                 time.sleep(state.after_error(exc))
                 continue
             except BaseException:
@@ -255,10 +355,72 @@ class CacheClient:
                 return answer
             time.sleep(delay)
 
+    def _admit(self, state: RetryState, route_for: Callable[[], Route]) -> Route:
+        """The route of the next attempt, once its node's breaker lets it
+        through. In a cluster, a node whose breaker is open may have lost the
+        slot: the map is refreshed and the key routed again; if it still goes
+        there, the attempt fails fast with :class:`CircuitOpenError`."""
+        route = route_for()
+        if state.admit(self._breakers.get(route.node)):
+            return route
+        if route.node is not None:
+            self._refresh(exclude=route.node)
+            route = route_for()
+            if state.admit(self._breakers.get(route.node)):
+                return route
+        raise breaker_open(route.node)
+
+    def _node_failed(self, route: Route) -> None:
+        """After a connection error or timeout on ``route``: in a cluster the
+        map is refreshed from another node (the node may be gone and its
+        slots promoted elsewhere); a server alone's shard ports may be
+        stale. With several seeds, the seed in use may be down: walk again."""
+        if route.node is None:
+            self._router.forget_topology()
+            self._seeds.forget()
+            return
+        if route.node == self._seeds.current or route.endpoint is None:
+            self._seeds.forget()
+        self._refresh(exclude=route.node)
+
+    def _refresh(
+        self,
+        prefer: Optional[Endpoint] = None,
+        exclude: Optional[Endpoint] = None,
+        newer_than: Optional[int] = None,
+    ) -> None:
+        """Renews the cluster map with a fresh handshake: with ``prefer``
+        first, then the seeds and the other nodes of the map (``exclude``,
+        the node that just failed, last). One refresh at a time, at most one
+        every 100 ms; a caller that waited for another's refresh takes its
+        outcome. ``newer_than``: skip it when the map is already past that
+        epoch."""
+        with self._refresh_lock:
+            if newer_than is not None and self._router.epoch > newer_than:
+                return
+            now = time.monotonic()
+            if now - self._last_refresh < REFRESH_MIN_INTERVAL:
+                return
+            self._last_refresh = now
+            candidates = self._router.refresh_candidates(self._seeds.endpoints, exclude)
+            if prefer is not None:
+                candidates = [prefer] + [c for c in candidates if c != prefer]
+            for endpoint in candidates:
+                if self._closed:
+                    return
+                try:
+                    conn = self._open(endpoint)
+                except CacheError:
+                    continue
+                self._stats.add("map_refreshes")
+                self._router.learn(endpoint, conn.handshake, endpoint == self._seeds.current)
+                self._pool(endpoint).adopt(conn)
+                return
+
     def _send(
-        self, endpoint: Optional[Endpoint], requests: Sequence[wire.CacheOperation]
+        self, route: Route, requests: Sequence[wire.CacheOperation]
     ) -> List[wire.CacheResponse]:
-        pool = self._pool(endpoint or self._enter())
+        pool = self._pool(route.endpoint or self._enter())
         conn = pool.acquire()
         try:
             return conn.roundtrip(requests)
@@ -294,28 +456,26 @@ class CacheClient:
             for seed in self._seeds.walk():
                 pool = self._pool(seed)
                 try:
-                    conn = self._connect(seed)
+                    conn = self._open(seed)
                 except CacheError as exc:
                     if not skips_seed(exc):
                         raise
                     failures.append((seed, exc))
                     continue
                 self._seeds.chose(seed)
-                self._learn_topology(seed, conn.handshake)
+                self._router.learn(seed, conn.handshake, True)
                 pool.adopt(conn)
                 return seed
             raise no_seed_answered(failures)
 
-    def _connect(self, endpoint: Endpoint) -> Connection:
+    def _open(self, endpoint: Endpoint) -> Connection:
+        """A new handshaken connection to ``endpoint``, learning nothing."""
         cfg = self.config
-        conn = Connection(endpoint, self._hello, cfg.connect_timeout, cfg.request_timeout)
-        if endpoint == self._seeds.current:
-            self._learn_topology(endpoint, conn.handshake)
-        return conn
+        return Connection(endpoint, self._hello, cfg.connect_timeout, cfg.request_timeout)
 
-    def _learn_topology(self, endpoint: Endpoint, handshake: wire.Handshake) -> None:
-        # Shard ports come from the seed in use: other nodes of a cluster
-        # are reached on their public port.
-        topology = Topology.from_handshake(endpoint[0], handshake)
-        if topology is not None and topology != self._topology:
-            self._topology = topology
+    def _connect(self, endpoint: Endpoint) -> Connection:
+        """A pool's new connection: its handshake may carry a newer map (any
+        node of a cluster), or the shard ports of the seed in use."""
+        conn = self._open(endpoint)
+        self._router.learn(endpoint, conn.handshake, endpoint == self._seeds.current)
+        return conn

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Generic, List, Mapping, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Generic, Hashable, List, Mapping, Optional, Tuple, TypeVar
 
 from . import wire
 from .errors import BatchError, CacheError, error_for_status
-from .routing import Endpoint
 from .values import Key, encode_key, encode_value
 
 K = TypeVar("K", str, bytes)
+R = TypeVar("R", bound=Hashable)
 
 #: Most keys the server accepts in one batch request (CACHE_012 above it).
 MAX_BATCH_KEYS = 10_000
@@ -64,29 +64,34 @@ def health_result(answer: wire.CacheResponse) -> Dict[str, Any]:
 
 
 @dataclass
-class BatchChunk(Generic[K]):
+class BatchChunk(Generic[K, R]):
     """One request of a batch: the keys it carries, to the shard that owns them."""
 
-    # None: the seed in use, found when the chunk is sent (seeds.py).
-    endpoint: Optional[Endpoint]
+    # Where the chunk goes (the clients' cluster.Route; its endpoint None:
+    # the seed in use, found when the chunk is sent, seeds.py).
+    route: R
     keys: List[K]
     op: wire.CacheOperation
+
+    def first_key(self) -> bytes:
+        """The first key of the request, encoded."""
+        return self.op.keys[0] if self.op.keys else self.op.entries[0].key
 
 
 def plan_batch(
     operation: str,
     keys: List[K],
-    endpoint_for: Callable[[bytes], Optional[Endpoint]],
+    route_for: Callable[[bytes], R],
     values: Optional[Mapping[K, bytes]] = None,
     ttl: int = 0,
-) -> List[BatchChunk[K]]:
-    """Splits the keys by owner shard, then into chunks the server accepts."""
+) -> List[BatchChunk[K, R]]:
+    """Splits the keys by owner (node and shard), then into chunks the server accepts."""
     encoded = {key: encode_key(key) for key in keys}
-    groups: Dict[Optional[Endpoint], List[K]] = {}
+    groups: Dict[R, List[K]] = {}
     for key in keys:
-        groups.setdefault(endpoint_for(encoded[key]), []).append(key)
-    chunks: List[BatchChunk[K]] = []
-    for endpoint, group in groups.items():
+        groups.setdefault(route_for(encoded[key]), []).append(key)
+    chunks: List[BatchChunk[K, R]] = []
+    for route, group in groups.items():
         for start in range(0, len(group), MAX_BATCH_KEYS):
             part = group[start : start + MAX_BATCH_KEYS]
             op = wire.CacheOperation(operation=operation, ttl=ttl)
@@ -94,11 +99,11 @@ def plan_batch(
                 op.keys = [encoded[k] for k in part]
             else:
                 op.entries = [wire.Entry(key=encoded[k], value=values[k]) for k in part]
-            chunks.append(BatchChunk(endpoint, part, op))
+            chunks.append(BatchChunk(route, part, op))
     return chunks
 
 
-def chunk_items(chunk: BatchChunk[K], answer: wire.CacheResponse) -> List[Tuple[K, wire.ItemResult]]:
+def chunk_items(chunk: "BatchChunk[K, Any]", answer: wire.CacheResponse) -> List[Tuple[K, wire.ItemResult]]:
     """The (key, item) pairs of one chunk's answer."""
     raise_for(answer)
     if len(answer.items) != len(chunk.keys):

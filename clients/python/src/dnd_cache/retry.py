@@ -29,8 +29,17 @@ class RetryState:
 
     def before_attempt(self) -> None:
         """Raises :class:`CircuitOpenError` when the breaker refuses the attempt."""
-        if not self._breaker.allow():
+        if not self.admit():
             raise CircuitOpenError("circuit breaker open: the server is failing")
+
+    def admit(self, breaker: Optional[CircuitBreaker] = None) -> bool:
+        """Whether ``breaker`` (default: the one the state was made with) lets
+        the next attempt through; if so, the attempt's outcome is reported to
+        it. In a cluster each attempt takes the breaker of the node it goes
+        to, which a refreshed map may change between attempts."""
+        if breaker is not None:
+            self._breaker = breaker
+        return self._breaker.allow()
 
     def after_error(self, exc: CacheError) -> float:
         """The delay before the next attempt; re-raises ``exc`` when it is the last."""
