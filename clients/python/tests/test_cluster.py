@@ -187,12 +187,8 @@ def _wait_settled(nodes: List[Server], timeout: float = 30.0, still_for: float =
 _ERRORS = re.compile(r"^cache_errors_total\{([^}]*)\}\s+(\S+)", re.M)
 
 
-#: The codes under which a node's metrics count its CACHE_013 answers: a
-#: server built before main's f54f023 filed status 13 under CACHE_006
-#: (src/metrics/mod.rs, ``status_slot``). These clients never send a
-#: malformed request, so for their own service id a CACHE_006 is a
-#: redirection too.
-_MOVED_CODES = ('code="CACHE_013"', 'code="CACHE_006"')
+#: The code under which a node's metrics count its CACHE_013 answers.
+_MOVED_CODES = ('code="CACHE_013"',)
 
 
 def _redirections_counted(node: Server, service: str) -> float:
