@@ -157,6 +157,24 @@ fn requests_reach_the_owner_of_their_slot(nodes: &[TestServer]) {
         for ((k, v), got) in entries.iter().zip(&read) {
             assert_eq!(got.as_deref(), Some(v.as_bytes()), "{k}");
         }
+        // `pattern` spans the cluster: every node is asked for the keys of
+        // its primary slots.
+        let mut found: Vec<String> = via_n2
+            .pattern("k*", 1000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        found.sort();
+        let mut want: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+        want.sort();
+        assert_eq!(found, want, "pattern across the cluster");
+        assert_eq!(
+            via_n1.pattern("b*", 100).await.unwrap().len(),
+            100,
+            "the limit holds"
+        );
         // Both clients routed every key (alone and in batches) by the
         // handshake's map: no redirection.
         for c in [&via_n1, &via_n2] {
@@ -195,6 +213,36 @@ fn requests_reach_the_owner_of_their_slot(nodes: &[TestServer]) {
     assert!(
         here > 50 && moved > 100,
         "n1 owns {here} of 300, {moved} elsewhere"
+    );
+    // Each node answers `pattern` with the keys of its primary slots only:
+    // the three answers are disjoint and hold every key once (replicas hold
+    // copies of a third of them each).
+    let mut per_node = Vec::new();
+    for n in nodes {
+        let mut op = common::op("pattern", b"k*");
+        op.limit = 1000;
+        let resp = n.connect().call(&op);
+        assert_eq!(resp.status, 0, "{resp:?}");
+        per_node.push(resp.items.len());
+    }
+    assert_eq!(per_node.iter().sum::<usize>(), 300, "keys per node: {per_node:?}");
+    // REST through any node: the whole cluster (the node asks the others
+    // for their part); with `scope=node`, that node's part only.
+    for (i, n) in nodes.iter().enumerate() {
+        let whole = HttpConn::open(n.http).get("/api/v2/cache/pattern/k*?limit=1000");
+        assert_eq!(whole.status, 200, "{}", whole.text());
+        let data = &whole.json()["cache_response"]["data"];
+        assert_eq!(data["count"], 300, "{data}");
+        assert_eq!(data["truncated"], false, "{data}");
+        let part = HttpConn::open(n.http).get("/api/v2/cache/pattern/k*?limit=1000&scope=node");
+        assert_eq!(part.json()["cache_response"]["data"]["count"], per_node[i]);
+    }
+    let capped = HttpConn::open(nodes[2].http).get("/api/v2/cache/pattern/k*?limit=50");
+    let data = &capped.json()["cache_response"]["data"];
+    assert_eq!(
+        (data["count"].as_u64(), data["truncated"].as_bool()),
+        (Some(50), Some(true)),
+        "{data}"
     );
     // Those answers are counted as CACHE_013 (the check above that the
     // clients caused none is not empty by construction).

@@ -246,7 +246,18 @@ impl Shard {
         let frame = ResponseEncoder::begin(out);
         let mut found = 0usize;
         let mut truncated = false;
+        // In a cluster, only the keys of this node's primary slots: the
+        // answers of the nodes are disjoint and together the whole cluster
+        // (a client fans `pattern` out to every node; docs/cluster.md).
+        let ownership = self.ownership.borrow();
+        let primaries = ownership.as_ref().map(|o| (&o.primary, o.me));
         self.store.borrow().scan(op.key, now_us, |item| {
+            if let Some((primary, me)) = primaries {
+                let slot = crate::key::slot_of(crate::key::key_hash(item.key(), self.seed));
+                if Some(primary[slot]) != me {
+                    return true;
+                }
+            }
             if found == limit {
                 truncated = true;
                 return false;

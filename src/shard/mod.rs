@@ -222,6 +222,22 @@ impl Shard {
         (Some(owner) != o.me).then(|| o.moved(slot, owner))
     }
 
+    /// In a cluster, the REST addresses (`host:port`) of the map's other
+    /// nodes; `None` when the node runs alone or is not in the map yet.
+    pub fn peer_http_addrs(&self) -> Option<Vec<String>> {
+        let ownership = self.ownership.borrow();
+        let o = ownership.as_ref()?;
+        let me = usize::from(o.me?);
+        Some(
+            o.nodes
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != me)
+                .map(|(_, n)| format!("{}:{}", n.host, n.http_port))
+                .collect(),
+        )
+    }
+
     /// With replication 2: where this shard hands its writes.
     pub fn attach_replication(&mut self, sink: replication::ReplSink) {
         self.repl = Some(sink);

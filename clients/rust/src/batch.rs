@@ -2,7 +2,8 @@
 //! split by the node its keys' slots live on, the parts sent at once and
 //! the items put back in order; an item answered CACHE_013 (the map moved
 //! meanwhile) is re-sent alone, as a single-key request that follows the
-//! map.
+//! map. `pattern` in a cluster asks every node (each answers the keys of
+//! its primary slots) and merges.
 
 use std::sync::Arc;
 
@@ -14,6 +15,45 @@ use crate::{
 use dnd_cache_proto::key::key_hash;
 
 impl CacheClient {
+    /// Keys matching a glob (at most `limit`, 0 = 1000). In a cluster, the
+    /// keys of every node: each node of the map is asked at once for the
+    /// keys of its primary slots, and the answers are merged (a key named
+    /// twice while the map moves is kept once).
+    pub async fn pattern(&self, glob: &str, limit: u32) -> Result<Vec<Bytes>, ClientError> {
+        let mut o = op("pattern", glob.as_bytes());
+        o.limit = limit;
+        let Some(cluster) = &self.inner.cluster else {
+            return Ok(self.call(o).await?.items.into_iter().map(|i| i.key).collect());
+        };
+        let mut parts = Vec::new();
+        for node in cluster.members() {
+            let (me, o) = (self.clone(), o.clone());
+            let target = Target {
+                route: node.public.clone(),
+                node: Some(node),
+            };
+            parts.push(tokio::spawn(async move {
+                let resp = me.send(&o, target, None).await?;
+                check_status(&resp)?;
+                Ok::<_, ClientError>(resp.items)
+            }));
+        }
+        let most = dnd_cache_proto::validate::pattern_limit(limit);
+        let mut seen = std::collections::HashSet::new();
+        let mut keys = Vec::new();
+        for part in parts {
+            let items = part
+                .await
+                .map_err(|e| ClientError::Protocol(format!("pattern part failed: {e}")))??;
+            for item in items {
+                if keys.len() < most && seen.insert(item.key.clone()) {
+                    keys.push(item.key);
+                }
+            }
+        }
+        Ok(keys)
+    }
+
     /// Values of `keys`, in order; `None` for keys missing or expired.
     pub async fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Bytes>>, ClientError> {
         let mut o = op("get_many", b"");

@@ -509,13 +509,6 @@ impl CacheClient {
         Ok(true)
     }
 
-    /// Keys matching a glob (at most `limit`, 0 = 1000).
-    pub async fn pattern(&self, glob: &str, limit: u32) -> Result<Vec<Bytes>, ClientError> {
-        let mut o = op("pattern", glob.as_bytes());
-        o.limit = limit;
-        Ok(self.call(o).await?.items.into_iter().map(|i| i.key).collect())
-    }
-
     /// Removes every item on every shard; how many there were.
     pub async fn flush(&self) -> Result<u64, ClientError> {
         let resp = self.call(op("flush", b"")).await?;

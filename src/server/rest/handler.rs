@@ -111,6 +111,36 @@ pub async fn handle(rt: &ShardRuntime, d: &mut Dispatcher, head: &RequestHead, b
 
 pub(super) type Failure = (RestError, Option<Vec<u8>>, &'static str);
 
+/// The `limit` of a pattern request (already checked to be a number).
+fn op_limit(query: &Query) -> u32 {
+    query.number("limit").ok().flatten().unwrap_or(0)
+}
+
+/// Every other node's part of a REST `pattern` (their primary slots'
+/// keys), asked at once; the first that fails fails the request.
+async fn peer_patterns(head: &RequestHead, peers: Vec<String>) -> Result<Vec<serde_json::Value>, RestError> {
+    let query = head.query.as_deref().map_or(String::new(), |q| format!("{q}&"));
+    let target = format!("{}?{query}{}", head.path, super::peers::NODE_SCOPE);
+    let asks: Vec<_> = peers
+        .into_iter()
+        .map(|addr| {
+            let (target, bearer) = (target.clone(), head.bearer.clone());
+            glommio::spawn_local(
+                async move { super::peers::get_data(&addr, &target, bearer.as_deref()).await },
+            )
+        })
+        .collect();
+    let mut parts = Vec::with_capacity(asks.len());
+    for ask in asks {
+        parts.push(
+            ask.await.map_err(|e| {
+                RestError::of(Status::Unavailable, format!("pattern across the cluster: {e}"))
+            })?,
+        );
+    }
+    Ok(parts)
+}
+
 /// The ICD 8.2 answer of a failed request (307 for a key another node owns).
 pub(super) fn failure_reply(head: &RequestHead, (e, key, op): Failure) -> Reply {
     if e.status == Status::Moved {
@@ -224,10 +254,17 @@ async fn handle_route(
             if resp.status != 0 {
                 return answer(OpKind::Pattern, &resp, false, Some(&pattern)).map(Outcome::Reply);
             }
-            Ok(json_reply(
-                200,
-                response::success_with(&response::pattern_data(&resp)),
-            ))
+            let mut data = response::pattern_data(&resp);
+            if query.get("scope") != Some(b"node") {
+                if let Some(peers) = rt.shard.peer_http_addrs() {
+                    let theirs = peer_patterns(head, peers)
+                        .await
+                        .map_err(|e| (e, None, "pattern"))?;
+                    let limit = crate::validate::pattern_limit(op_limit(query));
+                    super::peers::merge(&mut data, theirs, limit);
+                }
+            }
+            Ok(json_reply(200, response::success_with(&data)))
         }
         Route::Flush | Route::Stats | Route::CacheHealth => {
             let kind = match route {

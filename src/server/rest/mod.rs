@@ -7,4 +7,5 @@ mod batch;
 pub(super) mod conn;
 pub(super) mod handler;
 mod key;
+mod peers;
 mod pipeline;
