@@ -3,7 +3,7 @@
 //! loopback ports, in zones a, b, a.
 //!
 //! Without a `nats-server` binary these tests print a note and pass, unless
-//! `DND_REQUIRE_NATS` is set (tests/suites/25-nats.sh sets it).
+//! `DND_REQUIRE_NATS` is set (tests/run-all.sh and tests/suites/25-nats.sh set it).
 
 mod common;
 

@@ -4,7 +4,7 @@
 //! (SIGKILL), paused (SIGSTOP) and restarted here for real.
 //!
 //! Without a `nats-server` binary these tests print a note and pass, unless
-//! `DND_REQUIRE_NATS` is set (tests/suites/25-nats.sh sets it).
+//! `DND_REQUIRE_NATS` is set (tests/run-all.sh and tests/suites/25-nats.sh set it).
 
 mod common;
 

@@ -2,7 +2,7 @@
 //! `cache-server` binary, on free loopback ports.
 //!
 //! Without a `nats-server` binary these tests print a note and pass, unless
-//! `DND_REQUIRE_NATS` is set (tests/suites/25-nats.sh sets it), in which
+//! `DND_REQUIRE_NATS` is set (tests/run-all.sh and tests/suites/25-nats.sh set it), in which
 //! case they fail.
 
 mod common;

@@ -31,7 +31,12 @@ echo "== cargo test (workspace)"
 cargo build --release --workspace --bins
 export DND_CACHE_SERVER_BIN="$PWD/target/release/cache-server"
 export DND_LOADGEN_BIN="$PWD/target/release/loadgen"
+# nats-server is installed above (tests/suites/25-nats.sh needs it): the
+# NATS and cluster tests must run here, not skip; the suite then need not
+# run them a second time.
+export DND_REQUIRE_NATS=1
 cargo test --workspace --all-targets
+export DND_NATS_TESTS_RAN=1
 
 for suite in tests/suites/*.sh; do
   [ -e "$suite" ] || continue

@@ -1,6 +1,6 @@
 //! A real `nats-server` for tests, on a free loopback port (with JetStream
 //! when asked). Without the binary, tests that need it print a note and
-//! pass, unless `DND_REQUIRE_NATS` is set (tests/suites/25-nats.sh sets
+//! pass, unless `DND_REQUIRE_NATS` is set (tests/run-all.sh and 25-nats.sh set
 //! it), in which case they fail.
 
 use std::net::TcpStream as StdTcpStream;
