@@ -109,6 +109,12 @@ impl ControlPlane {
         Ok((answer, applied))
     }
 
+    /// A duplicate of shard `shard`'s doorbell (an eventfd), for its ring
+    /// to poll: a command ends the shard's wait there.
+    pub fn doorbell_fd(&self, shard: usize) -> Option<std::os::fd::OwnedFd> {
+        self.doorbells.get(shard)?.dup()
+    }
+
     pub fn shard_count(&self) -> usize {
         self.queues.len()
     }
@@ -215,6 +221,11 @@ impl Doorbell {
             // (EAGAIN) already means "rung".
             unsafe { libc::write(std::os::fd::AsRawFd::as_raw_fd(fd), one.as_ptr().cast(), 8) };
         }
+    }
+
+    /// A duplicate of the eventfd, for a ring to poll.
+    fn dup(&self) -> Option<std::os::fd::OwnedFd> {
+        self.0.as_ref()?.try_clone().ok()
     }
 
     /// The eventfd as a glommio file, read (and so reset) by the shard.

@@ -75,6 +75,18 @@ pub struct ShardRuntime {
     pub uring: Rc<uring::Driver>,
 }
 
+/// Longest wait of a shard in its own ring before it lets glommio turn
+/// (`uring::RingWait`; docs/perf/syscalls.md). `DND_CACHE_RING_WAIT_US`
+/// sets it for measurements; 0 turns waiting in the ring off.
+const RING_WAIT: Duration = Duration::from_millis(1);
+
+fn ring_wait() -> Duration {
+    std::env::var("DND_CACHE_RING_WAIT_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(RING_WAIT, Duration::from_micros)
+}
+
 /// How long shutdown waits for connections to finish what they were doing.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -275,7 +287,9 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         } else {
             Placement::Unbound
         };
+        let ring_wait = ring_wait();
         let builder = LocalExecutorBuilder::new(placement).name(&format!("shard-{id}"));
+        let doorbell = info.control.doorbell_fd(id);
         let handle = builder
             .spawn(move || async move {
                 let codec = crate::codec::ValueCodec::new(&codec, limits.max_item_bytes);
@@ -287,7 +301,15 @@ pub fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
                 let shard = Rc::new(shard);
                 let auth = crate::auth::ShardAuth::new(info.auth.clone());
                 let router = Router::join(shard.clone(), plan).await;
-                let uring = match uring::Driver::new().and_then(|d| d.spawn().map(|()| d)) {
+                let uring = match uring::Driver::new().and_then(|d| {
+                    d.wait_in_ring(uring::RingWait {
+                        max: ring_wait,
+                        doorbell,
+                        poke: router.poke(),
+                        gate: Some(router.clone()),
+                    });
+                    d.spawn().map(|()| d)
+                }) {
                     Ok(driver) => driver,
                     Err(e) => {
                         let _ = ready.send(Err(format!("shard {id}: setting up io_uring: {e}")));

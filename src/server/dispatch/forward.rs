@@ -11,11 +11,12 @@
 //! shard blocked sending a reply can never wait on a peer that is itself
 //! blocked sending a request to it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -57,11 +58,53 @@ const MESH_CHANNEL_BATCHES: usize = 1024;
 /// CACHE_005 for the forwarded operations.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How a shard that sends a batch wakes its peer when the peer waits in
+/// its own ring rather than in glommio, which would not see the batch
+/// (docs/perf/syscalls.md). One per shard.
+pub struct MeshWake {
+    /// The shard waits in its ring.
+    waiting: AtomicBool,
+    /// Batches sent to the shard, by every peer.
+    sent: AtomicU64,
+    /// An eventfd the shard's ring reads; `None` if none could be made
+    /// (then the shard never waits in its ring).
+    poke: Option<OwnedFd>,
+}
+
+impl MeshWake {
+    fn new() -> MeshWake {
+        // SAFETY: eventfd(2) returns a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        MeshWake {
+            waiting: AtomicBool::new(false),
+            sent: AtomicU64::new(0),
+            // SAFETY: a new descriptor, owned here alone.
+            poke: (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) }),
+        }
+    }
+
+    /// After a batch was sent to this shard. The counter and the flag are
+    /// written and read in opposite orders (SeqCst): either the shard sees
+    /// the count before it waits, or the sender sees it waiting.
+    fn sent_one(&self) {
+        self.sent.fetch_add(1, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) {
+            if let Some(fd) = &self.poke {
+                let one = 1u64.to_ne_bytes();
+                // SAFETY: writes 8 bytes from a live buffer; a full counter
+                // (EAGAIN) already means "poked".
+                unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) };
+            }
+        }
+    }
+}
+
 /// The meshes to build before starting the shards (one clone per shard).
 #[derive(Clone)]
 pub struct MeshPlan {
     requests: MeshBuilder<Batch, Full>,
     replies: MeshBuilder<Batch, Full>,
+    wakes: Arc<Vec<MeshWake>>,
     /// shard id → mesh peer id, filled as shards join.
     peer_of_shard: Arc<Vec<AtomicUsize>>,
     joined: Arc<std::sync::Barrier>,
@@ -77,6 +120,7 @@ impl MeshPlan {
             requests: MeshBuilder::full(shards, MESH_CHANNEL_BATCHES),
             replies: MeshBuilder::full(shards, MESH_CHANNEL_BATCHES),
             peer_of_shard: Arc::new((0..shards).map(|_| AtomicUsize::new(usize::MAX)).collect()),
+            wakes: Arc::new((0..shards).map(|_| MeshWake::new()).collect()),
             joined: Arc::new(std::sync::Barrier::new(shards)),
         }
     }
@@ -140,6 +184,10 @@ pub struct Router {
     requests: Option<Senders<Batch>>,
     replies: Option<Senders<Batch>>,
     peer_of_shard: Vec<usize>,
+    wakes: Arc<Vec<MeshWake>>,
+    /// Batches this shard's receivers took (compared with its
+    /// [`MeshWake::sent`]).
+    seen: Cell<u64>,
     slots: RefCell<ReplySlots>,
     pool: RefCell<Vec<Vec<u8>>>,
 }
@@ -162,6 +210,12 @@ impl ForwardError {
 }
 
 impl Router {
+    /// The eventfd peers write when they send this shard a batch while it
+    /// waits in its ring (a duplicate, for the ring to read).
+    pub fn poke(&self) -> Option<OwnedFd> {
+        self.wakes[self.shard.id()].poke.as_ref()?.try_clone().ok()
+    }
+
     /// Joins the meshes (all shards must call this concurrently) and starts
     /// the tasks that serve forwarded batches and deliver replies.
     pub async fn join(shard: Rc<Shard>, plan: MeshPlan) -> Rc<Router> {
@@ -172,6 +226,8 @@ impl Router {
                 requests: None,
                 replies: None,
                 peer_of_shard: vec![0],
+                wakes: plan.wakes,
+                seen: Cell::new(0),
                 slots: RefCell::default(),
                 pool: RefCell::default(),
             });
@@ -192,6 +248,8 @@ impl Router {
             requests: Some(req_tx),
             replies: Some(rep_tx),
             peer_of_shard,
+            wakes: plan.wakes,
+            seen: Cell::new(0),
             slots: RefCell::default(),
             pool: RefCell::default(),
         });
@@ -204,12 +262,15 @@ impl Router {
             let router = self.clone();
             glommio::spawn_local(async move {
                 while let Some(mut batch) = rx.recv().await {
+                    router.seen.set(router.seen.get() + 1);
                     router.serve_batch(&mut batch).await;
-                    let origin = router.peer_of_shard[batch.origin];
+                    let origin_shard = batch.origin;
+                    let origin = router.peer_of_shard[origin_shard];
                     if let Some(tx) = &router.replies {
                         if tx.send_to(origin, batch).await.is_err() {
                             break;
                         }
+                        router.wakes[origin_shard].sent_one();
                     }
                 }
             })
@@ -219,6 +280,7 @@ impl Router {
             let router = self.clone();
             glommio::spawn_local(async move {
                 while let Some(batch) = rx.recv().await {
+                    router.seen.set(router.seen.get() + 1);
                     if let Some(orphan) = router.slots.borrow_mut().complete(batch) {
                         router.recycle(orphan);
                     }
@@ -340,7 +402,26 @@ impl Router {
             // The owner's channel is closed (the server is stopping).
             return Err(ForwardError::Unavailable);
         }
+        self.wakes[owner].sent_one();
         Ok(PendingForward { guard, deadline })
+    }
+}
+
+/// A shard waits in its ring only when every batch sent to it was taken
+/// by its receivers (else glommio must turn to deliver it).
+impl crate::server::uring::WaitGate for Router {
+    fn enter(&self) -> bool {
+        let wake = &self.wakes[self.shard.id()];
+        wake.waiting.store(true, Ordering::SeqCst);
+        if wake.sent.load(Ordering::SeqCst) != self.seen.get() {
+            wake.waiting.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    fn leave(&self) {
+        self.wakes[self.shard.id()].waiting.store(false, Ordering::SeqCst);
     }
 }
 

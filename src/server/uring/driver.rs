@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use io_uring::{squeue, IoUring};
+use io_uring::{opcode, squeue, types, IoUring};
 
 use super::stream::ConnIo;
 
@@ -31,6 +31,56 @@ pub(super) enum OpTag {
 const TAG_MASK: u64 = 0b111;
 /// User data of operations whose completion needs nothing (cancellations).
 pub(super) const UNTRACKED: u64 = 0;
+/// User data of the read of the mesh poke ([`RingWait::poke`]).
+const POKE: u64 = 3;
+/// User data of the poll of the control doorbell ([`RingWait::doorbell`]).
+const DOORBELL: u64 = 4;
+
+/// Waiting in the ring (issue #18, docs/perf/syscalls.md). While requests
+/// keep coming, the driver waits for the next one in one `io_uring_enter`
+/// on its own ring (which also submits the receives the connections
+/// re-armed), instead of letting glommio's executor turn: each turn
+/// re-arms glommio's preemption timers, about 2.5 `io_uring_enter` calls
+/// per lone request. What only glommio would see ends such a wait early:
+/// the shard's control doorbell (commands of the hub, the cluster agent,
+/// scrapes) and a poke from a shard that sent a forwarded batch; glommio's
+/// timers, accepts and its own I/O wait at most `max`: the driver lets
+/// glommio turn at least that often, busy or not.
+pub struct RingWait {
+    /// Longest wait in the ring.
+    pub max: Duration,
+    /// The control doorbell (an eventfd glommio reads): its readiness ends
+    /// a wait.
+    pub doorbell: Option<OwnedFd>,
+    /// Written by peers that sent this shard a batch while it waited here;
+    /// the ring reads it.
+    pub poke: Option<OwnedFd>,
+    /// Whether a wait may start, and its end.
+    pub gate: Option<Rc<dyn WaitGate>>,
+}
+
+/// Decides, just before the driver waits in its ring, whether it may.
+pub trait WaitGate {
+    /// Announces the wait; `false`, announcing nothing, when something is
+    /// already pending that only a turn of glommio delivers.
+    fn enter(&self) -> bool;
+    /// The wait is over.
+    fn leave(&self);
+}
+
+/// What the driver keeps of its [`RingWait`].
+struct Waiting {
+    max: io_uring::types::Timespec,
+    max_duration: Duration,
+    doorbell: Option<OwnedFd>,
+    poke: Option<OwnedFd>,
+    /// The 8 bytes the poke's read fills: leaked, so that they outlive the
+    /// ring whatever the order of teardown.
+    poke_buf: &'static mut [u8; 8],
+    gate: Option<Rc<dyn WaitGate>>,
+    doorbell_armed: Cell<bool>,
+    poke_armed: Cell<bool>,
+}
 
 pub(super) fn user_data(io: Rc<ConnIo>, tag: OpTag) -> u64 {
     let ptr = Rc::into_raw(io) as u64;
@@ -73,6 +123,11 @@ pub struct Driver {
     /// Connections whose receives completed this turn, to warm.
     warm_ios: RefCell<Vec<Rc<ConnIo>>>,
     warm_hashes: RefCell<Vec<u64>>,
+    /// Set with [`Driver::wait_in_ring`]; `None`: every wait goes through
+    /// glommio.
+    waiting: RefCell<Option<Waiting>>,
+    /// The doorbell or a poke fired: the next wait goes through glommio.
+    poked: Cell<bool>,
 }
 
 impl Driver {
@@ -110,6 +165,8 @@ impl Driver {
             warm: RefCell::new(None),
             warm_ios: RefCell::new(Vec::with_capacity(WARM_MAX)),
             warm_hashes: RefCell::new(Vec::with_capacity(WARM_MAX)),
+            waiting: RefCell::new(None),
+            poked: Cell::new(false),
         }))
     }
 
@@ -141,6 +198,27 @@ impl Driver {
         *self.warm.borrow_mut() = Some(warm);
     }
 
+    /// Lets the driver wait in its ring while requests keep coming (see
+    /// [`RingWait`]). Call before [`Driver::spawn`].
+    pub fn wait_in_ring(&self, wait: RingWait) {
+        if wait.max.is_zero() {
+            return;
+        }
+        let max = io_uring::types::Timespec::new()
+            .sec(wait.max.as_secs())
+            .nsec(wait.max.subsec_nanos());
+        *self.waiting.borrow_mut() = Some(Waiting {
+            max,
+            max_duration: wait.max,
+            doorbell: wait.doorbell,
+            poke: wait.poke,
+            poke_buf: Box::leak(Box::new([0u8; 8])),
+            gate: wait.gate,
+            doorbell_armed: Cell::new(false),
+            poke_armed: Cell::new(false),
+        });
+    }
+
     /// Queues an entry for the next submission.
     ///
     /// # Safety
@@ -165,13 +243,34 @@ impl Driver {
     }
 
     async fn run(self: Rc<Self>) {
+        let in_ring = self.waiting.borrow().is_some();
+        let max_in_ring = self.waiting.borrow().as_ref().map_or(Duration::ZERO, |w| w.max_duration);
+        // When the driver last let glommio turn: it does at least every
+        // `max_in_ring`, so that timers, accepts and glommio's own I/O are
+        // served while requests keep the shard in its ring.
+        let mut turned = std::time::Instant::now();
         loop {
             if self.turn() {
-                // Reap until quiet: the connections woken so far run once
-                // the driver waits below. This is bounded: each connection
-                // has one receive in flight and re-arms it only when it runs.
+                if in_ring {
+                    // The connections woken run now (they answer and re-arm
+                    // their receives), then the driver waits in the ring.
+                    futures_lite::future::yield_now().await;
+                }
+                // Else reap until quiet: the connections woken so far run
+                // once the driver waits below. This is bounded: each
+                // connection has one receive in flight and re-arms it only
+                // when it runs.
                 continue;
             }
+            if in_ring
+                && !self.poked.take()
+                && !glommio::executor().need_preempt()
+                && turned.elapsed() < max_in_ring
+                && self.wait_ring()
+            {
+                continue;
+            }
+            turned = std::time::Instant::now();
             // Nothing moved: sleep until a completion or a new entry (the
             // woken connections run now and queue their next receives).
             self.ring.borrow_mut().completion().enable_eventfd();
@@ -191,6 +290,50 @@ impl Driver {
             .await;
             self.ring.borrow_mut().completion().disable_eventfd();
         }
+    }
+
+    /// Submits what is queued and waits in the ring for a completion, at
+    /// most [`RingWait::max`]: whether one came. The doorbell's poll and
+    /// the poke's read are armed first, so that either ends the wait.
+    fn wait_ring(&self) -> bool {
+        let waiting = self.waiting.borrow();
+        let Some(w) = waiting.as_ref() else { return false };
+        let mut ring = self.ring.borrow_mut();
+        if let Some(fd) = w.doorbell.as_ref().filter(|_| !w.doorbell_armed.get()) {
+            let poll = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), libc::POLLIN as u32)
+                .build()
+                .user_data(DOORBELL);
+            // SAFETY: a poll points at no memory; the descriptor lives as
+            // long as the driver.
+            if unsafe { ring.submission().push(&poll) }.is_ok() {
+                w.doorbell_armed.set(true);
+            }
+        }
+        if let Some(fd) = w.poke.as_ref().filter(|_| !w.poke_armed.get()) {
+            let read = opcode::Read::new(types::Fd(fd.as_raw_fd()), w.poke_buf.as_ptr().cast_mut(), 8)
+                .build()
+                .user_data(POKE);
+            // SAFETY: the buffer is leaked (never freed) and only the
+            // kernel writes it while the read is in flight.
+            if unsafe { ring.submission().push(&read) }.is_ok() {
+                w.poke_armed.set(true);
+            }
+        }
+        if let Some(gate) = &w.gate {
+            if !gate.enter() {
+                return false;
+            }
+        }
+        let args = types::SubmitArgs::new().timespec(&w.max);
+        // ETIME (nothing came) and EINTR need nothing; the completions
+        // that did come are reaped by the next turn.
+        let _ = ring.submitter().submit_with_args(1, &args);
+        if let Some(gate) = &w.gate {
+            gate.leave();
+        }
+        let mut cq = ring.completion();
+        cq.sync();
+        !cq.is_empty()
     }
 
     /// Submits what is queued and hands out what completed. Returns whether
@@ -224,8 +367,18 @@ impl Driver {
         let mut warm_ios = self.warm_ios.borrow_mut();
         for cqe in &mut cq {
             let data = cqe.user_data();
-            if data == UNTRACKED {
-                continue;
+            match data {
+                UNTRACKED => continue,
+                POKE | DOORBELL => {
+                    if let Some(w) = self.waiting.borrow().as_ref() {
+                        let armed = if data == POKE { &w.poke_armed } else { &w.doorbell_armed };
+                        armed.set(false);
+                    }
+                    self.poked.set(true);
+                    progressed = true;
+                    continue;
+                }
+                _ => {}
             }
             progressed = true;
             let tag = match data & TAG_MASK {

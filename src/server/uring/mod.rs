@@ -21,5 +21,5 @@
 mod driver;
 mod stream;
 
-pub use driver::{Driver, Warm};
+pub use driver::{Driver, RingWait, WaitGate, Warm};
 pub use stream::UringStream;
