@@ -244,7 +244,11 @@ impl Driver {
 
     async fn run(self: Rc<Self>) {
         let in_ring = self.waiting.borrow().is_some();
-        let max_in_ring = self.waiting.borrow().as_ref().map_or(Duration::ZERO, |w| w.max_duration);
+        let max_in_ring = self
+            .waiting
+            .borrow()
+            .as_ref()
+            .map_or(Duration::ZERO, |w| w.max_duration);
         // When the driver last let glommio turn: it does at least every
         // `max_in_ring`, so that timers, accepts and glommio's own I/O are
         // served while requests keep the shard in its ring.
@@ -371,7 +375,11 @@ impl Driver {
                 UNTRACKED => continue,
                 POKE | DOORBELL => {
                     if let Some(w) = self.waiting.borrow().as_ref() {
-                        let armed = if data == POKE { &w.poke_armed } else { &w.doorbell_armed };
+                        let armed = if data == POKE {
+                            &w.poke_armed
+                        } else {
+                            &w.doorbell_armed
+                        };
                         armed.set(false);
                     }
                     self.poked.set(true);
