@@ -56,7 +56,7 @@ from .cluster import (
     RoutingStats,
     StaleWait,
     failed_node,
-    format_nodes,
+    ClusterView,
     moved_decision,
     breaker_open,
     parse_moved,
@@ -341,7 +341,7 @@ class AsyncConnectionPool:
             await conn.wait_closed()
 
 
-class AsyncCacheClient:
+class AsyncCacheClient(ClusterView):
     """The asyncio client of one dnd-cache server: the methods of
     :class:`~dnd_cache.CacheClient`, awaited (``await client.get(key)``).
 
@@ -445,24 +445,6 @@ class AsyncCacheClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    # -- cluster routing: what a user (or a test) can read -----------------
-
-    def routing_stats(self) -> RoutingStats:
-        """A copy of the cluster routing counters: CACHE_013 redirections
-        followed, answers of a node on an older map waited on, map refreshes."""
-        return self._stats.snapshot()
-
-    def node_breakers(self) -> Dict[str, CircuitBreaker]:
-        """In a cluster: the circuit breaker of each node the client sent a
-        request to, keyed by its public ``host:port``. A server alone uses
-        :attr:`breaker` only."""
-        return format_nodes(self._breakers.items())
-
-    @property
-    def cluster_epoch(self) -> int:
-        """The epoch of the cluster map the client routes by (0: none)."""
-        return self._router.epoch
 
     # -- routing and resilience --------------------------------------------
 

@@ -36,7 +36,7 @@ from .cluster import (
     RoutingStats,
     StaleWait,
     failed_node,
-    format_nodes,
+    ClusterView,
     moved_decision,
     breaker_open,
     parse_moved,
@@ -51,7 +51,7 @@ __all__ = ["CacheClient", "MAX_BATCH_KEYS", "owner_shard"]
 K = TypeVar("K", str, bytes)
 
 
-class CacheClient:
+class CacheClient(ClusterView):
     """A thread-safe client of one dnd-cache server.
 
     ``address`` defaults to ``$DND_CACHE_ADDR``, then ``127.0.0.1:7000``; it
@@ -208,24 +208,6 @@ class CacheClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # -- cluster routing: what a user (or a test) can read -----------------
-
-    def routing_stats(self) -> RoutingStats:
-        """A copy of the cluster routing counters: CACHE_013 redirections
-        followed, answers of a node on an older map waited on, map refreshes."""
-        return self._stats.snapshot()
-
-    def node_breakers(self) -> Dict[str, CircuitBreaker]:
-        """In a cluster: the circuit breaker of each node the client sent a
-        request to, keyed by its public ``host:port``. A server alone uses
-        :attr:`breaker` only."""
-        return format_nodes(self._breakers.items())
-
-    @property
-    def cluster_epoch(self) -> int:
-        """The epoch of the cluster map the client routes by (0: none)."""
-        return self._router.epoch
 
     # -- routing and resilience --------------------------------------------
 

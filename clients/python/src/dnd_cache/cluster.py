@@ -387,3 +387,28 @@ class RoutingStats:
 def format_nodes(items: Iterable[Tuple[Endpoint, CircuitBreaker]]) -> Dict[str, CircuitBreaker]:
     """Breakers keyed ``host:port``."""
     return {format_endpoint(node): breaker for node, breaker in items}
+
+
+class ClusterView:
+    """What a user (or a test) can read of a client's cluster routing; both
+    clients (sync and asyncio) inherit it."""
+
+    _stats: RoutingStats
+    _breakers: NodeBreakers
+    _router: Router
+
+    def routing_stats(self) -> RoutingStats:
+        """A copy of the cluster routing counters: CACHE_013 redirections
+        followed, answers of a node on an older map waited on, map refreshes."""
+        return self._stats.snapshot()
+
+    def node_breakers(self) -> Dict[str, CircuitBreaker]:
+        """In a cluster: the circuit breaker of each node the client sent a
+        request to, keyed by its public ``host:port``. A server alone uses
+        :attr:`breaker` only."""
+        return format_nodes(self._breakers.items())
+
+    @property
+    def cluster_epoch(self) -> int:
+        """The epoch of the cluster map the client routes by (0: none)."""
+        return self._router.epoch
