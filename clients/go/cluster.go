@@ -405,7 +405,7 @@ func (c *Client) refreshMap(ctx context.Context, first, avoid string, wait bool)
 			continue
 		}
 		seen[addr] = true
-		conn, err := dial(ctx, addr, c.hello, c.cfg.ConnectTimeout)
+		conn, err := dial(ctx, addr, c.hello, refreshDialTimeout(c.cfg.ConnectTimeout))
 		if err != nil {
 			if skipsSeed(err) {
 				continue
@@ -421,6 +421,16 @@ func (c *Client) refreshMap(ctx context.Context, first, avoid string, wait bool)
 		}
 		return
 	}
+}
+
+// refreshDialTimeout bounds each node's answer to a map fetch: a node that
+// drops packets delays the fetch by a second, not by a whole connect
+// timeout (the Rust and Python clients use the same bound).
+func refreshDialTimeout(connect time.Duration) time.Duration {
+	if connect > 0 && connect < time.Second {
+		return connect
+	}
+	return time.Second
 }
 
 // refreshInBackground fetches the map from addr without holding up the

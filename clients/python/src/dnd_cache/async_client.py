@@ -56,6 +56,7 @@ from .cluster import (
     RoutingStats,
     StaleWait,
     failed_node,
+    REFRESH_CONNECT_TIMEOUT,
     ClusterView,
     moved_decision,
     breaker_open,
@@ -619,7 +620,7 @@ class AsyncCacheClient(ClusterView):
                 if self._closed:
                     return
                 try:
-                    conn = await self._open(endpoint)
+                    conn = await self._open(endpoint, min(self.config.connect_timeout, REFRESH_CONNECT_TIMEOUT))
                 except CacheError:
                     continue
                 self._stats.add("map_refreshes")
@@ -674,12 +675,11 @@ class AsyncCacheClient(ClusterView):
         finally:
             self._walking = None
 
-    async def _open(self, endpoint: Endpoint) -> AsyncConnection:
+    async def _open(self, endpoint: Endpoint, connect_timeout: Optional[float] = None) -> AsyncConnection:
         """A new handshaken connection to ``endpoint``, learning nothing."""
         cfg = self.config
-        return await AsyncConnection.open(
-            endpoint, self._hello, cfg.connect_timeout, cfg.request_timeout
-        )
+        timeout = cfg.connect_timeout if connect_timeout is None else connect_timeout
+        return await AsyncConnection.open(endpoint, self._hello, timeout, cfg.request_timeout)
 
     async def _connect(self, endpoint: Endpoint) -> AsyncConnection:
         """A pool's new connection: its handshake may carry a newer map (any

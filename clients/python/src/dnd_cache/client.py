@@ -36,6 +36,7 @@ from .cluster import (
     RoutingStats,
     StaleWait,
     failed_node,
+    REFRESH_CONNECT_TIMEOUT,
     ClusterView,
     moved_decision,
     breaker_open,
@@ -391,7 +392,7 @@ class CacheClient(ClusterView):
                 if self._closed:
                     return
                 try:
-                    conn = self._open(endpoint)
+                    conn = self._open(endpoint, min(self.config.connect_timeout, REFRESH_CONNECT_TIMEOUT))
                 except CacheError:
                     continue
                 self._stats.add("map_refreshes")
@@ -450,10 +451,11 @@ class CacheClient(ClusterView):
                 return seed
             raise no_seed_answered(failures)
 
-    def _open(self, endpoint: Endpoint) -> Connection:
+    def _open(self, endpoint: Endpoint, connect_timeout: Optional[float] = None) -> Connection:
         """A new handshaken connection to ``endpoint``, learning nothing."""
         cfg = self.config
-        return Connection(endpoint, self._hello, cfg.connect_timeout, cfg.request_timeout)
+        timeout = cfg.connect_timeout if connect_timeout is None else connect_timeout
+        return Connection(endpoint, self._hello, timeout, cfg.request_timeout)
 
     def _connect(self, endpoint: Endpoint) -> Connection:
         """A pool's new connection: its handshake may carry a newer map (any

@@ -60,6 +60,12 @@ FOLLOW = "follow"
 WAIT = "wait"
 
 
+#: A refresh asks each node for its map within at most this long (seconds),
+#: so a node that drops packets delays it by a second, not by a whole
+#: connect timeout (the Rust and Go clients use the same bound).
+REFRESH_CONNECT_TIMEOUT = 1.0
+
+
 @dataclass(frozen=True)
 class Moved:
     """What a CACHE_013 answer says: ``slot`` is served by node ``node`` at
