@@ -348,6 +348,14 @@ fn pattern_flush_stats_reload_and_health() {
     let bad = c.get(&format!("/api/v2/cache/pattern/{}", "x".repeat(1025)));
     assert_eq!((bad.status, bad.error_code()), (400, "CACHE_004".into()));
     assert_eq!(c.get("/api/v2/cache/pattern/*?limit=ten").status, 400);
+    // `scope` is `node` or absent; a node alone is its whole cluster.
+    let scoped = c.get("/api/v2/cache/pattern/hero:*?scope=node").json();
+    assert_eq!(scoped["cache_response"]["data"]["count"], 20);
+    let bad_scope = c.get("/api/v2/cache/pattern/hero:*?scope=AAA");
+    assert_eq!(
+        (bad_scope.status, bad_scope.error_code()),
+        (400, "CACHE_006".into())
+    );
 
     let stats = c.get("/api/v2/cache/stats");
     assert_eq!(stats.status, 200);

@@ -247,6 +247,14 @@ async fn handle_route(
             }))
         }
         Route::Pattern(pattern) => {
+            let node_only = match query.get("scope") {
+                None => false,
+                Some(b"node") => true,
+                Some(_) => {
+                    let e = RestError::malformed("scope must be node (or absent: the whole cluster)");
+                    return Err((e, None, "pattern"));
+                }
+            };
             let op = request::pattern_operation(&pattern, query).map_err(|e| (e, None, "pattern"))?;
             let resp = execute(rt, d, &with_id(op))
                 .await
@@ -255,7 +263,7 @@ async fn handle_route(
                 return answer(OpKind::Pattern, &resp, false, Some(&pattern)).map(Outcome::Reply);
             }
             let mut data = response::pattern_data(&resp);
-            if query.get("scope") != Some(b"node") {
+            if !node_only {
                 if let Some(peers) = rt.shard.peer_http_addrs() {
                     let theirs = peer_patterns(head, peers)
                         .await
