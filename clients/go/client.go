@@ -70,6 +70,10 @@ type Client struct {
 	breakers    map[string]*breaker
 	refreshing  chan struct{} // closed when the map fetch in flight ends
 	refreshedAt time.Time     // when the last map fetch ended
+	// background is the context of map fetches no request waits for;
+	// Close cancels it.
+	background context.Context
+	stop       context.CancelFunc
 }
 
 // statusMoved is CACHE_013: the key's slot belongs to another node of the
@@ -91,6 +95,7 @@ type topology struct {
 // every call of the client.
 func NewClient(cfg *Config) *Client {
 	c := &Client{pools: map[string]*pool{}, breakers: map[string]*breaker{}}
+	c.background, c.stop = context.WithCancel(context.Background())
 	if cfg == nil {
 		cfg = &Config{}
 	}
@@ -315,6 +320,7 @@ func (c *Client) BreakerState() string {
 
 // Close closes every connection; later calls fail.
 func (c *Client) Close() error {
+	c.stop() // a map fetch in the background ends now
 	c.mu.Lock()
 	c.closed = true
 	pools := c.pools

@@ -437,7 +437,7 @@ func refreshDialTimeout(connect time.Duration) time.Duration {
 // request that learned of a newer epoch.
 func (c *Client) refreshInBackground(addr string) {
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ConnectTimeout)
+		ctx, cancel := context.WithTimeout(c.background, c.cfg.ConnectTimeout)
 		defer cancel()
 		c.refreshMap(ctx, addr, "", false)
 	}()
