@@ -37,7 +37,6 @@ from typing import (
 
 from . import operations as ops
 from . import wire
-from .breaker import CircuitBreaker
 from .config import ClientConfig, make_options, resolve_seeds
 from .connection import DEFAULT_MAX_FRAME, decode_response, frame_length, handshake_of
 from .errors import (
@@ -58,6 +57,7 @@ from .cluster import (
     failed_node,
     REFRESH_CONNECT_TIMEOUT,
     ClusterView,
+    breaker_for,
     moved_decision,
     breaker_open,
     parse_moved,
@@ -374,12 +374,7 @@ class AsyncCacheClient(ClusterView):
             options=make_options(options),
             protocol_version=1,
         )
-        self.breaker = CircuitBreaker(
-            threshold=self.config.breaker_threshold,
-            window=self.config.breaker_window,
-            min_requests=self.config.breaker_min_requests,
-            cooldown=self.config.breaker_cooldown,
-        )
+        self.breaker = breaker_for(self.config)
         # In a cluster: one breaker per node (cluster.py); ``breaker`` is the
         # one of a server alone.
         self._breakers = NodeBreakers(self.config, self.breaker)

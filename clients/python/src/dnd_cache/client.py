@@ -21,7 +21,6 @@ from typing import (
 
 from . import operations as ops
 from . import wire
-from .breaker import CircuitBreaker
 from .config import ClientConfig, make_options, resolve_seeds
 from .connection import Connection, ConnectionPool
 from .errors import CacheConnectionError, CacheError
@@ -38,6 +37,7 @@ from .cluster import (
     failed_node,
     REFRESH_CONNECT_TIMEOUT,
     ClusterView,
+    breaker_for,
     moved_decision,
     breaker_open,
     parse_moved,
@@ -108,12 +108,7 @@ class CacheClient(ClusterView):
             protocol_version=1,
             correlation_id=self.correlation_id,
         )
-        self.breaker = CircuitBreaker(
-            threshold=self.config.breaker_threshold,
-            window=self.config.breaker_window,
-            min_requests=self.config.breaker_min_requests,
-            cooldown=self.config.breaker_cooldown,
-        )
+        self.breaker = breaker_for(self.config)
         # In a cluster: one breaker per node (cluster.py); ``breaker`` is the
         # one of a server alone.
         self._breakers = NodeBreakers(self.config, self.breaker)

@@ -333,6 +333,17 @@ class Router:
         return [n.address for n in m.nodes] if m else []
 
 
+def breaker_for(config: ClientConfig) -> CircuitBreaker:
+    """A circuit breaker with the client's ICD 9.2 settings (one per node in
+    a cluster, one in all for a server alone)."""
+    return CircuitBreaker(
+        threshold=config.breaker_threshold,
+        window=config.breaker_window,
+        min_requests=config.breaker_min_requests,
+        cooldown=config.breaker_cooldown,
+    )
+
+
 class NodeBreakers:
     """One circuit breaker per node of a cluster (keyed by its public
     address), with the thresholds of the client's configuration; ``None``
@@ -350,13 +361,7 @@ class NodeBreakers:
         with self._lock:
             breaker = self._by_node.get(node)
             if breaker is None:
-                cfg = self._config
-                breaker = CircuitBreaker(
-                    threshold=cfg.breaker_threshold,
-                    window=cfg.breaker_window,
-                    min_requests=cfg.breaker_min_requests,
-                    cooldown=cfg.breaker_cooldown,
-                )
+                breaker = breaker_for(self._config)
                 self._by_node[node] = breaker
             return breaker
 
