@@ -6,7 +6,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dnd_cache::key::key_hash;
 use dnd_cache::ops::OpKind;
 use dnd_cache::protocol::binary::decode_operation;
-use dnd_cache::shard::store::{EvictionPolicy, Lookup, Store, StoreConfig};
+use dnd_cache::shard::store::{EvictionPolicy, Lookup, Store, StoreConfig, READ_SPAN};
 use dnd_cache::shard::{Shard, ShardLimits};
 use prost::Message;
 use std::hint::black_box;
@@ -97,7 +97,7 @@ fn store_ops(c: &mut Criterion) {
                 store.prefetch_index(*h);
             }
             for (h, _) in batch {
-                store.prefetch_records(*h);
+                store.prefetch_records(*h, READ_SPAN);
             }
             let mut found = 0;
             for (h, k) in batch {

@@ -185,10 +185,12 @@ impl Shard {
         self.store.borrow().prefetch_index(hash);
     }
 
-    /// Starts loading the records a key hash's index entries point at.
+    /// Starts loading the first `span` bytes of the records a key hash's
+    /// index entries point at ([`store::READ_SPAN`] for a read,
+    /// [`store::head_span`] for a write).
     #[inline]
-    pub fn prefetch_records(&self, hash: u64) {
-        self.store.borrow().prefetch_records(hash);
+    pub fn prefetch_records(&self, hash: u64, span: usize) {
+        self.store.borrow().prefetch_records(hash, span);
     }
 
     /// Background upkeep: expired items swept and size classes rebalanced,

@@ -8,6 +8,7 @@ use crate::frame::{check_frame, next_frame, FrameStatus};
 use crate::ops::{OpKind, Reach};
 use crate::protocol::binary::decode_operation;
 use crate::server::ShardRuntime;
+use crate::shard::store::{head_span, READ_SPAN};
 use crate::shard::Shard;
 
 /// Requests of a read cycle whose lookups are warmed together.
@@ -19,27 +20,44 @@ const WARM_AHEAD: usize = 32;
 /// run one by one. Only worth it for two frames or more.
 pub(super) fn warm_lookups(rt: &ShardRuntime, input: &[u8]) {
     let shard = &rt.shard;
-    let mut hashes = [0u64; WARM_AHEAD];
+    let mut lookups = [(0u64, 0u32); WARM_AHEAD];
     let mut count = 0;
-    let whole = local_lookups(shard, input, WARM_AHEAD, false, |hash| {
-        hashes[count] = hash;
+    let whole = local_lookups(shard, input, WARM_AHEAD, false, |hash, span| {
+        lookups[count] = (hash, span);
         count += 1;
     });
     if !whole || count < 2 {
         return;
     }
-    for &hash in &hashes[..count] {
+    for &(hash, _) in &lookups[..count] {
         shard.prefetch_index(hash);
     }
-    for &hash in &hashes[..count] {
-        shard.prefetch_records(hash);
+    for &(hash, span) in &lookups[..count] {
+        shard.prefetch_records(hash, span as usize);
+    }
+}
+
+/// Bytes of each record a request of `kind` reads: a `get` copies the
+/// value, a `set` or a `delete` reads only the key and the header of the
+/// record it replaces.
+fn span_of(kind: OpKind, key_len: usize) -> u32 {
+    match kind {
+        OpKind::Get => READ_SPAN as u32,
+        _ => head_span(key_len) as u32,
     }
 }
 
 /// Calls `found` with the key hash of each local single-key request among
-/// the first `max` whole frames of `input`. Returns false, having looked at
-/// nothing, when `input` holds one frame and `lone` is false.
-fn local_lookups(shard: &Shard, input: &[u8], max: usize, lone: bool, mut found: impl FnMut(u64)) -> bool {
+/// the first `max` whole frames of `input`, and the bytes of a record it
+/// reads ([`span_of`]). Returns false, having looked at nothing, when
+/// `input` holds one frame and `lone` is false.
+fn local_lookups(
+    shard: &Shard,
+    input: &[u8],
+    max: usize,
+    lone: bool,
+    mut found: impl FnMut(u64, u32),
+) -> bool {
     let mut count = 0;
     let mut at = 0;
     while count < max {
@@ -54,12 +72,12 @@ fn local_lookups(shard: &Shard, input: &[u8], max: usize, lone: bool, mut found:
             return false;
         }
         let Ok(op) = decode_operation(body) else { continue };
-        if !OpKind::parse(op.operation).is_some_and(|k| k.reach() == Reach::SingleKey) {
+        let Some(kind) = OpKind::parse(op.operation).filter(|k| k.reach() == Reach::SingleKey) else {
             continue;
-        }
+        };
         let (hash, owner) = owner_of_key(shard, op.key);
         if owner == shard.id() {
-            found(hash);
+            found(hash, span_of(kind, op.key.len()));
             count += 1;
         }
     }
@@ -71,7 +89,7 @@ fn local_lookups(shard: &Shard, input: &[u8], max: usize, lone: bool, mut found:
 pub struct ShardWarm(pub Rc<Shard>);
 
 impl crate::server::uring::Warm for ShardWarm {
-    fn index(&self, input: &[u8], hashes: &mut Vec<u64>) {
+    fn index(&self, input: &[u8], hashes: &mut Vec<(u64, u32)>) {
         // Only lone requests: a connection that sent several warms them
         // itself, just before it runs them (`warm_lookups`).
         let max_frame = self.0.limits().max_frame_bytes;
@@ -80,14 +98,14 @@ impl crate::server::uring::Warm for ShardWarm {
             _ => return,
         }
         let room = hashes.capacity().saturating_sub(hashes.len());
-        local_lookups(&self.0, input, room.min(WARM_AHEAD), true, |hash| {
+        local_lookups(&self.0, input, room.min(WARM_AHEAD), true, |hash, span| {
             self.0.prefetch_index(hash);
-            hashes.push(hash);
+            hashes.push((hash, span));
         });
     }
 
-    fn records(&self, hash: u64) {
-        self.0.prefetch_records(hash);
+    fn records(&self, hash: u64, span: u32) {
+        self.0.prefetch_records(hash, span as usize);
     }
 }
 
@@ -114,23 +132,30 @@ mod tests {
         out
     }
 
-    fn warmed(warm: &ShardWarm, input: &[u8]) -> Vec<u64> {
+    fn warmed(warm: &ShardWarm, input: &[u8]) -> Vec<(u64, u32)> {
         let mut hashes = Vec::with_capacity(64);
         warm.index(input, &mut hashes);
         hashes
     }
 
     #[test]
-    fn a_lone_local_lookup_is_warmed_by_its_key_hash() {
+    fn a_lone_local_lookup_is_warmed_by_its_key_hash_and_what_it_reads() {
         let s = shard(0, 1);
         let warm = ShardWarm(s.clone());
         assert_eq!(
             warmed(&warm, &frame("get", "user:1")),
-            vec![key_hash(b"user:1", s.seed())]
+            vec![(key_hash(b"user:1", s.seed()), READ_SPAN as u32)],
+            "a read copies the value: three lines"
         );
+        // A write reads the frame, the key and the header's numbers of the
+        // record it replaces: 2 + 6 + 8 bytes.
         assert_eq!(
             warmed(&warm, &frame("set", "user:2")),
-            vec![key_hash(b"user:2", s.seed())]
+            vec![(key_hash(b"user:2", s.seed()), 16)]
+        );
+        assert_eq!(
+            warmed(&warm, &frame("delete", "user:33")),
+            vec![(key_hash(b"user:33", s.seed()), 17)]
         );
     }
 

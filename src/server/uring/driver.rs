@@ -95,10 +95,11 @@ pub(super) fn user_data(io: Rc<ConnIo>, tag: OpTag) -> u64 {
 /// starts loading the records), before any connection task runs. The cache
 /// misses of those requests then overlap instead of coming one per task.
 pub trait Warm {
-    /// Prefetches the index of each local key in `input`; pushes its hash.
-    fn index(&self, input: &[u8], hashes: &mut Vec<u64>);
+    /// Prefetches the index of each local key in `input`; pushes its hash
+    /// and a number for [`Warm::records`] (the bytes of a record to load).
+    fn index(&self, input: &[u8], hashes: &mut Vec<(u64, u32)>);
     /// Prefetches the records the index holds for `hash`.
-    fn records(&self, hash: u64);
+    fn records(&self, hash: u64, span: u32);
 }
 
 /// Hashes warmed per turn at most.
@@ -122,7 +123,7 @@ pub struct Driver {
     warm: RefCell<Option<Rc<dyn Warm>>>,
     /// Connections whose receives completed this turn, to warm.
     warm_ios: RefCell<Vec<Rc<ConnIo>>>,
-    warm_hashes: RefCell<Vec<u64>>,
+    warm_hashes: RefCell<Vec<(u64, u32)>>,
     /// Set with [`Driver::wait_in_ring`]; `None`: every wait goes through
     /// glommio.
     waiting: RefCell<Option<Waiting>>,
@@ -412,8 +413,8 @@ impl Driver {
                         warm.index(io.received(), &mut hashes);
                     }
                 }
-                for &hash in hashes.iter() {
-                    warm.records(hash);
+                for &(hash, span) in hashes.iter() {
+                    warm.records(hash, span);
                 }
                 hashes.clear();
             }
